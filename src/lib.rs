@@ -1,0 +1,30 @@
+//! t9-ipc: a shared mailbox for Claude Code sessions on one machine.
+//!
+//! Code map:
+//! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
+//! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
+//! - [`mailbox`]: the only code that touches message files and read state.
+//! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
+//! - [`session`]: one running session: its name, heartbeat, sends and unread mail.
+//! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
+//!
+//! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
+//!
+//! Invariants, stated as absences:
+//! - Nothing outside `mailbox` writes or deletes a message file; nothing deletes a file it
+//!   cannot parse.
+//! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
+//!   holding the lock on `heartbeats.lock`.
+//! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
+//!   about MCP.
+//! - No message is cut: over-long subjects and bodies are refused, never truncated.
+
+pub mod config;
+pub mod error;
+pub mod heartbeat;
+pub mod mailbox;
+pub mod message;
+pub mod session;
+pub mod watch;
+
+pub use error::{Error, Result};

@@ -1,0 +1,468 @@
+//! One message file: its front matter, its body, its file name. Pure: takes `&str`, no I/O.
+//!
+//! The format is `../shared/spec/mailbox.md`: a YAML front matter block, a blank line, then
+//! the markdown body. Writing always produces valid YAML; reading also accepts the unquoted
+//! `key: value` lines the original Python t9-ipc wrote.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
+use pulldown_cmark::{Event, MetadataBlockKind, Options, Parser, Tag, TagEnd};
+use serde::Serialize;
+
+/// The longest subject a sender may write, in characters.
+pub const MAX_SUBJECT_CHARS: usize = 200;
+/// The largest body a sender may write, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The recipient that means "every session".
+pub const BROADCAST: &str = "all";
+/// `created` and `timestamp` values on disk: local time to the second.
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// How urgent a message is. Unknown words on disk are kept as they are by [`FrontMatter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The front matter of a message file, as read from disk or about to be written.
+///
+/// Values are kept as strings, the way a person reads them: an unknown `type` or `priority`
+/// written by another program survives a read untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FrontMatter {
+    pub from: String,
+    pub to: String,
+    /// `ipc`, `broadcast`, `escalation`, or any word another writer chose.
+    pub kind: String,
+    pub subject: String,
+    pub priority: String,
+    /// Local time `YYYY-MM-DD HH:MM:SS`, as written; may be empty in foreign files.
+    pub created: String,
+    /// The id of the message this one answers.
+    pub reply_to: Option<String>,
+    /// Keys this version does not know, kept so nothing a reader shows is lost.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl FrontMatter {
+    /// True when `to` addresses every session (`all`, or `broadcast` from older writers).
+    pub fn is_broadcast(&self) -> bool {
+        self.to == BROADCAST || self.to == "broadcast"
+    }
+
+    /// True when this message is for `session`: addressed to it or to everyone, and not sent
+    /// by it.
+    pub fn is_for(&self, session: &str) -> bool {
+        self.from != session && (self.to == session || self.is_broadcast())
+    }
+
+    /// `created` as a local time, when it parses.
+    pub fn created_at(&self) -> Option<DateTime<Local>> {
+        let naive = NaiveDateTime::parse_from_str(self.created.trim(), TIME_FORMAT).ok()?;
+        Local.from_local_datetime(&naive).earliest()
+    }
+}
+
+/// Why a file is not a message. Each variant tells a person what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    NoFrontMatter,
+    Unclosed,
+    Missing(&'static str),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::NoFrontMatter => {
+                f.write_str("no front matter (the file must start with a `---` line)")
+            }
+            ParseError::Unclosed => f.write_str("the front matter has no closing `---` line"),
+            ParseError::Missing(key) => write!(f, "the front matter has no `{key}`"),
+        }
+    }
+}
+
+/// Splits a message file into front matter and body.
+///
+/// The front matter is recognised by pulldown-cmark as a YAML metadata block at offset 0.
+/// Strict YAML is tried first; where it fails, or reads a value as empty that a plain
+/// `key: value` line holds (`subject: #3 is fixed`), the line is taken as it stands.
+pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
+    let (yaml, body) = split(text)?;
+    let map = read_keys(&yaml);
+    let take = |key: &'static str| map.get(key).cloned().unwrap_or_default();
+    let front = FrontMatter {
+        from: take("from"),
+        to: take("to"),
+        kind: take("type"),
+        subject: take("subject"),
+        priority: take("priority"),
+        created: take("created"),
+        reply_to: map.get("reply_to").filter(|v| !v.is_empty()).cloned(),
+        extra: map
+            .iter()
+            .filter(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    if front.from.is_empty() {
+        return Err(ParseError::Missing("from"));
+    }
+    if front.to.is_empty() {
+        return Err(ParseError::Missing("to"));
+    }
+    Ok((front, body))
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "from", "to", "type", "subject", "priority", "created", "reply_to",
+];
+
+/// Finds the front matter block at offset 0 and returns its raw YAML and the body after it.
+fn split(text: &str) -> Result<(String, String), ParseError> {
+    let options = Options::ENABLE_YAML_STYLE_METADATA_BLOCKS;
+    let mut events = Parser::new_ext(text, options).into_offset_iter();
+    let block_end = match events.next() {
+        Some((Event::Start(Tag::MetadataBlock(MetadataBlockKind::YamlStyle)), range))
+            if range.start == 0 =>
+        {
+            range.end
+        }
+        _ => return Err(ParseError::NoFrontMatter),
+    };
+    let mut yaml = String::new();
+    for (event, _) in events {
+        match event {
+            Event::Text(t) => yaml.push_str(&t),
+            Event::End(TagEnd::MetadataBlock(_)) => break,
+            _ => {}
+        }
+    }
+    // pulldown-cmark runs an unclosed block to the end of the text; ours must be closed.
+    let closing = text[..block_end].trim_end_matches([' ', '\r', '\n']);
+    let closed = closing.len() > 3 && (closing.ends_with("\n---") || closing.ends_with("\n..."));
+    if !closed {
+        return Err(ParseError::Unclosed);
+    }
+    let rest = &text[block_end..];
+    let rest = strip_line_end(rest).unwrap_or(rest);
+    let rest = strip_line_end(rest).unwrap_or(rest);
+    let body = strip_line_end_back(rest);
+    Ok((yaml, body.to_owned()))
+}
+
+fn strip_line_end(s: &str) -> Option<&str> {
+    s.strip_prefix("\r\n").or_else(|| s.strip_prefix('\n'))
+}
+
+fn strip_line_end_back(s: &str) -> &str {
+    s.strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix('\n'))
+        .unwrap_or(s)
+}
+
+/// Reads the front matter keys as strings: strict YAML, then plain lines where YAML has no
+/// answer.
+fn read_keys(yaml: &str) -> BTreeMap<String, String> {
+    let mut map = plain_lines(yaml);
+    if let Ok(serde_yaml::Value::Mapping(strict)) = serde_yaml::from_str::<serde_yaml::Value>(yaml)
+    {
+        for (key, value) in strict {
+            let Some(key) = scalar(&key) else { continue };
+            match scalar(&value) {
+                Some(v) if !v.is_empty() => {
+                    map.insert(key, v);
+                }
+                // Null or empty in YAML (`subject: #3 fixed` is a comment there): keep the line.
+                _ => {
+                    map.entry(key).or_default();
+                }
+            }
+        }
+    }
+    map
+}
+
+/// `key: value` lines, as the original Python reader took them.
+fn plain_lines(yaml: &str) -> BTreeMap<String, String> {
+    yaml.lines()
+        .filter(|line| !line.starts_with([' ', '\t', '#']))
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn scalar(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Null => None,
+        serde_yaml::Value::Tagged(t) => scalar(&t.value),
+        _ => None,
+    }
+}
+
+/// The front matter as it is written: fixed key order, every value a YAML string.
+#[derive(Serialize)]
+struct OnDisk<'a> {
+    from: &'a str,
+    to: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    subject: &'a str,
+    priority: &'a str,
+    created: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+/// Renders a whole message file. The subject's line breaks become spaces; every value is
+/// quoted by the YAML writer where needed, so no value can add a key or end the block.
+pub fn render(front: &FrontMatter, body: &str) -> String {
+    let subject = one_line(&front.subject);
+    let on_disk = OnDisk {
+        from: &front.from,
+        to: &front.to,
+        kind: &front.kind,
+        subject: &subject,
+        priority: &front.priority,
+        created: &front.created,
+        reply_to: front.reply_to.as_deref(),
+    };
+    // Serialising a struct of strings to YAML cannot fail.
+    let yaml = serde_yaml::to_string(&on_disk).expect("a struct of strings is valid YAML");
+    let mut out = String::with_capacity(yaml.len() + body.len() + 16);
+    out.push_str("---\n");
+    out.push_str(&yaml);
+    if !yaml.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("---\n\n");
+    out.push_str(body);
+    out.push('\n');
+    out
+}
+
+/// Replaces every line break (`\r\n`, `\n`, `\r`) with one space.
+pub fn one_line(s: &str) -> String {
+    s.replace("\r\n", " ").replace(['\n', '\r'], " ")
+}
+
+/// The file stem (the message id): `<stamp>-<uid>-<from>-<to>-<subject>`.
+pub fn file_stem(now: DateTime<Local>, uid: &str, from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        now.format("%Y%m%dT%H%M%S%6f"),
+        uid,
+        name_part(from, 16),
+        name_part(to, 16),
+        name_part(subject, 40),
+    )
+}
+
+fn name_part(s: &str, max_chars: usize) -> String {
+    s.chars()
+        .take(max_chars)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Checks a session name: `[A-Za-z0-9_-]{3,64}`, and not a word that means "everyone".
+pub fn check_name(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if !(3..=64).contains(&len) {
+        return Err(format!(
+            "{name:?} has {len} characters; a name has 3 to 64 characters"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "{name:?} contains {bad:?}; a name uses only letters A-Z a-z, digits, '_' and '-'"
+        ));
+    }
+    if name.eq_ignore_ascii_case(BROADCAST) || name.eq_ignore_ascii_case("broadcast") {
+        return Err(format!(
+            "{name:?} is reserved: it addresses every session"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a subject for sending and returns it on one line.
+pub fn check_subject(subject: &str) -> Result<String, String> {
+    let subject = one_line(subject);
+    let trimmed = subject.trim();
+    if trimmed.is_empty() {
+        return Err("the subject is empty; give a one-line summary".to_owned());
+    }
+    let chars = trimmed.chars().count();
+    if chars > MAX_SUBJECT_CHARS {
+        return Err(format!(
+            "the subject has {chars} characters; at most {MAX_SUBJECT_CHARS} are allowed. \
+             Shorten it and put the details in the body"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Checks a body for sending.
+pub fn check_body(body: &str) -> Result<(), String> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "the body is {} bytes; at most {MAX_BODY_BYTES} bytes (64 KiB) are allowed. \
+             Nothing was sent. Write the text to a file and send its path in the body instead",
+            body.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn front(subject: &str) -> FrontMatter {
+        FrontMatter {
+            from: "alpha".into(),
+            to: "beta".into(),
+            kind: "ipc".into(),
+            subject: subject.into(),
+            priority: "normal".into(),
+            created: "2026-04-06 15:30:00".into(),
+            reply_to: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn hostile_subjects_round_trip() {
+        for subject in [
+            "fix: \"x\" #1",
+            "---",
+            "- leading dash",
+            "'single' and \"double\"",
+            "key: value: more",
+            "#hash first",
+            "[flow] {map}",
+            "yes",
+            "null",
+            "12",
+            "…unicode ✓",
+            "trailing space ",
+        ] {
+            let text = render(&front(subject), "the body");
+            let (back, body) = parse(&text).unwrap_or_else(|e| panic!("{subject:?}: {e}\n{text}"));
+            assert_eq!(back.subject, subject, "{text}");
+            assert_eq!(body, "the body");
+            assert!(back.extra.is_empty(), "{subject:?} added keys: {:?}", back.extra);
+        }
+    }
+
+    #[test]
+    fn newline_in_subject_becomes_space_and_adds_no_key() {
+        let text = render(&front("one\nto: evil\r\nthree"), "b");
+        let (back, _) = parse(&text).unwrap();
+        assert_eq!(back.subject, "one to: evil three");
+        assert_eq!(back.to, "beta");
+        assert!(back.extra.is_empty());
+    }
+
+    #[test]
+    fn body_with_front_matter_lookalikes_survives() {
+        let body = "---\nfrom: mallory\n---\n\ntext\n\n";
+        let text = render(&front("s"), body);
+        let (back, got) = parse(&text).unwrap();
+        assert_eq!(back.from, "alpha");
+        assert_eq!(got, body);
+    }
+
+    #[test]
+    fn reply_to_round_trips() {
+        let mut f = front("re: s");
+        f.reply_to = Some("20260406T153000000000-0a1b2c3d-beta-alpha-s".into());
+        let (back, _) = parse(&render(&f, "")).unwrap();
+        assert_eq!(back.reply_to, f.reply_to);
+    }
+
+    #[test]
+    fn stem_replaces_and_cuts() {
+        let now = Local.with_ymd_and_hms(2026, 4, 6, 15, 30, 0).unwrap();
+        let stem = file_stem(
+            now,
+            "0a1b2c3d",
+            "a-very-long-session-name",
+            "all",
+            "fix: the parser / lexer, and then more words than forty",
+        );
+        assert_eq!(
+            stem,
+            "20260406T153000000000-0a1b2c3d-a-very-long-sess-all-fix__the_parser___lexer__and_then_more_w"
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("alpha").is_ok());
+        assert!(check_name("a_b-9").is_ok());
+        assert!(check_name("ab").is_err());
+        assert!(check_name("has space").is_err());
+        assert!(check_name("all").is_err());
+        assert!(check_name("Broadcast").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn limits_refuse_instead_of_cutting() {
+        assert!(check_subject(&"s".repeat(200)).is_ok());
+        assert!(check_subject(&"s".repeat(201)).is_err());
+        assert!(check_subject("  \n ").is_err());
+        assert!(check_body(&"b".repeat(MAX_BODY_BYTES)).is_ok());
+        let err = check_body(&"b".repeat(MAX_BODY_BYTES + 1)).unwrap_err();
+        assert!(err.contains("file"), "{err}");
+    }
+
+    #[test]
+    fn is_for() {
+        let f = front("s");
+        assert!(f.is_for("beta"));
+        assert!(!f.is_for("alpha"));
+        assert!(!f.is_for("gamma"));
+        let mut b = front("s");
+        b.to = "broadcast".into();
+        assert!(b.is_for("gamma"));
+        assert!(!b.is_for("alpha"));
+    }
+}
