@@ -292,6 +292,11 @@ impl Session {
         })
     }
 
+    /// True when the message was already pushed to this session as a channel event.
+    pub fn was_pushed(&self, id: &str) -> bool {
+        self.inner().state.was_pushed(id)
+    }
+
     /// Unread messages not yet pushed to this session, oldest first; they are recorded as
     /// pushed before they are returned, so no message is pushed twice.
     pub fn take_pushes(&self) -> Result<Vec<Arc<Message>>> {
