@@ -40,7 +40,9 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
         .context("`t9-ipc serve` did not answer within 10 s")?
         .context("the MCP handshake with `t9-ipc serve` failed")?;
     let handshake = started.elapsed();
-    let info = client.peer_info().context("the server sent no initialize result")?;
+    let info = client
+        .peer_info()
+        .context("the server sent no initialize result")?;
     let channel = info
         .capabilities
         .experimental
@@ -52,13 +54,15 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
         bail!("the server does not declare the claude/channel capability");
     }
     let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
-    println!( // stdout-ok
+    println!(
+        // stdout-ok
         "self-check: `t9-ipc serve` answered in {} ms, declares claude/channel, tools: {}",
         handshake.as_millis(),
         names.join(", ")
     );
     let exe = exe.display();
-    println!( // stdout-ok
+    println!(
+        // stdout-ok
         "\nAdd it to Claude Code for all your projects:\n\
          \n  claude mcp add --scope user t9-ipc -- {exe} serve\n\
          \nor put this in ~/.claude.json under \"mcpServers\":\n\

@@ -42,8 +42,7 @@ const DEFAULT_UNREAD_LIMIT: u32 = 20;
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let session = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Session::start(&config, Local::now()))
-            .await?
+        tokio::task::spawn_blocking(move || Session::start(&config, Local::now())).await?
     }
     .with_context(|| format!("starting a session on {}", config.data_dir.display()))?;
     let session = Arc::new(session);
@@ -95,7 +94,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -175,7 +177,9 @@ async fn push_new(session: &Arc<Session>, peer: &Peer<RoleServer>) {
             .await
         {
             Ok(()) => tracing::info!(msg_id = %msg.id, from = %msg.front.from, "pushed"),
-            Err(err) => tracing::warn!(msg_id = %msg.id, %err, "push failed; the message stays unread"),
+            Err(err) => {
+                tracing::warn!(msg_id = %msg.id, %err, "push failed; the message stays unread")
+            }
         }
     }
 }
@@ -359,9 +363,10 @@ folder, last seen, what each works on. Marks this session with \"(you)\". Use th
 in t9_ipc_send."
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
-        self.blocking(|s| Ok((s.who(Local::now()), s.name())), |(peers, me)| {
-            format_who(&peers, &me, Local::now())
-        })
+        self.blocking(
+            |s| Ok((s.who(Local::now()), s.name())),
+            |(peers, me)| format_who(&peers, &me, Local::now()),
+        )
         .await
     }
 
@@ -443,11 +448,7 @@ call it when starting, when the user asks about messages, or when events may be 
         self.blocking(
             move |s| {
                 let page = s.unread(limit, mark_read)?;
-                let pushed: Vec<bool> = page
-                    .messages
-                    .iter()
-                    .map(|m| s.was_pushed(&m.id))
-                    .collect();
+                let pushed: Vec<bool> = page.messages.iter().map(|m| s.was_pushed(&m.id)).collect();
                 Ok((page, pushed))
             },
             move |(page, pushed)| format_unread(&page, &pushed, mark_read),
@@ -606,7 +607,11 @@ fn format_unread(page: &t9_ipc::session::Unread, pushed: &[bool], marked: bool) 
     let mut out = format!(
         "{n} unread message{} (oldest first){}:\n",
         if n == 1 { "" } else { "s" },
-        if marked { ", now marked read" } else { ", left unread" }
+        if marked {
+            ", now marked read"
+        } else {
+            ", left unread"
+        }
     );
     for (msg, was_pushed) in page.messages.iter().zip(pushed) {
         let f = &msg.front;
@@ -617,7 +622,11 @@ fn format_unread(page: &t9_ipc::session::Unread, pushed: &[bool], marked: bool) 
             f.from,
             f.to,
             if f.kind.is_empty() { "ipc" } else { &f.kind },
-            if f.priority.is_empty() { "normal" } else { &f.priority },
+            if f.priority.is_empty() {
+                "normal"
+            } else {
+                &f.priority
+            },
             f.created,
         );
         if let Some(r) = &f.reply_to {
@@ -637,7 +646,9 @@ fn format_unread(page: &t9_ipc::session::Unread, pushed: &[bool], marked: bool) 
             page.remaining
         );
     } else {
-        out.push_str("\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).");
+        out.push_str(
+            "\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
+        );
     }
     out
 }

@@ -21,8 +21,12 @@ impl DataDirSource {
     pub fn describe(self) -> &'static str {
         match self {
             DataDirSource::Env => "set by IPC_DATA_DIR",
-            DataDirSource::Checkout => "the data/ipc folder of the checkout this binary was built from",
-            DataDirSource::UserData => "the user data folder (the checkout this binary was built from is gone)",
+            DataDirSource::Checkout => {
+                "the data/ipc folder of the checkout this binary was built from"
+            }
+            DataDirSource::UserData => {
+                "the user data folder (the checkout this binary was built from is gone)"
+            }
         }
     }
 }
@@ -46,7 +50,9 @@ impl Config {
             Some(dir) if !dir.is_empty() => (PathBuf::from(dir), DataDirSource::Env),
             _ => default_data_dir(),
         };
-        let session_name = env::var("IPC_SESSION_ID").ok().filter(|s| !s.trim().is_empty());
+        let session_name = env::var("IPC_SESSION_ID")
+            .ok()
+            .filter(|s| !s.trim().is_empty());
         let cwd = env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         Config {
             data_dir,

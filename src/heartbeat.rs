@@ -113,7 +113,11 @@ impl Heartbeats {
 
     /// Runs `change` on the table under the exclusive lock, after dropping entries that are
     /// no longer alive, then writes the table back atomically.
-    pub fn update<R>(&self, now: DateTime<Local>, change: impl FnOnce(&mut Table) -> R) -> Result<R> {
+    pub fn update<R>(
+        &self,
+        now: DateTime<Local>,
+        change: impl FnOnce(&mut Table) -> R,
+    ) -> Result<R> {
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -210,10 +214,26 @@ mod tests {
     fn liveness() {
         let now = Local.with_ymd_and_hms(2026, 4, 6, 15, 30, 0).unwrap();
         assert!(is_alive(&entry("2026-04-06 15:29:00", "active"), now, true));
-        assert!(!is_alive(&entry("2026-04-06 15:29:00", "active"), now, false));
-        assert!(!is_alive(&entry("2026-04-06 15:29:00", "signing-off"), now, true));
-        assert!(!is_alive(&entry("2026-04-05 15:29:00", "active"), now, true));
-        assert!(is_alive(&entry("2026-04-06T15:29:00.123456", "active"), now, true));
+        assert!(!is_alive(
+            &entry("2026-04-06 15:29:00", "active"),
+            now,
+            false
+        ));
+        assert!(!is_alive(
+            &entry("2026-04-06 15:29:00", "signing-off"),
+            now,
+            true
+        ));
+        assert!(!is_alive(
+            &entry("2026-04-05 15:29:00", "active"),
+            now,
+            true
+        ));
+        assert!(is_alive(
+            &entry("2026-04-06T15:29:00.123456", "active"),
+            now,
+            true
+        ));
         assert!(!is_alive(&entry("yesterday", "active"), now, true));
     }
 

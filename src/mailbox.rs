@@ -314,11 +314,9 @@ impl ReadState {
             return false;
         }
         if msg.front.is_broadcast() {
-            let joined_second = self.joined.timestamp();
-            return msg
-                .front
-                .created_at()
-                .is_none_or(|created| created.timestamp() >= joined_second);
+            // The id's stamp has microseconds; `created` only seconds.
+            let sent = message::stem_time(&msg.id).or_else(|| msg.front.created_at());
+            return sent.is_none_or(|sent| sent >= self.joined);
         }
         true
     }

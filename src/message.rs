@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Timelike};
 use pulldown_cmark::{Event, MetadataBlockKind, Options, Parser, Tag, TagEnd};
 use serde::Serialize;
 
@@ -98,7 +98,9 @@ impl fmt::Display for ParseError {
             ParseError::NoFrontMatter => {
                 f.write_str("no front matter (the file must start with a `---` line)")
             }
-            ParseError::Unclosed => f.write_str("the front matter has no closing `---` line"),
+            ParseError::Unclosed => {
+                f.write_str("the front matter has no closing `---` line, or is empty")
+            }
             ParseError::Missing(key) => write!(f, "the front matter has no `{key}`"),
         }
     }
@@ -149,6 +151,10 @@ fn split(text: &str) -> Result<(String, String), ParseError> {
             if range.start == 0 =>
         {
             range.end
+        }
+        // pulldown-cmark does not open a block it cannot close (nor an empty one).
+        _ if text.starts_with("---\n") || text.starts_with("---\r\n") => {
+            return Err(ParseError::Unclosed);
         }
         _ => return Err(ParseError::NoFrontMatter),
     };
@@ -272,6 +278,14 @@ pub fn one_line(s: &str) -> String {
     s.replace("\r\n", " ").replace(['\n', '\r'], " ")
 }
 
+/// The time in a message id's stamp (`YYYYMMDDTHHMMSSffffff`, local time), if it has one.
+pub fn stem_time(id: &str) -> Option<DateTime<Local>> {
+    let seconds = NaiveDateTime::parse_from_str(id.get(..15)?, "%Y%m%dT%H%M%S").ok()?;
+    let micros: u32 = id.get(15..21)?.parse().ok()?;
+    let naive = seconds.with_nanosecond(micros * 1000)?;
+    Local.from_local_datetime(&naive).earliest()
+}
+
 /// The file stem (the message id): `<stamp>-<uid>-<from>-<to>-<subject>`.
 pub fn file_stem(now: DateTime<Local>, uid: &str, from: &str, to: &str, subject: &str) -> String {
     format!(
@@ -314,9 +328,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     if name.eq_ignore_ascii_case(BROADCAST) || name.eq_ignore_ascii_case("broadcast") {
-        return Err(format!(
-            "{name:?} is reserved: it addresses every session"
-        ));
+        return Err(format!("{name:?} is reserved: it addresses every session"));
     }
     Ok(())
 }
@@ -387,7 +399,11 @@ mod tests {
             let (back, body) = parse(&text).unwrap_or_else(|e| panic!("{subject:?}: {e}\n{text}"));
             assert_eq!(back.subject, subject, "{text}");
             assert_eq!(body, "the body");
-            assert!(back.extra.is_empty(), "{subject:?} added keys: {:?}", back.extra);
+            assert!(
+                back.extra.is_empty(),
+                "{subject:?} added keys: {:?}",
+                back.extra
+            );
         }
     }
 
@@ -431,6 +447,15 @@ mod tests {
             stem,
             "20260406T153000000000-0a1b2c3d-a-very-long-sess-all-fix__the_parser___lexer__and_then_more_w"
         );
+    }
+
+    #[test]
+    fn stem_time_reads_microseconds() {
+        let now = Local.with_ymd_and_hms(2026, 4, 6, 15, 30, 0).unwrap()
+            + chrono::TimeDelta::microseconds(123_456);
+        let stem = file_stem(now, "0a1b2c3d", "a", "b", "s");
+        assert_eq!(stem_time(&stem), Some(now));
+        assert_eq!(stem_time("notes"), None);
     }
 
     #[test]

@@ -85,11 +85,15 @@ impl Session {
         let heartbeats = Heartbeats::new(&config.data_dir);
         let requested = config.session_name.as_deref().and_then(|name| {
             message::check_name(name)
-                .map_err(|why| tracing::warn!(%why, "IPC_SESSION_ID ignored; using the default name"))
+                .map_err(
+                    |why| tracing::warn!(%why, "IPC_SESSION_ID ignored; using the default name"),
+                )
                 .ok()
                 .map(|()| name.to_owned())
         });
-        let base = requested.clone().unwrap_or_else(|| default_name(&config.cwd));
+        let base = requested
+            .clone()
+            .unwrap_or_else(|| default_name(&config.cwd));
         let pid = process::id();
         let name = heartbeats.update(now, |table| {
             let name = free_name(&base, table, pid);
@@ -262,7 +266,11 @@ impl Session {
         }
         let mut live: Table = self.heartbeats.live(now);
         live.remove(&from);
-        let recipient = if broadcast { None } else { live.get(to).cloned() };
+        let recipient = if broadcast {
+            None
+        } else {
+            live.get(to).cloned()
+        };
         Ok(Sent {
             id,
             to: to.to_owned(),
@@ -284,7 +292,9 @@ impl Session {
         let remaining = unread.len().saturating_sub(limit);
         unread.truncate(limit);
         if mark_read {
-            inner.state.mark_read(unread.iter().map(|m| m.id.as_str()))?;
+            inner
+                .state
+                .mark_read(unread.iter().map(|m| m.id.as_str()))?;
         }
         Ok(Unread {
             messages: unread,
@@ -383,12 +393,18 @@ mod tests {
     #[test]
     fn default_names() {
         assert_eq!(default_name(Path::new("/home/u/t9-ipc")), "t9-ipc");
-        assert_eq!(default_name(Path::new("/home/u/My Project (old)")), "My-Project-old");
+        assert_eq!(
+            default_name(Path::new("/home/u/My Project (old)")),
+            "My-Project-old"
+        );
         assert_eq!(default_name(Path::new("/home/u/ab")), "ab-session");
         assert_eq!(default_name(Path::new("/")), "session");
         assert_eq!(default_name(Path::new("/srv/all")), "all-session");
         assert_eq!(default_name(Path::new("/srv/한글")), "session");
-        assert_eq!(default_name(Path::new(&format!("/x/{}", "a".repeat(80)))).len(), 48);
+        assert_eq!(
+            default_name(Path::new(&format!("/x/{}", "a".repeat(80)))).len(),
+            48
+        );
     }
 
     #[test]

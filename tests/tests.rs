@@ -1,0 +1,9 @@
+//! Integration tests: the built `t9-ipc serve` driven over stdio, one temp mailbox a test.
+
+mod util;
+
+mod format;
+mod handshake;
+mod inbox;
+mod messaging;
+mod names;

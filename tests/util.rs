@@ -1,0 +1,332 @@
+//! Test harness: a temp mailbox, the built `t9-ipc serve` driven over stdio by the rmcp
+//! client (as Claude Code drives it), and a raw line client for byte-level checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CustomNotification};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_t9-ipc");
+/// Long enough for a push (after the 1 s grace) on a loaded CI machine; a passing test
+/// never waits this long.
+pub const EVENT_WAIT: Duration = Duration::from_secs(15);
+
+/// A mailbox root in a temp folder, removed at the end of the test.
+pub struct TempMailbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempMailbox {
+    pub fn new() -> TempMailbox {
+        TempMailbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.dir.path().join("inbox")
+    }
+
+    /// The `.md` files in the inbox, sorted.
+    pub fn inbox_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.inbox())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub fn heartbeats(&self) -> Map<String, Value> {
+        let text = std::fs::read_to_string(self.root().join("heartbeats.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    /// Starts a server named `name` (IPC_SESSION_ID) in a fresh working folder.
+    pub async fn spawn(&self, name: &str) -> Client {
+        let cwd = self.root().join(format!("work-{name}"));
+        std::fs::create_dir_all(&cwd).expect("cwd");
+        self.spawn_with(Some(name), &cwd).await
+    }
+
+    /// Starts a server with an optional IPC_SESSION_ID in working folder `cwd`.
+    pub async fn spawn_with(&self, name: Option<&str>, cwd: &Path) -> Client {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .current_dir(cwd)
+            .env("IPC_DATA_DIR", self.root())
+            .env("RUST_LOG", "t9_ipc=debug")
+            .env_remove("IPC_SESSION_ID");
+        if let Some(name) = name {
+            cmd.env("IPC_SESSION_ID", name);
+        }
+        let (tx, events) = mpsc::unbounded_channel();
+        let transport = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn t9-ipc serve")
+            .0;
+        let pid = transport.id().expect("child pid");
+        let service = timeout(EVENT_WAIT, Events { tx }.serve(transport))
+            .await
+            .expect("initialize in time")
+            .expect("initialize");
+        Client {
+            service,
+            events,
+            pid,
+        }
+    }
+}
+
+/// Forwards every channel event the server pushes into a queue the test reads.
+pub struct Events {
+    tx: mpsc::UnboundedSender<CustomNotification>,
+}
+
+impl ClientHandler for Events {
+    async fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.tx.send(notification);
+    }
+}
+
+/// One channel event: the body and the meta attributes.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub content: String,
+    pub meta: Map<String, Value>,
+}
+
+impl Event {
+    pub fn meta(&self, key: &str) -> &str {
+        self.meta
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("meta {key} missing or not a string: {:?}", self.meta))
+    }
+}
+
+/// A running `t9-ipc serve` with an MCP client session on its stdio.
+pub struct Client {
+    pub service: RunningService<RoleClient, Events>,
+    events: mpsc::UnboundedReceiver<CustomNotification>,
+    pub pid: u32,
+}
+
+/// A tool's answer: its text and whether it was an error result.
+#[derive(Debug)]
+pub struct Reply {
+    pub text: String,
+    pub is_error: bool,
+}
+
+impl Client {
+    pub async fn call(&self, tool: &str, args: Value) -> Reply {
+        let Value::Object(args) = args else {
+            panic!("tool arguments must be an object")
+        };
+        let result = self
+            .service
+            .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+            .await
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let text = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Reply {
+            text,
+            is_error: result.is_error.unwrap_or(false),
+        }
+    }
+
+    /// Calls a tool that must succeed and returns its text.
+    pub async fn ok(&self, tool: &str, args: Value) -> String {
+        let reply = self.call(tool, args).await;
+        assert!(!reply.is_error, "{tool} failed: {}", reply.text);
+        reply.text
+    }
+
+    /// Sends a message and returns its msg_id, read from the tool's answer.
+    pub async fn send(&self, to: &str, subject: &str, body: &str) -> String {
+        let text = self
+            .ok(
+                "t9_ipc_send",
+                json!({"to": to, "subject": subject, "body": body}),
+            )
+            .await;
+        msg_id_in(&text)
+    }
+
+    /// The next channel event, or a panic after [`EVENT_WAIT`].
+    pub async fn next_event(&mut self) -> Event {
+        let n = timeout(EVENT_WAIT, self.events.recv())
+            .await
+            .expect("a channel event within the wait")
+            .expect("the event queue is open");
+        assert_eq!(n.method, "notifications/claude/channel");
+        let params = n.params.expect("params");
+        Event {
+            content: params["content"]
+                .as_str()
+                .expect("content string")
+                .to_owned(),
+            meta: params["meta"].as_object().expect("meta object").clone(),
+        }
+    }
+
+    /// Events that arrive within `wait`. Used only to show that nothing more arrives after
+    /// what a test waited for.
+    pub async fn events_within(&mut self, wait: Duration) -> Vec<Event> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(n)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            let params = n.params.unwrap_or_default();
+            got.push(Event {
+                content: params["content"].as_str().unwrap_or_default().to_owned(),
+                meta: params["meta"].as_object().cloned().unwrap_or_default(),
+            });
+        }
+        got
+    }
+
+    /// Closes stdin (the normal end of a session) and waits for the process to exit.
+    pub async fn quit(self) {
+        let pid = self.pid;
+        let _ = self.service.cancel().await;
+        for _ in 0..200 {
+            if !process_exists(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("t9-ipc serve (pid {pid}) did not exit after stdin closed");
+    }
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The msg_id a send result names.
+pub fn msg_id_in(text: &str) -> String {
+    let start = text.find("msg_id ").expect("result names a msg_id") + "msg_id ".len();
+    text[start..]
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+/// `t9-ipc serve` spoken to line by line, keeping every byte of stdout.
+pub struct Raw {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Every stdout line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Raw {
+    pub fn spawn(root: &Path, name: &str) -> Raw {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env("IPC_DATA_DIR", root)
+            .env("IPC_SESSION_ID", name)
+            .env("RUST_LOG", "t9_ipc=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Raw {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        let mut line = serde_json::to_string(&message).unwrap();
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await.expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// The next stdout line, parsed.
+    pub async fn recv(&mut self) -> Value {
+        let line = timeout(EVENT_WAIT, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("read")
+            .expect("stdout open");
+        self.seen.push(line.clone());
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON on stdout: {line:?}: {e}"))
+    }
+
+    /// Reads lines until the response with `id`; other lines (notifications) are kept in
+    /// `seen` too.
+    pub async fn response(&mut self, id: Value) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v.get("id") == Some(&id) {
+                return v;
+            }
+        }
+    }
+
+    /// Closes stdin, reads the rest of stdout, and returns the exit status.
+    pub async fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        drop(self.stdin.take());
+        while let Ok(Ok(Some(line))) = timeout(EVENT_WAIT, self.lines.next_line()).await {
+            self.seen.push(line);
+        }
+        let status = timeout(EVENT_WAIT, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait");
+        (status, self.seen)
+    }
+}
+
+pub fn initialize_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"roots": {"listChanged": true}},
+        "clientInfo": {"name": "claude-code", "version": "2.1.330"}
+    }})
+}
