@@ -120,11 +120,14 @@ async fn push_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the entry was just written
     let mut peer: Option<Peer<RoleServer>> = None;
+    let mut server_gone = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            changed = peer_rx.changed(), if peer.is_none() => {
+            changed = peer_rx.changed(), if peer.is_none() && !server_gone => {
                 if changed.is_err() {
+                    // The server ended before `initialized`; the session is ending too.
+                    server_gone = true;
                     continue;
                 }
                 let Some(p) = peer_rx.borrow_and_update().clone() else { continue };
