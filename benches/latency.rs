@@ -37,10 +37,21 @@ fn proc_usage(pid: u32) -> (u64, u64) {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // After the ")": state is field 0, utime field 11, stime field 12.
-    let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
     (rss, ticks)
 }
 
@@ -55,7 +66,9 @@ async fn push_latency() {
     let mut latencies = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         let start = Instant::now();
-        let id = alpha.send("beta", &format!("m{i}"), "a body of a few words").await;
+        let id = alpha
+            .send("beta", &format!("m{i}"), "a body of a few words")
+            .await;
         let event = beta.next_event().await;
         latencies.push(start.elapsed());
         assert_eq!(event.meta("msg_id"), id);
