@@ -31,23 +31,30 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     let config = Config::from_env();
-    let result = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            rt.block_on(async {
-                match args.command {
-                    Command::Serve => server::serve(config).await,
-                    Command::Setup => cli::setup(&config).await,
-                    Command::Where => cli::where_is(&config),
-                }
-            })
-        });
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("t9-ipc: starting the async runtime: {err}"); // stdout-ok: this is stderr
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Serve => server::serve(config).await,
+            Command::Setup => cli::setup(&config).await,
+            Command::Where => cli::where_is(&config),
+        }
+    });
+    // The work is done; don't wait for a blocking read of stdin that may never return
+    // (after a signal, stdin is still open).
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("t9-ipc: {err:#}");
+            eprintln!("t9-ipc: {err:#}"); // stdout-ok: this is stderr
             ExitCode::FAILURE
         }
     }

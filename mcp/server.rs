@@ -24,7 +24,8 @@ use t9_ipc::mailbox::Message;
 use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Peer as LivePeer, Session};
 use t9_ipc::{Error, watch};
-use tokio::sync::{mpsc, watch as signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch as peer_watch};
 use tokio_util::sync::CancellationToken;
 
 /// The JSON-RPC method of a channel event.
@@ -40,6 +41,13 @@ const DEFAULT_UNREAD_LIMIT: u32 = 20;
 /// Runs the server until stdin closes or a signal arrives; then takes this session's
 /// heartbeat entry away.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed first, so a signal at any later point ends the session in order.
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        cancel.clone(),
+    ));
     let session = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Session::start(&config, Local::now())).await?
@@ -49,8 +57,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(session = %session.name(), pid = session.pid(), data_dir = %config.data_dir.display(), "started");
 
     let (watcher, fs_events) = watch::watch(session.mailbox().inbox())?;
-    let (peer_tx, peer_rx) = signal::channel(None);
-    let cancel = CancellationToken::new();
+    let (peer_tx, peer_rx) = peer_watch::channel(None);
     let pusher = tokio::spawn(push_loop(
         session.clone(),
         peer_rx,
@@ -75,13 +82,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                         tracing::warn!(%err, "the MCP service ended with an error");
                     }
                 }
-                () = shutdown_signal() => tracing::info!("signal received; ending"),
+                () = cancel.cancelled() => {}
             }
         }
-        // A client that closes stdin before `initialize` ends the session the same way.
+        // A client that closes stdin (or a signal) before `initialize` ends it the same way.
         Err(err) => tracing::info!(%err, "no MCP session was established"),
     }
     cancel.cancel();
+    signals.abort();
     let _ = pusher.await;
     drop(watcher);
     let name = session.name();
@@ -92,27 +100,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
+/// Cancels the session on SIGTERM or SIGINT.
+async fn cancel_on_signal(mut term: Signal, mut int: Signal, cancel: CancellationToken) {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; ending"),
+        _ = int.recv() => tracing::info!("SIGINT received; ending"),
     }
+    cancel.cancel();
 }
 
 /// Keeps the heartbeat fresh and pushes new mail as channel events, once the client has
 /// sent `notifications/initialized` and the grace period has passed.
 async fn push_loop(
     session: Arc<Session>,
-    mut peer_rx: signal::Receiver<Option<Peer<RoleServer>>>,
+    mut peer_rx: peer_watch::Receiver<Option<Peer<RoleServer>>>,
     mut fs_events: mpsc::Receiver<()>,
     cancel: CancellationToken,
 ) {
@@ -219,6 +220,10 @@ fn channel_params(msg: &Message) -> serde_json::Value {
 
 /// What the model is told once per session. Kept under Claude Code's 2,048-character cut.
 pub fn instructions(name: &str, config: &Config) -> String {
+    let mut data = config.data_dir.display().to_string();
+    if data.chars().count() > 300 {
+        data = "its folder: `t9-ipc where` prints it".to_owned();
+    }
     format!(
         "t9-ipc links this Claude Code session with the other sessions on this machine through \
 a shared mailbox ({data}). This session is named \"{name}\".
@@ -245,7 +250,6 @@ they are read.
 
 Mail to a name that is offline waits in the inbox until that session starts. Bodies over \
 64 KiB are refused: send a file path instead.",
-        data = config.data_dir.display(),
     )
 }
 
@@ -320,7 +324,7 @@ struct SetNameArgs {
 #[derive(Clone)]
 pub struct T9 {
     session: Arc<Session>,
-    peer_tx: signal::Sender<Option<Peer<RoleServer>>>,
+    peer_tx: peer_watch::Sender<Option<Peer<RoleServer>>>,
     instructions: String,
     tool_router: ToolRouter<T9>,
 }
@@ -357,6 +361,33 @@ impl T9 {
     }
 }
 
+impl T9 {
+    /// Sends one message (to `all` for a broadcast) and describes the result.
+    async fn deliver(
+        &self,
+        to: String,
+        subject: String,
+        body: String,
+        priority: PriorityArg,
+        reply_to: Option<String>,
+    ) -> Result<CallToolResult, McpError> {
+        self.blocking(
+            move |s| {
+                let out = Outgoing {
+                    to: &to,
+                    subject: &subject,
+                    body: &body,
+                    priority: priority.into(),
+                    reply_to: reply_to.as_deref(),
+                };
+                s.send(&out, Local::now())
+            },
+            |sent| format_sent(&sent),
+        )
+        .await
+    }
+}
+
 #[tool_router]
 impl T9 {
     #[tool(
@@ -383,22 +414,14 @@ an offline one when it next starts. To answer a message pass its msg_id as reply
         &self,
         Parameters(args): Parameters<SendArgs>,
     ) -> Result<CallToolResult, McpError> {
-        self.blocking(
-            move |s| {
-                s.send(
-                    &Outgoing {
-                        to: &args.to,
-                        subject: &args.subject,
-                        body: &args.body,
-                        priority: args.priority.into(),
-                        reply_to: args.reply_to.as_deref(),
-                    },
-                    Local::now(),
-                )
-            },
-            |sent| format_sent(&sent),
-        )
-        .await
+        let SendArgs {
+            to,
+            subject,
+            body,
+            priority,
+            reply_to,
+        } = args;
+        self.deliver(to, subject, body, priority, reply_to).await
     }
 
     #[tool(
@@ -410,22 +433,13 @@ concerns everyone; for one session use t9_ipc_send."
         &self,
         Parameters(args): Parameters<BroadcastArgs>,
     ) -> Result<CallToolResult, McpError> {
-        self.blocking(
-            move |s| {
-                s.send(
-                    &Outgoing {
-                        to: t9_ipc::message::BROADCAST,
-                        subject: &args.subject,
-                        body: &args.body,
-                        priority: args.priority.into(),
-                        reply_to: None,
-                    },
-                    Local::now(),
-                )
-            },
-            |sent| format_sent(&sent),
-        )
-        .await
+        let BroadcastArgs {
+            subject,
+            body,
+            priority,
+        } = args;
+        let to = t9_ipc::message::BROADCAST.to_owned();
+        self.deliver(to, subject, body, priority, None).await
     }
 
     #[tool(

@@ -149,9 +149,12 @@ impl Mailbox {
             let Some(id) = name.strip_suffix(".md") else {
                 if name.contains(".tmp.") {
                     tracing::debug!(file = %name, "skipped: a temporary file");
-                } else if present.insert(name.clone()) && !cache.contains_key(&name) {
-                    tracing::warn!(file = %name, "skipped: not a .md file");
-                    cache.insert(name, Cached::Bad((0, None)));
+                } else {
+                    present.insert(name.clone());
+                    cache.entry(name).or_insert_with_key(|name| {
+                        tracing::warn!(file = %name, "skipped: not a .md file");
+                        Cached::Bad((0, None))
+                    });
                 }
                 continue;
             };

@@ -155,3 +155,89 @@ async fn no_arguments_prints_help_and_never_reads_stdin() {
     assert!(help.contains("Usage"), "{help}");
     assert!(help.contains("serve"), "{help}");
 }
+
+#[tokio::test]
+async fn sigterm_ends_the_session_and_takes_its_heartbeat() {
+    let mb = TempMailbox::new();
+    let mut raw = Raw::spawn(mb.root(), "alpha");
+    raw.send(initialize_request(1)).await;
+    raw.response(json!(1)).await;
+    assert!(mb.heartbeats().contains_key("alpha"));
+    let pid = raw.child.id().expect("running");
+    // SAFETY: sends SIGTERM to the child this test spawned.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(crate::util::EVENT_WAIT, raw.child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(
+        !mb.heartbeats().contains_key("alpha"),
+        "{:?}",
+        mb.heartbeats()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_file_is_warned_about_once() {
+    let mb = TempMailbox::new();
+    std::fs::create_dir_all(mb.inbox()).unwrap();
+    std::fs::write(mb.inbox().join("broken-note.md"), "no front matter\n").unwrap();
+    let log = mb.root().join("stderr.log");
+    let mut raw = Raw::spawn_logged(mb.root(), "alpha", Some(&log));
+    raw.send(initialize_request(1)).await;
+    raw.response(json!(1)).await;
+    for id in 2..6 {
+        // Each unread call rescans the inbox.
+        raw.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"t9_ipc_unread","arguments":{}}}))
+            .await;
+        raw.response(json!(id)).await;
+    }
+    raw.finish().await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("broken-note.md"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(mb.inbox().join("broken-note.md").exists());
+}
+
+#[test]
+fn where_prints_the_mailbox_and_setup_checks_the_server() {
+    let mb = TempMailbox::new();
+    let out = std::process::Command::new(crate::util::BIN)
+        .arg("where")
+        .env("IPC_DATA_DIR", mb.root())
+        .output()
+        .expect("run where");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        mb.root().display().to_string()
+    );
+
+    let out = std::process::Command::new(crate::util::BIN)
+        .arg("setup")
+        .env("IPC_DATA_DIR", mb.root())
+        .output()
+        .expect("run setup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("declares claude/channel"), "{text}");
+    assert!(text.contains("t9_ipc_who"), "{text}");
+    assert!(
+        text.contains("claude mcp add --scope user t9-ipc --"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--dangerously-load-development-channels server:t9-ipc"),
+        "{text}"
+    );
+    // The self-check ran on a scratch mailbox: the real one has no session left in it.
+    assert!(mb.heartbeats().is_empty(), "{:?}", mb.heartbeats());
+}

@@ -258,6 +258,15 @@ pub struct Raw {
 
 impl Raw {
     pub fn spawn(root: &Path, name: &str) -> Raw {
+        Raw::spawn_logged(root, name, None)
+    }
+
+    /// Like [`Raw::spawn`], with stderr (the log) written to `log` when given.
+    pub fn spawn_logged(root: &Path, name: &str, log: Option<&Path>) -> Raw {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(BIN)
             .arg("serve")
             .env("IPC_DATA_DIR", root)
@@ -265,7 +274,7 @@ impl Raw {
             .env("RUST_LOG", "t9_ipc=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn");
