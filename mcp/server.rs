@@ -56,7 +56,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let session = Arc::new(session);
     tracing::info!(session = %session.name(), pid = session.pid(), data_dir = %config.data_dir.display(), "started");
 
-    let (watcher, fs_events) = watch::watch(session.mailbox().inbox())?;
+    let (watcher, fs_events) = match watch::watch(session.mailbox().inbox()) {
+        Ok((watcher, events)) => (Some(watcher), events),
+        Err(err) => {
+            // E.g. the inotify limits are reached. Pull still works, and the heartbeat's
+            // rescan still pushes, only later: degrade rather than refuse to start.
+            tracing::warn!(err = %format!("{err:#}"), "no file watcher; new mail is pushed at the next 60 s rescan");
+            (None, mpsc::channel(1).1)
+        }
+    };
     let (peer_tx, peer_rx) = peer_watch::channel(None);
     let pusher = tokio::spawn(push_loop(
         session.clone(),
