@@ -471,12 +471,8 @@ call it when starting, when the user asks about messages, or when events may be 
             None => DEFAULT_UNREAD_LIMIT,
         } as usize;
         self.blocking(
-            move |s| {
-                let page = s.unread(limit, mark_read)?;
-                let pushed: Vec<bool> = page.messages.iter().map(|m| s.was_pushed(&m.id)).collect();
-                Ok((page, pushed))
-            },
-            move |(page, pushed)| format_unread(&page, &pushed, mark_read),
+            move |s| s.unread(limit, mark_read),
+            move |page| format_unread(&page, mark_read),
         )
         .await
     }
@@ -624,7 +620,7 @@ fn format_sent(sent: &t9_ipc::session::Sent) -> String {
     }
 }
 
-fn format_unread(page: &t9_ipc::session::Unread, pushed: &[bool], marked: bool) -> String {
+fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
     if page.messages.is_empty() {
         return "No unread messages.".to_owned();
     }
@@ -638,7 +634,7 @@ fn format_unread(page: &t9_ipc::session::Unread, pushed: &[bool], marked: bool) 
             ", left unread"
         }
     );
-    for (msg, was_pushed) in page.messages.iter().zip(pushed) {
+    for (msg, was_pushed) in page.messages.iter().zip(&page.pushed) {
         let f = &msg.front;
         let _ = write!(
             out,

@@ -39,12 +39,6 @@ impl Priority {
     }
 }
 
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The front matter of a message file, as read from disk or about to be written.
 ///
 /// Values are kept as strings, the way a person reads them: an unknown `type` or `priority`

@@ -57,6 +57,8 @@ pub struct Sent {
 #[derive(Debug, Clone)]
 pub struct Unread {
     pub messages: Vec<Arc<Message>>,
+    /// For each message: whether it was already pushed as a channel event.
+    pub pushed: Vec<bool>,
     /// Unread messages beyond the page.
     pub remaining: usize,
 }
@@ -291,6 +293,10 @@ impl Session {
             .collect();
         let remaining = unread.len().saturating_sub(limit);
         unread.truncate(limit);
+        let pushed = unread
+            .iter()
+            .map(|m| inner.state.was_pushed(&m.id))
+            .collect();
         if mark_read {
             inner
                 .state
@@ -298,13 +304,9 @@ impl Session {
         }
         Ok(Unread {
             messages: unread,
+            pushed,
             remaining,
         })
-    }
-
-    /// True when the message was already pushed to this session as a channel event.
-    pub fn was_pushed(&self, id: &str) -> bool {
-        self.inner().state.was_pushed(id)
     }
 
     /// Unread messages not yet pushed to this session, oldest first; they are recorded as
