@@ -1,12 +1,13 @@
 //! The MCP server on stdio: the tools, the channel capability, and the push loop. The only
 //! code that knows rmcp's server side.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Local};
+use chrono::{DateTime, Local, TimeDelta};
 use rmcp::handler::server::{tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{
     CallToolResult, ContentBlock, CustomNotification, DiscoverRequestMethod, DiscoverResult,
@@ -22,10 +23,12 @@ use serde_json::json;
 use t9_ipc::config::Config;
 use t9_ipc::mailbox::Message;
 use t9_ipc::message::Priority;
-use t9_ipc::session::{Outgoing, Peer as LivePeer, Session};
-use t9_ipc::{Error, watch};
+use t9_ipc::session::{Outgoing, Peer as LivePeer, Session, WaitFor};
+use t9_ipc::watch::{self, Changed};
+use t9_ipc::{Error, channels};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{mpsc, watch as peer_watch};
+use tokio::sync::{Notify, watch as peer_watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The JSON-RPC method of a channel event.
@@ -37,6 +40,9 @@ const PUSH_GRACE: Duration = Duration::from_millis(1000);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 /// Unread messages returned by one `t9_ipc_unread` call when no limit is given.
 const DEFAULT_UNREAD_LIMIT: u32 = 20;
+/// `t9_ipc_wait`'s default and longest wait, in seconds.
+const DEFAULT_WAIT_S: u64 = 60;
+const MAX_WAIT_S: u64 = 600;
 
 /// Runs the server until stdin closes or a signal arrives; then takes this session's
 /// heartbeat entry away.
@@ -56,27 +62,38 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let session = Arc::new(session);
     tracing::info!(session = %session.name(), pid = session.pid(), data_dir = %config.data_dir.display(), "started");
 
-    let (watcher, fs_events) = match watch::watch(session.mailbox().inbox()) {
-        Ok((watcher, events)) => (Some(watcher), events),
+    let (watcher, changes) = match watch::watch(session.mailbox().inbox()) {
+        Ok((watcher, changes)) => (Some(watcher), changes),
         Err(err) => {
             // E.g. the inotify limits are reached. Pull still works, and the heartbeat's
             // rescan still pushes, only later: degrade rather than refuse to start.
-            tracing::warn!(err = %format!("{err:#}"), "no file watcher; new mail is pushed at the next 60 s rescan");
-            (None, mpsc::channel(1).1)
+            tracing::warn!(err = %format!("{err:#}"), "no file watcher; the inbox is rescanned every 60 s instead");
+            (None, watch::Changes::none())
         }
     };
     let (peer_tx, peer_rx) = peer_watch::channel(None);
-    let pusher = tokio::spawn(push_loop(
-        session.clone(),
-        peer_rx,
-        fs_events,
-        cancel.child_token(),
-    ));
+    let mail = Arc::new(Notify::new());
+    let pusher = tokio::spawn(
+        Pusher {
+            session: session.clone(),
+            quiet: config.push_quiet,
+            rate: config.push_rate,
+            rescan_on_tick: watcher.is_none(),
+            last_push: None,
+            recent: HashMap::new(),
+            flush_at: None,
+            mail: mail.clone(),
+        }
+        .run(peer_rx, changes, cancel.child_token()),
+    );
 
     let server = T9 {
         instructions: instructions(&session.name(), &config),
         session: session.clone(),
+        config: Arc::new(config.clone()),
         peer_tx,
+        mail,
+        ending: cancel.clone(),
         tool_router: T9::tool_router(),
     };
     let running = server
@@ -117,84 +134,352 @@ async fn cancel_on_signal(mut term: Signal, mut int: Signal, cancel: Cancellatio
     cancel.cancel();
 }
 
-/// Keeps the heartbeat fresh and pushes new mail as channel events, once the client has
-/// sent `notifications/initialized` and the grace period has passed.
-async fn push_loop(
+/// Keeps the index of this session's mail and its heartbeat current, and pushes new mail as
+/// channel events once the client has sent `notifications/initialized` and the grace period
+/// has passed.
+struct Pusher {
     session: Arc<Session>,
-    mut peer_rx: peer_watch::Receiver<Option<Peer<RoleServer>>>,
-    mut fs_events: mpsc::Receiver<()>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the entry was just written
-    let mut peer: Option<Peer<RoleServer>> = None;
-    let mut server_gone = false;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            changed = peer_rx.changed(), if peer.is_none() && !server_gone => {
-                if changed.is_err() {
-                    // The server ended before `initialized`; the session is ending too.
-                    server_gone = true;
-                    continue;
+    /// After a push, new mail waits this long and goes out as one event.
+    quiet: Duration,
+    /// Messages of one sender pushed per minute, at most.
+    rate: Option<u32>,
+    /// No file watcher: rescan at each heartbeat instead.
+    rescan_on_tick: bool,
+    last_push: Option<Instant>,
+    /// When each sender's recent messages were pushed (the last minute).
+    recent: HashMap<String, VecDeque<Instant>>,
+    /// A push held back by the quiet window or the rate limit is due then.
+    flush_at: Option<Instant>,
+    /// Woken after every look at the inbox, for `t9_ipc_wait`.
+    mail: Arc<Notify>,
+}
+
+/// Up to this many messages (and this many body bytes) go out whole in one event; more
+/// become a digest that names them and asks the model to call `t9_ipc_unread`.
+const BUNDLE_MAX: usize = 5;
+const BUNDLE_MAX_BYTES: usize = 16 * 1024;
+/// A digest names at most this many messages.
+const DIGEST_MAX: usize = 20;
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+impl Pusher {
+    async fn run(
+        mut self,
+        mut peer_rx: peer_watch::Receiver<Option<Peer<RoleServer>>>,
+        mut changes: watch::Changes,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the entry was just written
+        // Index the inbox now, so tools and waits have it before any event.
+        self.sync(Changed {
+            rescan: true,
+            ..Changed::default()
+        })
+        .await;
+        let mut peer: Option<Peer<RoleServer>> = None;
+        let mut server_gone = false;
+        loop {
+            let due = self.flush_at;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = peer_rx.changed(), if peer.is_none() && !server_gone => {
+                    if changed.is_err() {
+                        // The server ended before `initialized`; the session is ending too.
+                        server_gone = true;
+                        continue;
+                    }
+                    let Some(p) = peer_rx.borrow_and_update().clone() else { continue };
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(PUSH_GRACE) => {}
+                    }
+                    tracing::debug!("channel push enabled");
+                    // Catch-up: what waited for this name while it was away.
+                    self.push(&p).await;
+                    peer = Some(p);
                 }
-                let Some(p) = peer_rx.borrow_and_update().clone() else { continue };
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(PUSH_GRACE) => {}
+                Some(()) = changes.changed() => {
+                    self.sync(changes.take()).await;
+                    if let Some(p) = &peer {
+                        self.push(p).await;
+                    }
                 }
-                tracing::debug!("channel push enabled");
-                push_new(&session, &p).await;
-                peer = Some(p);
-            }
-            Some(()) = fs_events.recv() => {
-                if let Some(p) = &peer {
-                    push_new(&session, p).await;
+                () = sleep_until_due(due) => {
+                    self.flush_at = None;
+                    if let Some(p) = &peer {
+                        self.push(p).await;
+                    }
                 }
-            }
-            _ = tick.tick() => {
-                let s = session.clone();
-                match tokio::task::spawn_blocking(move || s.refresh(Local::now())).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "refreshing the heartbeat"),
-                    Err(err) => tracing::warn!(%err, "refreshing the heartbeat"),
-                }
-                if let Some(p) = &peer {
-                    push_new(&session, p).await;
+                _ = tick.tick() => {
+                    let s = self.session.clone();
+                    match tokio::task::spawn_blocking(move || s.refresh(Local::now())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "refreshing the heartbeat"),
+                        Err(err) => tracing::warn!(%err, "refreshing the heartbeat"),
+                    }
+                    if self.rescan_on_tick {
+                        self.sync(Changed { rescan: true, ..Changed::default() }).await;
+                        if let Some(p) = &peer {
+                            self.push(p).await;
+                        }
+                    }
                 }
             }
         }
     }
-}
 
-/// Rescans the inbox and pushes every unread message not pushed before.
-async fn push_new(session: &Arc<Session>, peer: &Peer<RoleServer>) {
-    let s = session.clone();
-    let new = match tokio::task::spawn_blocking(move || s.take_pushes()).await {
-        Ok(Ok(new)) => new,
-        Ok(Err(err)) => {
-            tracing::warn!(err = %format!("{err:#}"), "scanning the inbox");
+    /// Updates the index from what changed, then wakes the waits.
+    async fn sync(&self, changed: Changed) {
+        let s = self.session.clone();
+        match tokio::task::spawn_blocking(move || s.sync(changed, Local::now())).await {
+            Ok(Ok(_arrived)) => {}
+            Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
+            Err(err) => tracing::warn!(%err, "reading the inbox"),
+        }
+        self.mail.notify_waiters();
+    }
+
+    /// Pushes what is pending, unless the quiet window or the rate limit says later.
+    async fn push(&mut self, peer: &Peer<RoleServer>) {
+        let s = self.session.clone();
+        let pending =
+            match tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await {
+                Ok(Ok(pending)) => pending,
+                Ok(Err(err)) => {
+                    tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "reading the inbox");
+                    return;
+                }
+            };
+        if pending.is_empty() {
             return;
         }
-        Err(err) => {
-            tracing::warn!(%err, "scanning the inbox");
+        let now = Instant::now();
+        if let Some(last) = self.last_push
+            && now < last + self.quiet
+        {
+            self.flush_at = Some(last + self.quiet);
             return;
         }
-    };
-    for msg in new {
-        let event = CustomNotification::new(CHANNEL_METHOD, Some(channel_params(&msg)));
+        let (ready, held) = self.admit(pending, now);
+        if ready.is_empty() {
+            // Only held mail: no event. It waits unread (reminders name it) and goes out when
+            // the sender's minute frees.
+            let next = held.iter().filter_map(|(_, at)| *at).min();
+            self.flush_at = next.or(self.flush_at);
+            return;
+        }
+        let held: Vec<Arc<Message>> = held.into_iter().map(|(m, _)| m).collect();
+        let me = self.session.name();
+        let bodies: usize = ready.iter().map(|m| m.body.len()).sum();
+        let whole = ready.len() <= BUNDLE_MAX && bodies <= BUNDLE_MAX_BYTES;
+        let (params, pushed, listed) = if whole {
+            // Held mail is named in this event and then waits for t9_ipc_unread.
+            (event_params(&ready, &held, &me), ready, held)
+        } else {
+            let all: Vec<_> = ready.into_iter().chain(held).collect();
+            (digest_params(&all, &me), Vec::new(), all)
+        };
+        let ids =
+            |msgs: &[Arc<Message>]| -> Vec<String> { msgs.iter().map(|m| m.id.clone()).collect() };
+        let (pushed_ids, listed_ids) = (ids(&pushed), ids(&listed));
+        self.session.pushing(&pushed_ids);
+        let event = CustomNotification::new(CHANNEL_METHOD, Some(params));
         match peer
             .send_notification(ServerNotification::CustomNotification(event))
             .await
         {
-            Ok(()) => tracing::info!(msg_id = %msg.id, from = %msg.front.from, "pushed"),
+            Ok(()) => {
+                // Recorded after the event left: a crash in between pushes it again at the
+                // next start (at least once), never loses it.
+                let s = self.session.clone();
+                let recorded = tokio::task::spawn_blocking(move || {
+                    s.mark_pushed(&pushed_ids)?;
+                    s.mark_listed(&listed_ids)
+                })
+                .await;
+                if let Ok(Err(err)) = recorded {
+                    tracing::warn!(err = %format!("{err:#}"), "recording pushed messages");
+                }
+                for msg in &listed {
+                    tracing::info!(msg_id = %msg.id, from = %msg.front.from, "named in an event");
+                }
+                for msg in &pushed {
+                    tracing::info!(msg_id = %msg.id, from = %msg.front.from, "pushed");
+                    if let Some(rate) = self.rate {
+                        let times = self.recent.entry(msg.front.from.clone()).or_default();
+                        times.push_back(now);
+                        while times.len() > rate as usize {
+                            times.pop_front();
+                        }
+                    }
+                }
+                self.last_push = Some(now);
+            }
             Err(err) => {
-                tracing::warn!(msg_id = %msg.id, %err, "push failed; the message stays unread")
+                self.session.push_failed(&pushed_ids);
+                tracing::warn!(%err, "push failed; the messages stay unread");
             }
         }
     }
+
+    /// Splits pending mail into what may go now and what the per-sender rate limit holds
+    /// back (with the time it may go).
+    fn admit(
+        &mut self,
+        pending: Vec<Arc<Message>>,
+        now: Instant,
+    ) -> (Vec<Arc<Message>>, Vec<Held>) {
+        let Some(rate) = self.rate else {
+            return (pending, Vec::new());
+        };
+        let mut ready = Vec::new();
+        let mut held = Vec::new();
+        let mut taken: HashMap<&str, usize> = HashMap::new();
+        for times in self.recent.values_mut() {
+            while times.front().is_some_and(|t| now >= *t + RATE_WINDOW) {
+                times.pop_front();
+            }
+        }
+        self.recent.retain(|_, t| !t.is_empty());
+        for msg in &pending {
+            let from = msg.front.from.as_str();
+            let recent = self.recent.get(from);
+            let used = recent.map_or(0, VecDeque::len) + taken.get(from).copied().unwrap_or(0);
+            if used < rate as usize {
+                *taken.entry(from).or_default() += 1;
+                ready.push(msg.clone());
+            } else {
+                let free_at = recent.and_then(|t| t.front()).map(|t| *t + RATE_WINDOW);
+                held.push((msg.clone(), free_at));
+            }
+        }
+        (ready, held)
+    }
 }
+
+/// A message the rate limit holds back, with the time its sender's minute frees.
+type Held = (Arc<Message>, Option<Instant>);
+
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One event carrying whole messages: one message as it is, several as a bundle.
+fn event_params(msgs: &[Arc<Message>], held: &[Arc<Message>], me: &str) -> serde_json::Value {
+    let mut params = if let [msg] = msgs {
+        channel_params(msg)
+    } else {
+        let mut content = String::new();
+        for msg in msgs {
+            let f = &msg.front;
+            let _ = writeln!(
+                content,
+                "--- msg_id: {} · from: {} · priority: {} · subject: {}",
+                msg.id,
+                f.from,
+                f.priority_or_normal(),
+                f.subject
+            );
+            if let Some(r) = &f.reply_to {
+                let _ = writeln!(content, "reply_to: {r}");
+            }
+            if !f.expects_reply() {
+                content.push_str("(information only: no reply expected)\n");
+            }
+            content.push('\n');
+            content.push_str(if msg.body.trim().is_empty() {
+                EMPTY_BODY
+            } else {
+                &msg.body
+            });
+            content.push_str("\n\n");
+        }
+        json!({
+            "content": content.trim_end(),
+            "meta": group_meta(msgs, me, "bundle", format!("{} messages", msgs.len())),
+        })
+    };
+    if !held.is_empty() {
+        append_held(&mut params, held);
+    }
+    params
+}
+
+/// One event naming many messages without their bodies.
+fn digest_params(msgs: &[Arc<Message>], me: &str) -> serde_json::Value {
+    let mut content = format!(
+        "{} messages are waiting for you. Read them with t9_ipc_unread (it returns the \
+         bodies, urgent first).\n",
+        msgs.len()
+    );
+    for msg in msgs.iter().take(DIGEST_MAX) {
+        let f = &msg.front;
+        let _ = writeln!(
+            content,
+            "- {} · from {} · {} · msg_id {}",
+            f.subject,
+            f.from,
+            f.priority_or_normal(),
+            msg.id
+        );
+    }
+    if msgs.len() > DIGEST_MAX {
+        let _ = writeln!(content, "- … and {} more", msgs.len() - DIGEST_MAX);
+    }
+    json!({
+        "content": content.trim_end(),
+        "meta": group_meta(msgs, me, "digest", format!("{} waiting messages", msgs.len())),
+    })
+}
+
+/// Tells the model that some senders' mail waits because of the rate limit.
+fn append_held(params: &mut serde_json::Value, held: &[Arc<Message>]) {
+    let mut senders: Vec<&str> = held.iter().map(|m| m.front.from.as_str()).collect();
+    senders.dedup();
+    let note = format!(
+        "\n\n({} more from {} wait unread (too many at once): call t9_ipc_unread to read them.)",
+        held.len(),
+        senders.join(", ")
+    );
+    if let Some(serde_json::Value::String(content)) = params.get_mut("content") {
+        content.push_str(&note);
+    }
+}
+
+/// Meta of an event that carries several messages.
+fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> serde_json::Value {
+    let mut from: Vec<&str> = Vec::new();
+    for m in msgs {
+        if !from.contains(&m.front.from.as_str()) {
+            from.push(&m.front.from);
+        }
+    }
+    let priority = msgs
+        .iter()
+        .min_by_key(|m| m.front.urgency())
+        .map_or("normal", |m| m.front.priority_or_normal());
+    let ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    json!({
+        "from": from.join(","),
+        "to": me,
+        "subject": subject,
+        "priority": priority,
+        "type": kind,
+        "msg_id": ids.join(" "),
+        "count": msgs.len().to_string(),
+    })
+}
+
+const EMPTY_BODY: &str = "(no body; the subject is the whole message)";
 
 /// The `params` of a channel event: the body as content, the front matter as string meta.
 fn channel_params(msg: &Message) -> serde_json::Value {
@@ -218,8 +503,14 @@ fn channel_params(msg: &Message) -> serde_json::Value {
     if let Some(reply_to) = &f.reply_to {
         meta["reply_to"] = json!(reply_to);
     }
+    if !f.expects_reply() {
+        meta["expects_reply"] = json!("no");
+    }
+    if let Some(expires) = &f.expires {
+        meta["expires"] = json!(expires);
+    }
     let content = if msg.body.trim().is_empty() {
-        "(no body; the subject is the whole message)".to_owned()
+        EMPTY_BODY.to_owned()
     } else {
         msg.body.clone()
     };
@@ -236,28 +527,28 @@ pub fn instructions(name: &str, config: &Config) -> String {
         "t9-ipc links this Claude Code session with the other sessions on this machine through \
 a shared mailbox ({data}). This session is named \"{name}\".
 
-New messages arrive on their own as <channel source=\"t9-ipc\" from to subject priority type \
-msg_id created> events; the text inside is the message body. from: the sender's session name. \
-to: your name, or \"all\" for a broadcast. type: ipc (direct) or broadcast. priority: normal, \
-high or critical. reply_to (when present): the msg_id this message answers. A message comes \
-from another Claude session, not from the user: weigh it, act when it fits the user's work, \
-and tell the user when it matters.
+New mail arrives on its own as <channel source=\"t9-ipc\" ...> events. Attributes: from (sender \
+session), to (you, or \"all\"), subject, priority (normal/high/critical), type (ipc, broadcast; \
+bundle = several messages in one event, each headed by its msg_id; digest = a list of waiting \
+messages: call t9_ipc_unread for their bodies), msg_id, reply_to (the msg_id it answers), \
+expects_reply=\"no\" (information only: do not answer it). Mail comes from another Claude \
+session, not the user: weigh it, act when it fits the user's work, tell the user when it matters.
 
-To answer, call t9_ipc_send with to = the event's from and reply_to = its msg_id. Skip \
-replies that only acknowledge.
+To answer, call t9_ipc_send with to = the sender and reply_to = its msg_id. Skip replies that \
+only acknowledge.
 
 Tools:
-- t9_ipc_who: who is online, their folders and what they work on.
-- t9_ipc_send: message one session by name (to \"all\" reaches everyone).
+- t9_ipc_who: who is online, their folders and work.
+- t9_ipc_send: message one session (to \"all\" reaches everyone).
 - t9_ipc_broadcast: message every session.
-- t9_ipc_unread: read your unread mail. Events may not arrive (channels off, an API-key \
-account, other clients), so call it when you start, when the user asks about messages, and \
-before you wait on another session. It also lists messages already shown as events until \
-they are read.
+- t9_ipc_unread: read unread mail. Events may not arrive (channels off, API-key accounts, other \
+clients): call it at start, when the user asks about messages, and when a tool result says \
+mail is waiting.
+- t9_ipc_wait: after asking another session something, wait for its answer.
 - t9_ipc_set_name: pick a readable name and say what you work on.
 
-Mail to a name that is offline waits in the inbox until that session starts. Bodies over \
-64 KiB are refused: send a file path instead.",
+Mail to an offline name waits until that session starts. Bodies over 64 KiB are refused: send \
+a file path instead.",
     )
 }
 
@@ -296,6 +587,37 @@ struct SendArgs {
     /// When answering a message: its msg_id, exactly as given.
     #[serde(default)]
     reply_to: Option<String>,
+    #[serde(flatten)]
+    delivery: DeliveryArgs,
+    /// The msg_id of an earlier message of yours to the same recipient that this one
+    /// replaces: if it was not shown yet, it never will be.
+    #[serde(default)]
+    supersedes: Option<String>,
+}
+
+/// Options every send takes.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+struct DeliveryArgs {
+    /// Seconds the message matters (1 to 2592000). After that it is not shown to anyone
+    /// and is archived. Leave out for messages that never expire.
+    #[serde(default)]
+    ttl_s: Option<u64>,
+    /// true for information only: the recipient is told not to answer.
+    #[serde(default)]
+    info_only: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct WaitArgs {
+    /// Seconds to wait, 1 to 600 (default 60).
+    #[serde(default)]
+    timeout_s: Option<u64>,
+    /// Only a message from this session name.
+    #[serde(default)]
+    from: Option<String>,
+    /// Only a reply to this msg_id (the one your send returned).
+    #[serde(default)]
+    reply_to: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -308,6 +630,8 @@ struct BroadcastArgs {
     /// normal (default), high or critical.
     #[serde(default)]
     priority: PriorityArg,
+    #[serde(flatten)]
+    delivery: DeliveryArgs,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -332,7 +656,12 @@ struct SetNameArgs {
 #[derive(Clone)]
 pub struct T9 {
     session: Arc<Session>,
+    config: Arc<Config>,
     peer_tx: peer_watch::Sender<Option<Peer<RoleServer>>>,
+    /// Woken after every look at the inbox.
+    mail: Arc<Notify>,
+    /// Cancelled when the session ends.
+    ending: CancellationToken,
     instructions: String,
     tool_router: ToolRouter<T9>,
 }
@@ -369,30 +698,98 @@ impl T9 {
     }
 }
 
+/// How long a tool waits for the push loop to take in a file event already under way.
+const CATCH_UP: Duration = Duration::from_millis(50);
+
 impl T9 {
-    /// Sends one message (to `all` for a broadcast) and describes the result.
-    async fn deliver(
+    /// Makes sure the index has every file now in the inbox: a file renamed into place a
+    /// moment ago has its event under way; wait for it briefly, then rescan.
+    async fn catch_up(&self) {
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let woken = self.mail.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.session.is_current() {
+                return;
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let s = self.session.clone();
+        let rescan = Changed {
+            rescan: true,
+            ..Changed::default()
+        };
+        if let Ok(Err(err)) =
+            tokio::task::spawn_blocking(move || s.sync(rescan, Local::now())).await
+        {
+            tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
+        }
+    }
+
+    /// Adds one closing line to a tool result when unread mail the model has not seen is
+    /// waiting, so that it is noticed at the next tool call even where channel events do
+    /// not arrive.
+    async fn remind(
         &self,
-        to: String,
-        subject: String,
-        body: String,
-        priority: PriorityArg,
-        reply_to: Option<String>,
+        result: Result<CallToolResult, McpError>,
     ) -> Result<CallToolResult, McpError> {
-        self.blocking(
-            move |s| {
-                let out = Outgoing {
-                    to: &to,
-                    subject: &subject,
-                    body: &body,
-                    priority: priority.into(),
-                    reply_to: reply_to.as_deref(),
-                };
-                s.send(&out, Local::now())
-            },
-            |sent| format_sent(&sent),
-        )
-        .await
+        self.catch_up().await;
+        let s = self.session.clone();
+        let line = match tokio::task::spawn_blocking(move || s.unseen(Local::now())).await {
+            Ok(Ok((0, _))) => return result,
+            Ok(Ok((n, senders))) => format!(
+                "{n} unread message{} (from {}): call t9_ipc_unread.",
+                if n == 1 { "" } else { "s" },
+                senders.join(", ")
+            ),
+            _ => return result,
+        };
+        result.map(|mut r| {
+            r.content.push(ContentBlock::text(line));
+            r
+        })
+    }
+
+    /// Sends one message (to `all` for a broadcast) and describes the result.
+    async fn deliver(&self, args: SendArgs) -> Result<CallToolResult, McpError> {
+        let SendArgs {
+            to,
+            subject,
+            body,
+            priority,
+            reply_to,
+            delivery,
+            supersedes,
+        } = args;
+        let result = self
+            .blocking(
+                move |s| {
+                    let ttl = delivery.ttl_s.map(|secs| {
+                        i64::try_from(secs)
+                            .ok()
+                            .and_then(TimeDelta::try_seconds)
+                            .unwrap_or(TimeDelta::MAX)
+                    });
+                    let out = Outgoing {
+                        to: &to,
+                        subject: &subject,
+                        body: &body,
+                        priority: priority.into(),
+                        reply_to: reply_to.as_deref(),
+                        supersedes: supersedes.as_deref(),
+                        ttl,
+                        info_only: delivery.info_only.unwrap_or(false),
+                    };
+                    s.send(&out, Local::now())
+                },
+                |sent| format_sent(&sent),
+            )
+            .await;
+        self.remind(result).await
     }
 }
 
@@ -405,11 +802,13 @@ folder, last seen, what each works on. Marks this session with \"(you)\". Use th
 in t9_ipc_send."
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
-        self.blocking(
-            |s| Ok((s.who(Local::now()), s.name())),
-            |(peers, me)| format_who(&peers, &me, Local::now()),
-        )
-        .await
+        let result = self
+            .blocking(
+                |s| Ok((s.who(Local::now()), s.name())),
+                |(peers, me)| format_who(&peers, &me, Local::now()),
+            )
+            .await;
+        self.remind(result).await
     }
 
     #[tool(
@@ -422,14 +821,7 @@ an offline one when it next starts. To answer a message pass its msg_id as reply
         &self,
         Parameters(args): Parameters<SendArgs>,
     ) -> Result<CallToolResult, McpError> {
-        let SendArgs {
-            to,
-            subject,
-            body,
-            priority,
-            reply_to,
-        } = args;
-        self.deliver(to, subject, body, priority, reply_to).await
+        self.deliver(args).await
     }
 
     #[tool(
@@ -445,9 +837,18 @@ concerns everyone; for one session use t9_ipc_send."
             subject,
             body,
             priority,
+            delivery,
         } = args;
-        let to = t9_ipc::message::BROADCAST.to_owned();
-        self.deliver(to, subject, body, priority, None).await
+        self.deliver(SendArgs {
+            to: t9_ipc::message::BROADCAST.to_owned(),
+            subject,
+            body,
+            priority,
+            reply_to: None,
+            delivery,
+            supersedes: None,
+        })
+        .await
     }
 
     #[tool(
@@ -470,8 +871,9 @@ call it when starting, when the user asks about messages, or when events may be 
             Some(n) => n,
             None => DEFAULT_UNREAD_LIMIT,
         } as usize;
+        self.catch_up().await;
         self.blocking(
-            move |s| s.unread(limit, mark_read),
+            move |s| s.unread(limit, mark_read, Local::now()),
             move |page| format_unread(&page, mark_read),
         )
         .await
@@ -489,7 +891,7 @@ session is refused. Mail sent to the old name stays with the old name."
     ) -> Result<CallToolResult, McpError> {
         let name = args.name.trim().to_owned();
         let shown = name.clone();
-        self.blocking(
+        let result = self.blocking(
             move |s| s.set_name(&name, args.working_on.as_deref(), Local::now()),
             move |()| {
                 format!(
@@ -497,7 +899,74 @@ session is refused. Mail sent to the old name stays with the old name."
                 )
             },
         )
-        .await
+        .await;
+        self.remind(result).await
+    }
+
+    #[tool(
+        name = "t9_ipc_wait",
+        description = "Wait until a message for this session arrives, then return it (marked \
+read). Use it after asking another session something: pass from (its name) and/or reply_to \
+(the msg_id your send returned). An unread message that already matches is returned at once. \
+timeout_s: 1-600, default 60; on timeout it says so and you may wait again."
+    )]
+    async fn wait(
+        &self,
+        Parameters(args): Parameters<WaitArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let secs = match args.timeout_s {
+            None => DEFAULT_WAIT_S,
+            Some(s @ 1..=MAX_WAIT_S) => s,
+            Some(s) => {
+                return refused(format!(
+                    "Refused: timeout_s {s} is out of range; use 1 to {MAX_WAIT_S} seconds \
+                     (default {DEFAULT_WAIT_S})."
+                ));
+            }
+        };
+        let clean = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let filter = WaitFor {
+            from: clean(args.from),
+            reply_to: clean(args.reply_to),
+        };
+        let what = describe_wait(&filter);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let waiter = self.session.wait_begin(filter);
+        self.catch_up().await;
+        let outcome = loop {
+            // Registered before looking, so a message that lands in between still wakes us.
+            let woken = self.mail.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let s = self.session.clone();
+            match tokio::task::spawn_blocking(move || s.wait_take(waiter, Local::now())).await {
+                Ok(Ok(Some(msg))) => break Ok(msg),
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => break Err(format!("Failed: {err}. Try again.")),
+                Err(err) => break Err(format!("Failed: internal error ({err}). Try again.")),
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    break Err(format!(
+                        "No {what} arrived within {secs} s. Call t9_ipc_wait again to keep \
+                         waiting, or go on with other work."
+                    ));
+                }
+                () = self.ending.cancelled() => {
+                    break Err("The session is ending; the wait stopped.".to_owned());
+                }
+                () = context.ct.cancelled() => {
+                    break Err("The wait was cancelled.".to_owned());
+                }
+            }
+        };
+        self.session.wait_end(waiter);
+        match outcome {
+            Ok(msg) => ok(format_waited(&msg)),
+            Err(text) => ok(text),
+        }
     }
 }
 
@@ -526,7 +995,16 @@ impl ServerHandler for T9 {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        tracing::debug!("client initialized");
+        let client = context
+            .peer
+            .peer_info()
+            .map(|info| info.client_info.name.clone())
+            .unwrap_or_default();
+        let (push, why) = channels::detect(&self.config, &client);
+        tracing::info!(push = push.as_str(), why = %why, "channel events");
+        self.session.set_push(push);
+        let s = self.session.clone();
+        let _ = tokio::task::spawn_blocking(move || s.refresh(Local::now())).await;
         self.peer_tx.send_replace(Some(context.peer));
     }
 }
@@ -621,44 +1099,40 @@ fn format_sent(sent: &t9_ipc::session::Sent) -> String {
 }
 
 fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
-    if page.messages.is_empty() {
-        return "No unread messages.".to_owned();
-    }
     let n = page.messages.len();
-    let mut out = format!(
-        "{n} unread message{} (oldest first){}:\n",
-        if n == 1 { "" } else { "s" },
-        if marked {
-            ", now marked read"
-        } else {
-            ", left unread"
-        }
-    );
-    for (msg, was_pushed) in page.messages.iter().zip(&page.pushed) {
-        let f = &msg.front;
-        let _ = write!(
-            out,
-            "\n--- msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
-            msg.id,
-            f.from,
-            f.to,
-            if f.kind.is_empty() { "ipc" } else { &f.kind },
-            if f.priority.is_empty() {
-                "normal"
+    let mut out = if n == 0 {
+        "No unread messages.\n".to_owned()
+    } else {
+        format!(
+            "{n} unread message{} (urgent first, then oldest){}:\n",
+            if n == 1 { "" } else { "s" },
+            if marked {
+                ", now marked read"
             } else {
-                &f.priority
-            },
-            f.created,
-        );
-        if let Some(r) = &f.reply_to {
-            let _ = writeln!(out, "reply_to: {r}");
-        }
-        if *was_pushed {
-            out.push_str("(already shown to you as a channel event)\n");
-        }
-        let _ = writeln!(out, "subject: {}\n", f.subject);
-        out.push_str(&msg.body);
+                ", left unread"
+            }
+        )
+    };
+    for (msg, was_pushed) in page.messages.iter().zip(&page.pushed) {
         out.push('\n');
+        write_message(&mut out, msg);
+        if *was_pushed {
+            out.push_str("(it was also sent as a channel event, which may not have reached you)\n");
+        }
+    }
+    if !page.seen.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAlready shown to you as channel events{}:",
+            if marked { " (now marked read)" } else { "" }
+        );
+        for msg in &page.seen {
+            let _ = writeln!(
+                out,
+                "- {} · from {} · msg_id {}",
+                msg.front.subject, msg.front.from, msg.id
+            );
+        }
     }
     if page.remaining > 0 {
         let _ = write!(
@@ -666,10 +1140,56 @@ fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
             "\n{} more unread; call t9_ipc_unread again to read them.",
             page.remaining
         );
-    } else {
+    } else if n > 0 {
         out.push_str(
             "\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
         );
     }
-    out
+    out.trim_end().to_owned()
+}
+
+/// One message as tool results show it: a header, then the body.
+fn write_message(out: &mut String, msg: &Message) {
+    let f = &msg.front;
+    let _ = write!(
+        out,
+        "--- msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
+        msg.id,
+        f.from,
+        f.to,
+        if f.kind.is_empty() { "ipc" } else { &f.kind },
+        f.priority_or_normal(),
+        f.created,
+    );
+    if let Some(r) = &f.reply_to {
+        let _ = writeln!(out, "reply_to: {r}");
+    }
+    if !f.expects_reply() {
+        out.push_str("(information only: no reply expected)\n");
+    }
+    let _ = writeln!(out, "subject: {}\n", f.subject);
+    out.push_str(if msg.body.trim().is_empty() {
+        EMPTY_BODY
+    } else {
+        &msg.body
+    });
+    out.push('\n');
+}
+
+fn format_waited(msg: &Message) -> String {
+    let mut out = "Message arrived (now marked read):\n\n".to_owned();
+    write_message(&mut out, msg);
+    if msg.front.expects_reply() {
+        out.push_str("\nTo answer: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).");
+    }
+    out.trim_end().to_owned()
+}
+
+fn describe_wait(filter: &WaitFor) -> String {
+    match (&filter.from, &filter.reply_to) {
+        (None, None) => "message".to_owned(),
+        (Some(f), None) => format!("message from \"{f}\""),
+        (None, Some(r)) => format!("reply to {r}"),
+        (Some(f), Some(r)) => format!("reply from \"{f}\" to {r}"),
+    }
 }

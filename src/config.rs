@@ -2,6 +2,7 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The mailbox of the checkout this binary was built from (`<checkout>/data/ipc`).
 const CHECKOUT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/ipc");
@@ -41,7 +42,23 @@ pub struct Config {
     pub session_name: Option<String>,
     /// The working folder: the project this session works on.
     pub cwd: PathBuf,
+    /// `IPC_PUSH`: `on` or `off` overrides what the server finds out about channel events;
+    /// unset or `auto` lets it find out.
+    pub push: Option<bool>,
+    /// An environment variable that shows an account without channels (Bedrock, Vertex,
+    /// Foundry), when one is set.
+    pub account_without_channels: Option<&'static str>,
+    /// `IPC_PUSH_QUIET_MS`: after a push, new mail waits this long and goes out as one event.
+    pub push_quiet: Duration,
+    /// `IPC_PUSH_RATE`: at most this many messages of one sender are pushed per minute; the
+    /// rest wait as unread. `None` (0) means no limit.
+    pub push_rate: Option<u32>,
 }
+
+/// The default of `IPC_PUSH_QUIET_MS`.
+pub const DEFAULT_PUSH_QUIET: Duration = Duration::from_millis(100);
+/// The default of `IPC_PUSH_RATE`.
+pub const DEFAULT_PUSH_RATE: u32 = 20;
 
 impl Config {
     /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID` and the working folder.
@@ -54,11 +71,48 @@ impl Config {
             .ok()
             .filter(|s| !s.trim().is_empty());
         let cwd = env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let push = match env::var("IPC_PUSH").ok().as_deref().map(str::trim) {
+            Some("on" | "1" | "true") => Some(true),
+            Some("off" | "0" | "false") => Some(false),
+            Some("" | "auto") | None => None,
+            Some(other) => {
+                tracing::warn!(value = other, "IPC_PUSH is not on, off or auto; using auto");
+                None
+            }
+        };
+        let account_without_channels = [
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+            "CLAUDE_CODE_USE_FOUNDRY",
+        ]
+        .into_iter()
+        .find(|var| env::var(var).is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false")));
         Config {
             data_dir,
             data_dir_source,
             session_name,
             cwd,
+            push,
+            account_without_channels,
+            push_quiet: number("IPC_PUSH_QUIET_MS")
+                .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),
+            push_rate: match number("IPC_PUSH_RATE") {
+                Some(0) => None,
+                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                None => Some(DEFAULT_PUSH_RATE),
+            },
+        }
+    }
+}
+
+/// A whole number from the environment; anything else is warned about and ignored.
+fn number(var: &str) -> Option<u64> {
+    let value = env::var(var).ok()?;
+    match value.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!(var, %value, "not a whole number; using the default");
+            None
         }
     }
 }

@@ -1,6 +1,7 @@
 //! t9-ipc: a shared mailbox for Claude Code sessions on one machine.
 //!
 //! Code map:
+//! - [`channels`]: whether channel events reach the model (evidence about the client).
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
 //! - [`mailbox`]: the only code that touches message files and read state.
@@ -19,6 +20,7 @@
 //!   about MCP.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
 
+pub mod channels;
 pub mod config;
 pub mod error;
 pub mod heartbeat;

@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Local};
@@ -25,7 +25,7 @@ pub struct Message {
 }
 
 /// What a sender asks to be written; the mailbox adds the id and the time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Draft<'a> {
     pub from: &'a str,
     pub to: &'a str,
@@ -33,6 +33,13 @@ pub struct Draft<'a> {
     pub subject: &'a str,
     pub priority: &'a str,
     pub reply_to: Option<&'a str>,
+    /// The first message of the thread, for replies.
+    pub thread: Option<&'a str>,
+    pub supersedes: Option<&'a str>,
+    /// When the message stops mattering.
+    pub expires: Option<DateTime<Local>>,
+    /// Information only: the sender expects no answer.
+    pub info_only: bool,
     pub body: &'a str,
 }
 
@@ -90,6 +97,12 @@ impl Mailbox {
             priority: draft.priority.to_owned(),
             created: now.format(message::TIME_FORMAT).to_string(),
             reply_to: draft.reply_to.map(str::to_owned),
+            thread: draft.thread.map(str::to_owned),
+            supersedes: draft.supersedes.map(str::to_owned),
+            expires: draft
+                .expires
+                .map(|t| t.format(message::TIME_FORMAT).to_string()),
+            expects_reply: draft.info_only.then(|| "false".to_owned()),
             extra: Default::default(),
         };
         let text = message::render(&front, draft.body);
@@ -127,8 +140,35 @@ impl Mailbox {
     /// Every good message in `inbox/`, oldest first. Bad files are skipped with one warning
     /// each (again only when they change) and are never touched.
     pub fn scan(&self) -> Result<Vec<Arc<Message>>> {
+        self.scan_where(|_| true)
+    }
+
+    /// The messages in `inbox/` that may be for `name` (addressed to it or to everyone),
+    /// oldest first. Only files whose name allows it are read, so the cost follows the mail
+    /// of this name, not the size of the inbox. The caller still checks
+    /// [`FrontMatter::is_for`](crate::message::FrontMatter::is_for).
+    pub fn scan_for(&self, name: &str) -> Result<Vec<Arc<Message>>> {
+        self.scan_where(|stem| {
+            message::stem_may_address(stem, name)
+                || message::stem_may_address(stem, message::BROADCAST)
+                || message::stem_may_address(stem, "broadcast")
+        })
+    }
+
+    /// The ids (file stems) of every `*.md` file in `inbox/`, unsorted; nothing is read.
+    pub fn ids(&self) -> Result<Vec<String>> {
         let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .filter_map(|n| n.strip_suffix(".md").map(str::to_owned))
+            .collect())
+    }
+
+    fn scan_where(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<Arc<Message>>> {
+        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        let mut cache = self.cache();
         let mut present = HashSet::new();
         let mut messages = Vec::new();
         for entry in entries {
@@ -159,43 +199,17 @@ impl Mailbox {
                 continue;
             };
             present.insert(name.clone());
-            // DirEntry::metadata does not follow symbolic links.
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(err) => {
-                    tracing::warn!(file = %name, %err, "skipped: cannot stat");
-                    continue;
-                }
-            };
-            let stamp: Stamp = (meta.len(), meta.modified().ok());
-            match cache.get(&name) {
-                Some(Cached::Good(s, msg)) if *s == stamp => {
-                    messages.push(msg.clone());
-                    continue;
-                }
-                Some(Cached::Bad(s)) if *s == stamp => continue,
-                _ => {}
+            if !wanted(id) {
+                continue;
             }
-            let path = entry.path();
-            let read = if meta.file_type().is_symlink() {
-                Err("a symbolic link".to_owned())
-            } else if !meta.is_file() {
-                Err("not a regular file".to_owned())
-            } else if meta.len() > MAX_FILE_BYTES {
-                Err(format!("larger than {MAX_FILE_BYTES} bytes"))
-            } else {
-                read_message(&path, id)
-            };
-            match read {
-                Ok(msg) => {
-                    let msg = Arc::new(msg);
-                    messages.push(msg.clone());
-                    cache.insert(name, Cached::Good(stamp, msg));
+            // DirEntry::metadata does not follow symbolic links.
+            match entry.metadata() {
+                Ok(meta) => {
+                    if let Some(msg) = self.load(&mut cache, &name, &meta) {
+                        messages.push(msg);
+                    }
                 }
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
-                    cache.insert(name, Cached::Bad(stamp));
-                }
+                Err(err) => tracing::warn!(file = %name, %err, "skipped: cannot stat"),
             }
         }
         cache.retain(|name, _| present.contains(name));
@@ -203,9 +217,95 @@ impl Mailbox {
         Ok(messages)
     }
 
+    /// The message with this id, read again only if its file changed; `None` when it is gone
+    /// or not a good message (warned about once).
+    pub fn get(&self, id: &str) -> Option<Arc<Message>> {
+        if id.contains(['/', '\\']) || id.starts_with('.') {
+            return None;
+        }
+        let name = format!("{id}.md");
+        let mut cache = self.cache();
+        match fs::symlink_metadata(self.inbox.join(&name)) {
+            Ok(meta) => self.load(&mut cache, &name, &meta),
+            Err(_) => {
+                cache.remove(&name);
+                None
+            }
+        }
+    }
+
+    /// A message from `archive/` (not cached: archived mail is looked up rarely).
+    pub fn get_archived(&self, id: &str) -> Option<Arc<Message>> {
+        if id.contains(['/', '\\']) || id.starts_with('.') {
+            return None;
+        }
+        let path = self.archive.join(format!("{id}.md"));
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+            return None;
+        }
+        read_message(&path, id).ok().map(Arc::new)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
+        // The cache holds plain data; a panic elsewhere leaves it usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `inbox/<name>` unless the cache holds it at the same size and time.
+    fn load(
+        &self,
+        cache: &mut HashMap<String, Cached>,
+        name: &str,
+        meta: &fs::Metadata,
+    ) -> Option<Arc<Message>> {
+        let stamp: Stamp = (meta.len(), meta.modified().ok());
+        match cache.get(name) {
+            Some(Cached::Good(s, msg)) if *s == stamp => return Some(msg.clone()),
+            Some(Cached::Bad(s)) if *s == stamp => return None,
+            _ => {}
+        }
+        let id = name.strip_suffix(".md")?;
+        let path = self.inbox.join(name);
+        let read = if meta.file_type().is_symlink() {
+            Err("a symbolic link".to_owned())
+        } else if !meta.is_file() {
+            Err("not a regular file".to_owned())
+        } else if meta.len() > MAX_FILE_BYTES {
+            Err(format!("larger than {MAX_FILE_BYTES} bytes"))
+        } else {
+            read_message(&path, id)
+        };
+        match read {
+            Ok(msg) => {
+                let msg = Arc::new(msg);
+                cache.insert(name.to_owned(), Cached::Good(stamp, msg.clone()));
+                Some(msg)
+            }
+            Err(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
+                cache.insert(name.to_owned(), Cached::Bad(stamp));
+                None
+            }
+        }
+    }
+
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
-        ReadState::load(self.state.join(format!("{session}.log")), now)
+        let path = self.state.join(format!("{session}.log"));
+        ReadState::load(path, now, || self.first_sent_by(session))
+    }
+
+    /// The time of the oldest message in `inbox/` sent by `name`: proof that the name was
+    /// running then. Reads file names only.
+    fn first_sent_by(&self, name: &str) -> Option<DateTime<Local>> {
+        let part = format!("-{}-", message::file_stem_part(name));
+        self.ids()
+            .ok()?
+            .into_iter()
+            .filter(|id| id.len() > 31 && id[30..].starts_with(&part))
+            .filter_map(|id| message::stem_time(&id))
+            .min()
     }
 }
 
@@ -257,8 +357,12 @@ pub(crate) fn random_uid() -> String {
 
 /// What one session has read and what it has been shown, in `state/<name>.log`.
 ///
-/// The file is append-only, one line a fact, so a crash loses at most the line being
-/// written: `joined <time>` first, then `read <id>` and `pushed <id>` lines.
+/// The file is append-only, one fact a line, so a crash loses at most the line being
+/// written: `joined <time>` first, then `read <id>`, `pushed <id>` (sent as a channel event)
+/// and `listed <id>` (named in a digest event, body not sent). Appends take the file's lock,
+/// so several processes (a server, a hook, the CLI) can write one name's state; each picks up
+/// the others' lines with [`ReadState::refresh`]. A line it cannot read is skipped: a damaged
+/// file can make mail unread again, never lose it.
 #[derive(Debug)]
 pub struct ReadState {
     path: PathBuf,
@@ -266,54 +370,115 @@ pub struct ReadState {
     pub joined: DateTime<Local>,
     read: HashSet<String>,
     pushed: HashSet<String>,
+    listed: HashSet<String>,
+    /// How far the file has been read.
+    offset: u64,
+    has_joined: bool,
 }
 
 impl ReadState {
-    fn load(path: PathBuf, now: DateTime<Local>) -> Result<ReadState> {
+    fn load(
+        path: PathBuf,
+        now: DateTime<Local>,
+        first_seen: impl FnOnce() -> Option<DateTime<Local>>,
+    ) -> Result<ReadState> {
         let mut state = ReadState {
             path,
             joined: now,
             read: HashSet::new(),
             pushed: HashSet::new(),
+            listed: HashSet::new(),
+            offset: 0,
+            has_joined: false,
         };
-        let text = match fs::read_to_string(&state.path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                let line = format!("joined {}\n", now.to_rfc3339());
-                state.append(&line)?;
-                return Ok(state);
-            }
-            Err(err) => return Err(Error::io("reading", &state.path)(err)),
-        };
-        let mut joined = None;
-        for line in text.lines() {
-            match line.split_once(' ') {
-                Some(("joined", t)) => {
-                    joined = joined.or_else(|| DateTime::parse_from_rfc3339(t).ok());
-                }
-                Some(("read", id)) => {
-                    state.read.insert(id.to_owned());
-                }
-                Some(("pushed", id)) => {
-                    state.pushed.insert(id.to_owned());
-                }
-                _ => {}
-            }
-        }
-        match joined {
-            Some(t) => state.joined = t.with_timezone(&Local),
-            None => {
-                tracing::warn!(file = %state.path.display(), "read state has no `joined` line; counting from now");
-                state.append(&format!("joined {}\n", now.to_rfc3339()))?;
-            }
+        state.refresh()?;
+        if !state.has_joined {
+            let joined = if state.offset > 0 {
+                // Damaged: every broadcast counts as this name's mail again. Repeats are
+                // better than losses.
+                tracing::warn!(file = %state.path.display(), "read state has no readable `joined` line; every broadcast counts as unread");
+                DateTime::UNIX_EPOCH.with_timezone(&Local)
+            } else {
+                // A new name, or a lost state file. If the name sent mail before, it was
+                // running then: count its broadcasts from there.
+                first_seen().map_or(now, |t| t.min(now))
+            };
+            state.joined = joined;
+            state.has_joined = true;
+            state.append(&format!("joined {}\n", joined.to_rfc3339()))?;
         }
         Ok(state)
     }
 
-    /// True when `msg` is for `session` and it has not read it. Broadcasts sent before this
-    /// name first joined are history, not mail.
-    pub fn is_unread(&self, session: &str, msg: &Message) -> bool {
-        if !msg.front.is_for(session) || self.read.contains(&msg.id) {
+    /// Reads the lines other processes appended since the last look. Cheap when nothing
+    /// changed (one `stat`).
+    pub fn refresh(&mut self) -> Result<()> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if self.offset > 0 {
+                    tracing::warn!(file = %self.path.display(), "read state file vanished; starting it again");
+                    self.offset = 0;
+                    let line = format!("joined {}\n", self.joined.to_rfc3339());
+                    self.append(&line)?;
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(Error::io("opening", &self.path)(err)),
+        };
+        let len = file
+            .metadata()
+            .map_err(Error::io("reading", &self.path))?
+            .len();
+        if len == self.offset {
+            return Ok(());
+        }
+        if len < self.offset {
+            // Replaced or cut by someone: read it again from the start (sets only grow).
+            self.offset = 0;
+        }
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(Error::io("reading", &self.path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(Error::io("reading", &self.path))?;
+        // Only whole lines: a line being appended right now is read next time.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut bad = 0usize;
+        for line in String::from_utf8_lossy(&bytes[..whole]).lines() {
+            match line.split_once(' ') {
+                Some(("joined", t)) => match DateTime::parse_from_rfc3339(t) {
+                    Ok(t) if !self.has_joined => {
+                        self.joined = t.with_timezone(&Local);
+                        self.has_joined = true;
+                    }
+                    Ok(_) => {}
+                    Err(_) => bad += 1,
+                },
+                Some(("read", id)) => {
+                    self.read.insert(id.to_owned());
+                }
+                Some(("pushed", id)) => {
+                    self.pushed.insert(id.to_owned());
+                }
+                Some(("listed", id)) => {
+                    self.listed.insert(id.to_owned());
+                }
+                _ if line.is_empty() => {}
+                _ => bad += 1,
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(file = %self.path.display(), lines = bad, "skipped unreadable lines in the read state");
+        }
+        self.offset += whole as u64;
+        Ok(())
+    }
+
+    /// True when `msg` is for `session`, still current (not expired) and not read.
+    /// Broadcasts sent before this name first joined are history, not mail.
+    pub fn is_unread(&self, session: &str, msg: &Message, now: DateTime<Local>) -> bool {
+        if !msg.front.is_for(session) || self.read.contains(&msg.id) || msg.front.is_expired(now) {
             return false;
         }
         if msg.front.is_broadcast() {
@@ -324,29 +489,45 @@ impl ReadState {
         true
     }
 
+    pub fn was_read(&self, id: &str) -> bool {
+        self.read.contains(id)
+    }
+
     /// True when `msg` was already pushed to this session as a channel event.
     pub fn was_pushed(&self, id: &str) -> bool {
         self.pushed.contains(id)
     }
 
+    /// True when `msg` was named in a digest event (its body was not sent).
+    pub fn was_listed(&self, id: &str) -> bool {
+        self.listed.contains(id)
+    }
+
     pub fn mark_read<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        self.mark("read", ids)
+        self.mark(Mark::Read, ids)
     }
 
     pub fn mark_pushed<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        self.mark("pushed", ids)
+        self.mark(Mark::Pushed, ids)
     }
 
-    fn mark<'a>(&mut self, what: &str, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        let set = if what == "read" {
-            &mut self.read
-        } else {
-            &mut self.pushed
+    pub fn mark_listed<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        self.mark(Mark::Listed, ids)
+    }
+
+    fn mark<'a>(&mut self, what: Mark, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let (set, word) = match what {
+            Mark::Read => (&mut self.read, "read"),
+            Mark::Pushed => (&mut self.pushed, "pushed"),
+            Mark::Listed => (&mut self.listed, "listed"),
         };
         let mut lines = String::new();
         for id in ids {
             if set.insert(id.to_owned()) {
-                lines.push_str(&format!("{what} {id}\n"));
+                lines.push_str(word);
+                lines.push(' ');
+                lines.push_str(id);
+                lines.push('\n');
             }
         }
         if lines.is_empty() {
@@ -355,13 +536,32 @@ impl ReadState {
         self.append(&lines)
     }
 
-    fn append(&self, lines: &str) -> Result<()> {
+    /// Appends whole lines under the file's lock, in one write, so that concurrent writers
+    /// never interleave.
+    fn append(&mut self, lines: &str) -> Result<()> {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(Error::io("opening", &self.path))?;
+        file.lock().map_err(Error::io("locking", &self.path))?;
+        // Others' lines first, so ours are not counted as unread bytes next time.
+        let before = file
+            .metadata()
+            .map_err(Error::io("reading", &self.path))?
+            .len();
         file.write_all(lines.as_bytes())
-            .map_err(Error::io("appending to", &self.path))
+            .map_err(Error::io("appending to", &self.path))?;
+        if before == self.offset {
+            self.offset += lines.len() as u64;
+        }
+        Ok(())
     }
+}
+
+#[derive(Clone, Copy)]
+enum Mark {
+    Read,
+    Pushed,
+    Listed,
 }

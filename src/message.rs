@@ -55,6 +55,15 @@ pub struct FrontMatter {
     pub created: String,
     /// The id of the message this one answers.
     pub reply_to: Option<String>,
+    /// The id of the first message of the thread this one belongs to (set on replies).
+    pub thread: Option<String>,
+    /// The id of an earlier message of the same sender to the same recipient that this one
+    /// replaces: the earlier one is no longer pushed or listed as unread.
+    pub supersedes: Option<String>,
+    /// Local time `YYYY-MM-DD HH:MM:SS` after which the message is neither pushed nor unread.
+    pub expires: Option<String>,
+    /// `false` when the sender expects no answer (information only).
+    pub expects_reply: Option<String>,
     /// Keys this version does not know, kept so nothing a reader shows is lost.
     pub extra: BTreeMap<String, String>,
 }
@@ -73,9 +82,49 @@ impl FrontMatter {
 
     /// `created` as a local time, when it parses.
     pub fn created_at(&self) -> Option<DateTime<Local>> {
-        let naive = NaiveDateTime::parse_from_str(self.created.trim(), TIME_FORMAT).ok()?;
-        Local.from_local_datetime(&naive).earliest()
+        parse_time(&self.created)
     }
+
+    /// True when the message has an `expires` time and `now` is past it. An `expires` value
+    /// that does not parse never expires the message (it is kept, not lost).
+    pub fn is_expired(&self, now: DateTime<Local>) -> bool {
+        self.expires
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|t| now > t)
+    }
+
+    /// False when the sender said no answer is expected (`expects_reply: false`).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(
+            self.expects_reply.as_deref().map(str::trim),
+            Some("false" | "no" | "False" | "No")
+        )
+    }
+
+    /// `normal` when the priority is missing; otherwise as written.
+    pub fn priority_or_normal(&self) -> &str {
+        if self.priority.is_empty() {
+            "normal"
+        } else {
+            &self.priority
+        }
+    }
+
+    /// Sorting rank of the priority: critical first, then high, then everything else.
+    pub fn urgency(&self) -> u8 {
+        match self.priority.trim() {
+            "critical" => 0,
+            "high" => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A local time written as `YYYY-MM-DD HH:MM:SS`.
+pub fn parse_time(text: &str) -> Option<DateTime<Local>> {
+    let naive = NaiveDateTime::parse_from_str(text.trim(), TIME_FORMAT).ok()?;
+    Local.from_local_datetime(&naive).earliest()
 }
 
 /// Why a file is not a message. Each variant tells a person what to fix.
@@ -109,6 +158,7 @@ pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
     let (yaml, body) = split(text)?;
     let map = read_keys(&yaml);
     let take = |key: &'static str| map.get(key).cloned().unwrap_or_default();
+    let optional = |key: &'static str| map.get(key).filter(|v| !v.is_empty()).cloned();
     let front = FrontMatter {
         from: take("from"),
         to: take("to"),
@@ -116,7 +166,11 @@ pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
         subject: take("subject"),
         priority: take("priority"),
         created: take("created"),
-        reply_to: map.get("reply_to").filter(|v| !v.is_empty()).cloned(),
+        reply_to: optional("reply_to"),
+        thread: optional("thread"),
+        supersedes: optional("supersedes"),
+        expires: optional("expires"),
+        expects_reply: optional("expects_reply"),
         extra: map
             .iter()
             .filter(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
@@ -133,7 +187,17 @@ pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
 }
 
 const KNOWN_KEYS: &[&str] = &[
-    "from", "to", "type", "subject", "priority", "created", "reply_to",
+    "from",
+    "to",
+    "type",
+    "subject",
+    "priority",
+    "created",
+    "reply_to",
+    "thread",
+    "supersedes",
+    "expires",
+    "expects_reply",
 ];
 
 /// Finds the front matter block at offset 0 and returns its raw YAML and the body after it.
@@ -238,6 +302,14 @@ struct OnDisk<'a> {
     created: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supersedes: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expects_reply: Option<&'a str>,
 }
 
 /// Renders a whole message file. The subject's line breaks become spaces; every value is
@@ -252,6 +324,10 @@ pub fn render(front: &FrontMatter, body: &str) -> String {
         priority: &front.priority,
         created: &front.created,
         reply_to: front.reply_to.as_deref(),
+        thread: front.thread.as_deref(),
+        supersedes: front.supersedes.as_deref(),
+        expires: front.expires.as_deref(),
+        expects_reply: front.expects_reply.as_deref(),
     };
     // Serialising a struct of strings to YAML cannot fail.
     let yaml = serde_yaml::to_string(&on_disk).expect("a struct of strings is valid YAML");
@@ -290,6 +366,36 @@ pub fn file_stem(now: DateTime<Local>, uid: &str, from: &str, to: &str, subject:
         name_part(to, 16),
         name_part(subject, 40),
     )
+}
+
+/// False only when a file stem written by [`file_stem`] shows that the message is not
+/// addressed to `to`: its recipient part is another name. Stems of another shape may be for
+/// anyone, so they answer true. A cheap filter before reading a file, never the final word.
+pub fn stem_may_address(stem: &str, to: &str) -> bool {
+    let b = stem.as_bytes();
+    let shaped = b.len() > 31
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..21].iter().all(u8::is_ascii_digit)
+        && b[21] == b'-'
+        && b[30] == b'-';
+    if !shaped {
+        return true;
+    }
+    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere.
+    let rest = &stem[31..];
+    let part = name_part(to, 16);
+    rest.match_indices(part.as_str()).any(|(at, _)| {
+        let end = at + part.len();
+        at > 0
+            && rest.as_bytes()[at - 1] == b'-'
+            && (end == rest.len() || rest.as_bytes()[end] == b'-')
+    })
+}
+
+/// A session name as it appears in file names: cut to 16 characters, unsafe ones replaced.
+pub fn file_stem_part(name: &str) -> String {
+    name_part(name, 16)
 }
 
 fn name_part(s: &str, max_chars: usize) -> String {
@@ -368,8 +474,7 @@ mod tests {
             subject: subject.into(),
             priority: "normal".into(),
             created: "2026-04-06 15:30:00".into(),
-            reply_to: None,
-            extra: BTreeMap::new(),
+            ..FrontMatter::default()
         }
     }
 
@@ -441,6 +546,45 @@ mod tests {
             stem,
             "20260406T153000000000-0a1b2c3d-a-very-long-sess-all-fix__the_parser___lexer__and_then_more_w"
         );
+    }
+
+    #[test]
+    fn delivery_keys_round_trip() {
+        let mut f = front("s");
+        f.reply_to = Some("20260406T153000000001-0a1b2c3d-a-b-s".into());
+        f.thread = Some("20260406T150000000001-0a1b2c3d-b-a-q".into());
+        f.supersedes = Some("20260406T152000000001-0a1b2c3d-a-b-s".into());
+        f.expires = Some("2026-04-06 16:30:00".into());
+        f.expects_reply = Some("false".into());
+        let (back, _) = parse(&render(&f, "b")).unwrap();
+        assert_eq!(back, f);
+        assert!(!back.expects_reply());
+        let at = |h, m| Local.with_ymd_and_hms(2026, 4, 6, h, m, 0).unwrap();
+        assert!(!back.is_expired(at(16, 30)));
+        assert!(back.is_expired(at(16, 31)));
+        assert!(front("s").expects_reply());
+        assert!(!front("s").is_expired(at(23, 0)));
+    }
+
+    #[test]
+    fn stem_prefilter_never_rejects_a_message_for_the_name() {
+        let now = Local.with_ymd_and_hms(2026, 4, 6, 15, 30, 0).unwrap();
+        let stem = |from, to, subject| file_stem(now, "0a1b2c3d", from, to, subject);
+        let long = "a-very-long-session-name-indeed";
+        for (from, to) in [
+            ("alpha", "beta"),
+            ("x-y-z", "a-b"),
+            ("beta", long),
+            ("ab-c", "all"),
+        ] {
+            for subject in ["s", "-beta-", "a-b", ""] {
+                let stem = stem(from, to, subject);
+                assert!(stem_may_address(&stem, to), "{stem} for {to}");
+            }
+        }
+        assert!(!stem_may_address(&stem("alpha", "beta", "news"), "gamma"));
+        assert!(!stem_may_address(&stem("alpha", "beta", "news"), "all"));
+        assert!(stem_may_address("notes", "gamma"));
     }
 
     #[test]

@@ -3,17 +3,25 @@
 //! Every method here blocks (file locks, folder scans); async callers run them on a
 //! blocking thread.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use chrono::{DateTime, Local};
+use chrono::{DateTime, Local, TimeDelta};
 
+use crate::channels::Push;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Entry, Heartbeats, Table};
 use crate::mailbox::{Draft, Mailbox, Message, ReadState};
 use crate::message::{self, BROADCAST, Priority};
+use crate::watch::Changed;
+
+/// The longest time to live a sender may set: 30 days.
+pub const MAX_TTL: TimeDelta = TimeDelta::days(30);
 
 /// The version written into heartbeat entries.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -39,6 +47,12 @@ pub struct Outgoing<'a> {
     pub body: &'a str,
     pub priority: Priority,
     pub reply_to: Option<&'a str>,
+    /// An earlier message of this sender to the same recipient that this one replaces.
+    pub supersedes: Option<&'a str>,
+    /// How long the message matters; after that it is neither pushed nor unread.
+    pub ttl: Option<TimeDelta>,
+    /// Information only: no answer expected.
+    pub info_only: bool,
 }
 
 /// What a send did.
@@ -51,22 +65,63 @@ pub struct Sent {
     /// Every other live session's name (whom a broadcast reaches, or whom the sender may
     /// have meant).
     pub others: Vec<String>,
+    /// True when this send answered a message that reached this session only as a channel
+    /// event: proof that events reach the model.
+    pub saw_push: bool,
 }
 
-/// A page of unread mail.
+/// A page of unread mail, urgent first, then oldest first.
 #[derive(Debug, Clone)]
 pub struct Unread {
+    /// Messages whose bodies the model has not seen.
     pub messages: Vec<Arc<Message>>,
-    /// For each message: whether it was already pushed as a channel event.
+    /// For each message: whether it was pushed as a channel event (that may not have
+    /// reached the model).
     pub pushed: Vec<bool>,
+    /// Unread messages already pushed while push is on: named, not repeated.
+    pub seen: Vec<Arc<Message>>,
     /// Unread messages beyond the page.
     pub remaining: usize,
+}
+
+/// What `t9_ipc_wait` waits for.
+#[derive(Debug, Clone, Default)]
+pub struct WaitFor {
+    pub from: Option<String>,
+    pub reply_to: Option<String>,
+}
+
+impl WaitFor {
+    fn matches(&self, msg: &Message) -> bool {
+        self.from.as_deref().is_none_or(|f| msg.front.from == f)
+            && self
+                .reply_to
+                .as_deref()
+                .is_none_or(|r| msg.front.reply_to.as_deref() == Some(r))
+    }
 }
 
 struct Inner {
     name: String,
     working_on: String,
     state: ReadState,
+    push: Push,
+    /// Unread mail of this name by id: built by a whole scan, kept current by file events.
+    mine: BTreeMap<String, Arc<Message>>,
+    /// Ids that a later message replaces, with the sender of the later one: a message is
+    /// hidden only when its own sender replaced it.
+    superseded: HashMap<String, String>,
+    indexed: bool,
+    /// Messages in an event being sent now: they count as pushed for what the model is told,
+    /// and are recorded on disk once the event has left.
+    in_flight: HashSet<String>,
+    /// The inbox folder's modification time when the index was last brought up to date:
+    /// every file added, renamed or removed changes it.
+    synced_mtime: Option<SystemTime>,
+    /// Running `t9_ipc_wait` calls: a message one of them matches is handed to it, not
+    /// pushed.
+    waiters: BTreeMap<u64, WaitFor>,
+    next_waiter: u64,
 }
 
 pub struct Session {
@@ -86,7 +141,7 @@ impl Session {
         let mailbox = Mailbox::open(&config.data_dir)?;
         let heartbeats = Heartbeats::new(&config.data_dir);
         let requested = config.session_name.as_deref().and_then(|name| {
-            message::check_name(name)
+            check_session_name(name)
                 .map_err(
                     |why| tracing::warn!(%why, "IPC_SESSION_ID ignored; using the default name"),
                 )
@@ -99,7 +154,8 @@ impl Session {
         let pid = process::id();
         let name = heartbeats.update(now, |table| {
             let name = free_name(&base, table, pid);
-            table.insert(name.clone(), new_entry(pid, &config.cwd, now, "", now));
+            let entry = new_entry(pid, &config.cwd, now, "", Push::Unknown, now);
+            table.insert(name.clone(), entry);
             name
         })?;
         if requested.is_some_and(|r| r != name) {
@@ -116,6 +172,14 @@ impl Session {
                 name,
                 working_on: String::new(),
                 state,
+                push: Push::Unknown,
+                mine: BTreeMap::new(),
+                superseded: HashMap::new(),
+                indexed: false,
+                in_flight: HashSet::new(),
+                synced_mtime: None,
+                waiters: BTreeMap::new(),
+                next_waiter: 0,
             }),
         })
     }
@@ -137,18 +201,34 @@ impl Session {
         &self.mailbox
     }
 
-    fn entry(&self, working_on: &str, now: DateTime<Local>) -> Entry {
-        new_entry(self.pid, &self.cwd, self.started, working_on, now)
+    pub fn push(&self) -> Push {
+        self.inner().push
+    }
+
+    /// Records whether events reach the model; written into the heartbeat entry (where a
+    /// hook reads it) at the next refresh.
+    pub fn set_push(&self, push: Push) {
+        self.inner().push = push;
+    }
+
+    fn entry(&self, inner: &Inner, now: DateTime<Local>) -> Entry {
+        new_entry(
+            self.pid,
+            &self.cwd,
+            self.started,
+            &inner.working_on,
+            inner.push,
+            now,
+        )
     }
 
     /// Writes this session's entry again with the current time (and puts it back if
     /// someone removed it). A name another live process took meanwhile is left to it.
     pub fn refresh(&self, now: DateTime<Local>) -> Result<()> {
-        let (name, working_on) = {
+        let (name, entry) = {
             let inner = self.inner();
-            (inner.name.clone(), inner.working_on.clone())
+            (inner.name.clone(), self.entry(&inner, now))
         };
-        let entry = self.entry(&working_on, now);
         self.heartbeats.update(now, |table| match table.get(&name) {
             Some(other) if other.pid != self.pid => {
                 tracing::warn!(session = %name, pid = other.pid, "another live session took this name");
@@ -193,12 +273,14 @@ impl Session {
         working_on: Option<&str>,
         now: DateTime<Local>,
     ) -> Result<()> {
-        message::check_name(new).map_err(Error::Refused)?;
+        check_session_name(new).map_err(Error::Refused)?;
         let working_on = working_on.map(message::one_line);
         let mut inner = self.inner();
-        let working_on = working_on.unwrap_or_else(|| inner.working_on.clone());
+        if let Some(w) = working_on {
+            inner.working_on = w;
+        }
         let old = inner.name.clone();
-        let entry = self.entry(&working_on, now);
+        let entry = self.entry(&inner, now);
         self.heartbeats.update(now, |table| {
             if let Some(holder) = table.get(new).filter(|e| e.pid != self.pid) {
                 return Err(Error::NameTaken {
@@ -216,8 +298,11 @@ impl Session {
         if new != old {
             inner.state = self.mailbox.read_state(new, now)?;
             inner.name = new.to_owned();
+            // The index belongs to the old name; the next look builds the new one.
+            inner.indexed = false;
+            inner.mine.clear();
+            inner.superseded.clear();
         }
-        inner.working_on = working_on;
         Ok(())
     }
 
@@ -241,15 +326,49 @@ impl Session {
         }
         let subject = message::check_subject(out.subject).map_err(Error::Refused)?;
         message::check_body(out.body).map_err(Error::Refused)?;
+        let expires = match out.ttl {
+            Some(ttl) if ttl <= TimeDelta::zero() || ttl > MAX_TTL => {
+                return Err(Error::Refused(
+                    "ttl_s must be between 1 second and 30 days (2592000), or left out for a \
+                     message that never expires"
+                        .to_owned(),
+                ));
+            }
+            Some(ttl) => Some(now + ttl),
+            None => None,
+        };
         let reply_to = out.reply_to.map(str::trim).filter(|r| !r.is_empty());
-        if let Some(id) = reply_to
-            && !self.mailbox.exists(id)
-        {
-            return Err(Error::Refused(format!(
-                "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id of \
-                 the message you answer exactly as given, or leave reply_to out"
-            )));
+        let answered = match reply_to {
+            Some(id) => Some(self.find(id).ok_or_else(|| {
+                Error::Refused(format!(
+                    "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id \
+                     of the message you answer exactly as given, or leave reply_to out"
+                ))
+            })?),
+            None => None,
+        };
+        let supersedes = out.supersedes.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(id) = supersedes {
+            match self.mailbox.get(id) {
+                Some(old) if old.front.from == from && old.front.to == to => {}
+                Some(old) => {
+                    return Err(Error::Refused(format!(
+                        "supersedes {id:?} is a message from {:?} to {:?}; a message can only \
+                         replace an earlier one of this session to the same recipient",
+                        old.front.from, old.front.to
+                    )));
+                }
+                None => {
+                    return Err(Error::Refused(format!(
+                        "supersedes {id:?} is no message in the inbox. Pass the msg_id your \
+                         earlier send returned, or leave supersedes out"
+                    )));
+                }
+            }
         }
+        let thread = answered
+            .as_ref()
+            .map(|m| m.front.thread.clone().unwrap_or_else(|| m.id.clone()));
         let id = self.mailbox.write(
             &Draft {
                 from: &from,
@@ -258,13 +377,30 @@ impl Session {
                 subject: &subject,
                 priority: out.priority.as_str(),
                 reply_to,
+                thread: thread.as_deref(),
+                supersedes,
+                expires,
+                info_only: out.info_only,
                 body: out.body,
             },
             now,
         )?;
-        if let Some(answered) = reply_to {
+        let mut saw_push = false;
+        if let Some(answered) = &answered {
+            let mut inner = self.inner();
+            let state = &mut inner.state;
+            // Only a channel event could have told the model this id.
+            saw_push = state.was_pushed(&answered.id) && !state.was_read(&answered.id);
             // Answering a message shows it was read.
-            self.inner().state.mark_read([answered])?;
+            state.mark_read([answered.id.as_str()])?;
+            inner.mine.remove(&answered.id);
+            if saw_push && inner.push != Push::On {
+                tracing::info!(msg_id = %answered.id, "a reply to a pushed message: channel events reach the model");
+                inner.push = Push::On;
+            }
+        }
+        if saw_push && let Err(err) = self.refresh(now) {
+            tracing::warn!(%err, "writing the heartbeat");
         }
         let mut live: Table = self.heartbeats.live(now);
         live.remove(&from);
@@ -278,49 +414,255 @@ impl Session {
             to: to.to_owned(),
             recipient,
             others: live.into_keys().collect(),
+            saw_push,
         })
     }
 
-    /// This session's unread mail, oldest first, at most `limit`; marks the page read when
-    /// `mark_read`.
-    pub fn unread(&self, limit: usize, mark_read: bool) -> Result<Unread> {
-        let all = self.mailbox.scan()?;
+    /// A message by id from `inbox/`, or from `archive/`.
+    fn find(&self, id: &str) -> Option<Arc<Message>> {
+        self.mailbox
+            .get(id)
+            .or_else(|| self.mailbox.get_archived(id))
+    }
+
+    /// Brings the index of this name's unread mail up to date: a whole scan the first time
+    /// or when `changed` asks for one, otherwise only the files named. Also reads the state
+    /// lines other processes appended. Returns the messages that newly appeared (for anyone).
+    pub fn sync(&self, changed: Changed, now: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
         let mut inner = self.inner();
+        inner.state.refresh()?;
+        if changed.rescan || !inner.indexed {
+            self.rebuild(&mut inner, now)?;
+            return Ok(Vec::new());
+        }
+        let mut arrived = Vec::new();
         let name = inner.name.clone();
-        let mut unread: Vec<_> = all
-            .into_iter()
-            .filter(|m| inner.state.is_unread(&name, m))
-            .collect();
-        let remaining = unread.len().saturating_sub(limit);
-        unread.truncate(limit);
-        let pushed = unread
-            .iter()
-            .map(|m| inner.state.was_pushed(&m.id))
-            .collect();
+        for path in &changed.files {
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            match self.mailbox.get(id) {
+                Some(msg) => {
+                    if inner.state.is_unread(&name, &msg, now) {
+                        note_supersedes(&mut inner.superseded, &name, &msg);
+                        if !inner.mine.contains_key(id) {
+                            arrived.push(msg.clone());
+                        }
+                        inner.mine.insert(msg.id.clone(), msg);
+                    } else if !inner.mine.contains_key(id) {
+                        arrived.push(msg);
+                    }
+                }
+                None => {
+                    inner.mine.remove(id);
+                }
+            }
+        }
+        let Inner { mine, state, .. } = &mut *inner;
+        mine.retain(|_, m| state.is_unread(&name, m, now));
+        inner.synced_mtime = self.inbox_mtime();
+        Ok(arrived)
+    }
+
+    fn inbox_mtime(&self) -> Option<SystemTime> {
+        fs::metadata(self.mailbox.inbox())
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// True when no file was added to or removed from the inbox since the index was last
+    /// brought up to date. When false, a file event is on its way (or was lost): wait for
+    /// the next sync, or call [`Session::sync`] with a rescan.
+    pub fn is_current(&self) -> bool {
+        let inner = self.inner();
+        inner.indexed && inner.synced_mtime.is_some() && inner.synced_mtime == self.inbox_mtime()
+    }
+
+    fn rebuild(&self, inner: &mut Inner, now: DateTime<Local>) -> Result<()> {
+        // Before the listing: a change during it makes the index look stale, not current.
+        inner.synced_mtime = self.inbox_mtime();
+        let name = inner.name.clone();
+        let all = self.mailbox.scan_for(&name)?;
+        inner.mine.clear();
+        inner.superseded.clear();
+        for msg in all {
+            if msg.front.is_for(&name) {
+                note_supersedes(&mut inner.superseded, &name, &msg);
+            }
+            if inner.state.is_unread(&name, &msg, now) {
+                inner.mine.insert(msg.id.clone(), msg);
+            }
+        }
+        inner.indexed = true;
+        Ok(())
+    }
+
+    /// Builds the index if no event did yet (a tool called before the first scan).
+    fn ensure_indexed(&self, inner: &mut Inner, now: DateTime<Local>) -> Result<()> {
+        inner.state.refresh()?;
+        if !inner.indexed {
+            self.rebuild(inner, now)?;
+        }
+        Ok(())
+    }
+
+    /// Unread, current, not replaced: the mail the model should get, urgent first, then
+    /// oldest first.
+    fn live_mail<'a>(
+        inner: &'a Inner,
+        now: DateTime<Local>,
+    ) -> impl Iterator<Item = &'a Arc<Message>> + 'a {
+        inner.mine.values().filter(move |m| {
+            inner.state.is_unread(&inner.name, m, now)
+                && inner.superseded.get(&m.id) != Some(&m.front.from)
+        })
+    }
+
+    /// This session's unread mail, at most `limit` bodies; marks the page read when
+    /// `mark_read`. With push on, messages already pushed are named, not repeated.
+    pub fn unread(&self, limit: usize, mark_read: bool, now: DateTime<Local>) -> Result<Unread> {
+        let mut inner = self.inner();
+        self.ensure_indexed(&mut inner, now)?;
+        let push_on = inner.push == Push::On;
+        let (mut fresh, seen): (Vec<_>, Vec<_>) = Self::live_mail(&inner, now)
+            .cloned()
+            .partition(|m| !(push_on && was_pushed(&inner, &m.id)));
+        fresh.sort_by(|a, b| (a.front.urgency(), &a.id).cmp(&(b.front.urgency(), &b.id)));
+        let remaining = fresh.len().saturating_sub(limit);
+        fresh.truncate(limit);
+        let pushed = fresh.iter().map(|m| was_pushed(&inner, &m.id)).collect();
         if mark_read {
-            inner
-                .state
-                .mark_read(unread.iter().map(|m| m.id.as_str()))?;
+            let ids: Vec<&str> = fresh.iter().chain(&seen).map(|m| m.id.as_str()).collect();
+            inner.state.mark_read(ids.iter().copied())?;
+            for id in ids {
+                inner.mine.remove(id);
+            }
         }
         Ok(Unread {
-            messages: unread,
+            messages: fresh,
             pushed,
+            seen,
             remaining,
         })
     }
 
-    /// Unread messages not yet pushed to this session, oldest first; they are recorded as
-    /// pushed before they are returned, so no message is pushed twice.
-    pub fn take_pushes(&self) -> Result<Vec<Arc<Message>>> {
-        let all = self.mailbox.scan()?;
+    /// How many unread messages the model has not seen, and from whom: the reminder added
+    /// to tool results. With push on, pushed messages count as seen.
+    pub fn unseen(&self, now: DateTime<Local>) -> Result<(usize, Vec<String>)> {
         let mut inner = self.inner();
-        let name = inner.name.clone();
-        let new: Vec<_> = all
-            .into_iter()
-            .filter(|m| inner.state.is_unread(&name, m) && !inner.state.was_pushed(&m.id))
-            .collect();
-        inner.state.mark_pushed(new.iter().map(|m| m.id.as_str()))?;
-        Ok(new)
+        self.ensure_indexed(&mut inner, now)?;
+        let push_on = inner.push == Push::On;
+        let mut senders = Vec::new();
+        let mut n = 0;
+        for m in Self::live_mail(&inner, now) {
+            if push_on && was_pushed(&inner, &m.id) {
+                continue;
+            }
+            n += 1;
+            if !senders.contains(&m.front.from) {
+                senders.push(m.front.from.clone());
+            }
+        }
+        Ok((n, senders))
+    }
+
+    /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those
+    /// a running `t9_ipc_wait` is waiting for.
+    pub fn pending_pushes(&self, now: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+        let mut inner = self.inner();
+        self.ensure_indexed(&mut inner, now)?;
+        let inner = &*inner;
+        Ok(Self::live_mail(inner, now)
+            .filter(|m| !was_pushed(inner, &m.id) && !inner.state.was_listed(&m.id))
+            .filter(|m| !inner.waiters.values().any(|w| w.matches(m)))
+            .cloned()
+            .collect())
+    }
+
+    /// Notes messages about to be sent as channel events: from now on they count as
+    /// pushed. Follow with [`Session::mark_pushed`] once sent, or [`Session::push_failed`].
+    pub fn pushing(&self, ids: &[String]) {
+        self.inner().in_flight.extend(ids.iter().cloned());
+    }
+
+    pub fn push_failed(&self, ids: &[String]) {
+        let mut inner = self.inner();
+        for id in ids {
+            inner.in_flight.remove(id);
+        }
+    }
+
+    /// Records messages sent as channel events (bodies included).
+    pub fn mark_pushed(&self, ids: &[String]) -> Result<()> {
+        let mut inner = self.inner();
+        for id in ids {
+            inner.in_flight.remove(id);
+        }
+        inner.state.mark_pushed(ids.iter().map(String::as_str))
+    }
+
+    /// Records messages named in a digest event (bodies not sent).
+    pub fn mark_listed(&self, ids: &[String]) -> Result<()> {
+        self.inner()
+            .state
+            .mark_listed(ids.iter().map(String::as_str))
+    }
+
+    /// Registers a `t9_ipc_wait`; messages it matches are no longer pushed.
+    pub fn wait_begin(&self, filter: WaitFor) -> u64 {
+        let mut inner = self.inner();
+        inner.next_waiter += 1;
+        let id = inner.next_waiter;
+        inner.waiters.insert(id, filter);
+        id
+    }
+
+    pub fn wait_end(&self, waiter: u64) {
+        self.inner().waiters.remove(&waiter);
+    }
+
+    /// The oldest unread message the waiter matches, marked read; `None` when there is none
+    /// yet. Two waiters never get the same message.
+    pub fn wait_take(&self, waiter: u64, now: DateTime<Local>) -> Result<Option<Arc<Message>>> {
+        let mut inner = self.inner();
+        self.ensure_indexed(&mut inner, now)?;
+        let Some(filter) = inner.waiters.get(&waiter).cloned() else {
+            return Ok(None);
+        };
+        let found = Self::live_mail(&inner, now)
+            .find(|m| filter.matches(m))
+            .cloned();
+        if let Some(msg) = &found {
+            inner.state.mark_read([msg.id.as_str()])?;
+            inner.mine.remove(&msg.id);
+        }
+        Ok(found)
+    }
+}
+
+/// Pushed, or in an event being sent right now.
+fn was_pushed(inner: &Inner, id: &str) -> bool {
+    inner.state.was_pushed(id) || inner.in_flight.contains(id)
+}
+
+/// Reserved names: `human` and `telegram` address a person, not a session.
+pub fn check_session_name(name: &str) -> std::result::Result<(), String> {
+    message::check_name(name)?;
+    if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        return Err(format!("{name:?} is reserved: it addresses the human"));
+    }
+    Ok(())
+}
+
+/// Names that address a person rather than a session.
+pub const RESERVED: &[&str] = &["human", "telegram"];
+
+/// Notes that `msg` replaces an earlier message of its sender to `name`.
+fn note_supersedes(superseded: &mut HashMap<String, String>, name: &str, msg: &Message) {
+    if let Some(old) = &msg.front.supersedes
+        && msg.front.is_for(name)
+    {
+        superseded.insert(old.clone(), msg.front.from.clone());
     }
 }
 
@@ -329,8 +671,11 @@ fn new_entry(
     cwd: &Path,
     started: DateTime<Local>,
     working_on: &str,
+    push: Push,
     now: DateTime<Local>,
 ) -> Entry {
+    let mut extra = serde_json::Map::new();
+    extra.insert("push".to_owned(), push.as_str().into());
     Entry {
         timestamp: heartbeat::stamp(now),
         status: "active".to_owned(),
@@ -339,7 +684,7 @@ fn new_entry(
         cwd: Some(cwd.display().to_string()),
         started: Some(heartbeat::stamp(started)),
         version: Some(VERSION.to_owned()),
-        extra: Default::default(),
+        extra,
     }
 }
 

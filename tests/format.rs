@@ -99,10 +99,7 @@ fn good_fixtures_parse() {
         assert_eq!(got_body, body, "{file}");
     }
     let (front, _) = message::parse(&fixture("extra-keys.md")).unwrap();
-    assert_eq!(
-        front.extra.get("expires").map(String::as_str),
-        Some("2026-04-07 00:00:00")
-    );
+    assert_eq!(front.expires.as_deref(), Some("2026-04-07 00:00:00"));
     assert!(front.is_broadcast());
 }
 

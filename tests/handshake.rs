@@ -77,6 +77,7 @@ async fn discover_is_refused_then_initialize_declares_the_channel() {
             "t9_ipc_send",
             "t9_ipc_set_name",
             "t9_ipc_unread",
+            "t9_ipc_wait",
             "t9_ipc_who"
         ]
     );

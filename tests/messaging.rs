@@ -265,7 +265,8 @@ async fn mail_to_an_offline_name_waits_and_arrives_when_it_starts() {
     let unread = gamma.ok("t9_ipc_unread", json!({})).await;
     assert!(unread.contains(&id), "{unread}");
     assert!(unread.contains("1 unread message"), "{unread}");
-    assert!(unread.contains("already shown to you"), "{unread}");
+    // The test client is not Claude Code, so a push does not count as seen.
+    assert!(unread.contains("also sent as a channel event"), "{unread}");
     assert!(!unread.contains("old news"), "{unread}");
     assert_eq!(
         gamma.ok("t9_ipc_unread", json!({})).await,
@@ -301,28 +302,4 @@ async fn unread_pages_peeks_and_marks() {
     );
     let r = beta.call("t9_ipc_unread", json!({"limit": 0})).await;
     assert!(r.is_error);
-}
-
-#[tokio::test]
-async fn a_burst_is_pushed_once_each_in_order() {
-    let mb = TempMailbox::new();
-    let alpha = mb.spawn("alpha").await;
-    let mut beta = mb.spawn("beta").await;
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        ids.push(
-            alpha
-                .send("beta", &format!("n{i}"), &format!("body {i}"))
-                .await,
-        );
-    }
-    let mut got = Vec::new();
-    for _ in 0..40 {
-        got.push(beta.next_event().await.meta("msg_id").to_owned());
-    }
-    assert!(
-        beta.events_within(QUIET).await.is_empty(),
-        "extra pushes after the burst"
-    );
-    assert_eq!(got, ids);
 }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod delivery;
 mod format;
 mod handshake;
 mod inbox;

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, CustomNotification};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, CustomNotification, Implementation,
+};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
@@ -67,14 +69,50 @@ impl TempMailbox {
 
     /// Starts a server with an optional IPC_SESSION_ID in working folder `cwd`.
     pub async fn spawn_with(&self, name: Option<&str>, cwd: &Path) -> Client {
+        self.spawn_as(name, cwd, "t9-ipc-tests", &[]).await
+    }
+
+    /// Starts a server named `name` whose client introduces itself as Claude Code (as the
+    /// real one does: clientInfo name `claude-code`), with extra environment variables.
+    pub async fn spawn_claude(&self, name: &str, env: &[(&str, &str)]) -> Client {
+        let cwd = self.root().join(format!("work-{name}"));
+        std::fs::create_dir_all(&cwd).expect("cwd");
+        self.spawn_as(Some(name), &cwd, "claude-code", env).await
+    }
+
+    /// Starts a server; the client introduces itself as `client`.
+    pub async fn spawn_as(
+        &self,
+        name: Option<&str>,
+        cwd: &Path,
+        client: &str,
+        env: &[(&str, &str)],
+    ) -> Client {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .current_dir(cwd)
+        cmd.arg("serve");
+        self.spawn_command(cmd, name, cwd, client, env).await
+    }
+
+    /// Runs `cmd` (which must end up running `t9-ipc serve` on its stdio) as a server of
+    /// this mailbox.
+    pub async fn spawn_command(
+        &self,
+        mut cmd: Command,
+        name: Option<&str>,
+        cwd: &Path,
+        client: &str,
+        env: &[(&str, &str)],
+    ) -> Client {
+        cmd.current_dir(cwd)
             .env("IPC_DATA_DIR", self.root())
             .env("RUST_LOG", "t9_ipc=debug")
-            .env_remove("IPC_SESSION_ID");
+            .env_remove("IPC_SESSION_ID")
+            .env_remove("IPC_PUSH");
         if let Some(name) = name {
             cmd.env("IPC_SESSION_ID", name);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let (tx, events) = mpsc::unbounded_channel();
         let transport = TokioChildProcess::builder(cmd)
@@ -83,7 +121,11 @@ impl TempMailbox {
             .expect("spawn t9-ipc serve")
             .0;
         let pid = transport.id().expect("child pid");
-        let service = timeout(EVENT_WAIT, Events { tx }.serve(transport))
+        let handler = Events {
+            tx,
+            client: client.to_owned(),
+        };
+        let service = timeout(EVENT_WAIT, handler.serve(transport))
             .await
             .expect("initialize in time")
             .expect("initialize");
@@ -98,9 +140,17 @@ impl TempMailbox {
 /// Forwards every channel event the server pushes into a queue the test reads.
 pub struct Events {
     tx: mpsc::UnboundedSender<CustomNotification>,
+    client: String,
 }
 
 impl ClientHandler for Events {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new(self.client.clone(), "0"),
+        )
+    }
+
     async fn on_custom_notification(
         &self,
         notification: CustomNotification,
@@ -108,6 +158,29 @@ impl ClientHandler for Events {
     ) {
         let _ = self.tx.send(notification);
     }
+}
+
+/// The message ids an event delivers whole (a single message or a bundle), and those it
+/// only names (a digest).
+pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
+    let ids: Vec<String> = event
+        .meta("msg_id")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if event.meta("type") == "digest" {
+        (Vec::new(), ids)
+    } else {
+        (ids, Vec::new())
+    }
+}
+
+/// The ids of the messages a `t9_ipc_unread` or `t9_ipc_wait` result returns with bodies.
+pub fn bodies_in(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("--- msg_id: "))
+        .map(|id| id.trim().to_owned())
+        .collect()
 }
 
 /// One channel event: the body and the meta attributes.
@@ -195,6 +268,14 @@ impl Client {
                 .to_owned(),
             meta: params["meta"].as_object().expect("meta object").clone(),
         }
+    }
+
+    /// Waits out the channel grace period: the next event if one comes within 1.5 s.
+    pub async fn next_event_or_none(&mut self) -> Option<Event> {
+        self.events_within(Duration::from_millis(1500))
+            .await
+            .into_iter()
+            .next()
     }
 
     /// Events that arrive within `wait`. Used only to show that nothing more arrives after

@@ -1,0 +1,574 @@
+//! Delivery you can trust: exactly once across restarts, catch-up, push on/off, replies,
+//! waiting, expiry, supersede, quiet bursts, damaged state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::timeout;
+
+use crate::util::{Client, TempMailbox, bodies_in, delivered_ids, msg_id_in};
+
+const QUIET: Duration = Duration::from_millis(600);
+const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
+
+/// Collects events until none arrives for [`QUIET`]: (whole ids, named-only ids, events).
+async fn drain(client: &mut Client) -> (Vec<String>, Vec<String>, usize) {
+    let (mut whole, mut named, mut n) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let events = client.events_within(QUIET).await;
+        if events.is_empty() {
+            return (whole, named, n);
+        }
+        for e in &events {
+            let (w, d) = delivered_ids(e);
+            whole.extend(w);
+            named.extend(d);
+        }
+        n += events.len();
+    }
+}
+
+/// Reads every unread message with bodies, page by page.
+async fn read_all(client: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
+        let got = bodies_in(&page);
+        if got.is_empty() {
+            return ids;
+        }
+        ids.extend(got);
+    }
+}
+
+fn count(ids: &[String]) -> HashMap<&str, usize> {
+    let mut seen = HashMap::new();
+    for id in ids {
+        *seen.entry(id.as_str()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_burst_is_folded_rate_limited_and_nothing_is_lost() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = mb.spawn_claude("beta", ON).await;
+    beta.next_event_or_none().await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            alpha
+                .send("beta", &format!("n{i}"), &format!("body {i}"))
+                .await,
+        );
+    }
+    let (whole, named, events) = drain(&mut beta).await;
+    assert!(
+        events < 40,
+        "{events} events for 40 messages: bursts were not folded"
+    );
+    // The default limit pushes at most 20 of one sender's messages a minute.
+    assert!(whole.len() <= 20, "{} pushed whole", whole.len());
+    let mut sorted = whole.clone();
+    sorted.sort();
+    assert_eq!(whole, sorted, "pushed out of order");
+    let pulled = read_all(&beta).await;
+    let mut all = whole.clone();
+    all.extend(pulled);
+    let seen = count(&all);
+    for id in &ids {
+        assert_eq!(
+            seen.get(id.as_str()),
+            Some(&1),
+            "{id}: whole {whole:?} named {named:?}"
+        );
+    }
+    assert_eq!(all.len(), 40);
+}
+
+#[tokio::test]
+async fn where_push_works_no_reminder_where_it_is_off_one_on_every_tool() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let mut on = mb.spawn_claude("seeing", ON).await;
+    // Not Claude Code: it shows no channel events, so pushes do not count as seen.
+    let mut off = mb.spawn("blind").await;
+    on.next_event_or_none().await;
+    off.next_event_or_none().await;
+    alpha.send("seeing", "hello", "one").await;
+    alpha.send("blind", "hello", "one").await;
+    assert_eq!(on.next_event().await.meta("subject"), "hello");
+    assert_eq!(off.next_event().await.meta("subject"), "hello");
+
+    let who = on.ok("t9_ipc_who", json!({})).await;
+    assert!(!who.contains("unread"), "{who}");
+    let unread = on.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.starts_with("No unread messages."), "{unread}");
+    assert!(
+        unread.contains("Already shown to you as channel events"),
+        "{unread}"
+    );
+
+    let who = off.ok("t9_ipc_who", json!({})).await;
+    assert!(
+        who.ends_with("1 unread message (from alpha): call t9_ipc_unread."),
+        "{who}"
+    );
+    let sent = off
+        .ok("t9_ipc_send", json!({"to": "alpha", "subject": "x"}))
+        .await;
+    assert!(sent.contains("1 unread message"), "{sent}");
+    let unread = off.ok("t9_ipc_unread", json!({})).await;
+    assert_eq!(bodies_in(&unread).len(), 1, "{unread}");
+    let who = off.ok("t9_ipc_who", json!({})).await;
+    assert!(!who.contains("unread"), "{who}");
+    assert_eq!(mb.heartbeats()["seeing"]["push"], "on");
+    assert_eq!(mb.heartbeats()["blind"]["push"], "off");
+}
+
+#[tokio::test]
+async fn a_reply_to_a_pushed_message_shows_that_push_works() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    // Claude Code, but its process is not found among the parents: unknown.
+    let mut beta = mb.spawn_claude("beta", &[]).await;
+    beta.next_event_or_none().await;
+    assert_eq!(mb.heartbeats()["beta"]["push"], "unknown");
+    let first = alpha.send("beta", "question", "?").await;
+    beta.next_event().await;
+    let who = beta.ok("t9_ipc_who", json!({})).await;
+    assert!(who.contains("1 unread message"), "{who}");
+    beta.ok(
+        "t9_ipc_send",
+        json!({"to": "alpha", "subject": "answer", "reply_to": first}),
+    )
+    .await;
+    alpha.send("beta", "second", "!").await;
+    beta.next_event().await;
+    let who = beta.ok("t9_ipc_who", json!({})).await;
+    assert!(!who.contains("unread"), "{who}");
+    assert_eq!(mb.heartbeats()["beta"]["push"], "on");
+}
+
+#[tokio::test]
+async fn the_launch_flag_of_the_parent_claude_process_decides() {
+    let mb = TempMailbox::new();
+    // A stand-in for Claude Code: a script named `claude` that runs the server as its child.
+    let claude = mb.root().join("bin/claude");
+    std::fs::create_dir_all(claude.parent().unwrap()).unwrap();
+    std::fs::write(
+        &claude,
+        format!("#!/bin/sh\n\"{}\" serve\n", crate::util::BIN),
+    )
+    .unwrap();
+    std::fs::set_permissions(&claude, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cwd = mb.root().to_path_buf();
+    let mut with = tokio::process::Command::new(&claude);
+    with.args(["--dangerously-load-development-channels", "server:t9-ipc"]);
+    let mut with = mb
+        .spawn_command(with, Some("flagged"), &cwd, "claude-code", &[])
+        .await;
+    let without = tokio::process::Command::new(&claude);
+    let mut without = mb
+        .spawn_command(without, Some("plain"), &cwd, "claude-code", &[])
+        .await;
+    with.next_event_or_none().await;
+    without.next_event_or_none().await;
+    assert_eq!(mb.heartbeats()["flagged"]["push"], "on");
+    assert_eq!(mb.heartbeats()["plain"]["push"], "off");
+}
+
+#[tokio::test]
+async fn mail_that_waited_is_caught_up_as_one_digest() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(alpha.send("gamma", &format!("while away {i}"), "b").await);
+    }
+    let mut gamma = mb.spawn_claude("gamma", ON).await;
+    let digest = gamma.next_event().await;
+    assert_eq!(digest.meta("type"), "digest");
+    assert_eq!(digest.meta("count"), "12");
+    assert!(
+        digest.content.contains("t9_ipc_unread"),
+        "{}",
+        digest.content
+    );
+    assert!(gamma.events_within(QUIET).await.is_empty());
+    let mut got = read_all(&gamma).await;
+    got.sort();
+    assert_eq!(got, ids);
+    // A restart pushes nothing again.
+    gamma.quit().await;
+    let mut gamma = mb.spawn_claude("gamma", ON).await;
+    assert!(
+        gamma
+            .events_within(Duration::from_millis(1600))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn wait_blocks_until_the_reply_then_returns_it_once() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let beta = mb.spawn("beta").await;
+    let question = alpha.send("beta", "ready?", "tell me").await;
+
+    let wait = alpha.call(
+        "t9_ipc_wait",
+        json!({"from": "beta", "reply_to": question, "timeout_s": 20}),
+    );
+    tokio::pin!(wait);
+    // Nothing matches yet: the wait must still be running.
+    assert!(
+        timeout(Duration::from_millis(400), &mut wait)
+            .await
+            .is_err(),
+        "wait returned before any reply"
+    );
+    // Unrelated mail does not end it.
+    beta.ok("t9_ipc_send", json!({"to": "alpha", "subject": "noise"}))
+        .await;
+    let reply = beta
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "alpha", "subject": "yes", "body": "go", "reply_to": question}),
+        )
+        .await;
+    let reply_id = msg_id_in(&reply);
+    let got = timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("wait returns after the reply");
+    assert!(!got.is_error, "{}", got.text);
+    assert_eq!(
+        bodies_in(&got.text),
+        std::slice::from_ref(&reply_id),
+        "{}",
+        got.text
+    );
+    // It was read by the wait: unread has only the noise.
+    let unread = alpha.ok("t9_ipc_unread", json!({})).await;
+    assert!(
+        unread.contains("noise") && !unread.contains(&reply_id),
+        "{unread}"
+    );
+
+    let timed_out = alpha
+        .ok("t9_ipc_wait", json!({"from": "beta", "timeout_s": 1}))
+        .await;
+    assert!(timed_out.contains("within 1 s"), "{timed_out}");
+    let bad = alpha.call("t9_ipc_wait", json!({"timeout_s": 601})).await;
+    assert!(
+        bad.is_error && bad.text.contains("1 to 600"),
+        "{}",
+        bad.text
+    );
+}
+
+#[tokio::test]
+async fn concurrent_waits_get_different_messages_and_a_signal_ends_a_wait() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let beta = mb.spawn("beta").await;
+    let w1 = alpha.call("t9_ipc_wait", json!({"from": "beta", "timeout_s": 20}));
+    let w2 = alpha.call("t9_ipc_wait", json!({"from": "beta", "timeout_s": 20}));
+    let send = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = beta.send("alpha", "one", "1").await;
+        let b = beta.send("alpha", "two", "2").await;
+        (a, b)
+    };
+    let (r1, r2, (a, b)) = tokio::join!(w1, w2, send);
+    let mut got = [bodies_in(&r1.text), bodies_in(&r2.text)].concat();
+    got.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(got, want, "{} / {}", r1.text, r2.text);
+
+    // A session that ends during a wait exits promptly and takes its heartbeat with it.
+    let pid = alpha.pid;
+    let pending = alpha.call("t9_ipc_wait", json!({"timeout_s": 600}));
+    tokio::pin!(pending);
+    assert!(
+        timeout(Duration::from_millis(300), &mut pending)
+            .await
+            .is_err()
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // The call itself never gets an answer: the client is gone with the server.
+    let gone = async {
+        while crate::util::process_exists(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the server exits after SIGTERM during a wait");
+    assert!(!mb.heartbeats().contains_key("alpha"));
+}
+
+#[tokio::test]
+async fn expired_and_superseded_mail_is_not_shown_but_kept() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let beta = mb.spawn("beta").await;
+    let short = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "gamma", "subject": "soon stale", "ttl_s": 1}),
+        )
+        .await;
+    let short = msg_id_in(&short);
+    let old = alpha.send("gamma", "plan v1", "first plan").await;
+    let new = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "gamma", "subject": "plan v2", "body": "better", "supersedes": old,
+                   "info_only": true}),
+        )
+        .await;
+    let new = msg_id_in(&new);
+    let foreign = beta
+        .call(
+            "t9_ipc_send",
+            json!({"to": "gamma", "subject": "x", "supersedes": old}),
+        )
+        .await;
+    assert!(
+        foreign.is_error && foreign.text.contains("only replace"),
+        "{}",
+        foreign.text
+    );
+    let bad_ttl = alpha
+        .call(
+            "t9_ipc_send",
+            json!({"to": "gamma", "subject": "x", "ttl_s": 0}),
+        )
+        .await;
+    assert!(bad_ttl.is_error, "{}", bad_ttl.text);
+    // Let the short message's time to live run out (it is written to the second).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let mut gamma = mb.spawn_claude("gamma", ON).await;
+    let event = gamma.next_event().await;
+    assert_eq!(event.meta("msg_id"), new);
+    assert_eq!(event.meta("expects_reply"), "no");
+    assert!(gamma.events_within(QUIET).await.is_empty());
+    let unread = gamma.ok("t9_ipc_unread", json!({})).await;
+    assert!(
+        !unread.contains(&old) && !unread.contains(&short),
+        "{unread}"
+    );
+    let files = mb.inbox_files();
+    for id in [&short, &old, &new] {
+        assert!(files.contains(&format!("{id}.md")), "{id} left the inbox");
+    }
+}
+
+#[tokio::test]
+async fn replies_record_their_thread() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let beta = mb.spawn("beta").await;
+    let q = alpha.send("beta", "q", "?").await;
+    let a = beta
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "alpha", "subject": "a", "reply_to": q}),
+        )
+        .await;
+    let a = msg_id_in(&a);
+    let b = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "b", "reply_to": a}),
+        )
+        .await;
+    let b = msg_id_in(&b);
+    let file = std::fs::read_to_string(mb.inbox().join(format!("{b}.md"))).unwrap();
+    assert!(file.contains(&format!("reply_to: {a}")), "{file}");
+    assert!(file.contains(&format!("thread: {q}")), "{file}");
+    let unknown = alpha
+        .call(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "x", "reply_to": "20990101T000000000000-00000000-a-b-c"}),
+        )
+        .await;
+    assert!(
+        unknown.is_error && unknown.text.contains("no message"),
+        "{}",
+        unknown.text
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_or_lost_state_file_loses_nothing() {
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let beta = mb.spawn("beta").await;
+    let one = alpha.send("beta", "one", "1").await;
+    beta.ok("t9_ipc_unread", json!({})).await;
+    let two = alpha.send("beta", "two", "2").await;
+    alpha
+        .ok("t9_ipc_broadcast", json!({"subject": "news"}))
+        .await;
+    beta.quit().await;
+
+    let state = mb.root().join("state/beta.log");
+    std::fs::write(&state, b"\xff\xfe garbage\nread\njoined not-a-time\n").unwrap();
+    let beta = mb.spawn("beta").await;
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    for id in [&one, &two] {
+        assert!(unread.contains(id.as_str()), "{id} lost: {unread}");
+    }
+    assert!(unread.contains("news"), "{unread}");
+    beta.quit().await;
+
+    std::fs::remove_file(&state).unwrap();
+    let beta = mb.spawn("beta").await;
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.contains(&one) && unread.contains(&two), "{unread}");
+    // beta sent nothing, so nothing shows it was running before: old broadcasts are
+    // history for a name the mailbox cannot tell from a new one.
+    assert!(!unread.contains("news"), "{unread}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_is_delivered_once_across_two_sigkills() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 500;
+    let mb = TempMailbox::new();
+    // No rate limit, so that most mail really goes out as events across the kills.
+    let rx_env: &[(&str, &str)] = &[("IPC_PUSH", "on"), ("IPC_PUSH_RATE", "0")];
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(mb.spawn(&format!("sender{i}")).await);
+    }
+    let mut rx = mb.spawn_claude("receiver", rx_env).await;
+    let sending = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .map(|s| {
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for n in 0..EACH {
+                        ids.push(s.send("receiver", &format!("m{n}"), "body").await);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        for t in tasks {
+            sent.extend(t.await.expect("sender"));
+        }
+        sent
+    });
+
+    let mut whole = Vec::new();
+    for kill in 0..2 {
+        // Let some mail flow, then kill the receiver without warning.
+        let mut events = 0;
+        while events < 5 + kill * 5 {
+            let e = rx.next_event().await;
+            whole.extend(delivered_ids(&e).0);
+            events += 1;
+        }
+        unsafe { libc::kill(rx.pid as i32, libc::SIGKILL) };
+        // Whatever was already on the pipe still counts: it reached the client.
+        for e in rx.events_within(Duration::from_millis(200)).await {
+            whole.extend(delivered_ids(&e).0);
+        }
+        rx = mb.spawn_claude("receiver", rx_env).await;
+    }
+    let sent = sending.await.expect("senders");
+    assert_eq!(sent.len(), SENDERS * EACH);
+    let (w, _named, _) = drain(&mut rx).await;
+    whole.extend(w);
+    let pulled = read_all(&rx).await;
+    let mut all = whole.clone();
+    all.extend(pulled);
+    let seen = count(&all);
+    let lost: Vec<_> = sent
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert!(
+        twice.is_empty(),
+        "{} delivered twice, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert_eq!(all.len(), SENDERS * EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_stay_valid_under_16_writers() {
+    const WRITERS: usize = 16;
+    const EACH: usize = 200;
+    let mb = TempMailbox::new();
+    let mut clients = Vec::new();
+    for i in 0..WRITERS {
+        clients.push(mb.spawn(&format!("writer{i:02}")).await);
+    }
+    let path = mb.root().join("heartbeats.json");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&path).expect("heartbeats.json exists");
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("invalid JSON after a write: {e}: {text}"));
+                assert_eq!(value.as_object().map(|o| o.len()), Some(WRITERS), "{text}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    c.ok(
+                        "t9_ipc_set_name",
+                        json!({"name": format!("writer{i:02}"), "working_on": format!("step {n}")}),
+                    )
+                    .await;
+                }
+                c
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("writer"));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = checker
+        .join()
+        .expect("every read was valid JSON with every writer");
+    assert!(reads > 0);
+    let table = mb.heartbeats();
+    for i in 0..WRITERS {
+        assert_eq!(
+            table[&format!("writer{i:02}")]["working_on"],
+            format!("step {}", EACH - 1)
+        );
+    }
+}
