@@ -58,7 +58,14 @@ fn proc_usage(pid: u32) -> (u64, u64) {
 async fn push_latency() {
     let mb = TempMailbox::new();
     let alpha = mb.spawn("alpha").await;
-    let mut beta = mb.spawn("beta").await;
+    // Back-to-back sends measure the pipeline: no quiet window, no rate limit (with the
+    // defaults, messages 100 ms apart would be folded into one event by design).
+    let mut beta = mb
+        .spawn_claude(
+            "beta",
+            &[("IPC_PUSH_QUIET_MS", "0"), ("IPC_PUSH_RATE", "0")],
+        )
+        .await;
     // The first push waits for the grace period after `initialized`; wait it out once.
     alpha.send("beta", "warm-up", "").await;
     beta.next_event().await;
@@ -92,6 +99,108 @@ async fn push_latency() {
     );
     alpha.quit().await;
     beta.quit().await;
+}
+
+/// With the default quiet window: messages spaced beyond it, as a conversation between
+/// sessions is (the rate limit is off, or it would hold the 21st message of the minute).
+async fn isolated_latency() {
+    const N: usize = 30;
+    let mb = TempMailbox::new();
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = mb.spawn_claude("beta", &[("IPC_PUSH_RATE", "0")]).await;
+    beta.next_event_or_none().await;
+    let mut latencies = Vec::with_capacity(N);
+    for i in 0..N {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let start = Instant::now();
+        alpha.send("beta", &format!("m{i}"), "a body").await;
+        beta.next_event().await;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "push latency, default quiet window, {N} messages 150 ms apart: p50 {} · p99 {}",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+    );
+}
+
+/// Writes `n` message files for `to` straight into the inbox (as many senders would have).
+fn plant(mb: &TempMailbox, n: usize, to: impl Fn(usize) -> String) {
+    use t9_ipc::message::{FrontMatter, file_stem, render};
+    let now = chrono::Local::now();
+    std::fs::create_dir_all(mb.inbox()).expect("inbox");
+    for i in 0..n {
+        let to = to(i);
+        let front = FrontMatter {
+            from: "alpha".into(),
+            to: to.clone(),
+            kind: "ipc".into(),
+            subject: format!("planted {i}"),
+            priority: "normal".into(),
+            created: now.format(t9_ipc::message::TIME_FORMAT).to_string(),
+            ..FrontMatter::default()
+        };
+        let at = now - chrono::TimeDelta::microseconds((n - i) as i64);
+        let id = file_stem(at, &format!("{i:08x}"), "alpha", &to, &front.subject);
+        std::fs::write(mb.inbox().join(format!("{id}.md")), render(&front, "body")).expect("plant");
+    }
+}
+
+/// 10,000 messages waited for a name: time from spawn to the catch-up digest.
+async fn catch_up() {
+    const N: usize = 10_000;
+    let mb = TempMailbox::new();
+    plant(&mb, N, |_| "gamma".into());
+    let start = Instant::now();
+    let mut gamma = mb.spawn_claude("gamma", &[("IPC_PUSH", "on")]).await;
+    let digest = gamma.next_event().await;
+    let total = start.elapsed();
+    assert_eq!(digest.meta("count"), N.to_string());
+    let start = Instant::now();
+    let page = gamma
+        .ok("t9_ipc_unread", json!({"limit": 20, "mark_read": false}))
+        .await;
+    let unread = start.elapsed();
+    assert!(page.contains(&format!("{} more unread", N - 20)));
+    println!(
+        "catch-up of {N} waiting messages: digest event {} after spawn (of which 1 s is the \
+         channel grace period); first unread page of 20 {}",
+        ms(total),
+        ms(unread)
+    );
+}
+
+/// `t9_ipc_unread` with 100,000 messages in the inbox, 10 of them for the caller.
+async fn unread_in_a_big_inbox() {
+    const N: usize = 100_000;
+    let mb = TempMailbox::new();
+    plant(&mb, N, |i| {
+        if i % 10_000 == 0 {
+            "beta".into()
+        } else {
+            format!("other{}", i % 7)
+        }
+    });
+    let start = Instant::now();
+    let beta = mb.spawn("beta").await;
+    let first = beta.ok("t9_ipc_unread", json!({"mark_read": false})).await;
+    let index = start.elapsed();
+    assert!(first.starts_with("10 unread messages"), "{first}");
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        beta.ok("t9_ipc_unread", json!({"mark_read": false})).await;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    println!(
+        "t9_ipc_unread, {N} messages in the inbox, 10 unread: p50 {} · p99 {} (first call, \
+         with the start-up index, {})",
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+        ms(index)
+    );
 }
 
 async fn startup() {
@@ -133,5 +242,8 @@ fn main() {
     rt.block_on(async {
         startup().await;
         push_latency().await;
+        isolated_latency().await;
+        catch_up().await;
+        unread_in_a_big_inbox().await;
     });
 }
