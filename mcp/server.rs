@@ -62,6 +62,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let session = Arc::new(session);
     tracing::info!(session = %session.name(), pid = session.pid(), data_dir = %config.data_dir.display(), "started");
 
+    // Keep the inbox small: finished mail older than the set age moves to archive/.
+    let archiver = {
+        let s = session.clone();
+        let days = i64::try_from(config.archive_after_days).unwrap_or(i64::MAX);
+        tokio::task::spawn_blocking(move || {
+            let now = Local::now();
+            let cutoff =
+                TimeDelta::try_days(days).map_or(DateTime::<Local>::MIN_UTC.into(), |d| now - d);
+            match s.mailbox().archive(cutoff, now, false) {
+                Ok(moved) if !moved.is_empty() => {
+                    tracing::info!(count = moved.len(), "archived finished mail")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(err = %format!("{err:#}"), "archiving finished mail"),
+            }
+        })
+    };
     let (watcher, changes) = match watch::watch(session.mailbox().inbox()) {
         Ok((watcher, changes)) => (Some(watcher), changes),
         Err(err) => {
@@ -116,6 +133,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     signals.abort();
     let _ = pusher.await;
+    let _ = archiver.await;
     drop(watcher);
     let name = session.name();
     tokio::task::spawn_blocking(move || session.end(Local::now()))

@@ -53,6 +53,9 @@ pub struct Config {
     /// `IPC_PUSH_RATE`: at most this many messages of one sender are pushed per minute; the
     /// rest wait as unread. `None` (0) means no limit.
     pub push_rate: Option<u32>,
+    /// `IPC_ARCHIVE_DAYS`: finished mail older than this moves to `archive/` when a server
+    /// starts (default 7; 0 archives finished mail at once).
+    pub archive_after_days: u64,
 }
 
 /// The default of `IPC_PUSH_QUIET_MS`.
@@ -96,6 +99,7 @@ impl Config {
             account_without_channels,
             push_quiet: number("IPC_PUSH_QUIET_MS")
                 .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),
+            archive_after_days: number("IPC_ARCHIVE_DAYS").unwrap_or(7),
             push_rate: match number("IPC_PUSH_RATE") {
                 Some(0) => None,
                 Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),

@@ -290,6 +290,103 @@ impl Mailbox {
         }
     }
 
+    /// Moves finished mail older than `cutoff` from `inbox/` to `archive/` (same file names):
+    /// expired messages, messages replaced by a later one of their sender, direct messages
+    /// their recipient has read, and broadcasts that every name that joined before them has
+    /// read. Unread mail stays, whatever its age. Returns the ids moved (or that would move,
+    /// with `dry_run`). Nothing is deleted.
+    pub fn archive(
+        &self,
+        cutoff: DateTime<Local>,
+        now: DateTime<Local>,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
+        let states = self.all_read_states()?;
+        let messages = self.scan()?;
+        let replaced: HashMap<&str, &str> = messages
+            .iter()
+            .filter_map(|m| Some((m.front.supersedes.as_deref()?, m.front.from.as_str())))
+            .collect();
+        let mut moved = Vec::new();
+        for msg in &messages {
+            let Some(sent) = message::stem_time(&msg.id).or_else(|| msg.front.created_at()) else {
+                continue;
+            };
+            if sent > cutoff {
+                continue;
+            }
+            let read_by = |name: &str| {
+                states
+                    .get(name)
+                    .is_some_and(|(_, read)| read.contains(&msg.id))
+            };
+            let done = msg.front.is_expired(now)
+                || replaced.get(msg.id.as_str()) == Some(&msg.front.from.as_str())
+                || if msg.front.is_broadcast() {
+                    states
+                        .iter()
+                        .filter(|(name, (joined, _))| **name != msg.front.from && *joined <= sent)
+                        .all(|(name, _)| read_by(name))
+                } else {
+                    read_by(&msg.front.to)
+                };
+            if !done {
+                continue;
+            }
+            let name = format!("{}.md", msg.id);
+            let to = self.archive.join(&name);
+            if to.exists() {
+                tracing::warn!(file = %to.display(), "not archived: the archive already holds this name");
+                continue;
+            }
+            if !dry_run {
+                fs::rename(self.inbox.join(&name), &to).map_err(Error::io("archiving", &to))?;
+            }
+            moved.push(msg.id.clone());
+        }
+        if !dry_run && !moved.is_empty() {
+            sync_dir(&self.archive)?;
+            sync_dir(&self.inbox)?;
+        }
+        Ok(moved)
+    }
+
+    /// Every name's `joined` time and read ids, read without writing anything.
+    fn all_read_states(&self) -> Result<HashMap<String, Seen>> {
+        let mut out = HashMap::new();
+        let entries = fs::read_dir(&self.state).map_err(Error::io("listing", &self.state))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+            let mut joined = None;
+            let mut read = HashSet::new();
+            for line in text.lines() {
+                match line.split_once(' ') {
+                    Some(("joined", t)) if joined.is_none() => {
+                        joined = DateTime::parse_from_rfc3339(t)
+                            .ok()
+                            .map(|t| t.with_timezone(&Local));
+                    }
+                    Some(("read", id)) => {
+                        read.insert(id.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+            // No readable `joined`: the name counts every broadcast as its mail.
+            let joined = joined.unwrap_or(DateTime::UNIX_EPOCH.with_timezone(&Local));
+            out.insert(name.to_owned(), (joined, read));
+        }
+        Ok(out)
+    }
+
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
         let path = self.state.join(format!("{session}.log"));
@@ -354,6 +451,9 @@ pub(crate) fn random_uid() -> String {
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A name's `joined` time and the ids it read.
+type Seen = (DateTime<Local>, HashSet<String>);
 
 /// What one session has read and what it has been shown, in `state/<name>.log`.
 ///

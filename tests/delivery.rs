@@ -572,3 +572,49 @@ async fn heartbeats_stay_valid_under_16_writers() {
         );
     }
 }
+
+#[tokio::test]
+async fn finished_old_mail_moves_to_the_archive_and_unread_mail_stays() {
+    use t9_ipc::message::{FrontMatter, TIME_FORMAT, file_stem, render};
+    let mb = TempMailbox::new();
+    let inbox = mb.inbox();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::create_dir_all(mb.root().join("state")).unwrap();
+    let old = chrono::Local::now() - chrono::TimeDelta::days(8);
+    let plant = |n: u32, to: &str, expires: Option<String>| {
+        let front = FrontMatter {
+            from: "alpha".into(),
+            to: to.into(),
+            kind: "ipc".into(),
+            subject: format!("old {n}"),
+            priority: "normal".into(),
+            created: old.format(TIME_FORMAT).to_string(),
+            expires,
+            ..FrontMatter::default()
+        };
+        let id = file_stem(old, &format!("{n:08x}"), "alpha", to, &front.subject);
+        std::fs::write(inbox.join(format!("{id}.md")), render(&front, "b")).unwrap();
+        id
+    };
+    let read = plant(1, "beta", None);
+    let expired = plant(2, "beta", Some(old.format(TIME_FORMAT).to_string()));
+    let unread = plant(3, "beta", None);
+    let broadcast = plant(4, "all", None);
+    let joined = (old - chrono::TimeDelta::days(1)).to_rfc3339();
+    std::fs::write(
+        mb.root().join("state/beta.log"),
+        format!("joined {joined}\nread {read}\nread {broadcast}\n"),
+    )
+    .unwrap();
+    let _alpha = mb.spawn("alpha").await;
+    let archived = |id: &str| mb.root().join(format!("archive/{id}.md")).exists();
+    timeout(Duration::from_secs(10), async {
+        while !(archived(&read) && archived(&expired) && archived(&broadcast)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("finished mail archived at start");
+    assert!(!archived(&unread));
+    assert!(inbox.join(format!("{unread}.md")).exists());
+}
