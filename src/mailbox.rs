@@ -159,53 +159,96 @@ impl Mailbox {
                 continue;
             };
             present.insert(name.clone());
-            // DirEntry::metadata does not follow symbolic links.
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(err) => {
-                    tracing::warn!(file = %name, %err, "skipped: cannot stat");
-                    continue;
-                }
-            };
-            let stamp: Stamp = (meta.len(), meta.modified().ok());
-            match cache.get(&name) {
-                Some(Cached::Good(s, msg)) if *s == stamp => {
-                    messages.push(msg.clone());
-                    continue;
-                }
-                Some(Cached::Bad(s)) if *s == stamp => continue,
-                _ => {}
-            }
-            let path = entry.path();
-            let read = if meta.file_type().is_symlink() {
-                Err("a symbolic link".to_owned())
-            } else if !meta.is_file() {
-                Err("not a regular file".to_owned())
-            } else if meta.len() > MAX_FILE_BYTES {
-                Err(format!("larger than {MAX_FILE_BYTES} bytes"))
-            } else {
-                read_message(&path, id)
-            };
-            match read {
-                Ok(msg) => {
-                    let msg = Arc::new(msg);
-                    messages.push(msg.clone());
-                    cache.insert(name, Cached::Good(stamp, msg));
-                }
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
-                    cache.insert(name, Cached::Bad(stamp));
-                }
-            }
+            messages.extend(load(&mut cache, &name, id, &entry));
         }
         cache.retain(|name, _| present.contains(name));
         messages.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(messages)
     }
 
+    /// The good messages in `inbox/` whose file name stamp is `since` or later, oldest
+    /// first. Only those files are read (through the same cache as [`Mailbox::scan`]), so
+    /// the cost follows the recent mail, not the size of an old inbox.
+    pub fn recent(&self, since: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut messages = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(id) = name.strip_suffix(".md") else {
+                continue;
+            };
+            if name.starts_with('.') || message::stem_time(id).is_none_or(|t| t < since) {
+                continue;
+            }
+            messages.extend(load(&mut cache, &name, id, &entry));
+        }
+        messages.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(messages)
+    }
+
+    /// Reads the message `id` from `inbox/`.
+    pub fn read(&self, id: &str) -> Result<Message> {
+        if id.contains(['/', '\\']) || id.starts_with('.') {
+            return Err(Error::Refused(format!("{id:?} is not a message id")));
+        }
+        let path = self.inbox.join(format!("{id}.md"));
+        read_message(&path, id)
+            .map_err(|reason| Error::Refused(format!("{}: {reason}", path.display())))
+    }
+
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
         ReadState::load(self.state.join(format!("{session}.log")), now)
+    }
+}
+
+/// Reads the `.md` file `entry` (named `name`, id `id`) through the parse cache: a file
+/// with the size and time it had when it was parsed is not read again, and a bad one is
+/// warned about once (again only when it changes).
+fn load(
+    cache: &mut HashMap<String, Cached>,
+    name: &str,
+    id: &str,
+    entry: &fs::DirEntry,
+) -> Option<Arc<Message>> {
+    // DirEntry::metadata does not follow symbolic links.
+    let meta = match entry.metadata() {
+        Ok(meta) => meta,
+        Err(err) => {
+            tracing::warn!(file = %name, %err, "skipped: cannot stat");
+            return None;
+        }
+    };
+    let stamp: Stamp = (meta.len(), meta.modified().ok());
+    match cache.get(name) {
+        Some(Cached::Good(s, msg)) if *s == stamp => return Some(msg.clone()),
+        Some(Cached::Bad(s)) if *s == stamp => return None,
+        _ => {}
+    }
+    let path = entry.path();
+    let read = if meta.file_type().is_symlink() {
+        Err("a symbolic link".to_owned())
+    } else if !meta.is_file() {
+        Err("not a regular file".to_owned())
+    } else if meta.len() > MAX_FILE_BYTES {
+        Err(format!("larger than {MAX_FILE_BYTES} bytes"))
+    } else {
+        read_message(&path, id)
+    };
+    match read {
+        Ok(msg) => {
+            let msg = Arc::new(msg);
+            cache.insert(name.to_owned(), Cached::Good(stamp, msg.clone()));
+            Some(msg)
+        }
+        Err(reason) => {
+            tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
+            cache.insert(name.to_owned(), Cached::Bad(stamp));
+            None
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Entry, Heartbeats, Table};
 use crate::mailbox::{Draft, Mailbox, Message, ReadState};
-use crate::message::{self, BROADCAST, Priority};
+use crate::message::{self, BROADCAST, HUMAN, Priority};
 
 /// The version written into heartbeat entries.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -33,7 +33,7 @@ pub struct Peer {
 /// What a sender asks for.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
-    /// A session name, or `all` for everyone.
+    /// A session name, `all` for everyone, or `human` for the person (an escalation).
     pub to: &'a str,
     pub subject: &'a str,
     pub body: &'a str,
@@ -225,8 +225,17 @@ impl Session {
     pub fn send(&self, out: &Outgoing<'_>, now: DateTime<Local>) -> Result<Sent> {
         let from = self.name();
         let broadcast = out.to == BROADCAST || out.to == "broadcast";
-        let to = if broadcast { BROADCAST } else { out.to.trim() };
-        if !broadcast {
+        // `human` (or `telegram`, answering the person) is an escalation: it goes to the
+        // person, on Telegram when configured.
+        let human = message::is_human(out.to.trim());
+        let to = if broadcast {
+            BROADCAST
+        } else if human {
+            HUMAN
+        } else {
+            out.to.trim()
+        };
+        if !broadcast && !human {
             message::check_name(to).map_err(|why| {
                 Error::Refused(format!(
                     "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
@@ -254,7 +263,13 @@ impl Session {
             &Draft {
                 from: &from,
                 to,
-                kind: if broadcast { "broadcast" } else { "ipc" },
+                kind: if broadcast {
+                    "broadcast"
+                } else if human {
+                    "escalation"
+                } else {
+                    "ipc"
+                },
                 subject: &subject,
                 priority: out.priority.as_str(),
                 reply_to,
@@ -268,7 +283,7 @@ impl Session {
         }
         let mut live: Table = self.heartbeats.live(now);
         live.remove(&from);
-        let recipient = if broadcast {
+        let recipient = if broadcast || human {
             None
         } else {
             live.get(to).cloned()
