@@ -7,6 +7,8 @@
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
 //! - [`session`]: one running session: its name, heartbeat, sends and unread mail.
 //! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
+//! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
+//!   its bookkeeping lives in `<data>/telegram/`.
 //!
 //! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
 //!
@@ -18,6 +20,8 @@
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
 //!   about MCP.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
+//! - Nothing outside `telegram` uses reqwest or holds the bot token's text; the token is a
+//!   `telegram::Token`, which prints as `<redacted>`, and no log line, error or file holds it.
 
 pub mod config;
 pub mod error;
@@ -25,6 +29,7 @@ pub mod heartbeat;
 pub mod mailbox;
 pub mod message;
 pub mod session;
+pub mod telegram;
 pub mod watch;
 
 pub use error::{Error, Result};
