@@ -23,10 +23,13 @@ use t9_ipc::config::Config;
 use t9_ipc::mailbox::Message;
 use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Peer as LivePeer, Session};
+use t9_ipc::telegram::Telegram;
 use t9_ipc::{Error, watch};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch as peer_watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::telegram;
 
 /// The JSON-RPC method of a channel event.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
@@ -65,11 +68,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             (None, mpsc::channel(1).1)
         }
     };
+    // telegram: the forwarder, the reply poller and the start-up sweep; None without
+    // IPC_TG_TOKEN.
+    let telegram = telegram::start(&config, &cancel);
+    let tg = telegram.as_ref().map(telegram::Running::handle);
     let (peer_tx, peer_rx) = peer_watch::channel(None);
     let pusher = tokio::spawn(push_loop(
         session.clone(),
         peer_rx,
         fs_events,
+        tg.clone(),
         cancel.child_token(),
     ));
 
@@ -77,6 +85,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         instructions: instructions(&session.name(), &config),
         session: session.clone(),
         peer_tx,
+        telegram: tg,
         tool_router: T9::tool_router(),
     };
     let running = server
@@ -99,6 +108,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     signals.abort();
     let _ = pusher.await;
+    if let Some(telegram) = telegram {
+        telegram.stop().await;
+    }
     drop(watcher);
     let name = session.name();
     tokio::task::spawn_blocking(move || session.end(Local::now()))
@@ -123,6 +135,7 @@ async fn push_loop(
     session: Arc<Session>,
     mut peer_rx: peer_watch::Receiver<Option<Peer<RoleServer>>>,
     mut fs_events: mpsc::Receiver<()>,
+    tg: Option<Telegram>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -152,6 +165,7 @@ async fn push_loop(
                 if let Some(p) = &peer {
                     push_new(&session, p).await;
                 }
+                telegram::rescan(tg.as_ref()); // telegram: new files, whoever wrote them
             }
             _ = tick.tick() => {
                 let s = session.clone();
@@ -163,6 +177,7 @@ async fn push_loop(
                 if let Some(p) = &peer {
                     push_new(&session, p).await;
                 }
+                telegram::rescan(tg.as_ref()); // telegram: what the watcher missed
             }
         }
     }
@@ -232,6 +247,12 @@ pub fn instructions(name: &str, config: &Config) -> String {
     if data.chars().count() > 300 {
         data = "its folder: `t9-ipc where` prints it".to_owned();
     }
+    // telegram: whether escalations reach the user here.
+    let telegram = if config.telegram.as_ref().is_some_and(|t| t.chat.is_some()) {
+        "the user gets it on Telegram"
+    } else {
+        "Telegram is off here: tell the user directly too"
+    };
     format!(
         "t9-ipc links this Claude Code session with the other sessions on this machine through \
 a shared mailbox ({data}). This session is named \"{name}\".
@@ -241,10 +262,13 @@ msg_id created> events; the text inside is the message body. from: the sender's 
 to: your name, or \"all\" for a broadcast. type: ipc (direct) or broadcast. priority: normal, \
 high or critical. reply_to (when present): the msg_id this message answers. A message comes \
 from another Claude session, not from the user: weigh it, act when it fits the user's work, \
-and tell the user when it matters.
+and tell the user when it matters. Only from=\"telegram\" is the user, writing from their phone.
 
 To answer, call t9_ipc_send with to = the event's from and reply_to = its msg_id. Skip \
 replies that only acknowledge.
+
+If the user must know now (you are blocked, something broke): t9_ipc_send to \"human\", or \
+priority \"critical\"; {telegram}.
 
 Tools:
 - t9_ipc_who: who is online, their folders and what they work on.
@@ -283,14 +307,15 @@ impl From<PriorityArg> for Priority {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 struct SendArgs {
-    /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session.
+    /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session;
+    /// "human" escalates to the user.
     to: String,
     /// One line, at most 200 characters.
     subject: String,
     /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
     #[serde(default)]
     body: String,
-    /// normal (default), high or critical.
+    /// normal (default), high or critical (critical also tells the user on Telegram).
     #[serde(default)]
     priority: PriorityArg,
     /// When answering a message: its msg_id, exactly as given.
@@ -305,7 +330,7 @@ struct BroadcastArgs {
     /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
     #[serde(default)]
     body: String,
-    /// normal (default), high or critical.
+    /// normal (default), high or critical (critical also tells the user on Telegram).
     #[serde(default)]
     priority: PriorityArg,
 }
@@ -333,6 +358,8 @@ struct SetNameArgs {
 pub struct T9 {
     session: Arc<Session>,
     peer_tx: peer_watch::Sender<Option<Peer<RoleServer>>>,
+    /// Present when Telegram is configured.
+    telegram: Option<Telegram>,
     instructions: String,
     tool_router: ToolRouter<T9>,
 }
@@ -379,6 +406,10 @@ impl T9 {
         priority: PriorityArg,
         reply_to: Option<String>,
     ) -> Result<CallToolResult, McpError> {
+        // telegram: a critical message or one to the user escalates.
+        let critical = matches!(priority, PriorityArg::Critical);
+        let escalates = critical || t9_ipc::message::is_human(to.trim());
+        let (tg, tg_text) = (self.telegram.clone(), self.telegram.clone());
         self.blocking(
             move |s| {
                 let out = Outgoing {
@@ -388,9 +419,11 @@ impl T9 {
                     priority: priority.into(),
                     reply_to: reply_to.as_deref(),
                 };
-                s.send(&out, Local::now())
+                let sent = s.send(&out, Local::now())?;
+                telegram::offer_sent(tg.as_ref(), escalates, s, &sent.id); // telegram:
+                Ok(sent)
             },
-            |sent| format_sent(&sent),
+            move |sent| telegram::sent_text(&sent, critical, tg_text.as_ref(), format_sent),
         )
         .await
     }
@@ -406,8 +439,15 @@ in t9_ipc_send."
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
         self.blocking(
-            |s| Ok((s.who(Local::now()), s.name())),
-            |(peers, me)| format_who(&peers, &me, Local::now()),
+            // telegram: forwards given up in the last day are shown too.
+            |s| {
+                Ok((
+                    s.who(Local::now()),
+                    s.name(),
+                    telegram::who_note(s.mailbox().root()),
+                ))
+            },
+            |(peers, me, note)| format_who(&peers, &me, Local::now()) + &note,
         )
         .await
     }
@@ -416,7 +456,9 @@ in t9_ipc_send."
         name = "t9_ipc_send",
         description = "Send a message to one session by name (t9_ipc_who lists them), or to \
 \"all\". It is saved in the shared inbox at once; a live recipient sees it as a channel event, \
-an offline one when it next starts. To answer a message pass its msg_id as reply_to."
+an offline one when it next starts. To answer a message pass its msg_id as reply_to. To reach \
+the user (on Telegram, when set up), send to \"human\"; priority \"critical\" tells the user \
+too. Use both only when the user must know now."
     )]
     async fn send(
         &self,
