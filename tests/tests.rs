@@ -7,3 +7,4 @@ mod handshake;
 mod inbox;
 mod messaging;
 mod names;
+mod telegram;

@@ -67,18 +67,42 @@ impl TempMailbox {
 
     /// Starts a server with an optional IPC_SESSION_ID in working folder `cwd`.
     pub async fn spawn_with(&self, name: Option<&str>, cwd: &Path) -> Client {
+        self.start(name, cwd, &[], None).await
+    }
+
+    /// Starts a server named `name` with extra environment variables (`IPC_TG_*`, or a
+    /// `RUST_LOG` that replaces the default), its stderr written to `log` when given.
+    pub async fn spawn_env(&self, name: &str, envs: &[(&str, &str)], log: Option<&Path>) -> Client {
+        let cwd = self.root().join(format!("work-{name}"));
+        std::fs::create_dir_all(&cwd).expect("cwd");
+        self.start(Some(name), &cwd, envs, log).await
+    }
+
+    async fn start(
+        &self,
+        name: Option<&str>,
+        cwd: &Path,
+        envs: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Client {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .current_dir(cwd)
             .env("IPC_DATA_DIR", self.root())
             .env("RUST_LOG", "t9_ipc=debug")
             .env_remove("IPC_SESSION_ID");
+        without_telegram(&mut cmd);
         if let Some(name) = name {
             cmd.env("IPC_SESSION_ID", name);
         }
+        cmd.envs(envs.iter().copied());
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         let (tx, events) = mpsc::unbounded_channel();
         let transport = TokioChildProcess::builder(cmd)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn t9-ipc serve")
             .0;
@@ -226,6 +250,18 @@ impl Client {
     }
 }
 
+/// A developer's own Telegram settings must never reach a test server.
+pub fn without_telegram(cmd: &mut Command) {
+    for var in [
+        "IPC_TG_TOKEN",
+        "IPC_TG_CHAT",
+        "IPC_TG_API_BASE",
+        "IPC_TG_GIVE_UP_S",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 pub fn process_exists(pid: u32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -267,7 +303,9 @@ impl Raw {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
+        let mut child = cmd
             .arg("serve")
             .env("IPC_DATA_DIR", root)
             .env("IPC_SESSION_ID", name)
