@@ -20,8 +20,9 @@
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
 //!   about MCP.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
-//! - Nothing outside `telegram` uses reqwest or holds the bot token's text; the token is a
-//!   `telegram::Token`, which prints as `<redacted>`, and no log line, error or file holds it.
+//! - Nothing outside `telegram` uses reqwest. The bot token lives only in a
+//!   `telegram::Token` (filled by `config`), which prints as `<redacted>`; only `telegram`
+//!   reads its text, for the request URL, and no log line, error or file holds it.
 
 pub mod config;
 pub mod error;

@@ -580,6 +580,35 @@ async fn a_429_is_honoured_then_the_forward_succeeds() {
 }
 
 #[tokio::test]
+async fn html_that_telegram_refuses_is_sent_again_as_plain_text() {
+    let bot = FakeBot::start();
+    bot.plan([Answer::Status(
+        400,
+        json!({"ok": false, "error_code": 400, "description": "Bad Request: can't parse entities: unsupported start tag"}),
+    )]);
+    let mb = TempMailbox::new();
+    let env = bot.env();
+    let alpha = mb.spawn_env("alpha", &envs(&env), None).await;
+    alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "human", "subject": "a < b", "body": "see [docs](https://x.org) **now**"}),
+        )
+        .await;
+    let calls = bot.wait_sends(2).await;
+    assert_eq!(calls[0].body["parse_mode"], "HTML");
+    assert!(
+        calls[1].body.get("parse_mode").is_none(),
+        "{:?}",
+        calls[1].body
+    );
+    assert_eq!(
+        text_of(&calls[1]),
+        "a < b\nfrom alpha\n\nsee docs (https://x.org) now\n\nReply to this message to answer alpha."
+    );
+}
+
+#[tokio::test]
 async fn a_failing_api_is_given_up_and_the_failure_recorded_and_shown() {
     let bot = FakeBot::start();
     bot.always(Answer::Status(
