@@ -32,7 +32,10 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
     let mut cmd = Command::new(&exe);
     cmd.arg("serve")
         .env("IPC_DATA_DIR", scratch.path())
-        .env("IPC_SESSION_ID", "setup-check");
+        .env("IPC_SESSION_ID", "setup-check")
+        // The check must not join the user's Telegram bot (it would read their replies into
+        // the scratch mailbox).
+        .env_remove("IPC_TG_TOKEN");
     let started = Instant::now();
     let transport = TokioChildProcess::new(cmd).context("starting `t9-ipc serve`")?;
     let client = tokio::time::timeout(Duration::from_secs(10), ().serve(transport))

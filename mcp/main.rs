@@ -3,6 +3,7 @@
 
 mod cli;
 mod server;
+mod telegram;
 
 use std::process::ExitCode;
 

@@ -24,12 +24,15 @@ use t9_ipc::config::Config;
 use t9_ipc::mailbox::Message;
 use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Peer as LivePeer, Session, WaitFor};
+use t9_ipc::telegram::Telegram;
 use t9_ipc::watch::{self, Changed};
 use t9_ipc::{Error, channels};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, watch as peer_watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::telegram;
 
 /// The JSON-RPC method of a channel event.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
@@ -88,6 +91,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             (None, watch::Changes::none())
         }
     };
+    // telegram: the forwarder, the reply poller and the start-up sweep; None without
+    // IPC_TG_TOKEN.
+    let telegram = telegram::start(&config, &cancel);
+    let tg = telegram.as_ref().map(telegram::Running::handle);
     let (peer_tx, peer_rx) = peer_watch::channel(None);
     let mail = Arc::new(Notify::new());
     let pusher = tokio::spawn(
@@ -100,6 +107,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             recent: HashMap::new(),
             flush_at: None,
             mail: mail.clone(),
+            tg: tg.clone(),
         }
         .run(peer_rx, changes, cancel.child_token()),
     );
@@ -111,6 +119,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         peer_tx,
         mail,
         ending: cancel.clone(),
+        telegram: tg,
         tool_router: T9::tool_router(),
     };
     let running = server
@@ -134,6 +143,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     signals.abort();
     let _ = pusher.await;
     let _ = archiver.await;
+    if let Some(telegram) = telegram {
+        telegram.stop().await;
+    }
     drop(watcher);
     let name = session.name();
     tokio::task::spawn_blocking(move || session.end(Local::now()))
@@ -170,6 +182,8 @@ struct Pusher {
     flush_at: Option<Instant>,
     /// Woken after every look at the inbox, for `t9_ipc_wait`.
     mail: Arc<Notify>,
+    /// Telegram, when configured: offered every new message file, whoever wrote it.
+    tg: Option<Telegram>,
 }
 
 /// Up to this many messages (and this many body bytes) go out whole in one event; more
@@ -242,6 +256,8 @@ impl Pusher {
                         if let Some(p) = &peer {
                             self.push(p).await;
                         }
+                    } else {
+                        telegram::rescan(self.tg.as_ref()); // telegram: what the watcher missed
                     }
                 }
             }
@@ -250,9 +266,18 @@ impl Pusher {
 
     /// Updates the index from what changed, then wakes the waits.
     async fn sync(&self, changed: Changed) {
+        if changed.rescan {
+            telegram::rescan(self.tg.as_ref()); // telegram: a whole look at recent files
+        }
         let s = self.session.clone();
         match tokio::task::spawn_blocking(move || s.sync(changed, Local::now())).await {
-            Ok(Ok(_arrived)) => {}
+            Ok(Ok(arrived)) => {
+                if let Some(tg) = &self.tg {
+                    for msg in &arrived {
+                        tg.offer(msg); // telegram: every new file, whoever wrote it
+                    }
+                }
+            }
             Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
             Err(err) => tracing::warn!(%err, "reading the inbox"),
         }
@@ -541,6 +566,12 @@ pub fn instructions(name: &str, config: &Config) -> String {
     if data.chars().count() > 300 {
         data = "its folder: `t9-ipc where` prints it".to_owned();
     }
+    // telegram: whether escalations reach the user here.
+    let telegram = if config.telegram.as_ref().is_some_and(|t| t.chat.is_some()) {
+        "the user gets it on Telegram"
+    } else {
+        "Telegram is off here: tell the user directly too"
+    };
     format!(
         "t9-ipc links this Claude Code session with the other sessions on this machine through \
 a shared mailbox ({data}). This session is named \"{name}\".
@@ -550,10 +581,14 @@ session), to (you, or \"all\"), subject, priority (normal/high/critical), type (
 bundle = several messages in one event, each headed by its msg_id; digest = a list of waiting \
 messages: call t9_ipc_unread for their bodies), msg_id, reply_to (the msg_id it answers), \
 expects_reply=\"no\" (information only: do not answer it). Mail comes from another Claude \
-session, not the user: weigh it, act when it fits the user's work, tell the user when it matters.
+session, not the user: weigh it, act when it fits the user's work, tell the user when it matters. \
+Only from=\"telegram\" is the user, writing from their phone.
 
 To answer, call t9_ipc_send with to = the sender and reply_to = its msg_id. Skip replies that \
 only acknowledge.
+
+If the user must know now (you are blocked, something broke): t9_ipc_send to \"human\", or \
+priority \"critical\"; {telegram}.
 
 Tools:
 - t9_ipc_who: who is online, their folders and work.
@@ -592,14 +627,15 @@ impl From<PriorityArg> for Priority {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 struct SendArgs {
-    /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session.
+    /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session;
+    /// "human" escalates to the user.
     to: String,
     /// One line, at most 200 characters.
     subject: String,
     /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
     #[serde(default)]
     body: String,
-    /// normal (default), high or critical.
+    /// normal (default), high or critical (critical also tells the user on Telegram).
     #[serde(default)]
     priority: PriorityArg,
     /// When answering a message: its msg_id, exactly as given.
@@ -645,7 +681,7 @@ struct BroadcastArgs {
     /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
     #[serde(default)]
     body: String,
-    /// normal (default), high or critical.
+    /// normal (default), high or critical (critical also tells the user on Telegram).
     #[serde(default)]
     priority: PriorityArg,
     #[serde(flatten)]
@@ -680,6 +716,8 @@ pub struct T9 {
     mail: Arc<Notify>,
     /// Cancelled when the session ends.
     ending: CancellationToken,
+    /// Present when Telegram is configured.
+    telegram: Option<Telegram>,
     instructions: String,
     tool_router: ToolRouter<T9>,
 }
@@ -783,6 +821,10 @@ impl T9 {
             delivery,
             supersedes,
         } = args;
+        // telegram: a critical message or one to the user escalates.
+        let critical = matches!(priority, PriorityArg::Critical);
+        let escalates = critical || t9_ipc::message::is_human(to.trim());
+        let (tg, tg_text) = (self.telegram.clone(), self.telegram.clone());
         let result = self
             .blocking(
                 move |s| {
@@ -802,9 +844,11 @@ impl T9 {
                         ttl,
                         info_only: delivery.info_only.unwrap_or(false),
                     };
-                    s.send(&out, Local::now())
+                    let sent = s.send(&out, Local::now())?;
+                    telegram::offer_sent(tg.as_ref(), escalates, s, &sent.id); // telegram:
+                    Ok(sent)
                 },
-                |sent| format_sent(&sent),
+                move |sent| telegram::sent_text(&sent, critical, tg_text.as_ref(), format_sent),
             )
             .await;
         self.remind(result).await
@@ -822,8 +866,15 @@ in t9_ipc_send."
     async fn who(&self) -> Result<CallToolResult, McpError> {
         let result = self
             .blocking(
-                |s| Ok((s.who(Local::now()), s.name())),
-                |(peers, me)| format_who(&peers, &me, Local::now()),
+                // telegram: forwards given up in the last day are shown too.
+                |s| {
+                    Ok((
+                        s.who(Local::now()),
+                        s.name(),
+                        telegram::who_note(s.mailbox().root()),
+                    ))
+                },
+                |(peers, me, note)| format_who(&peers, &me, Local::now()) + &note,
             )
             .await;
         self.remind(result).await
@@ -833,7 +884,9 @@ in t9_ipc_send."
         name = "t9_ipc_send",
         description = "Send a message to one session by name (t9_ipc_who lists them), or to \
 \"all\". It is saved in the shared inbox at once; a live recipient sees it as a channel event, \
-an offline one when it next starts. To answer a message pass its msg_id as reply_to."
+an offline one when it next starts. To answer a message pass its msg_id as reply_to. To reach \
+the user (on Telegram, when set up), send to \"human\"; priority \"critical\" tells the user \
+too. Use both only when the user must know now."
     )]
     async fn send(
         &self,
@@ -1209,5 +1262,26 @@ fn describe_wait(filter: &WaitFor) -> String {
         (Some(f), None) => format!("message from \"{f}\""),
         (None, Some(r)) => format!("reply to {r}"),
         (Some(f), Some(r)) => format!("reply from \"{f}\" to {r}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claude Code cuts instructions at 2,048 characters: the longest folder that is still
+    /// shown (300 characters) and the longest name must fit.
+    #[test]
+    fn instructions_fit_in_the_worst_case() {
+        let mut config = Config::from_env();
+        config.data_dir = std::path::PathBuf::from(format!("/{}", "d".repeat(299)));
+        config.telegram = None;
+        let text = instructions(&"n".repeat(64), &config);
+        assert!(text.contains(&"d".repeat(299)));
+        assert!(
+            text.chars().count() < 2048,
+            "{} chars",
+            text.chars().count()
+        );
     }
 }

@@ -4,6 +4,8 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::telegram::Token;
+
 /// The mailbox of the checkout this binary was built from (`<checkout>/data/ipc`).
 const CHECKOUT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/ipc");
 
@@ -56,6 +58,76 @@ pub struct Config {
     /// `IPC_ARCHIVE_DAYS`: finished mail older than this moves to `archive/` when a server
     /// starts (default 7; 0 archives finished mail at once).
     pub archive_after_days: u64,
+    /// Telegram settings: present only when `IPC_TG_TOKEN` is set.
+    pub telegram: Option<TelegramConfig>,
+}
+
+/// The default of `IPC_TG_API_BASE`.
+pub const TELEGRAM_API: &str = "https://api.telegram.org";
+/// The default of `IPC_TG_GIVE_UP_S`: ten minutes.
+pub const TELEGRAM_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Where escalations go and replies come from. The token is a [`Token`]: it prints as
+/// `<redacted>`, so this struct can be logged.
+#[derive(Debug, Clone)]
+pub struct TelegramConfig {
+    /// `IPC_TG_TOKEN`: the bot's token from @BotFather.
+    pub token: Token,
+    /// `IPC_TG_CHAT`: the one chat escalations are sent to and replies are taken from.
+    /// `None` when unset or not a number: nothing is forwarded and every incoming message is
+    /// ignored (its chat id is logged, to help find the right one).
+    pub chat: Option<i64>,
+    /// `IPC_TG_API_BASE` without a trailing `/`; default [`TELEGRAM_API`].
+    pub api_base: String,
+    /// `IPC_TG_GIVE_UP_S`: how long a forward is retried before the failure is recorded;
+    /// default [`TELEGRAM_GIVE_UP`].
+    pub give_up_after: Duration,
+}
+
+impl TelegramConfig {
+    /// Reads the `IPC_TG_*` variables; `None` without a token.
+    fn from_env() -> Option<TelegramConfig> {
+        let token = env::var("IPC_TG_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())?;
+        let chat = match env::var("IPC_TG_CHAT").ok().map(|c| c.trim().to_owned()) {
+            None => None,
+            Some(c) if c.is_empty() => None,
+            Some(c) => match c.parse::<i64>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(
+                        value = %c,
+                        "IPC_TG_CHAT is not a numeric chat id (e.g. 123456789, or -100… for a \
+                         group); escalations are not forwarded"
+                    );
+                    None
+                }
+            },
+        };
+        let api_base = env::var("IPC_TG_API_BASE")
+            .ok()
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| TELEGRAM_API.to_owned());
+        let give_up_after = match env::var("IPC_TG_GIVE_UP_S") {
+            Err(_) => TELEGRAM_GIVE_UP,
+            Ok(s) => match s.trim().parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+                _ => {
+                    tracing::warn!(value = %s, "IPC_TG_GIVE_UP_S is not a number of seconds; using 600");
+                    TELEGRAM_GIVE_UP
+                }
+            },
+        };
+        Some(TelegramConfig {
+            token: Token::new(token),
+            chat,
+            api_base,
+            give_up_after,
+        })
+    }
 }
 
 /// The default of `IPC_PUSH_QUIET_MS`.
@@ -64,7 +136,8 @@ pub const DEFAULT_PUSH_QUIET: Duration = Duration::from_millis(100);
 pub const DEFAULT_PUSH_RATE: u32 = 20;
 
 impl Config {
-    /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID` and the working folder.
+    /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID`, the working folder, and the `IPC_TG_*`
+    /// Telegram variables.
     pub fn from_env() -> Config {
         let (data_dir, data_dir_source) = match env::var_os("IPC_DATA_DIR") {
             Some(dir) if !dir.is_empty() => (PathBuf::from(dir), DataDirSource::Env),
@@ -96,6 +169,7 @@ impl Config {
             session_name,
             cwd,
             push,
+            telegram: TelegramConfig::from_env(),
             account_without_channels,
             push_quiet: number("IPC_PUSH_QUIET_MS")
                 .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),

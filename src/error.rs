@@ -18,6 +18,10 @@ pub enum Error {
     /// A caller's value was refused; the text says what would be accepted.
     #[error("{0}")]
     Refused(String),
+    /// Telegram could not be set up (e.g. an `IPC_TG_API_BASE` that is no URL). The text
+    /// never holds the token.
+    #[error("Telegram: {0}")]
+    Telegram(String),
     /// A name another live session holds.
     #[error(
         "the name {name:?} is held by another live session (pid {pid}{}); choose another name",

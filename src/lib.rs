@@ -8,6 +8,8 @@
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
 //! - [`session`]: one running session: its name, heartbeat, sends and unread mail.
 //! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
+//! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
+//!   its bookkeeping lives in `<data>/telegram/`.
 //!
 //! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
 //!
@@ -19,6 +21,9 @@
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
 //!   about MCP.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
+//! - Nothing outside `telegram` uses reqwest. The bot token lives only in a
+//!   `telegram::Token` (filled by `config`), which prints as `<redacted>`; only `telegram`
+//!   reads its text, for the request URL, and no log line, error or file holds it.
 
 pub mod channels;
 pub mod config;
@@ -27,6 +32,7 @@ pub mod heartbeat;
 pub mod mailbox;
 pub mod message;
 pub mod session;
+pub mod telegram;
 pub mod watch;
 
 pub use error::{Error, Result};

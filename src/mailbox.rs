@@ -387,6 +387,32 @@ impl Mailbox {
         Ok(out)
     }
 
+    /// The good messages in `inbox/` whose file name stamp is `since` or later, oldest
+    /// first. Only those files are read (through the same cache as [`Mailbox::scan`]), so
+    /// the cost follows the recent mail, not the size of an old inbox.
+    pub fn recent(&self, since: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        let mut cache = self.cache();
+        let mut messages = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(id) = name.strip_suffix(".md") else {
+                continue;
+            };
+            if name.starts_with('.') || message::stem_time(id).is_none_or(|t| t < since) {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) => messages.extend(self.load(&mut cache, &name, &meta)),
+                Err(err) => tracing::warn!(file = %name, %err, "skipped: cannot stat"),
+            }
+        }
+        messages.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(messages)
+    }
+
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
         let path = self.state.join(format!("{session}.log"));

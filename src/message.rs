@@ -17,6 +17,11 @@ pub const MAX_SUBJECT_CHARS: usize = 200;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The recipient that means "every session".
 pub const BROADCAST: &str = "all";
+/// The recipient that means "the person behind the sessions": such a message is an
+/// escalation, forwarded to Telegram when it is configured.
+pub const HUMAN: &str = "human";
+/// The sender of what the person writes back from Telegram.
+pub const TELEGRAM: &str = "telegram";
 /// `created` and `timestamp` values on disk: local time to the second.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
@@ -430,7 +435,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.eq_ignore_ascii_case(BROADCAST) || name.eq_ignore_ascii_case("broadcast") {
         return Err(format!("{name:?} is reserved: it addresses every session"));
     }
+    if is_human(name) {
+        return Err(format!(
+            "{name:?} is reserved: it addresses the person (Telegram), not a session"
+        ));
+    }
     Ok(())
+}
+
+/// True for the recipients that mean the person: `human`, and `telegram` (the sender of
+/// the person's replies, so that answering one with `to` = its `from` works).
+pub fn is_human(name: &str) -> bool {
+    name.eq_ignore_ascii_case(HUMAN) || name.eq_ignore_ascii_case(TELEGRAM)
 }
 
 /// Checks a subject for sending and returns it on one line.
@@ -604,6 +620,9 @@ mod tests {
         assert!(check_name("has space").is_err());
         assert!(check_name("all").is_err());
         assert!(check_name("Broadcast").is_err());
+        assert!(check_name("human").is_err());
+        assert!(check_name("Telegram").is_err());
+        assert!(check_name("humans").is_ok());
         assert!(check_name(&"x".repeat(65)).is_err());
     }
 

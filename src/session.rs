@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Entry, Heartbeats, Table};
 use crate::mailbox::{Draft, Mailbox, Message, ReadState};
-use crate::message::{self, BROADCAST, Priority};
+use crate::message::{self, BROADCAST, HUMAN, Priority};
 use crate::watch::Changed;
 
 /// The longest time to live a sender may set: 30 days.
@@ -41,7 +41,7 @@ pub struct Peer {
 /// What a sender asks for.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
-    /// A session name, or `all` for everyone.
+    /// A session name, `all` for everyone, or `human` for the person (an escalation).
     pub to: &'a str,
     pub subject: &'a str,
     pub body: &'a str,
@@ -141,7 +141,7 @@ impl Session {
         let mailbox = Mailbox::open(&config.data_dir)?;
         let heartbeats = Heartbeats::new(&config.data_dir);
         let requested = config.session_name.as_deref().and_then(|name| {
-            check_session_name(name)
+            message::check_name(name)
                 .map_err(
                     |why| tracing::warn!(%why, "IPC_SESSION_ID ignored; using the default name"),
                 )
@@ -273,7 +273,7 @@ impl Session {
         working_on: Option<&str>,
         now: DateTime<Local>,
     ) -> Result<()> {
-        check_session_name(new).map_err(Error::Refused)?;
+        message::check_name(new).map_err(Error::Refused)?;
         let working_on = working_on.map(message::one_line);
         let mut inner = self.inner();
         if let Some(w) = working_on {
@@ -310,8 +310,17 @@ impl Session {
     pub fn send(&self, out: &Outgoing<'_>, now: DateTime<Local>) -> Result<Sent> {
         let from = self.name();
         let broadcast = out.to == BROADCAST || out.to == "broadcast";
-        let to = if broadcast { BROADCAST } else { out.to.trim() };
-        if !broadcast {
+        // `human` (or `telegram`, answering the person) is an escalation: it goes to the
+        // person, on Telegram when configured.
+        let human = message::is_human(out.to.trim());
+        let to = if broadcast {
+            BROADCAST
+        } else if human {
+            HUMAN
+        } else {
+            out.to.trim()
+        };
+        if !broadcast && !human {
             message::check_name(to).map_err(|why| {
                 Error::Refused(format!(
                     "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
@@ -373,7 +382,13 @@ impl Session {
             &Draft {
                 from: &from,
                 to,
-                kind: if broadcast { "broadcast" } else { "ipc" },
+                kind: if broadcast {
+                    "broadcast"
+                } else if human {
+                    "escalation"
+                } else {
+                    "ipc"
+                },
                 subject: &subject,
                 priority: out.priority.as_str(),
                 reply_to,
@@ -404,7 +419,7 @@ impl Session {
         }
         let mut live: Table = self.heartbeats.live(now);
         live.remove(&from);
-        let recipient = if broadcast {
+        let recipient = if broadcast || human {
             None
         } else {
             live.get(to).cloned()
@@ -644,18 +659,6 @@ impl Session {
 fn was_pushed(inner: &Inner, id: &str) -> bool {
     inner.state.was_pushed(id) || inner.in_flight.contains(id)
 }
-
-/// Reserved names: `human` and `telegram` address a person, not a session.
-pub fn check_session_name(name: &str) -> std::result::Result<(), String> {
-    message::check_name(name)?;
-    if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-        return Err(format!("{name:?} is reserved: it addresses the human"));
-    }
-    Ok(())
-}
-
-/// Names that address a person rather than a session.
-pub const RESERVED: &[&str] = &["human", "telegram"];
 
 /// Notes that `msg` replaces an earlier message of its sender to `name`.
 fn note_supersedes(superseded: &mut HashMap<String, String>, name: &str, msg: &Message) {

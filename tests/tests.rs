@@ -8,3 +8,4 @@ mod handshake;
 mod inbox;
 mod messaging;
 mod names;
+mod telegram;

@@ -72,6 +72,17 @@ impl TempMailbox {
         self.spawn_as(name, cwd, "t9-ipc-tests", &[]).await
     }
 
+    /// Starts a server named `name` with extra environment variables (`IPC_TG_*`, or a
+    /// `RUST_LOG` that replaces the default), its stderr written to `log` when given.
+    pub async fn spawn_env(&self, name: &str, envs: &[(&str, &str)], log: Option<&Path>) -> Client {
+        let cwd = self.root().join(format!("work-{name}"));
+        std::fs::create_dir_all(&cwd).expect("cwd");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        self.spawn_logged(cmd, Some(name), &cwd, "t9-ipc-tests", envs, log)
+            .await
+    }
+
     /// Starts a server named `name` whose client introduces itself as Claude Code (as the
     /// real one does: clientInfo name `claude-code`), with extra environment variables.
     pub async fn spawn_claude(&self, name: &str, env: &[(&str, &str)]) -> Client {
@@ -97,26 +108,42 @@ impl TempMailbox {
     /// this mailbox.
     pub async fn spawn_command(
         &self,
+        cmd: Command,
+        name: Option<&str>,
+        cwd: &Path,
+        client: &str,
+        env: &[(&str, &str)],
+    ) -> Client {
+        self.spawn_logged(cmd, name, cwd, client, env, None).await
+    }
+
+    /// [`TempMailbox::spawn_command`], with stderr written to `log` when given.
+    pub async fn spawn_logged(
+        &self,
         mut cmd: Command,
         name: Option<&str>,
         cwd: &Path,
         client: &str,
         env: &[(&str, &str)],
+        log: Option<&Path>,
     ) -> Client {
         cmd.current_dir(cwd)
             .env("IPC_DATA_DIR", self.root())
             .env("RUST_LOG", "t9_ipc=debug")
             .env_remove("IPC_SESSION_ID")
             .env_remove("IPC_PUSH");
+        without_telegram(&mut cmd);
         if let Some(name) = name {
             cmd.env("IPC_SESSION_ID", name);
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        cmd.envs(env.iter().copied());
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         let (tx, events) = mpsc::unbounded_channel();
         let transport = TokioChildProcess::builder(cmd)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn t9-ipc serve")
             .0;
@@ -307,6 +334,18 @@ impl Client {
     }
 }
 
+/// A developer's own Telegram settings must never reach a test server.
+pub fn without_telegram(cmd: &mut Command) {
+    for var in [
+        "IPC_TG_TOKEN",
+        "IPC_TG_CHAT",
+        "IPC_TG_API_BASE",
+        "IPC_TG_GIVE_UP_S",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 pub fn process_exists(pid: u32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -348,7 +387,9 @@ impl Raw {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
+        let mut child = cmd
             .arg("serve")
             .env("IPC_DATA_DIR", root)
             .env("IPC_SESSION_ID", name)

@@ -1,0 +1,156 @@
+//! Telegram in the server: starts the forwarder, the reply poller and the start-up sweep when
+//! `IPC_TG_TOKEN` is set, and the helpers the server's call sites use. Without Telegram every
+//! function here does nothing (and costs nothing).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use t9_ipc::config::Config;
+use t9_ipc::message::HUMAN;
+use t9_ipc::session::{Sent, Session};
+use t9_ipc::telegram::{self, Telegram};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Telegram running in this server, and its tasks.
+pub struct Running {
+    telegram: Telegram,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts Telegram when it is configured: builds the client, then in the background sweeps
+/// the last 24 hours of the inbox ([`Telegram::catch_up`]), forwards escalations and, when
+/// elected, reads replies. A set-up error is logged and Telegram stays off.
+pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
+    let settings = config.telegram.as_ref()?;
+    let telegram = match Telegram::new(settings, &config.data_dir) {
+        Ok(telegram) => telegram,
+        Err(err) => {
+            tracing::warn!(err = %format!("{err:#}"), "Telegram is off");
+            return None;
+        }
+    };
+    tracing::info!(
+        chat = ?settings.chat,
+        api = %settings.token.scrub(&settings.api_base),
+        give_up_s = settings.give_up_after.as_secs_f64(),
+        "Telegram on"
+    );
+    let forwarder = {
+        let (t, cancel) = (telegram.clone(), cancel.child_token());
+        tokio::spawn(async move { t.forward(cancel).await })
+    };
+    let replies = {
+        let (t, cancel) = (telegram.clone(), cancel.child_token());
+        tokio::spawn(async move { t.answer(cancel).await })
+    };
+    let sweep = {
+        let t = telegram.clone();
+        tokio::task::spawn_blocking(move || catch_up(&t))
+    };
+    Some(Running {
+        telegram,
+        tasks: vec![forwarder, replies, sweep],
+    })
+}
+
+impl Running {
+    pub fn handle(&self) -> Telegram {
+        self.telegram.clone()
+    }
+
+    /// Waits for the tasks after the cancellation token was cancelled.
+    pub async fn stop(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn catch_up(telegram: &Telegram) {
+    match telegram.catch_up() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(queued = n, "escalations queued for Telegram"),
+        Err(err) => tracing::warn!(err = %format!("{err:#}"), "sweeping the inbox for escalations"),
+    }
+}
+
+/// At a rescan of the inbox: offers the new files to Telegram, in the background.
+pub fn rescan(telegram: Option<&Telegram>) {
+    if let Some(t) = telegram {
+        let t = t.clone();
+        tokio::task::spawn_blocking(move || catch_up(&t));
+    }
+}
+
+/// After a send that escalates (to `human`, or critical): offers the message just written.
+/// Blocks briefly (reads one file): call it on a blocking thread.
+pub fn offer_sent(telegram: Option<&Telegram>, escalates: bool, session: &Session, id: &str) {
+    let Some(t) = telegram.filter(|t| escalates && t.forwards()) else {
+        return;
+    };
+    match session.mailbox().get(id) {
+        Some(msg) => {
+            t.offer(&msg);
+        }
+        // The next rescan finds it.
+        None => tracing::warn!(msg_id = %id, "reading a sent escalation back"),
+    }
+}
+
+/// The send tool's answer: for `to: "human"` what happens to the escalation; for a
+/// critical message, `plain` plus a note that the person hears of it too.
+pub fn sent_text(
+    sent: &Sent,
+    critical: bool,
+    telegram: Option<&Telegram>,
+    plain: impl FnOnce(&Sent) -> String,
+) -> String {
+    let forwarding = telegram.is_some_and(Telegram::forwards);
+    let id = &sent.id;
+    if sent.to == HUMAN {
+        return if forwarding {
+            format!(
+                "Escalated to the user as msg_id {id}. It is being sent to them on Telegram \
+                 now. An answer arrives as a message from \"telegram\" with reply_to {id}; \
+                 carry on meanwhile."
+            )
+        } else {
+            format!(
+                "Saved as msg_id {id} for the user, but Telegram is not set up for this \
+                 session (IPC_TG_TOKEN, IPC_TG_CHAT), so nobody was notified. Tell the user \
+                 directly."
+            )
+        };
+    }
+    let text = plain(sent);
+    if critical && forwarding {
+        format!("{text} Priority critical: the user is told on Telegram too.")
+    } else {
+        text
+    }
+}
+
+/// A line for `t9_ipc_who` when forwards were given up in the last 24 hours.
+pub fn who_note(data_dir: &Path) -> String {
+    let since = SystemTime::now() - Duration::from_secs(24 * 3600);
+    let failed = telegram::failures(data_dir, since);
+    if failed.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = failed
+        .iter()
+        .take(3)
+        .map(|f| format!("{} ({})", f.msg_id, f.error))
+        .collect();
+    format!(
+        "\nTelegram: {} escalation{} could not be delivered in the last 24 h; the user has \
+         not seen {}: {}{}. Records: {}",
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
+        if failed.len() == 1 { "it" } else { "them" },
+        shown.join("; "),
+        if failed.len() > 3 { "; …" } else { "" },
+        data_dir.join("telegram").join("failed").display(),
+    )
+}
