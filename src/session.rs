@@ -46,6 +46,8 @@ pub struct Outgoing<'a> {
 pub struct Sent {
     pub id: String,
     pub to: String,
+    /// The message this one answers, as written.
+    pub reply_to: Option<String>,
     /// The recipient's live entry, for a direct message to a live session.
     pub recipient: Option<Entry>,
     /// Every other live session's name (whom a broadcast reaches, or whom the sender may
@@ -221,64 +223,16 @@ impl Session {
         Ok(())
     }
 
-    /// Writes one message (to `all` for a broadcast) after checking every field.
+    /// Writes one message (to `all` for a broadcast) after checking every field; see
+    /// [`send_from`]. Answering a message marks it read.
     pub fn send(&self, out: &Outgoing<'_>, now: DateTime<Local>) -> Result<Sent> {
         let from = self.name();
-        let broadcast = out.to == BROADCAST || out.to == "broadcast";
-        let to = if broadcast { BROADCAST } else { out.to.trim() };
-        if !broadcast {
-            message::check_name(to).map_err(|why| {
-                Error::Refused(format!(
-                    "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
-                ))
-            })?;
-            if to == from {
-                return Err(Error::Refused(format!(
-                    "\"{to}\" is this session; a message to yourself is never delivered. \
-                     Use a name from t9_ipc_who"
-                )));
-            }
-        }
-        let subject = message::check_subject(out.subject).map_err(Error::Refused)?;
-        message::check_body(out.body).map_err(Error::Refused)?;
-        let reply_to = out.reply_to.map(str::trim).filter(|r| !r.is_empty());
-        if let Some(id) = reply_to
-            && !self.mailbox.exists(id)
-        {
-            return Err(Error::Refused(format!(
-                "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id of \
-                 the message you answer exactly as given, or leave reply_to out"
-            )));
-        }
-        let id = self.mailbox.write(
-            &Draft {
-                from: &from,
-                to,
-                kind: if broadcast { "broadcast" } else { "ipc" },
-                subject: &subject,
-                priority: out.priority.as_str(),
-                reply_to,
-                body: out.body,
-            },
-            now,
-        )?;
-        if let Some(answered) = reply_to {
+        let sent = send_from(&self.mailbox, &self.heartbeats, &from, out, now)?;
+        if let Some(answered) = &sent.reply_to {
             // Answering a message shows it was read.
-            self.inner().state.mark_read([answered])?;
+            self.inner().state.mark_read([answered.as_str()])?;
         }
-        let mut live: Table = self.heartbeats.live(now);
-        live.remove(&from);
-        let recipient = if broadcast {
-            None
-        } else {
-            live.get(to).cloned()
-        };
-        Ok(Sent {
-            id,
-            to: to.to_owned(),
-            recipient,
-            others: live.into_keys().collect(),
-        })
+        Ok(sent)
     }
 
     /// This session's unread mail, oldest first, at most `limit`; marks the page read when
@@ -324,6 +278,73 @@ impl Session {
     }
 }
 
+/// Writes one message from `from` (to `all` for a broadcast) after checking every field:
+/// the recipient's name, the subject and body limits, and that `reply_to` names a message.
+/// Shared by [`Session::send`] and senders that are no live session (the command line),
+/// which register no heartbeat.
+pub fn send_from(
+    mailbox: &Mailbox,
+    heartbeats: &Heartbeats,
+    from: &str,
+    out: &Outgoing<'_>,
+    now: DateTime<Local>,
+) -> Result<Sent> {
+    message::check_name(from)
+        .map_err(|why| Error::Refused(format!("the sender is not a valid name: {why}")))?;
+    let broadcast = out.to == BROADCAST || out.to == "broadcast";
+    let to = if broadcast { BROADCAST } else { out.to.trim() };
+    if !broadcast {
+        message::check_name(to).map_err(|why| {
+            Error::Refused(format!(
+                "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
+            ))
+        })?;
+        if to == from {
+            return Err(Error::Refused(format!(
+                "\"{to}\" is the sender; a message to yourself is never delivered. \
+                 Use a name from t9_ipc_who"
+            )));
+        }
+    }
+    let subject = message::check_subject(out.subject).map_err(Error::Refused)?;
+    message::check_body(out.body).map_err(Error::Refused)?;
+    let reply_to = out.reply_to.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(id) = reply_to
+        && !mailbox.exists(id)
+    {
+        return Err(Error::Refused(format!(
+            "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id of \
+             the message you answer exactly as given, or leave reply_to out"
+        )));
+    }
+    let id = mailbox.write(
+        &Draft {
+            from,
+            to,
+            kind: if broadcast { "broadcast" } else { "ipc" },
+            subject: &subject,
+            priority: out.priority.as_str(),
+            reply_to,
+            body: out.body,
+        },
+        now,
+    )?;
+    let mut live: Table = heartbeats.live(now);
+    live.remove(from);
+    let recipient = if broadcast {
+        None
+    } else {
+        live.get(to).cloned()
+    };
+    Ok(Sent {
+        id,
+        to: to.to_owned(),
+        reply_to: reply_to.map(str::to_owned),
+        recipient,
+        others: live.into_keys().collect(),
+    })
+}
+
 fn new_entry(
     pid: u32,
     cwd: &Path,
@@ -339,7 +360,14 @@ fn new_entry(
         cwd: Some(cwd.display().to_string()),
         started: Some(heartbeat::stamp(started)),
         version: Some(VERSION.to_owned()),
-        extra: Default::default(),
+        // The parent process (Claude Code) lets a hook find its session's name; see
+        // `heartbeat::session_of`.
+        extra: [(
+            heartbeat::PPID.to_owned(),
+            serde_json::Value::from(std::os::unix::process::parent_id()),
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 
