@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cli;
 mod format;
 mod handshake;
 mod inbox;

@@ -76,22 +76,28 @@ impl TempMailbox {
         if let Some(name) = name {
             cmd.env("IPC_SESSION_ID", name);
         }
-        let (tx, events) = mpsc::unbounded_channel();
-        let transport = TokioChildProcess::builder(cmd)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn t9-ipc serve")
-            .0;
-        let pid = transport.id().expect("child pid");
-        let service = timeout(EVENT_WAIT, Events { tx }.serve(transport))
-            .await
-            .expect("initialize in time")
-            .expect("initialize");
-        Client {
-            service,
-            events,
-            pid,
-        }
+        spawn_client(cmd).await
+    }
+}
+
+/// Starts `cmd` (which runs `t9-ipc serve`, perhaps through a shell) and completes the MCP
+/// handshake with it.
+pub async fn spawn_client(cmd: Command) -> Client {
+    let (tx, events) = mpsc::unbounded_channel();
+    let transport = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn t9-ipc serve")
+        .0;
+    let pid = transport.id().expect("child pid");
+    let service = timeout(EVENT_WAIT, Events { tx }.serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize");
+    Client {
+        service,
+        events,
+        pid,
     }
 }
 
