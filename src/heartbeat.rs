@@ -83,7 +83,8 @@ pub enum FoundBy {
 /// The session a process started by Claude Code (a hook, or a command run by the model)
 /// belongs to. In order:
 /// 1. the live entry whose server's parent ([`PPID`]) is one of `ancestors`, nearest first
-///    (Claude Code starts both the MCP server and, through a shell, the hooks);
+///    (Claude Code starts both the MCP server and, through a shell, the hooks); when several
+///    servers share that parent, the one started in `cwd`;
 /// 2. `requested` (`IPC_SESSION_ID`), when it is a valid name;
 /// 3. the only live entry whose `cwd` is `cwd`.
 ///
@@ -96,12 +97,25 @@ pub fn session_of(
     cwd: Option<&str>,
 ) -> Option<(String, FoundBy)> {
     for &pid in ancestors {
-        let mut under: Vec<(&String, &Entry)> =
-            live.iter().filter(|(_, e)| e.ppid() == Some(pid)).collect();
-        // Two servers under one parent (two MCP entries): prefer the one in this folder.
-        under.sort_by_key(|(_, e)| e.cwd.as_deref() != cwd || cwd.is_none());
-        if let Some((name, _)) = under.first() {
-            return Some(((*name).clone(), FoundBy::Ancestor(pid)));
+        let under: Vec<&String> = live
+            .iter()
+            .filter(|(_, e)| e.ppid() == Some(pid))
+            .map(|(name, _)| name)
+            .collect();
+        match under.as_slice() {
+            [] => continue,
+            [name] => return Some(((*name).clone(), FoundBy::Ancestor(pid))),
+            // Several servers under one parent (two MCP entries, or a shell that started
+            // them): only the folder can tell them apart.
+            several => {
+                let mut here = several
+                    .iter()
+                    .filter(|name| cwd.is_some() && live[name.as_str()].cwd.as_deref() == cwd);
+                if let (Some(name), None) = (here.next(), here.next()) {
+                    return Some(((*name).clone(), FoundBy::Ancestor(pid)));
+                }
+                break;
+            }
         }
     }
     if let Some(name) = requested.map(str::trim)
@@ -449,6 +463,20 @@ mod tests {
             Some(("beta".into(), FoundBy::Cwd))
         );
         assert_eq!(session_of(&live, &[7], None, Some("/r")), None);
+        // Two servers under one parent: the folder decides, or nothing does.
+        live.get_mut("beta")
+            .unwrap()
+            .extra
+            .insert(PPID.into(), 100.into());
+        assert_eq!(
+            session_of(&live, &[100], None, Some("/q")),
+            Some(("beta".into(), FoundBy::Ancestor(100)))
+        );
+        assert_eq!(session_of(&live, &[100], None, Some("/r")), None);
+        assert_eq!(
+            session_of(&live, &[100], Some("gamma"), Some("/r")),
+            Some(("gamma".into(), FoundBy::Env))
+        );
         // Two sessions in one folder: no guess.
         live.get_mut("alpha").unwrap().cwd = Some("/q".into());
         assert_eq!(session_of(&live, &[7], None, Some("/q")), None);

@@ -98,8 +98,8 @@ fn hook(args: HookArgs, config: &Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.cwd.display().to_string());
     let (name, how) = this_session(config, &live, Some(&cwd)).with_context(|| {
         format!(
-            "no t9-ipc session found for this Claude Code process ({} live in {}; none \
-             started by it, IPC_SESSION_ID not set, none alone in {cwd})",
+            "no t9-ipc session found for this process ({} live in {}; none whose server \
+             its Claude Code started, or several; IPC_SESSION_ID not set; none alone in {cwd})",
             live.len(),
             config.data_dir.display()
         )
