@@ -590,3 +590,63 @@ async fn archive_moves_only_what_is_done_with_and_prune_empties_the_archive() {
         .collect();
     assert_eq!(archive, ["notes.txt"]);
 }
+
+#[tokio::test]
+async fn the_hook_leaves_out_what_was_pushed_only_where_push_is_known_to_work() {
+    let mb = TempMailbox::new();
+    let mut beta = mb.spawn("beta").await;
+    let id = ok(&mb, &["send", "beta", "pushed already"], None)
+        .await
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(beta.next_event().await.meta("msg_id"), id);
+    assert!(state_log(&mb, "beta").contains(&format!("pushed {id}")));
+
+    // The server says its events reach the model: the hook does not repeat them.
+    let set_push = |value: Option<&str>| {
+        let mut table = mb.heartbeats();
+        let entry = table["beta"].as_object_mut().unwrap();
+        match value {
+            Some(v) => entry.insert("push".into(), json!(v)),
+            None => entry.remove("push"),
+        };
+        std::fs::write(
+            mb.root().join("heartbeats.json"),
+            serde_json::to_string(&table).unwrap(),
+        )
+        .unwrap();
+    };
+    set_push(Some("on"));
+    let input = hook_input("UserPromptSubmit", "/");
+    let out = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out:?}");
+
+    // Not known: an event may have been dropped, so the hook shows it.
+    set_push(Some("unknown"));
+    let out = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    assert!(context_of(&out, "UserPromptSubmit").contains(&id));
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn install_dry_run_prints_the_command_and_the_hook_settings() {
+    let mb = TempMailbox::new();
+    let out = ok(&mb, &["install", "--dry-run"], None).await;
+    assert!(
+        out.stdout.starts_with(&format!(
+            "would run: claude mcp add --scope user t9-ipc -- {BIN} serve\n"
+        )),
+        "{out:?}"
+    );
+    let start = out.stdout.find("\n{").expect("a JSON block") + 1;
+    let settings: Value =
+        serde_json::from_str(&out.stdout[start..]).expect("the settings are JSON");
+    for event in ["SessionStart", "UserPromptSubmit", "PostToolUse"] {
+        assert_eq!(
+            settings["hooks"][event][0]["hooks"][0]["command"],
+            format!("{BIN} hook {event}"),
+            "{settings}"
+        );
+    }
+}

@@ -81,7 +81,8 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
          \n  \"t9-ipc\": {{ \"type\": \"stdio\", \"command\": \"{exe}\", \"args\": [\"serve\"] }}\n\
          \nThen start each session with channels on, so messages arrive by themselves:\n\
          \n  claude --dangerously-load-development-channels server:t9-ipc\n\
-         \nWithout that flag the tools still work; ask Claude to check unread messages."
+         \nWithout that flag the tools still work; ask Claude to check unread messages, or let a \
+         hook bring them with each prompt (`t9-ipc install --dry-run` prints the settings)."
     );
     Ok(())
 }
