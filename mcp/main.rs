@@ -7,6 +7,7 @@ mod telegram;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use t9_ipc::config::Config;
 
@@ -26,39 +27,86 @@ enum Command {
     Setup,
     /// Print the mailbox folder this binary uses.
     Where,
+    /// Send a message to one session (or `all`), from a terminal or a script.
+    Send(cli::send::SendArgs),
+    /// Send a message to every session.
+    Broadcast(cli::send::BroadcastArgs),
+    /// List the live sessions.
+    Who(cli::who::WhoArgs),
+    /// List the messages for a session name.
+    Inbox(cli::inbox::InboxArgs),
+    /// Print one message whole.
+    Show(cli::inbox::ShowArgs),
+    /// Follow the mailbox live: print each new message as it arrives.
+    Tail(cli::tail::TailArgs),
+    /// For Claude Code hooks: print this session's unread mail into its context.
+    Hook(cli::hook::HookArgs),
+    /// Check the mailbox, the sessions and the setup; say what to fix.
+    Doctor,
+    /// Move read and old messages from inbox/ to archive/.
+    Archive(cli::archive::ArchiveArgs),
+    /// Delete old messages from archive/.
+    Prune(cli::archive::PruneArgs),
+    /// Add t9-ipc to Claude Code (`claude mcp add`), or print what to paste.
+    Install(cli::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     let config = Config::from_env();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // The hook runs at every prompt: no async runtime, and it always exits 0.
+    let command = match args.command {
+        Command::Hook(hook) => return cli::hook::run(hook, &config),
+        command => command,
+    };
+    let result = match command {
+        Command::Serve | Command::Setup | Command::Tail(_) => run_async(command, config),
+        Command::Where => cli::where_is(&config).map(|()| ExitCode::SUCCESS),
+        Command::Send(a) => cli::send::send(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Broadcast(a) => cli::send::broadcast(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Who(a) => cli::who::run(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Inbox(a) => cli::inbox::inbox(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Show(a) => cli::inbox::show(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Doctor => cli::doctor::run(&config),
+        Command::Archive(a) => cli::archive::archive(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Prune(a) => cli::archive::prune(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Hook(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line on stderr; a usage mistake exits 2 like clap's own.
+            let text = format!("{err:#}").replace('\n', " ");
+            eprintln!("t9-ipc: {text}"); // stdout-ok: this is stderr
+            if err.downcast_ref::<cli::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Runs the commands that need the async runtime.
+fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("t9-ipc: starting the async runtime: {err}"); // stdout-ok: this is stderr
-            return ExitCode::FAILURE;
-        }
-    };
+        .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        match args.command {
+        match command {
             Command::Serve => server::serve(config).await,
             Command::Setup => cli::setup(&config).await,
-            Command::Where => cli::where_is(&config),
+            Command::Tail(a) => cli::tail::run(a, &config).await,
+            _ => unreachable!("only async commands come here"),
         }
     });
     // The work is done; don't wait for a blocking read of stdin that may never return
     // (after a signal, stdin is still open).
     runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("t9-ipc: {err:#}"); // stdout-ok: this is stderr
-            ExitCode::FAILURE
-        }
-    }
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr only: stdout carries JSON-RPC. `RUST_LOG` sets the level.

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use t9_ipc::config::Config;
-use t9_ipc::mailbox::Message;
+use t9_ipc::mailbox::{ArchivePlan, Message};
 use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Peer as LivePeer, Session, WaitFor};
 use t9_ipc::telegram::Telegram;
@@ -68,18 +68,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Keep the inbox small: finished mail older than the set age moves to archive/.
     let archiver = {
         let s = session.clone();
-        let days = i64::try_from(config.archive_after_days).unwrap_or(i64::MAX);
-        tokio::task::spawn_blocking(move || {
-            let now = Local::now();
-            let cutoff =
-                TimeDelta::try_days(days).map_or(DateTime::<Local>::MIN_UTC.into(), |d| now - d);
-            match s.mailbox().archive(cutoff, now, false) {
-                Ok(moved) if !moved.is_empty() => {
-                    tracing::info!(count = moved.len(), "archived finished mail")
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(err = %format!("{err:#}"), "archiving finished mail"),
+        let plan = ArchivePlan {
+            older_than: i64::try_from(config.archive_after_days)
+                .ok()
+                .and_then(TimeDelta::try_days)
+                .unwrap_or(TimeDelta::MAX),
+            dry_run: false,
+        };
+        tokio::task::spawn_blocking(move || match s.mailbox().archive(&plan, Local::now()) {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::info!(count = moved.len(), "archived finished mail")
             }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(err = %format!("{err:#}"), "archiving finished mail"),
         })
     };
     let (watcher, changes) = match watch::watch(session.mailbox().inbox()) {

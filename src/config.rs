@@ -209,3 +209,31 @@ fn default_data_dir() -> (PathBuf, DataDirSource) {
         .unwrap_or_else(env::temp_dir);
     (base.join("t9-ipc"), DataDirSource::UserData)
 }
+
+/// What the environment says about Telegram, for a person checking the setup (`t9-ipc
+/// doctor`). Holds whether a token is set, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelegramSetting {
+    /// `IPC_TG_TOKEN` is set and not empty.
+    pub token_set: bool,
+    /// `IPC_TG_CHAT`.
+    pub chat: Option<String>,
+    /// `IPC_TG_API_BASE`, when set.
+    pub api_base: Option<String>,
+}
+
+impl TelegramSetting {
+    pub fn from_env() -> TelegramSetting {
+        let var = |name| env::var(name).ok().filter(|v| !v.trim().is_empty());
+        TelegramSetting {
+            token_set: var("IPC_TG_TOKEN").is_some(),
+            chat: var("IPC_TG_CHAT"),
+            api_base: var("IPC_TG_API_BASE"),
+        }
+    }
+}
+
+/// True when `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+pub fn no_color() -> bool {
+    env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}

@@ -16,6 +16,12 @@ use crate::message::TIME_FORMAT;
 
 /// Entries older than this are stale whatever their pid says.
 pub const STALE_AFTER: TimeDelta = TimeDelta::hours(24);
+/// The extra entry field holding the server's parent pid: the Claude Code process that
+/// started it, which also starts that session's hooks.
+pub const PPID: &str = "ppid";
+/// The extra entry field saying whether channel events reach the model: `on`, `off` or
+/// `unknown` (also when absent).
+pub const PUSH: &str = "push";
 
 /// One session's line in `heartbeats.json`. Unknown fields written by others are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +54,116 @@ impl Entry {
             .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
             .and_then(|n| Local.from_local_datetime(&n).earliest())
     }
+
+    /// The pid of the process that started this session's server, when recorded.
+    pub fn ppid(&self) -> Option<u32> {
+        self.extra.get(PPID)?.as_u64()?.try_into().ok()
+    }
+
+    /// `on`, `off` or `unknown`: whether channel events are known to reach the model.
+    pub fn push(&self) -> &str {
+        self.extra
+            .get(PUSH)
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+    }
+}
+
+/// How a process found the session it belongs to, in [`session_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundBy {
+    /// A live session's server was started by this ancestor process (Claude Code).
+    Ancestor(u32),
+    /// `IPC_SESSION_ID` names it.
+    Env,
+    /// The only live session started in this working folder.
+    Cwd,
+}
+
+/// The session a process started by Claude Code (a hook, or a command run by the model)
+/// belongs to. In order:
+/// 1. the live entry whose server's parent ([`PPID`]) is one of `ancestors`, nearest first
+///    (Claude Code starts both the MCP server and, through a shell, the hooks); when several
+///    servers share that parent, the one started in `cwd`;
+/// 2. `requested` (`IPC_SESSION_ID`), when it is a valid name;
+/// 3. the only live entry whose `cwd` is `cwd`.
+///
+/// `None` when nothing fits, or when several sessions share the folder: a guess could show
+/// one session's mail to another.
+pub fn session_of(
+    live: &Table,
+    ancestors: &[u32],
+    requested: Option<&str>,
+    cwd: Option<&str>,
+) -> Option<(String, FoundBy)> {
+    for &pid in ancestors {
+        let under: Vec<&String> = live
+            .iter()
+            .filter(|(_, e)| e.ppid() == Some(pid))
+            .map(|(name, _)| name)
+            .collect();
+        match under.as_slice() {
+            [] => continue,
+            [name] => return Some(((*name).clone(), FoundBy::Ancestor(pid))),
+            // Several servers under one parent (two MCP entries, or a shell that started
+            // them): only the folder can tell them apart.
+            several => {
+                let mut here = several
+                    .iter()
+                    .filter(|name| cwd.is_some() && live[name.as_str()].cwd.as_deref() == cwd);
+                if let (Some(name), None) = (here.next(), here.next()) {
+                    return Some(((*name).clone(), FoundBy::Ancestor(pid)));
+                }
+                break;
+            }
+        }
+    }
+    if let Some(name) = requested.map(str::trim)
+        && crate::message::check_name(name).is_ok()
+    {
+        return Some((name.to_owned(), FoundBy::Env));
+    }
+    let cwd = cwd?;
+    let mut here = live.iter().filter(|(_, e)| e.cwd.as_deref() == Some(cwd));
+    match (here.next(), here.next()) {
+        (Some((name, _)), None) => Some((name.clone(), FoundBy::Cwd)),
+        _ => None,
+    }
+}
+
+/// The pids above this process, nearest first: its parent, grandparent, …, at most `max`,
+/// ending before pid 1.
+pub fn ancestors(max: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && out.len() < max && !out.contains(&pid) {
+        out.push(pid);
+        match parent_of(pid) {
+            Some(parent) => pid = parent,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+#[cfg(target_os = "linux")]
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces and parentheses, so split at the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    fields.next()?; // state
+    fields.next()?.parse().ok()
+}
+
+/// The parent of `pid`, from `ps` (no /proc here).
+#[cfg(not(target_os = "linux"))]
+fn parent_of(pid: u32) -> Option<u32> {
+    let out = std::process::Command::new("ps")
+        .args(["-o", "ppid=", "-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
 /// True while an entry counts as a live session: not signing off, refreshed within
@@ -167,25 +283,95 @@ impl Heartbeats {
 
 /// Parses `heartbeats.json`; entries that do not fit are dropped with a warning.
 fn parse_table(text: &str, path: &Path) -> Table {
-    if text.trim().is_empty() {
-        return Table::new();
-    }
-    let raw: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(raw) => raw,
+    match parse_entries(text) {
+        Ok((table, bad)) => {
+            for (name, err) in bad {
+                tracing::warn!(session = %name, %err, "ignored a heartbeat entry that does not parse");
+            }
+            table
+        }
         Err(err) => {
             tracing::warn!(file = %path.display(), %err, "heartbeats.json is corrupt; treating it as empty");
-            return Table::new();
+            Table::new()
         }
-    };
-    raw.into_iter()
-        .filter_map(|(name, value)| match serde_json::from_value::<Entry>(value) {
-            Ok(entry) => Some((name, entry)),
-            Err(err) => {
-                tracing::warn!(session = %name, %err, "ignored a heartbeat entry that does not parse");
-                None
+    }
+}
+
+/// The entries that parse, and the names of those that do not with the reason; `Err` when
+/// the text is not a JSON object.
+fn parse_entries(text: &str) -> std::result::Result<(Table, Vec<(String, String)>), String> {
+    if text.trim().is_empty() {
+        return Ok((Table::new(), Vec::new()));
+    }
+    let raw: Map<String, Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut table = Table::new();
+    let mut bad = Vec::new();
+    for (name, value) in raw {
+        match serde_json::from_value::<Entry>(value) {
+            Ok(entry) => {
+                table.insert(name, entry);
             }
-        })
-        .collect()
+            Err(err) => bad.push((name, err.to_string())),
+        }
+    }
+    Ok((table, bad))
+}
+
+/// What `heartbeats.json` holds, for a person checking it (`t9-ipc doctor`).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Why the file cannot be used (unreadable, or not a JSON object); sessions treat it as
+    /// empty and rewrite it at their next heartbeat.
+    pub corrupt: Option<String>,
+    /// Entries that do not parse: name and reason.
+    pub bad_entries: Vec<(String, String)>,
+    pub live: Table,
+    /// Entries no longer alive: name and why. The next writer removes them.
+    pub stale: Vec<(String, String)>,
+}
+
+impl Heartbeats {
+    /// Reads the file and says what is wrong with it, without changing anything.
+    pub fn health(&self, now: DateTime<Local>) -> Health {
+        let mut health = Health::default();
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return health,
+            Err(err) => {
+                health.corrupt = Some(format!("cannot read {}: {err}", self.path.display()));
+                return health;
+            }
+        };
+        let table = match parse_entries(&text) {
+            Ok((table, bad)) => {
+                health.bad_entries = bad;
+                table
+            }
+            Err(err) => {
+                health.corrupt = Some(format!("not a JSON object: {err}"));
+                return health;
+            }
+        };
+        for (name, e) in table {
+            let running = pid_running(e.pid);
+            if is_alive(&e, now, running) {
+                health.live.insert(name, e);
+                continue;
+            }
+            let why = if e.status == "signing-off" {
+                "signing off".to_owned()
+            } else if !running {
+                format!("pid {} is not running", e.pid)
+            } else {
+                match e.last_seen() {
+                    Some(seen) => format!("last seen {} (over 24 h ago)", stamp(seen)),
+                    None => format!("timestamp {:?} does not parse", e.timestamp),
+                }
+            };
+            health.stale.push((name, why));
+        }
+        health
+    }
 }
 
 /// Formats a time the way `heartbeats.json` and message files store it.
@@ -249,6 +435,59 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         assert_eq!(t["a"].extra["host"], "h");
+    }
+
+    #[test]
+    fn sessions_are_found_by_ancestor_then_name_then_folder() {
+        let mut live = Table::new();
+        let mut a = entry("2026-04-06 15:29:00", "active");
+        a.extra.insert(PPID.into(), 100.into());
+        a.cwd = Some("/p".into());
+        let mut b = entry("2026-04-06 15:29:00", "active");
+        b.extra.insert(PPID.into(), 200.into());
+        b.cwd = Some("/q".into());
+        live.insert("alpha".into(), a);
+        live.insert("beta".into(), b);
+        // The nearest ancestor that started a server wins, whatever the name or folder say.
+        assert_eq!(
+            session_of(&live, &[7, 200, 100], Some("alpha"), Some("/p")),
+            Some(("beta".into(), FoundBy::Ancestor(200)))
+        );
+        assert_eq!(
+            session_of(&live, &[7, 8], Some("gamma"), Some("/p")),
+            Some(("gamma".into(), FoundBy::Env))
+        );
+        // An invalid IPC_SESSION_ID is no name; the folder decides.
+        assert_eq!(
+            session_of(&live, &[7], Some("x y"), Some("/q")),
+            Some(("beta".into(), FoundBy::Cwd))
+        );
+        assert_eq!(session_of(&live, &[7], None, Some("/r")), None);
+        // Two servers under one parent: the folder decides, or nothing does.
+        live.get_mut("beta")
+            .unwrap()
+            .extra
+            .insert(PPID.into(), 100.into());
+        assert_eq!(
+            session_of(&live, &[100], None, Some("/q")),
+            Some(("beta".into(), FoundBy::Ancestor(100)))
+        );
+        assert_eq!(session_of(&live, &[100], None, Some("/r")), None);
+        assert_eq!(
+            session_of(&live, &[100], Some("gamma"), Some("/r")),
+            Some(("gamma".into(), FoundBy::Env))
+        );
+        // Two sessions in one folder: no guess.
+        live.get_mut("alpha").unwrap().cwd = Some("/q".into());
+        assert_eq!(session_of(&live, &[7], None, Some("/q")), None);
+    }
+
+    #[test]
+    fn ancestors_start_at_the_parent() {
+        let up = ancestors(64);
+        assert_eq!(up.first(), Some(&std::os::unix::process::parent_id()));
+        assert!(!up.contains(&std::process::id()));
+        assert!(!up.contains(&1));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use chrono::{DateTime, Local};
+use chrono::{DateTime, Local, TimeDelta};
 
 use crate::error::{Error, Result};
 use crate::message::{self, FrontMatter};
@@ -290,67 +290,6 @@ impl Mailbox {
         }
     }
 
-    /// Moves finished mail older than `cutoff` from `inbox/` to `archive/` (same file names):
-    /// expired messages, messages replaced by a later one of their sender, direct messages
-    /// their recipient has read, and broadcasts that every name that joined before them has
-    /// read. Unread mail stays, whatever its age. Returns the ids moved (or that would move,
-    /// with `dry_run`). Nothing is deleted.
-    pub fn archive(
-        &self,
-        cutoff: DateTime<Local>,
-        now: DateTime<Local>,
-        dry_run: bool,
-    ) -> Result<Vec<String>> {
-        let states = self.all_read_states()?;
-        let messages = self.scan()?;
-        let replaced: HashMap<&str, &str> = messages
-            .iter()
-            .filter_map(|m| Some((m.front.supersedes.as_deref()?, m.front.from.as_str())))
-            .collect();
-        let mut moved = Vec::new();
-        for msg in &messages {
-            let Some(sent) = message::stem_time(&msg.id).or_else(|| msg.front.created_at()) else {
-                continue;
-            };
-            if sent > cutoff {
-                continue;
-            }
-            let read_by = |name: &str| {
-                states
-                    .get(name)
-                    .is_some_and(|(_, read)| read.contains(&msg.id))
-            };
-            let done = msg.front.is_expired(now)
-                || replaced.get(msg.id.as_str()) == Some(&msg.front.from.as_str())
-                || if msg.front.is_broadcast() {
-                    states
-                        .iter()
-                        .filter(|(name, (joined, _))| **name != msg.front.from && *joined <= sent)
-                        .all(|(name, _)| read_by(name))
-                } else {
-                    read_by(&msg.front.to)
-                };
-            if !done {
-                continue;
-            }
-            let name = format!("{}.md", msg.id);
-            let to = self.archive.join(&name);
-            if to.exists() {
-                tracing::warn!(file = %to.display(), "not archived: the archive already holds this name");
-                continue;
-            }
-            if !dry_run {
-                fs::rename(self.inbox.join(&name), &to).map_err(Error::io("archiving", &to))?;
-            }
-            moved.push(msg.id.clone());
-        }
-        if !dry_run && !moved.is_empty() {
-            sync_dir(&self.archive)?;
-            sync_dir(&self.inbox)?;
-        }
-        Ok(moved)
-    }
-
     /// Every name's `joined` time and read ids, read without writing anything.
     fn all_read_states(&self) -> Result<HashMap<String, Seen>> {
         let mut out = HashMap::new();
@@ -416,7 +355,7 @@ impl Mailbox {
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
         let path = self.state.join(format!("{session}.log"));
-        ReadState::load(path, now, || self.first_sent_by(session))
+        ReadState::load(path, now, true, || self.first_sent_by(session))
     }
 
     /// The time of the oldest message in `inbox/` sent by `name`: proof that the name was
@@ -429,6 +368,378 @@ impl Mailbox {
             .filter(|id| id.len() > 31 && id[30..].starts_with(&part))
             .filter_map(|id| message::stem_time(&id))
             .min()
+    }
+
+    /// Loads the read state of `session` without writing anything: a name that never read
+    /// mail gets an empty state that joined `now` (so only direct messages are its mail).
+    /// Marking it read writes the file as [`Mailbox::read_state`] would.
+    pub fn peek_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
+        let path = self.state.join(format!("{session}.log"));
+        ReadState::load(path, now, false, || self.first_sent_by(session))
+    }
+
+    /// The unread mail of `session` per `state`, oldest first, without `pushed` ones when
+    /// `skip_pushed`. For one-shot processes (the hook): no cache, and only files that can
+    /// be unread mail of `session` are opened. Skipped by their name alone: files its state
+    /// marks read, and files named as the mailbox names them
+    /// (`<stamp>-<uid>-<from>-<to>-<subject>`) whose `<to>` is neither `session` nor
+    /// everyone, or is everyone but stamped before `state.joined`. Bad files are skipped
+    /// quietly (`doctor` reports them).
+    pub fn unread_for(
+        &self,
+        session: &str,
+        state: &ReadState,
+        skip_pushed: bool,
+        now: DateTime<Local>,
+    ) -> Result<Vec<Message>> {
+        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        let mut unread = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".md")) else {
+                continue;
+            };
+            if id.starts_with('.')
+                || state.read.contains(id)
+                || (skip_pushed && state.pushed.contains(id))
+            {
+                continue;
+            }
+            let skip = match stem_recipient(id, session) {
+                Some(Recipient::Other) => true,
+                Some(Recipient::Everyone) => {
+                    message::stem_time(id).is_some_and(|sent| sent < state.joined)
+                }
+                Some(Recipient::Maybe) | None => false,
+            };
+            if skip {
+                continue;
+            }
+            let read = entry
+                .metadata()
+                .map_err(|e| format!("cannot stat: {e}"))
+                .and_then(|meta| read_checked(&entry.path(), &meta, id));
+            match read {
+                Ok(msg) if state.is_unread(session, &msg, now) => unread.push(msg),
+                Ok(_) => {}
+                Err(reason) => tracing::debug!(file = %id, %reason, "skipped a file in the inbox"),
+            }
+        }
+        unread.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(unread)
+    }
+
+    /// The message with this id, from `inbox/` or else `archive/`, with the folder's name.
+    /// `Ok(None)` when neither holds it; a refusal when the file is no readable message.
+    pub fn find(&self, id: &str) -> Result<Option<(Message, &'static str)>> {
+        let id = id.strip_suffix(".md").unwrap_or(id);
+        if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+            return Ok(None);
+        }
+        for (dir, place) in [(&self.inbox, "inbox"), (&self.archive, "archive")] {
+            let path = dir.join(format!("{id}.md"));
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(Error::io("reading", &path)(err)),
+            };
+            return read_checked(&path, &meta, id)
+                .map(|msg| Some((msg, place)))
+                .map_err(|reason| {
+                    Error::Refused(format!(
+                        "{} is no readable message: {reason}",
+                        path.display()
+                    ))
+                });
+        }
+        Ok(None)
+    }
+
+    /// The ids in `inbox/` and `archive/` that start with `prefix`, sorted, without repeats.
+    pub fn ids_starting_with(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for dir in [&self.inbox, &self.archive] {
+            for entry in fs::read_dir(dir)
+                .map_err(Error::io("listing", dir))?
+                .flatten()
+            {
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".md"))
+                    && id.starts_with(prefix)
+                    && !id.starts_with('.')
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Every file in `inbox/` sorted into messages, bad files (with the reason) and
+    /// temporary files, plus the number of messages in `archive/`. Reads everything, caches
+    /// nothing, changes nothing: for a person checking the mailbox.
+    pub fn audit(&self) -> Result<Audit> {
+        let mut audit = Audit::default();
+        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        for entry in entries {
+            let entry = entry.map_err(Error::io("listing", &self.inbox))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                let shown = entry.file_name().to_string_lossy().into_owned();
+                audit
+                    .bad
+                    .push((shown, "the file name is not UTF-8".to_owned()));
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let meta = entry.metadata();
+            let Some(id) = name.strip_suffix(".md") else {
+                if name.contains(".tmp.") {
+                    let modified = meta.ok().and_then(|m| m.modified().ok());
+                    audit.temporary.push((name, modified));
+                } else {
+                    audit.bad.push((name, "not a .md file".to_owned()));
+                }
+                continue;
+            };
+            let read = meta
+                .map_err(|e| format!("cannot stat: {e}"))
+                .and_then(|meta| read_checked(&entry.path(), &meta, id));
+            match read {
+                Ok(msg) => audit.messages.push(msg),
+                Err(reason) => audit.bad.push((name, reason)),
+            }
+        }
+        audit.messages.sort_by(|a, b| a.id.cmp(&b.id));
+        audit.bad.sort();
+        audit.archived = fs::read_dir(&self.archive)
+            .map_err(Error::io("listing", &self.archive))?
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".md")))
+            .count();
+        Ok(audit)
+    }
+
+    /// Moves finished mail from `inbox/` to `archive/` (or only lists it when
+    /// `plan.dry_run`), oldest first, under the same file names. A message is finished when
+    /// it is older than `plan.older_than` (by the stamp in its id, else `created`) and it
+    /// has expired, or a later message of its sender replaced it, or it is a direct message
+    /// its recipient has read, or a broadcast that every name that joined before it has read.
+    /// Unread mail, mail of unknown age and bad files stay; nothing is overwritten in
+    /// `archive/`, and nothing is deleted.
+    pub fn archive(&self, plan: &ArchivePlan, now: DateTime<Local>) -> Result<Vec<Moved>> {
+        let states = self.all_read_states()?;
+        let messages = self.scan()?;
+        let replaced: HashMap<&str, &str> = messages
+            .iter()
+            .filter_map(|m| Some((m.front.supersedes.as_deref()?, m.front.from.as_str())))
+            .collect();
+        let read_by = |name: &str, id: &str| states.get(name).is_some_and(|(_, r)| r.contains(id));
+        let mut moved = Vec::new();
+        for msg in &messages {
+            let Some(sent) = sent_at(msg) else { continue };
+            if now.signed_duration_since(sent) < plan.older_than {
+                continue;
+            }
+            let why = if msg.front.is_expired(now) {
+                "expired".to_owned()
+            } else if replaced.get(msg.id.as_str()) == Some(&msg.front.from.as_str()) {
+                "replaced by a later message".to_owned()
+            } else if msg.front.is_broadcast() {
+                let everyone = states
+                    .iter()
+                    .filter(|(name, (joined, _))| **name != msg.front.from && *joined <= sent)
+                    .all(|(name, _)| read_by(name, &msg.id));
+                if !everyone {
+                    continue;
+                }
+                "a broadcast read by everyone".to_owned()
+            } else if read_by(&msg.front.to, &msg.id) {
+                format!("read by {}", msg.front.to)
+            } else {
+                continue;
+            };
+            if !plan.dry_run {
+                let name = format!("{}.md", msg.id);
+                let (from, to) = (self.inbox.join(&name), self.archive.join(&name));
+                if to.exists() {
+                    tracing::warn!(file = %to.display(), "already in the archive; left in the inbox");
+                    continue;
+                }
+                fs::rename(&from, &to).map_err(Error::io("moving", &from))?;
+            }
+            moved.push(Moved {
+                id: msg.id.clone(),
+                why,
+            });
+        }
+        if !plan.dry_run && !moved.is_empty() {
+            sync_dir(&self.inbox)?;
+            sync_dir(&self.archive)?;
+        }
+        Ok(moved)
+    }
+
+    /// Deletes the messages in `archive/` older than `older_than` (or only lists them when
+    /// `dry_run`), oldest first. Only files that read as messages are deleted; `inbox/` is
+    /// never touched.
+    pub fn prune(
+        &self,
+        older_than: TimeDelta,
+        dry_run: bool,
+        now: DateTime<Local>,
+    ) -> Result<Vec<String>> {
+        let entries = fs::read_dir(&self.archive).map_err(Error::io("listing", &self.archive))?;
+        let mut old = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".md"))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let read = entry
+                .metadata()
+                .map_err(|e| format!("cannot stat: {e}"))
+                .and_then(|meta| read_checked(&path, &meta, &id));
+            match read {
+                Ok(msg) => {
+                    if sent_at(&msg)
+                        .is_some_and(|sent| now.signed_duration_since(sent) >= older_than)
+                    {
+                        old.push((id, path));
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "not a message; left in the archive")
+                }
+            }
+        }
+        old.sort();
+        if !dry_run {
+            for (_, path) in &old {
+                fs::remove_file(path).map_err(Error::io("deleting", path))?;
+            }
+            if !old.is_empty() {
+                sync_dir(&self.archive)?;
+            }
+        }
+        Ok(old.into_iter().map(|(id, _)| id).collect())
+    }
+}
+
+/// What [`Mailbox::archive`] moves.
+#[derive(Debug, Clone)]
+pub struct ArchivePlan {
+    /// Only messages older than this.
+    pub older_than: TimeDelta,
+    /// List, move nothing.
+    pub dry_run: bool,
+}
+
+/// A message [`Mailbox::archive`] moved (or would move), and why it was done with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub id: String,
+    pub why: String,
+}
+
+/// What [`Mailbox::audit`] found.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// Good messages in `inbox/`, oldest first.
+    pub messages: Vec<Message>,
+    /// Files in `inbox/` that are no message: file name and reason.
+    pub bad: Vec<(String, String)>,
+    /// Temporary files of writes in progress (or interrupted): name and last change.
+    pub temporary: Vec<(String, Option<SystemTime>)>,
+    /// Messages in `archive/`.
+    pub archived: usize,
+}
+
+/// Whom a message id's `<to>` part can name, as far as the id tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recipient {
+    /// Possibly the session asked about.
+    Maybe,
+    /// Everyone (`all`, or `broadcast` of older writers), and not the session asked about.
+    Everyone,
+    /// Neither.
+    Other,
+}
+
+/// Reads the `<to>` part of an id named `<stamp>-<uid>-<from>-<to>-<subject>` for
+/// `session`; `None` when the id is not named that way. Errs towards `Maybe`: `<from>` may
+/// hold `-`, so every split is tried, and a long name may be cut to its first 16 characters
+/// (or, by another writer, not cut at all).
+fn stem_recipient(id: &str, session: &str) -> Option<Recipient> {
+    const STAMP: usize = 21; // YYYYMMDDTHHMMSSffffff
+    const HEAD: usize = STAMP + 1 + 8 + 1; // the stamp, `-`, the uid, `-`
+    let b = id.as_bytes();
+    let named = b.len() > HEAD
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..STAMP].iter().all(u8::is_ascii_digit)
+        && b[STAMP] == b'-'
+        && b[STAMP + 1..HEAD - 1].iter().all(u8::is_ascii_hexdigit)
+        && b[HEAD - 1] == b'-';
+    if !named {
+        return None;
+    }
+    let rest = &b[HEAD..];
+    // `<to>` follows the first `-` after a `<from>` of up to 64 bytes (names are that long
+    // at most; this mailbox cuts them to 16).
+    let starts = || {
+        (0..rest.len().min(65))
+            .filter(|&k| rest[k] == b'-')
+            .map(|k| &rest[k + 1..])
+    };
+    let is = |to: &[u8], name: &[u8]| -> bool {
+        if name.len() <= 16 {
+            to.strip_prefix(name)
+                .is_some_and(|r| r.first() == Some(&b'-'))
+        } else {
+            to.starts_with(&name[..16])
+        }
+    };
+    let session = session.as_bytes();
+    if starts().any(|to| is(to, session)) {
+        return Some(Recipient::Maybe);
+    }
+    if starts().any(|to| is(to, b"all") || is(to, b"broadcast")) {
+        return Some(Recipient::Everyone);
+    }
+    Some(Recipient::Other)
+}
+
+/// When a message was sent: the stamp in its id (microseconds), else `created`.
+pub fn sent_at(msg: &Message) -> Option<DateTime<Local>> {
+    message::stem_time(&msg.id).or_else(|| msg.front.created_at())
+}
+
+/// Reads a message file after checking what kind of file it is; `Err` says why it is no
+/// message. `meta` must not follow symbolic links.
+fn read_checked(
+    path: &Path,
+    meta: &fs::Metadata,
+    id: &str,
+) -> std::result::Result<Message, String> {
+    if meta.file_type().is_symlink() {
+        Err("a symbolic link".to_owned())
+    } else if !meta.is_file() {
+        Err("not a regular file".to_owned())
+    } else if meta.len() > MAX_FILE_BYTES {
+        Err(format!("larger than {MAX_FILE_BYTES} bytes"))
+    } else {
+        read_message(path, id)
     }
 }
 
@@ -503,9 +814,12 @@ pub struct ReadState {
 }
 
 impl ReadState {
+    /// Reads the state at `path`. When it is missing, starts one (written to disk only
+    /// when `create`) that joined when `first_seen` says the name first sent mail, or `now`.
     fn load(
         path: PathBuf,
         now: DateTime<Local>,
+        create: bool,
         first_seen: impl FnOnce() -> Option<DateTime<Local>>,
     ) -> Result<ReadState> {
         let mut state = ReadState {
@@ -531,7 +845,9 @@ impl ReadState {
             };
             state.joined = joined;
             state.has_joined = true;
-            state.append(&format!("joined {}\n", joined.to_rfc3339()))?;
+            if create {
+                state.append(&format!("joined {}\n", joined.to_rfc3339()))?;
+            }
         }
         Ok(state)
     }
@@ -690,4 +1006,40 @@ enum Mark {
     Read,
     Pushed,
     Listed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_read_from_ids() {
+        use Recipient::*;
+        let id = |from: &str, to: &str| {
+            format!("20260406T153000123456-0a1b2c3d-{from}-{to}-a_subject-with-dashes")
+        };
+        assert_eq!(stem_recipient(&id("alpha", "beta"), "beta"), Some(Maybe));
+        assert_eq!(stem_recipient(&id("beta", "gamma"), "beta"), Some(Other));
+        assert_eq!(stem_recipient(&id("alpha", "beta2"), "beta"), Some(Other));
+        assert_eq!(stem_recipient(&id("al-pha-x", "beta"), "beta"), Some(Maybe));
+        assert_eq!(stem_recipient(&id("alpha", "all"), "beta"), Some(Everyone));
+        assert_eq!(
+            stem_recipient(&id("alpha", "broadcast"), "beta"),
+            Some(Everyone)
+        );
+        assert_eq!(stem_recipient(&id("", "beta"), "beta"), Some(Maybe));
+        // A long name is cut to 16 characters in ids; another writer may not cut it.
+        let long = "a-very-long-session-name";
+        assert_eq!(
+            stem_recipient(&id("x1y", "a-very-long-sess"), long),
+            Some(Maybe)
+        );
+        assert_eq!(stem_recipient(&id("x1y", long), long), Some(Maybe));
+        // Not named the usual way: no answer, the file is read.
+        assert_eq!(stem_recipient("notes", "beta"), None);
+        assert_eq!(
+            stem_recipient("20260406T1530-xx-alpha-gamma-s", "beta"),
+            None
+        );
+    }
 }

@@ -39,7 +39,7 @@ pub struct Peer {
 }
 
 /// What a sender asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outgoing<'a> {
     /// A session name, `all` for everyone, or `human` for the person (an escalation).
     pub to: &'a str,
@@ -60,6 +60,8 @@ pub struct Outgoing<'a> {
 pub struct Sent {
     pub id: String,
     pub to: String,
+    /// The message this one answers, as written.
+    pub reply_to: Option<String>,
     /// The recipient's live entry, for a direct message to a live session.
     pub recipient: Option<Entry>,
     /// Every other live session's name (whom a broadcast reaches, or whom the sender may
@@ -306,138 +308,29 @@ impl Session {
         Ok(())
     }
 
-    /// Writes one message (to `all` for a broadcast) after checking every field.
+    /// Writes one message (to `all` for a broadcast) after checking every field; see
+    /// [`send_from`]. Answering a message marks it read.
     pub fn send(&self, out: &Outgoing<'_>, now: DateTime<Local>) -> Result<Sent> {
         let from = self.name();
-        let broadcast = out.to == BROADCAST || out.to == "broadcast";
-        // `human` (or `telegram`, answering the person) is an escalation: it goes to the
-        // person, on Telegram when configured.
-        let human = message::is_human(out.to.trim());
-        let to = if broadcast {
-            BROADCAST
-        } else if human {
-            HUMAN
-        } else {
-            out.to.trim()
-        };
-        if !broadcast && !human {
-            message::check_name(to).map_err(|why| {
-                Error::Refused(format!(
-                    "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
-                ))
-            })?;
-            if to == from {
-                return Err(Error::Refused(format!(
-                    "\"{to}\" is this session; a message to yourself is never delivered. \
-                     Use a name from t9_ipc_who"
-                )));
-            }
-        }
-        let subject = message::check_subject(out.subject).map_err(Error::Refused)?;
-        message::check_body(out.body).map_err(Error::Refused)?;
-        let expires = match out.ttl {
-            Some(ttl) if ttl <= TimeDelta::zero() || ttl > MAX_TTL => {
-                return Err(Error::Refused(
-                    "ttl_s must be between 1 second and 30 days (2592000), or left out for a \
-                     message that never expires"
-                        .to_owned(),
-                ));
-            }
-            Some(ttl) => Some(now + ttl),
-            None => None,
-        };
-        let reply_to = out.reply_to.map(str::trim).filter(|r| !r.is_empty());
-        let answered = match reply_to {
-            Some(id) => Some(self.find(id).ok_or_else(|| {
-                Error::Refused(format!(
-                    "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id \
-                     of the message you answer exactly as given, or leave reply_to out"
-                ))
-            })?),
-            None => None,
-        };
-        let supersedes = out.supersedes.map(str::trim).filter(|r| !r.is_empty());
-        if let Some(id) = supersedes {
-            match self.mailbox.get(id) {
-                Some(old) if old.front.from == from && old.front.to == to => {}
-                Some(old) => {
-                    return Err(Error::Refused(format!(
-                        "supersedes {id:?} is a message from {:?} to {:?}; a message can only \
-                         replace an earlier one of this session to the same recipient",
-                        old.front.from, old.front.to
-                    )));
-                }
-                None => {
-                    return Err(Error::Refused(format!(
-                        "supersedes {id:?} is no message in the inbox. Pass the msg_id your \
-                         earlier send returned, or leave supersedes out"
-                    )));
-                }
-            }
-        }
-        let thread = answered
-            .as_ref()
-            .map(|m| m.front.thread.clone().unwrap_or_else(|| m.id.clone()));
-        let id = self.mailbox.write(
-            &Draft {
-                from: &from,
-                to,
-                kind: if broadcast {
-                    "broadcast"
-                } else if human {
-                    "escalation"
-                } else {
-                    "ipc"
-                },
-                subject: &subject,
-                priority: out.priority.as_str(),
-                reply_to,
-                thread: thread.as_deref(),
-                supersedes,
-                expires,
-                info_only: out.info_only,
-                body: out.body,
-            },
-            now,
-        )?;
+        let sent = send_from(&self.mailbox, &self.heartbeats, &from, out, now)?;
         let mut saw_push = false;
-        if let Some(answered) = &answered {
+        if let Some(answered) = &sent.reply_to {
             let mut inner = self.inner();
             let state = &mut inner.state;
             // Only a channel event could have told the model this id.
-            saw_push = state.was_pushed(&answered.id) && !state.was_read(&answered.id);
+            saw_push = state.was_pushed(answered) && !state.was_read(answered);
             // Answering a message shows it was read.
-            state.mark_read([answered.id.as_str()])?;
-            inner.mine.remove(&answered.id);
+            state.mark_read([answered.as_str()])?;
+            inner.mine.remove(answered);
             if saw_push && inner.push != Push::On {
-                tracing::info!(msg_id = %answered.id, "a reply to a pushed message: channel events reach the model");
+                tracing::info!(msg_id = %answered, "a reply to a pushed message: channel events reach the model");
                 inner.push = Push::On;
             }
         }
         if saw_push && let Err(err) = self.refresh(now) {
             tracing::warn!(%err, "writing the heartbeat");
         }
-        let mut live: Table = self.heartbeats.live(now);
-        live.remove(&from);
-        let recipient = if broadcast || human {
-            None
-        } else {
-            live.get(to).cloned()
-        };
-        Ok(Sent {
-            id,
-            to: to.to_owned(),
-            recipient,
-            others: live.into_keys().collect(),
-            saw_push,
-        })
-    }
-
-    /// A message by id from `inbox/`, or from `archive/`.
-    fn find(&self, id: &str) -> Option<Arc<Message>> {
-        self.mailbox
-            .get(id)
-            .or_else(|| self.mailbox.get_archived(id))
+        Ok(Sent { saw_push, ..sent })
     }
 
     /// Brings the index of this name's unread mail up to date: a whole scan the first time
@@ -669,6 +562,136 @@ fn note_supersedes(superseded: &mut HashMap<String, String>, name: &str, msg: &M
     }
 }
 
+/// Writes one message from `from` (to `all` for a broadcast) after checking every field:
+/// the recipient's name, the subject and body limits, and that `reply_to` names a message.
+/// Shared by [`Session::send`] and senders that are no live session (the command line),
+/// which register no heartbeat.
+pub fn send_from(
+    mailbox: &Mailbox,
+    heartbeats: &Heartbeats,
+    from: &str,
+    out: &Outgoing<'_>,
+    now: DateTime<Local>,
+) -> Result<Sent> {
+    // `human` is the person at a terminal (the command line's default sender): answering it
+    // reaches them the way any escalation does.
+    if !message::is_human(from) {
+        message::check_name(from)
+            .map_err(|why| Error::Refused(format!("the sender is not a valid name: {why}")))?;
+    }
+    let broadcast = out.to == BROADCAST || out.to == "broadcast";
+    // `human` (or `telegram`, answering the person) is an escalation: it goes to the
+    // person, on Telegram when configured.
+    let human = message::is_human(out.to.trim());
+    let to = if broadcast {
+        BROADCAST
+    } else if human {
+        HUMAN
+    } else {
+        out.to.trim()
+    };
+    if !broadcast && !human {
+        message::check_name(to).map_err(|why| {
+            Error::Refused(format!(
+                "`to` is not a session name: {why}. Use a name from t9_ipc_who, or \"all\""
+            ))
+        })?;
+        if to == from {
+            return Err(Error::Refused(format!(
+                "\"{to}\" is the sender; a message to yourself is never delivered. \
+                 Use a name from t9_ipc_who"
+            )));
+        }
+    }
+    let subject = message::check_subject(out.subject).map_err(Error::Refused)?;
+    message::check_body(out.body).map_err(Error::Refused)?;
+    let expires = match out.ttl {
+        Some(ttl) if ttl <= TimeDelta::zero() || ttl > MAX_TTL => {
+            return Err(Error::Refused(
+                "ttl_s must be between 1 second and 30 days (2592000), or left out for a \
+                 message that never expires"
+                    .to_owned(),
+            ));
+        }
+        Some(ttl) => Some(now + ttl),
+        None => None,
+    };
+    let reply_to = out.reply_to.map(str::trim).filter(|r| !r.is_empty());
+    let answered = match reply_to {
+        Some(id) => Some(
+            mailbox
+                .get(id)
+                .or_else(|| mailbox.get_archived(id))
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "reply_to {id:?} is no message in the inbox or archive. Pass the msg_id \
+                 of the message you answer exactly as given, or leave reply_to out"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let supersedes = out.supersedes.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(id) = supersedes {
+        match mailbox.get(id) {
+            Some(old) if old.front.from == from && old.front.to == to => {}
+            Some(old) => {
+                return Err(Error::Refused(format!(
+                    "supersedes {id:?} is a message from {:?} to {:?}; a message can only \
+                     replace an earlier one of this session to the same recipient",
+                    old.front.from, old.front.to
+                )));
+            }
+            None => {
+                return Err(Error::Refused(format!(
+                    "supersedes {id:?} is no message in the inbox. Pass the msg_id your \
+                     earlier send returned, or leave supersedes out"
+                )));
+            }
+        }
+    }
+    let thread = answered
+        .as_ref()
+        .map(|m| m.front.thread.clone().unwrap_or_else(|| m.id.clone()));
+    let id = mailbox.write(
+        &Draft {
+            from,
+            to,
+            kind: if broadcast {
+                "broadcast"
+            } else if human {
+                "escalation"
+            } else {
+                "ipc"
+            },
+            subject: &subject,
+            priority: out.priority.as_str(),
+            reply_to,
+            thread: thread.as_deref(),
+            supersedes,
+            expires,
+            info_only: out.info_only,
+            body: out.body,
+        },
+        now,
+    )?;
+    let mut live: Table = heartbeats.live(now);
+    live.remove(from);
+    let recipient = if broadcast || human {
+        None
+    } else {
+        live.get(to).cloned()
+    };
+    Ok(Sent {
+        id,
+        to: to.to_owned(),
+        reply_to: answered.map(|m| m.id.clone()),
+        recipient,
+        others: live.into_keys().collect(),
+        saw_push: false,
+    })
+}
+
 fn new_entry(
     pid: u32,
     cwd: &Path,
@@ -678,7 +701,13 @@ fn new_entry(
     now: DateTime<Local>,
 ) -> Entry {
     let mut extra = serde_json::Map::new();
-    extra.insert("push".to_owned(), push.as_str().into());
+    extra.insert(heartbeat::PUSH.to_owned(), push.as_str().into());
+    // The parent process (Claude Code) lets a hook find its session's name; see
+    // `heartbeat::session_of`.
+    extra.insert(
+        heartbeat::PPID.to_owned(),
+        std::os::unix::process::parent_id().into(),
+    );
     Entry {
         timestamp: heartbeat::stamp(now),
         status: "active".to_owned(),

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cli;
 mod delivery;
 mod format;
 mod handshake;

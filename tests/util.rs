@@ -141,26 +141,32 @@ impl TempMailbox {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let (tx, events) = mpsc::unbounded_channel();
-        let transport = TokioChildProcess::builder(cmd)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn t9-ipc serve")
-            .0;
-        let pid = transport.id().expect("child pid");
-        let handler = Events {
-            tx,
-            client: client.to_owned(),
-        };
-        let service = timeout(EVENT_WAIT, handler.serve(transport))
-            .await
-            .expect("initialize in time")
-            .expect("initialize");
-        Client {
-            service,
-            events,
-            pid,
-        }
+        spawn_client(cmd, client, stderr).await
+    }
+}
+
+/// Starts `cmd` (which runs `t9-ipc serve`, perhaps through a shell) and completes the MCP
+/// handshake with it; the client introduces itself as `client`.
+pub async fn spawn_client(cmd: Command, client: &str, stderr: Stdio) -> Client {
+    let (tx, events) = mpsc::unbounded_channel();
+    let transport = TokioChildProcess::builder(cmd)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn t9-ipc serve")
+        .0;
+    let pid = transport.id().expect("child pid");
+    let handler = Events {
+        tx,
+        client: client.to_owned(),
+    };
+    let service = timeout(EVENT_WAIT, handler.serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize");
+    Client {
+        service,
+        events,
+        pid,
     }
 }
 

@@ -1,5 +1,17 @@
-//! Subcommands for people: `setup` and `where`. These print to stdout on purpose.
+//! Subcommands for people and scripts: everything but `serve`. These print to stdout on
+//! purpose; errors go to stderr as one line (see `main`).
 
+pub mod archive;
+pub mod doctor;
+pub mod hook;
+pub mod inbox;
+pub mod install;
+pub mod send;
+pub mod style;
+pub mod tail;
+pub mod who;
+
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -72,7 +84,40 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
          \n  \"t9-ipc\": {{ \"type\": \"stdio\", \"command\": \"{exe}\", \"args\": [\"serve\"] }}\n\
          \nThen start each session with channels on, so messages arrive by themselves:\n\
          \n  claude --dangerously-load-development-channels server:t9-ipc\n\
-         \nWithout that flag the tools still work; ask Claude to check unread messages."
+         \nWithout that flag the tools still work; ask Claude to check unread messages, or let a \
+         hook bring them with each prompt (`t9-ipc install --dry-run` prints the settings)."
     );
     Ok(())
+}
+
+/// A mistake in how a command was called: exit code 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Opens the mailbox of `config`, naming it in the error.
+pub fn open_mailbox(config: &Config) -> anyhow::Result<Mailbox> {
+    Mailbox::open(&config.data_dir)
+        .with_context(|| format!("opening the mailbox {}", config.data_dir.display()))
+}
+
+/// The live session this process runs under (started by its Claude Code, directly or
+/// through shells), else the one `IPC_SESSION_ID` names, else, when `cwd` is given, the
+/// only live session started in that folder. See `heartbeat::session_of`.
+pub fn this_session(
+    config: &Config,
+    live: &t9_ipc::heartbeat::Table,
+    cwd: Option<&str>,
+) -> Option<(String, t9_ipc::heartbeat::FoundBy)> {
+    /// Claude Code → shell → hook is two levels; leave room for wrappers.
+    const MAX_DEPTH: usize = 32;
+    let ancestors = t9_ipc::heartbeat::ancestors(MAX_DEPTH);
+    t9_ipc::heartbeat::session_of(live, &ancestors, config.session_name.as_deref(), cwd)
 }

@@ -1,0 +1,82 @@
+//! `archive` and `prune`: move what is done with out of `inbox/`, and delete old archived
+//! messages, each only when asked, each with `--dry-run`.
+
+use chrono::{Local, TimeDelta};
+use clap::Args;
+use t9_ipc::config::Config;
+use t9_ipc::mailbox::ArchivePlan;
+
+use super::open_mailbox;
+use super::style::plural;
+
+/// `t9-ipc archive`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Moves from inbox/ to archive/ the messages older than --older-than days \
+that are broadcasts, or direct messages their recipient has read (state/<name>.log). Unread \
+messages and files that are no message stay. Archived messages can still be answered and shown."
+)]
+pub struct ArchiveArgs {
+    /// Only messages older than this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub older_than: u32,
+    /// List what would move; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `t9-ipc prune`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Deletes from archive/ the messages older than --older-than days. It \
+never touches inbox/, nor a file in archive/ that is no message."
+)]
+pub struct PruneArgs {
+    /// Only archived messages older than this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub older_than: u32,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn archive(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
+    let mailbox = open_mailbox(config)?;
+    let plan = ArchivePlan {
+        older_than: TimeDelta::days(args.older_than.into()),
+        dry_run: args.dry_run,
+    };
+    let moved = mailbox.archive(&plan, Local::now())?;
+    for m in &moved {
+        println!("{}  ({})", m.id, m.why); // stdout-ok
+    }
+    let verb = if args.dry_run { "would move" } else { "moved" };
+    eprintln!(
+        // stdout-ok: stderr
+        "t9-ipc: {verb} {} older than {} to archive/",
+        plural(moved.len(), "message"),
+        plural(args.older_than as usize, "day")
+    );
+    Ok(())
+}
+
+pub fn prune(args: PruneArgs, config: &Config) -> anyhow::Result<()> {
+    let mailbox = open_mailbox(config)?;
+    let older_than = TimeDelta::days(args.older_than.into());
+    let gone = mailbox.prune(older_than, args.dry_run, Local::now())?;
+    for id in &gone {
+        println!("{id}"); // stdout-ok
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    eprintln!(
+        // stdout-ok: stderr
+        "t9-ipc: {verb} {} older than {} from archive/",
+        plural(gone.len(), "message"),
+        plural(args.older_than as usize, "day")
+    );
+    Ok(())
+}

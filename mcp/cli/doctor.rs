@@ -1,0 +1,314 @@
+//! `doctor`: what is wrong with this mailbox and what to do about it. Changes nothing; the
+//! exit code says healthy (0) or not (1). Never prints the Telegram token.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use chrono::Local;
+use t9_ipc::config::{Config, TelegramSetting};
+use t9_ipc::heartbeat::Heartbeats;
+use t9_ipc::mailbox::Mailbox;
+
+use super::style::{Style, plural};
+
+/// A temporary file older than this was left by an interrupted write.
+const TMP_LEFTOVER: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Info,
+    Warn,
+    Problem,
+}
+
+struct Report {
+    style: Style,
+    problems: usize,
+    warnings: usize,
+}
+
+impl Report {
+    fn section(&self, title: &str) {
+        println!("\n{}", self.style.bold(title)); // stdout-ok
+    }
+
+    fn line(&mut self, level: Level, text: &str) {
+        let tag = match level {
+            Level::Ok => "ok     ",
+            Level::Info => "info   ",
+            Level::Warn => {
+                self.warnings += 1;
+                "warn   "
+            }
+            Level::Problem => {
+                self.problems += 1;
+                "PROBLEM"
+            }
+        };
+        println!("  {tag}  {text}"); // stdout-ok
+    }
+}
+
+pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let now = Local::now();
+    let mut r = Report {
+        style: Style::stdout(),
+        problems: 0,
+        warnings: 0,
+    };
+    println!("t9-ipc {} doctor", env!("CARGO_PKG_VERSION")); // stdout-ok
+
+    r.section("Mailbox");
+    let root = &config.data_dir;
+    r.line(
+        Level::Info,
+        &format!("{} ({})", root.display(), config.data_dir_source.describe()),
+    );
+    let mailbox = check_root(&mut r, root);
+
+    r.section("Sessions (heartbeats.json)");
+    let health = Heartbeats::new(root).health(now);
+    if let Some(why) = &health.corrupt {
+        r.line(
+            Level::Problem,
+            &format!(
+                "heartbeats.json is unusable: {why}. Sessions treat it as empty (no one sees \
+                 anyone) until one rewrites it at its next heartbeat (within 60 s); if it stays \
+                 broken, delete {}",
+                root.join("heartbeats.json").display()
+            ),
+        );
+    }
+    for (name, why) in &health.bad_entries {
+        r.line(
+            Level::Warn,
+            &format!("entry {name:?} does not parse ({why}); sessions ignore it"),
+        );
+    }
+    for (name, why) in &health.stale {
+        r.line(
+            Level::Warn,
+            &format!(
+                "stale entry {name}: {why}; the next session to write heartbeats.json removes it"
+            ),
+        );
+    }
+    if health.corrupt.is_none() {
+        r.line(Level::Ok, &plural(health.live.len(), "live session"));
+    }
+
+    if let Some(mailbox) = mailbox {
+        check_inbox(&mut r, &mailbox, &health.live, now)?;
+    }
+
+    r.section("Telegram");
+    let tg = TelegramSetting::from_env();
+    match (tg.token_set, &tg.chat) {
+        (true, Some(chat)) => r.line(
+            Level::Ok,
+            &format!(
+                "configured: chat {chat}, token set (not shown){}",
+                if tg.api_base.is_some() {
+                    ", API base from IPC_TG_API_BASE"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (false, None) => r.line(
+            Level::Info,
+            "not configured: escalations stay in the mailbox (set IPC_TG_TOKEN and IPC_TG_CHAT \
+             to forward them)",
+        ),
+        (true, None) => r.line(
+            Level::Problem,
+            "IPC_TG_TOKEN is set but IPC_TG_CHAT is not: nothing can be forwarded; set the chat id",
+        ),
+        (false, Some(_)) => r.line(
+            Level::Problem,
+            "IPC_TG_CHAT is set but IPC_TG_TOKEN is not: nothing can be forwarded; set the token",
+        ),
+    }
+
+    r.section("Claude Code");
+    r.line(
+        Level::Info,
+        "messages arrive by themselves only in sessions started with \
+         `claude --dangerously-load-development-channels server:t9-ipc` (the name after \
+         server: is the one in your mcpServers)",
+    );
+    let silent: Vec<&str> = health
+        .live
+        .iter()
+        .filter(|(_, e)| e.push() != "on")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !silent.is_empty() {
+        r.line(
+            Level::Info,
+            &format!(
+                "not known to get channel events: {}; there, mail is read with t9_ipc_unread, or \
+                 put into each prompt by the hook (README: \"Without channels\")",
+                silent.join(", ")
+            ),
+        );
+    }
+
+    println!(); // stdout-ok
+    if r.problems == 0 {
+        let warnings = if r.warnings == 0 {
+            String::new()
+        } else {
+            format!(" ({}, nothing to do now)", plural(r.warnings, "warning"))
+        };
+        println!("{}", r.style.bold(&format!("Healthy{warnings}."))); // stdout-ok
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            // stdout-ok
+            "{}",
+            r.style.bold(&format!(
+                "{} found: see the PROBLEM lines.",
+                plural(r.problems, "problem")
+            ))
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The root folder: exists, is ours, is writable, is not open to other users.
+fn check_root(r: &mut Report, root: &Path) -> Option<Mailbox> {
+    let meta = match std::fs::metadata(root) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            r.line(
+                Level::Warn,
+                "the folder does not exist yet; the first session (or `t9-ipc send`) creates it",
+            );
+            return None;
+        }
+        Err(err) => {
+            r.line(Level::Problem, &format!("cannot read the folder: {err}"));
+            return None;
+        }
+    };
+    if !meta.is_dir() {
+        r.line(
+            Level::Problem,
+            "it is not a folder; point IPC_DATA_DIR at a folder",
+        );
+        return None;
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let owner = if meta.uid() == uid {
+        "owned by you".to_owned()
+    } else {
+        format!("owned by uid {}", meta.uid())
+    };
+    if mode & 0o022 != 0 {
+        r.line(
+            Level::Warn,
+            &format!(
+                "mode {mode:04o}, {owner}: other users can write here, and so put messages into \
+                 your sessions; `chmod go-w {}` unless that is meant",
+                root.display()
+            ),
+        );
+    } else {
+        r.line(Level::Ok, &format!("mode {mode:04o}, {owner}"));
+    }
+    let mut writable = true;
+    for sub in ["", "inbox", "archive", "state"] {
+        let dir = root.join(sub);
+        if dir.exists() && !can_write(&dir) {
+            writable = false;
+            r.line(
+                Level::Problem,
+                &format!(
+                    "{} is not writable by you: sends and read marks fail; fix its permissions",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    if !writable {
+        return None;
+    }
+    match Mailbox::open(root) {
+        Ok(mailbox) => Some(mailbox),
+        Err(err) => {
+            r.line(Level::Problem, &format!("{err:#}"));
+            None
+        }
+    }
+}
+
+fn can_write(dir: &Path) -> bool {
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// Messages, bad files and leftovers in `inbox/`, and the mail of each live session.
+fn check_inbox(
+    r: &mut Report,
+    mailbox: &Mailbox,
+    live: &t9_ipc::heartbeat::Table,
+    now: chrono::DateTime<Local>,
+) -> anyhow::Result<()> {
+    let audit = mailbox.audit()?;
+    for (name, e) in live {
+        let state = mailbox.peek_state(name, now)?;
+        let mine = audit.messages.iter().filter(|m| m.front.is_for(name));
+        let total = mine.clone().count();
+        let unread = mine.filter(|m| state.is_unread(name, m, now)).count();
+        r.line(
+            Level::Info,
+            &format!(
+                "{name}: pid {}, push {}, {}, {unread} unread, in {}",
+                e.pid,
+                e.push(),
+                plural(total, "message"),
+                e.cwd.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+
+    r.section("Inbox");
+    r.line(
+        Level::Ok,
+        &format!(
+            "{} in inbox/, {} in archive/",
+            plural(audit.messages.len(), "message"),
+            audit.archived
+        ),
+    );
+    for (name, reason) in &audit.bad {
+        r.line(
+            Level::Problem,
+            &format!(
+                "{name}: {reason}. It is skipped, never deleted; move it out of {}",
+                mailbox.inbox().display()
+            ),
+        );
+    }
+    let old = SystemTime::now() - TMP_LEFTOVER;
+    for (name, modified) in &audit.temporary {
+        if modified.is_some_and(|m| m < old) {
+            r.line(
+                Level::Warn,
+                &format!("{name}: a temporary file left by an interrupted write; safe to delete"),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `inbox` and `show`: messages for a name, and one message whole.
+
+use chrono::Local;
+use clap::Args;
+use serde_json::Value;
+use t9_ipc::config::Config;
+use t9_ipc::heartbeat::{FoundBy, Heartbeats};
+use t9_ipc::mailbox::ReadState;
+
+use super::style::{self, Style, plural};
+use super::{UsageError, open_mailbox, this_session};
+
+/// `t9-ipc inbox`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Without NAME: the session this command runs in (when Claude Code runs \
+it), or the one IPC_SESSION_ID names; otherwise every message in the inbox.
+Unread messages are marked `*`. `t9-ipc show <msg_id>` prints one whole."
+)]
+pub struct InboxArgs {
+    /// Whose messages: a session name (direct messages to it and broadcasts).
+    pub name: Option<String>,
+    /// Only the messages NAME has not read.
+    #[arg(long)]
+    pub unread: bool,
+    /// Print JSON (with the bodies) instead of a list.
+    #[arg(long)]
+    pub json: bool,
+    /// Mark the listed messages read for NAME.
+    #[arg(long)]
+    pub mark_read: bool,
+}
+
+pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
+    let now = Local::now();
+    let name = match args.name {
+        Some(name) => {
+            t9_ipc::message::check_name(&name).map_err(UsageError)?;
+            Some((name, None))
+        }
+        None => {
+            let live = Heartbeats::new(&config.data_dir).live(now);
+            this_session(config, &live, None).map(|(name, how)| (name, Some(how)))
+        }
+    };
+    if name.is_none() && (args.unread || args.mark_read) {
+        return Err(UsageError(
+            "--unread and --mark-read need a NAME (no session runs this command and \
+             IPC_SESSION_ID is not set)"
+                .to_owned(),
+        )
+        .into());
+    }
+    let mailbox = open_mailbox(config)?;
+    let all = mailbox.scan()?;
+    let style = Style::stdout();
+    let Some((name, how)) = name else {
+        if args.json {
+            let list: Vec<Value> = all.iter().map(|m| style::json(m)).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+            return Ok(());
+        }
+        println!(
+            "{} in {}:",
+            plural(all.len(), "message"),
+            mailbox.inbox().display()
+        ); // stdout-ok
+        for msg in &all {
+            println!(
+                "  {}\n    {}",
+                style::headline(msg, style),
+                style.dim(&msg.id)
+            ); // stdout-ok
+        }
+        return Ok(());
+    };
+    let mut state: ReadState = if args.mark_read {
+        mailbox.read_state(&name, now)?
+    } else {
+        mailbox.peek_state(&name, now)?
+    };
+    let listed: Vec<_> = all
+        .iter()
+        .filter(|m| m.front.is_for(&name))
+        .filter(|m| !args.unread || state.is_unread(&name, m, now))
+        .collect();
+    let unread: Vec<bool> = listed
+        .iter()
+        .map(|m| state.is_unread(&name, m, now))
+        .collect();
+    if args.json {
+        let list: Vec<Value> = listed
+            .iter()
+            .zip(&unread)
+            .map(|(m, unread)| {
+                let mut v = style::json(m);
+                v["unread"] = Value::Bool(*unread);
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+    } else {
+        let whose = match how {
+            Some(FoundBy::Ancestor(_)) => format!("{name} (the session this command runs in)"),
+            Some(FoundBy::Env) => format!("{name} (IPC_SESSION_ID)"),
+            _ => name.clone(),
+        };
+        let count = unread.iter().filter(|u| **u).count();
+        if args.unread {
+            println!("{} for {whose}:", plural(count, "unread message")); // stdout-ok
+        } else {
+            println!(
+                // stdout-ok
+                "{} for {whose}, {count} unread (*):",
+                plural(listed.len(), "message")
+            );
+        }
+        for (msg, unread) in listed.iter().zip(&unread) {
+            let mark = if *unread { "*" } else { " " };
+            println!(
+                // stdout-ok
+                "{mark} {}\n    {}",
+                style::headline(msg, style),
+                style.dim(&msg.id)
+            );
+        }
+    }
+    if args.mark_read {
+        let ids: Vec<&str> = listed
+            .iter()
+            .zip(&unread)
+            .filter(|(_, u)| **u)
+            .map(|(m, _)| m.id.as_str())
+            .collect();
+        state.mark_read(ids.iter().copied())?;
+        eprintln!(
+            "t9-ipc: marked {} read for {name}",
+            plural(ids.len(), "message")
+        ); // stdout-ok: stderr
+    }
+    Ok(())
+}
+
+/// `t9-ipc show`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The id may be cut short when the start is unique. Shows messages in \
+inbox/ and archive/; it marks nothing read."
+)]
+pub struct ShowArgs {
+    /// The msg_id (or its unique start).
+    pub id: String,
+    /// Print JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn show(args: ShowArgs, config: &Config) -> anyhow::Result<()> {
+    let mailbox = open_mailbox(config)?;
+    let id = args.id.trim();
+    let found = match mailbox.find(id)? {
+        Some(found) => found,
+        None => {
+            let ids = mailbox.ids_starting_with(id.strip_suffix(".md").unwrap_or(id))?;
+            match ids.as_slice() {
+                [one] => mailbox
+                    .find(one)?
+                    .ok_or_else(|| anyhow::anyhow!("{one} went away while reading it"))?,
+                [] => anyhow::bail!("no message {id:?} in inbox/ or archive/"),
+                many => anyhow::bail!(
+                    "{id:?} starts {} ids ({}, …); give more of it",
+                    many.len(),
+                    many[0]
+                ),
+            }
+        }
+    };
+    let (msg, folder) = found;
+    if args.json {
+        let mut v = style::json(&msg);
+        v["folder"] = Value::from(folder);
+        println!("{}", serde_json::to_string_pretty(&v)?); // stdout-ok
+    } else {
+        print!("{}", style::full(&msg, Some(folder))); // stdout-ok
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `who`: the live sessions, as a table for people or JSON for scripts.
+
+use chrono::Local;
+use clap::Args;
+use serde_json::{Value, json};
+use t9_ipc::config::Config;
+use t9_ipc::heartbeat::Heartbeats;
+
+use super::style::{Style, ago};
+
+/// `t9-ipc who`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With --json: an array of objects, one a session, each with `name` and \
+the fields of its heartbeats.json entry (pid, cwd, timestamp, working_on, push, …)."
+)]
+pub struct WhoArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
+    let now = Local::now();
+    let live = Heartbeats::new(&config.data_dir).live(now);
+    if args.json {
+        let list: Vec<Value> = live
+            .iter()
+            .map(|(name, entry)| {
+                let mut v = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("name".to_owned(), json!(name));
+                }
+                v
+            })
+            .collect();
+        // A Vec of JSON values always serialises.
+        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+        return Ok(());
+    }
+    if live.is_empty() {
+        println!("No live session (mailbox {}).", config.data_dir.display()); // stdout-ok
+        return Ok(());
+    }
+    let style = Style::stdout();
+    let rows: Vec<[String; 6]> = live
+        .iter()
+        .map(|(name, e)| {
+            [
+                name.clone(),
+                e.pid.to_string(),
+                e.push().to_owned(),
+                ago(e.last_seen(), now),
+                e.cwd.clone().unwrap_or_else(|| "?".to_owned()),
+                e.working_on.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PID", "PUSH", "SEEN", "FOLDER", "WORKING ON"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == cells.len() - 1 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    println!("{}", style.bold(&line(header))); // stdout-ok
+    for row in &rows {
+        println!("{}", line(row.each_ref().map(String::as_str))); // stdout-ok
+    }
+    Ok(())
+}
