@@ -1,5 +1,5 @@
 //! Speed of `t9-ipc hook UserPromptSubmit` (it runs at every prompt) on a mailbox of 10,000
-//! messages: `cargo bench --bench hook`. Target: 20 ms. Timed from spawn to exit, the way
+//! messages: part of `cargo bench --bench figures`. Target: 20 ms. Timed from spawn to exit, the way
 //! Claude Code waits for it.
 //!
 //! The mailbox: 10 sessions wrote 10,000 messages among themselves over a day (about 1,000
@@ -10,17 +10,13 @@
 //! none unread (the usual prompt). This prints the numbers; it asserts only that the hook
 //! printed what it should.
 
-#[allow(dead_code)]
-#[path = "../tests/util.rs"]
-mod util;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Local, TimeDelta};
 use t9_ipc::message::{self, FrontMatter};
-use util::{BIN, TempMailbox};
+use crate::util::{BIN, TempMailbox};
 
 const MESSAGES: usize = 10_000;
 const UNREAD: usize = 10;
@@ -132,7 +128,8 @@ fn report(what: &str, t: &[Duration]) {
     );
 }
 
-fn main() {
+/// Times the hook: (10 unread printed, nothing unread), each sorted.
+pub fn run() -> (Vec<Duration>, Vec<Duration>) {
     let mb = TempMailbox::new();
     std::fs::create_dir_all(mb.inbox()).expect("inbox");
     std::fs::create_dir_all(mb.root().join("state")).expect("state");
@@ -154,8 +151,5 @@ fn main() {
     };
     let none = time(&mb, &all_read, false);
     report("nothing unread", &none);
-    println!(
-        "cores: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    (unread, none)
 }

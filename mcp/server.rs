@@ -43,6 +43,8 @@ const PUSH_GRACE: Duration = Duration::from_millis(1000);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 /// Unread messages returned by one `t9_ipc_unread` call when no limit is given.
 const DEFAULT_UNREAD_LIMIT: u32 = 20;
+/// A server archives finished mail at start when no server did for this long.
+const ARCHIVE_EVERY: Duration = Duration::from_secs(3600);
 /// `t9_ipc_wait`'s default and longest wait, in seconds.
 const DEFAULT_WAIT_S: u64 = 60;
 const MAX_WAIT_S: u64 = 600;
@@ -75,12 +77,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or(TimeDelta::MAX),
             dry_run: false,
         };
-        tokio::task::spawn_blocking(move || match s.mailbox().archive(&plan, Local::now()) {
-            Ok(moved) if !moved.is_empty() => {
-                tracing::info!(count = moved.len(), "archived finished mail")
+        tokio::task::spawn_blocking(move || {
+            // Once an hour per mailbox is enough, however many sessions start.
+            if !s.mailbox().archive_due(ARCHIVE_EVERY) {
+                return;
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(err = %format!("{err:#}"), "archiving finished mail"),
+            match s.mailbox().archive(&plan, Local::now()) {
+                Ok(moved) if !moved.is_empty() => {
+                    tracing::info!(count = moved.len(), "archived finished mail")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(err = %format!("{err:#}"), "archiving finished mail"),
+            }
         })
     };
     let (watcher, changes) = match watch::watch(session.mailbox().inbox()) {
@@ -212,22 +220,27 @@ impl Pusher {
         })
         .await;
         let mut peer: Option<Peer<RoleServer>> = None;
+        // The client's peer, until the grace period after `initialized` has passed.
+        let mut waiting: Option<(Peer<RoleServer>, Instant)> = None;
         let mut server_gone = false;
         loop {
             let due = self.flush_at;
             tokio::select! {
                 () = cancel.cancelled() => break,
-                changed = peer_rx.changed(), if peer.is_none() && !server_gone => {
+                changed = peer_rx.changed(), if waiting.is_none() && peer.is_none() && !server_gone => {
                     if changed.is_err() {
                         // The server ended before `initialized`; the session is ending too.
                         server_gone = true;
                         continue;
                     }
-                    let Some(p) = peer_rx.borrow_and_update().clone() else { continue };
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(PUSH_GRACE) => {}
-                    }
+                    // Pushes begin after the grace period; file events are indexed meanwhile.
+                    waiting = peer_rx
+                        .borrow_and_update()
+                        .clone()
+                        .map(|p| (p, Instant::now() + PUSH_GRACE));
+                }
+                () = sleep_until_due(waiting.as_ref().map(|(_, at)| *at)) => {
+                    let Some((p, _)) = waiting.take() else { continue };
                     tracing::debug!("channel push enabled");
                     // Catch-up: what waited for this name while it was away.
                     self.push(&p).await;
@@ -794,7 +807,8 @@ impl T9 {
         &self,
         result: Result<CallToolResult, McpError>,
     ) -> Result<CallToolResult, McpError> {
-        self.catch_up().await;
+        // The index as the file events keep it: a message that landed this very millisecond
+        // is named at the next call (waiting here would slow every send under load).
         let s = self.session.clone();
         let line = match tokio::task::spawn_blocking(move || s.unseen(Local::now())).await {
             Ok(Ok((0, _))) => return result,
