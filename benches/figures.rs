@@ -497,16 +497,39 @@ fn main() {
         .build()
         .expect("runtime");
     let mut report = Report::default();
+    // `FIGURES=throughput,who` runs only those (and writes no report): for working on one.
+    let only = std::env::var("FIGURES").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == name));
     rt.block_on(async {
-        startup(&mut report).await;
-        push_latency(&mut report).await;
-        push_latency_big(&mut report).await;
-        push_latency_default(&mut report).await;
-        unread_big(&mut report).await;
-        who_200(&mut report).await;
-        throughput(&mut report).await;
-        catch_up(&mut report).await;
+        if wanted("startup") {
+            startup(&mut report).await;
+        }
+        if wanted("push") {
+            push_latency(&mut report).await;
+        }
+        if wanted("push_big") {
+            push_latency_big(&mut report).await;
+        }
+        if wanted("push_default") {
+            push_latency_default(&mut report).await;
+        }
+        if wanted("unread") {
+            unread_big(&mut report).await;
+        }
+        if wanted("who") {
+            who_200(&mut report).await;
+        }
+        if wanted("throughput") {
+            throughput(&mut report).await;
+        }
+        if wanted("catch_up") {
+            catch_up(&mut report).await;
+        }
     });
-    hook_figure(&mut report);
-    write_report(&report, started.elapsed());
+    if wanted("hook") {
+        hook_figure(&mut report);
+    }
+    if only.is_none() {
+        write_report(&report, started.elapsed());
+    }
 }

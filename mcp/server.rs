@@ -284,7 +284,8 @@ impl Pusher {
             telegram::rescan(self.tg.as_ref()); // telegram: a whole look at recent files
         }
         let s = self.session.clone();
-        match tokio::task::spawn_blocking(move || s.sync(changed, Local::now())).await {
+        let everyone = self.tg.is_some();
+        match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
             Ok(Ok(arrived)) => {
                 if let Some(tg) = &self.tg {
                     for msg in &arrived {
@@ -794,7 +795,7 @@ impl T9 {
             ..Changed::default()
         };
         if let Ok(Err(err)) =
-            tokio::task::spawn_blocking(move || s.sync(rescan, Local::now())).await
+            tokio::task::spawn_blocking(move || s.sync(rescan, false, Local::now())).await
         {
             tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
         }

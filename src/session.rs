@@ -336,7 +336,15 @@ impl Session {
     /// Brings the index of this name's unread mail up to date: a whole scan the first time
     /// or when `changed` asks for one, otherwise only the files named. Also reads the state
     /// lines other processes appended. Returns the messages that newly appeared (for anyone).
-    pub fn sync(&self, changed: Changed, now: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+    ///
+    /// Only files whose name allows them to be this name's mail are read, unless `everyone`
+    /// (Telegram looks at every new message).
+    pub fn sync(
+        &self,
+        changed: Changed,
+        everyone: bool,
+        now: DateTime<Local>,
+    ) -> Result<Vec<Arc<Message>>> {
         let mut inner = self.inner();
         inner.state.refresh()?;
         if changed.rescan || !inner.indexed {
@@ -349,6 +357,9 @@ impl Session {
             let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
+            if !everyone && !may_be_for(id, &name) {
+                continue;
+            }
             match self.mailbox.get(id) {
                 Some(msg) => {
                     if inner.state.is_unread(&name, &msg, now) {
@@ -546,6 +557,13 @@ impl Session {
         }
         Ok(found)
     }
+}
+
+/// False only when the file name shows the message is for someone else.
+fn may_be_for(id: &str, name: &str) -> bool {
+    message::stem_may_address(id, name)
+        || message::stem_may_address(id, BROADCAST)
+        || message::stem_may_address(id, "broadcast")
 }
 
 /// Pushed, or in an event being sent right now.
