@@ -213,8 +213,9 @@ impl Pusher {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the entry was just written
-        // Index the inbox now, so tools and waits have it before any event.
-        self.sync(Changed {
+        // Index the inbox now, so tools and waits have it before any event. (Telegram sweeps
+        // the recent files itself when it starts.)
+        self.index(Changed {
             rescan: true,
             ..Changed::default()
         })
@@ -283,6 +284,10 @@ impl Pusher {
         if changed.rescan {
             telegram::rescan(self.tg.as_ref()); // telegram: a whole look at recent files
         }
+        self.index(changed).await;
+    }
+
+    async fn index(&self, changed: Changed) {
         let s = self.session.clone();
         let everyone = self.tg.is_some();
         match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
