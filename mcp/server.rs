@@ -91,15 +91,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let (watcher, changes) = match watch::watch(session.mailbox().inbox()) {
-        Ok((watcher, changes)) => (Some(watcher), changes),
-        Err(err) => {
-            // E.g. the inotify limits are reached. Pull still works, and the heartbeat's
-            // rescan still pushes, only later: degrade rather than refuse to start.
-            tracing::warn!(err = %format!("{err:#}"), "no file watcher; the inbox is rescanned every 60 s instead");
-            (None, watch::Changes::none())
-        }
-    };
     // telegram: the forwarder, the reply poller and the start-up sweep; None without
     // IPC_TG_TOKEN.
     let telegram = telegram::start(&config, &cancel);
@@ -111,14 +102,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             session: session.clone(),
             quiet: config.push_quiet,
             rate: config.push_rate,
-            rescan_on_tick: watcher.is_none(),
+            rescan_on_tick: false,
             last_push: None,
             recent: HashMap::new(),
             flush_at: None,
             mail: mail.clone(),
             tg: tg.clone(),
         }
-        .run(peer_rx, changes, cancel.child_token()),
+        .run(peer_rx, cancel.child_token()),
     );
 
     let server = T9 {
@@ -155,7 +146,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(telegram) = telegram {
         telegram.stop().await;
     }
-    drop(watcher);
     let name = session.name();
     tokio::task::spawn_blocking(move || session.end(Local::now()))
         .await?
@@ -182,7 +172,7 @@ struct Pusher {
     quiet: Duration,
     /// Messages of one sender pushed per minute, at most.
     rate: Option<u32>,
-    /// No file watcher: rescan at each heartbeat instead.
+    /// No file watcher could be started: rescan at each heartbeat instead.
     rescan_on_tick: bool,
     last_push: Option<Instant>,
     /// When each sender's recent messages were pushed (the last minute).
@@ -207,9 +197,28 @@ impl Pusher {
     async fn run(
         mut self,
         mut peer_rx: peer_watch::Receiver<Option<Peer<RoleServer>>>,
-        mut changes: watch::Changes,
         cancel: CancellationToken,
     ) {
+        // Started here, not before `initialize`: setting up inotify takes milliseconds that
+        // the client would otherwise wait for. The index below is built after it, so no file
+        // falls between the two.
+        let inbox = self.session.mailbox().inbox().to_path_buf();
+        let watching = tokio::task::spawn_blocking(move || watch::watch(&inbox)).await;
+        let (_watcher, mut changes) = match watching {
+            Ok(Ok((watcher, changes))) => (Some(watcher), changes),
+            Ok(Err(err)) => {
+                // E.g. the inotify limits are reached. Pull still works, and the heartbeat's
+                // rescan still pushes, only later: degrade rather than refuse to start.
+                tracing::warn!(err = %format!("{err:#}"), "no file watcher; the inbox is rescanned every 60 s instead");
+                self.rescan_on_tick = true;
+                (None, watch::Changes::none())
+            }
+            Err(err) => {
+                tracing::warn!(%err, "no file watcher; the inbox is rescanned every 60 s instead");
+                self.rescan_on_tick = true;
+                (None, watch::Changes::none())
+            }
+        };
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the entry was just written
