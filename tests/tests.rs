@@ -9,4 +9,5 @@ mod handshake;
 mod inbox;
 mod messaging;
 mod names;
+mod props;
 mod telegram;
