@@ -138,6 +138,8 @@ pub enum ParseError {
     NoFrontMatter,
     Unclosed,
     Missing(&'static str),
+    /// A key of the format given twice with different values: which one was meant?
+    Twice(&'static str),
 }
 
 impl fmt::Display for ParseError {
@@ -150,18 +152,27 @@ impl fmt::Display for ParseError {
                 f.write_str("the front matter has no closing `---` line, or is empty")
             }
             ParseError::Missing(key) => write!(f, "the front matter has no `{key}`"),
+            ParseError::Twice(key) => {
+                write!(
+                    f,
+                    "the front matter has `{key}` twice, with different values"
+                )
+            }
         }
     }
 }
 
 /// Splits a message file into front matter and body.
 ///
-/// The front matter is recognised by pulldown-cmark as a YAML metadata block at offset 0.
-/// Strict YAML is tried first; where it fails, or reads a value as empty that a plain
-/// `key: value` line holds (`subject: #3 is fixed`), the line is taken as it stands.
+/// The front matter is recognised by pulldown-cmark as a YAML metadata block at offset 0
+/// (after a UTF-8 byte order mark, which Windows editors write). Strict YAML is tried first;
+/// where it fails, or reads a value as empty that a plain `key: value` line holds
+/// (`subject: #3 is fixed`), the line is taken as it stands. A key of the format that is
+/// given twice with different values makes the file no message.
 pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (yaml, body) = split(text)?;
-    let map = read_keys(&yaml);
+    let map = read_keys(&yaml)?;
     let take = |key: &'static str| map.get(key).cloned().unwrap_or_default();
     let optional = |key: &'static str| map.get(key).filter(|v| !v.is_empty()).cloned();
     let front = FrontMatter {
@@ -235,10 +246,18 @@ fn split(text: &str) -> Result<(String, String), ParseError> {
     if !closed {
         return Err(ParseError::Unclosed);
     }
+    // The closing line's end, then the blank line (if any) before the body.
     let rest = &text[block_end..];
     let rest = strip_line_end(rest).unwrap_or(rest);
     let rest = strip_line_end(rest).unwrap_or(rest);
-    let body = strip_line_end_back(rest);
+    // The last line end is the file's, in the file's style: a body of an LF file that ends
+    // in `\r` keeps it.
+    let last = if text.starts_with("---\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let body = rest.strip_suffix(last).unwrap_or(rest);
     Ok((yaml, body.to_owned()))
 }
 
@@ -246,16 +265,10 @@ fn strip_line_end(s: &str) -> Option<&str> {
     s.strip_prefix("\r\n").or_else(|| s.strip_prefix('\n'))
 }
 
-fn strip_line_end_back(s: &str) -> &str {
-    s.strip_suffix("\r\n")
-        .or_else(|| s.strip_suffix('\n'))
-        .unwrap_or(s)
-}
-
 /// Reads the front matter keys as strings: strict YAML, then plain lines where YAML has no
 /// answer.
-fn read_keys(yaml: &str) -> BTreeMap<String, String> {
-    let mut map = plain_lines(yaml);
+fn read_keys(yaml: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut map = plain_lines(yaml)?;
     if let Ok(serde_yaml::Value::Mapping(strict)) = serde_yaml::from_str::<serde_yaml::Value>(yaml)
     {
         for (key, value) in strict {
@@ -271,17 +284,30 @@ fn read_keys(yaml: &str) -> BTreeMap<String, String> {
             }
         }
     }
-    map
+    Ok(map)
 }
 
-/// `key: value` lines, as the original Python reader took them.
-fn plain_lines(yaml: &str) -> BTreeMap<String, String> {
-    yaml.lines()
-        .filter(|line| !line.starts_with([' ', '\t', '#']))
+/// `key: value` lines, as the original Python reader took them. Lines indented with spaces
+/// belong to the value above (YAML); tabs cannot indent YAML, so a line indented with tabs
+/// is read as a key. A key of the format given twice with different values is refused.
+fn plain_lines(yaml: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut map = BTreeMap::new();
+    let lines = yaml
+        .lines()
+        .map(|line| line.trim_start_matches('\t'))
+        .filter(|line| !line.starts_with([' ', '#']))
         .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| !k.is_empty());
+    for (key, value) in lines {
+        if let Some(earlier) = map.insert(key.to_owned(), value.to_owned())
+            && earlier != value
+            && let Some(known) = KNOWN_KEYS.iter().find(|k| **k == key)
+        {
+            return Err(ParseError::Twice(known));
+        }
+    }
+    Ok(map)
 }
 
 fn scalar(value: &serde_yaml::Value) -> Option<String> {
@@ -387,14 +413,16 @@ pub fn stem_may_address(stem: &str, to: &str) -> bool {
     if !shaped {
         return true;
     }
-    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere.
-    let rest = &stem[31..];
+    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere, matches
+    // that overlap included (`---` in `0_0-----`).
+    let rest = &b[31..];
     let part = name_part(to, 16);
-    rest.match_indices(part.as_str()).any(|(at, _)| {
+    let part = part.as_bytes();
+    (1..rest.len()).any(|at| {
         let end = at + part.len();
-        at > 0
-            && rest.as_bytes()[at - 1] == b'-'
-            && (end == rest.len() || rest.as_bytes()[end] == b'-')
+        rest[at - 1] == b'-'
+            && rest[at..].starts_with(part)
+            && (end == rest.len() || rest[end] == b'-')
     })
 }
 
@@ -541,6 +569,28 @@ mod tests {
     }
 
     #[test]
+    fn bodies_keep_their_first_and_last_characters() {
+        for body in [
+            "",
+            "\r",
+            "\n",
+            "\r\n",
+            "\nafter a blank line",
+            "\r\nafter",
+            "ends in cr\r",
+            "ends in lf\n",
+            "\n\n",
+            " ",
+            "\u{feff}mark",
+            "---",
+        ] {
+            let text = render(&front("s"), body);
+            let (_, got) = parse(&text).unwrap_or_else(|e| panic!("{body:?}: {e}\n{text}"));
+            assert_eq!(got, body, "{text:?}");
+        }
+    }
+
+    #[test]
     fn reply_to_round_trips() {
         let mut f = front("re: s");
         f.reply_to = Some("20260406T153000000000-0a1b2c3d-beta-alpha-s".into());
@@ -592,6 +642,8 @@ mod tests {
             ("x-y-z", "a-b"),
             ("beta", long),
             ("ab-c", "all"),
+            ("0_0", "---"),
+            ("x--", "--y"),
         ] {
             for subject in ["s", "-beta-", "a-b", ""] {
                 let stem = stem(from, to, subject);
