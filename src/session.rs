@@ -391,6 +391,7 @@ impl Session {
         inner.synced_mtime = self.inbox_mtime();
         let name = inner.name.clone();
         let all = self.mailbox.scan_for(&name)?;
+        tracing::debug!(messages = all.len(), "rescanned the inbox");
         inner.mine.clear();
         inner.superseded.clear();
         for msg in all {
