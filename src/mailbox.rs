@@ -1070,14 +1070,16 @@ impl ReadState {
     }
 
     fn mark<'a>(&mut self, what: Mark, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        let (set, word) = match what {
-            Mark::Read => (&mut self.read, "read"),
-            Mark::Pushed => (&mut self.pushed, "pushed"),
-            Mark::Listed => (&mut self.listed, "listed"),
+        let word = match what {
+            Mark::Read => "read",
+            Mark::Pushed => "pushed",
+            Mark::Listed => "listed",
         };
+        let known = self.set_of(what);
+        let mut new = HashSet::new();
         let mut lines = String::new();
         for id in ids {
-            if set.insert(id.to_owned()) {
+            if !known.contains(id) && new.insert(id) {
                 lines.push_str(word);
                 lines.push(' ');
                 lines.push_str(id);
@@ -1087,7 +1089,22 @@ impl ReadState {
         if lines.is_empty() {
             return Ok(());
         }
-        self.append(&lines)
+        let written = self.append(&lines);
+        // Read only once it is on disk: when the write fails (a full disk) the caller fails
+        // and the model got nothing, so the mail stays unread rather than hidden until the
+        // next start. A pushed or listed event did leave: not again from this process.
+        if written.is_ok() || !matches!(what, Mark::Read) {
+            self.set_of(what).extend(new.into_iter().map(str::to_owned));
+        }
+        written
+    }
+
+    fn set_of(&mut self, what: Mark) -> &mut HashSet<String> {
+        match what {
+            Mark::Read => &mut self.read,
+            Mark::Pushed => &mut self.pushed,
+            Mark::Listed => &mut self.listed,
+        }
     }
 
     /// Appends whole lines under the file's lock, in one write, so that concurrent writers
@@ -1104,8 +1121,11 @@ impl ReadState {
             .metadata()
             .map_err(Error::io("reading", &self.path))?
             .len();
-        file.write_all(lines.as_bytes())
-            .map_err(Error::io("appending to", &self.path))?;
+        if let Err(err) = file.write_all(lines.as_bytes()) {
+            // Half a line (a full disk) would spoil the next line written: take it back.
+            let _ = file.set_len(before);
+            return Err(Error::io("appending to", &self.path)(err));
+        }
         if before == self.offset {
             self.offset += lines.len() as u64;
         }
