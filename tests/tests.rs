@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod format;
 mod handshake;
+mod hostile;
 mod inbox;
 mod messaging;
 mod names;
