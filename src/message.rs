@@ -219,7 +219,10 @@ const KNOWN_KEYS: &[&str] = &[
 /// Finds the front matter block at offset 0 and returns its raw YAML and the body after it.
 fn split(text: &str) -> Result<(String, String), ParseError> {
     let options = Options::ENABLE_YAML_STYLE_METADATA_BLOCKS;
-    let mut events = Parser::new_ext(text, options).into_offset_iter();
+    // pulldown-cmark parses all of what it is given; the block ends at the first closing
+    // line, so the body (up to a megabyte of markdown) is not handed to it.
+    let head = &text[..front_matter_end(text).unwrap_or(text.len())];
+    let mut events = Parser::new_ext(head, options).into_offset_iter();
     let block_end = match events.next() {
         Some((Event::Start(Tag::MetadataBlock(MetadataBlockKind::YamlStyle)), range))
             if range.start == 0 =>
@@ -261,6 +264,29 @@ fn split(text: &str) -> Result<(String, String), ParseError> {
     Ok((yaml, body.to_owned()))
 }
 
+/// The end (after its line break) of the first line after the first that closes a YAML
+/// metadata block for pulldown-cmark: exactly `---` or `...`, then only spaces.
+fn front_matter_end(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut at = b.iter().position(|&c| c == b'\n')? + 1;
+    while at < b.len() {
+        let end = b[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| at + i + 1);
+        let line = &b[at..end];
+        let fence = |c: u8| line.iter().take_while(|&&x| x == c).count() == 3;
+        if fence(b'-') || fence(b'.') {
+            let after = line[3..].iter().position(|&c| c != b' ');
+            if after.is_none_or(|i| matches!(line[3 + i], b'\n' | b'\r')) {
+                return Some(end);
+            }
+        }
+        at = end;
+    }
+    None
+}
+
 fn strip_line_end(s: &str) -> Option<&str> {
     s.strip_prefix("\r\n").or_else(|| s.strip_prefix('\n'))
 }
@@ -274,11 +300,13 @@ fn read_keys(yaml: &str) -> Result<BTreeMap<String, String>, ParseError> {
         for (key, value) in strict {
             let Some(key) = scalar(&key) else { continue };
             match scalar(&value) {
-                Some(v) if !v.is_empty() => {
+                // An empty string too: `priority: ''` is empty, not two quotes.
+                Some(v) => {
                     map.insert(key, v);
                 }
-                // Null or empty in YAML (`subject: #3 fixed` is a comment there): keep the line.
-                _ => {
+                // Null or no scalar in YAML (`subject: #3 fixed` is a comment there): keep
+                // the line.
+                None => {
                     map.entry(key).or_default();
                 }
             }
@@ -548,6 +576,39 @@ mod tests {
                 back.extra
             );
         }
+    }
+
+    #[test]
+    fn the_block_ends_at_the_first_closing_line() {
+        for (text, body) in [
+            (
+                "---\nfrom: a\nto: b\n---\n\nbody\n---\nmore\n",
+                "body\n---\nmore",
+            ),
+            ("---\nfrom: a\nto: b\n----\n---  \n\nbody\n", "body"),
+            ("---\nfrom: a\nto: b\n...\n\nbody\n", "body"),
+            ("---\r\nfrom: a\r\nto: b\r\n---\r\n\r\nbody\r\n", "body"),
+            ("---\nfrom: a\nto: b\n---", ""),
+        ] {
+            let (front, got) = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!((front.to.as_str(), got.as_str()), ("b", body), "{text:?}");
+        }
+        assert_eq!(
+            parse("---\nfrom: a\nto: b\n---- \n-- -\n"),
+            Err(ParseError::Unclosed)
+        );
+    }
+
+    #[test]
+    fn empty_values_read_back_empty() {
+        let mut f = front("s");
+        f.priority = String::new();
+        f.kind = String::new();
+        f.created = String::new();
+        let (back, _) = parse(&render(&f, "b")).unwrap();
+        assert_eq!(back, f);
+        let (back, _) = parse("---\nfrom: a\nto: b\nsubject: \"\"\npriority:\n---\n").unwrap();
+        assert_eq!((back.subject.as_str(), back.priority.as_str()), ("", ""));
     }
 
     #[test]
