@@ -1150,7 +1150,9 @@ mod tests {
     fn read_in_time(path: &Path) -> std::result::Result<Message, Skip> {
         let (tx, rx) = std::sync::mpsc::channel();
         let path = path.to_path_buf();
-        std::thread::spawn(move || tx.send(read_message(&path, "x")));
+        std::thread::spawn(move || {
+            let _ = tx.send(read_message(&path, "x"));
+        });
         rx.recv_timeout(std::time::Duration::from_secs(5))
             .expect("read_message returned in time")
     }

@@ -575,7 +575,11 @@ async fn a_full_disk_fails_the_send_clearly_and_loses_nothing() {
         reply.text
     );
     let again = alpha.ok("t9_ipc_unread", json!({"mark_read": false})).await;
-    assert_eq!(bodies_in(&again), [question.clone()], "{again}");
+    assert_eq!(
+        bodies_in(&again),
+        std::slice::from_ref(&question),
+        "{again}"
+    );
     // Half a line is not left in the state file to spoil the next one.
     assert_eq!(std::fs::metadata(&state).unwrap().len(), full);
     // The answer is written: the send succeeds even though the question cannot be marked.
