@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::util::{BIN, Client, TempMailbox, bodies_in, msg_id_in};
+use crate::util::{BIN, Client, TempMailbox, bodies_in, msg_id_in, without_telegram};
 
 /// Two servers, `alpha` and `beta`; beta's stderr goes to a file the test reads.
 struct Scene {
@@ -268,17 +268,13 @@ async fn a_fifo_is_never_opened() {
     assert!(reply.is_error, "{}", reply.text);
     assert!(reply.text.contains("no message"), "{}", reply.text);
     // `t9-ipc doctor` reads every file: it names the FIFO and exits.
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        Command::new(BIN)
-            .arg("doctor")
-            .env("IPC_DATA_DIR", s.mb.root())
-            .env_remove("IPC_TG_TOKEN")
-            .output(),
-    )
-    .await
-    .expect("doctor exits")
-    .unwrap();
+    let mut doctor = Command::new(BIN);
+    without_telegram(&mut doctor);
+    doctor.arg("doctor").env("IPC_DATA_DIR", s.mb.root());
+    let out = tokio::time::timeout(Duration::from_secs(15), doctor.output())
+        .await
+        .expect("doctor exits")
+        .unwrap();
     let all = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
     assert!(
         all.contains(&id) && all.contains("not a regular file"),
