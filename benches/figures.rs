@@ -109,7 +109,12 @@ fn proc_usage(pid: u32) -> (u64, u64) {
         .split_whitespace()
         .collect();
     // After the ")": state is field 0, utime field 11, stime field 12.
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     (rss, tick(11) + tick(12))
 }
 
@@ -131,8 +136,7 @@ fn plant(mb: &TempMailbox, n: usize, to: impl Fn(usize) -> String) {
         };
         let at = now - chrono::TimeDelta::microseconds((n - i) as i64);
         let id = file_stem(at, &format!("{i:08x}"), "planter", &to, &front.subject);
-        std::fs::write(mb.inbox().join(format!("{id}.md")), render(&front, "body"))
-            .expect("plant");
+        std::fs::write(mb.inbox().join(format!("{id}.md")), render(&front, "body")).expect("plant");
     }
 }
 
@@ -303,7 +307,9 @@ async fn who_200(report: &mut Report) {
     // 200 live entries: this process's pid is running, so each counts as alive.
     let mut table = mb.heartbeats();
     let me = std::process::id();
-    let now = chrono::Local::now().format(t9_ipc::message::TIME_FORMAT).to_string();
+    let now = chrono::Local::now()
+        .format(t9_ipc::message::TIME_FORMAT)
+        .to_string();
     for i in 0..199 {
         table.insert(
             format!("peer{i:03}"),
@@ -499,7 +505,10 @@ fn main() {
     let mut report = Report::default();
     // `FIGURES=throughput,who` runs only those (and writes no report): for working on one.
     let only = std::env::var("FIGURES").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == name));
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w == name))
+    };
     rt.block_on(async {
         if wanted("startup") {
             startup(&mut report).await;

@@ -14,9 +14,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::{BIN, TempMailbox};
 use chrono::{Local, TimeDelta};
 use t9_ipc::message::{self, FrontMatter};
-use crate::util::{BIN, TempMailbox};
 
 const MESSAGES: usize = 10_000;
 const UNREAD: usize = 10;

@@ -222,9 +222,9 @@ impl Pusher {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the entry was just written
-        // Index the inbox now, so tools and waits have it before any event. (Telegram sweeps
-        // the recent files itself when it starts.)
-        self.index(Changed {
+        // Index the inbox now, so tools and waits have it before any event, and let Telegram
+        // sweep the recent files for escalations that no server forwarded yet.
+        self.sync(Changed {
             rescan: true,
             ..Changed::default()
         })

@@ -18,9 +18,9 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts Telegram when it is configured: builds the client, then in the background sweeps
-/// the last 24 hours of the inbox ([`Telegram::catch_up`]), forwards escalations and, when
-/// elected, reads replies. A set-up error is logged and Telegram stays off.
+/// Starts Telegram when it is configured: builds the client, then in the background forwards
+/// escalations and, when elected, reads replies. The server sweeps the last 24 hours of the
+/// inbox ([`rescan`]) once its file watcher runs. A set-up error is logged and Telegram stays off.
 pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
     let settings = config.telegram.as_ref()?;
     let telegram = match Telegram::new(settings, &config.data_dir) {
@@ -44,13 +44,11 @@ pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
         let (t, cancel) = (telegram.clone(), cancel.child_token());
         tokio::spawn(async move { t.answer(cancel).await })
     };
-    let sweep = {
-        let t = telegram.clone();
-        tokio::task::spawn_blocking(move || catch_up(&t))
-    };
+    // The start-up sweep runs once the server's file watcher is up (see `rescan`), so that
+    // no file falls between the two.
     Some(Running {
         telegram,
-        tasks: vec![forwarder, replies, sweep],
+        tasks: vec![forwarder, replies],
     })
 }
 

@@ -21,6 +21,8 @@
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
 //!   about MCP.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
+//! - No message file is opened in a way that can block (a FIFO) or follows a link, read past
+//!   `mailbox::MAX_FILE_BYTES`, or read while a process has it open for writing (Linux).
 //! - Nothing outside `telegram` uses reqwest. The bot token lives only in a
 //!   `telegram::Token` (filled by `config`), which prints as `<redacted>`; only `telegram`
 //!   reads its text, for the request URL, and no log line, error or file holds it.

@@ -1,8 +1,10 @@
 //! The only code that touches message files and read state: atomic write, scan, read state.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -51,6 +53,36 @@ enum Cached {
     Bad(Stamp),
 }
 
+/// What [`Mailbox`] remembers about the files in `inbox/`.
+#[derive(Default)]
+struct Cache {
+    /// Parsed files by file name.
+    files: HashMap<String, Cached>,
+    /// Names that are not UTF-8: warned about once, while they stay.
+    odd_names: HashSet<OsString>,
+}
+
+/// Why a file was not read as a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Skip {
+    /// It is no message; the reason is for a warning.
+    Bad(String),
+    /// It went away before it was read (archived or deleted meanwhile): nothing to say.
+    Gone,
+    /// A process has it open for writing: it is read when its writer closes it.
+    Writing,
+}
+
+impl Skip {
+    fn reason(&self) -> String {
+        match self {
+            Skip::Bad(reason) => reason.clone(),
+            Skip::Gone => "it is gone".to_owned(),
+            Skip::Writing => "it is still being written".to_owned(),
+        }
+    }
+}
+
 /// A mailbox root on disk.
 pub struct Mailbox {
     root: PathBuf,
@@ -59,7 +91,7 @@ pub struct Mailbox {
     state: PathBuf,
     /// Parsed files by file name. Rebuilt from the files at any time; it only saves reading
     /// a file twice and warning about a bad file twice.
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<Cache>,
 }
 
 impl Mailbox {
@@ -70,7 +102,7 @@ impl Mailbox {
             inbox: root.join("inbox"),
             archive: root.join("archive"),
             state: root.join("state"),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
         };
         for dir in [&mailbox.inbox, &mailbox.archive, &mailbox.state] {
             fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
@@ -170,6 +202,7 @@ impl Mailbox {
         let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
         let mut cache = self.cache();
         let mut present = HashSet::new();
+        let mut odd_names = HashSet::new();
         let mut messages = Vec::new();
         for entry in entries {
             let entry = match entry {
@@ -180,7 +213,11 @@ impl Mailbox {
                 }
             };
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                tracing::warn!(file = ?entry.file_name(), "skipped: the file name is not UTF-8");
+                let name = entry.file_name();
+                if !cache.odd_names.contains(&name) {
+                    tracing::warn!(file = ?name, "skipped: the file name is not UTF-8");
+                }
+                odd_names.insert(name);
                 continue;
             };
             if name.starts_with('.') {
@@ -191,7 +228,7 @@ impl Mailbox {
                     tracing::debug!(file = %name, "skipped: a temporary file");
                 } else {
                     present.insert(name.clone());
-                    cache.entry(name).or_insert_with_key(|name| {
+                    cache.files.entry(name).or_insert_with_key(|name| {
                         tracing::warn!(file = %name, "skipped: not a .md file");
                         Cached::Bad((0, None))
                     });
@@ -209,10 +246,11 @@ impl Mailbox {
                         messages.push(msg);
                     }
                 }
-                Err(err) => tracing::warn!(file = %name, %err, "skipped: cannot stat"),
+                Err(err) => stat_failed(&name, &err),
             }
         }
-        cache.retain(|name, _| present.contains(name));
+        cache.files.retain(|name, _| present.contains(name));
+        cache.odd_names = odd_names;
         messages.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(messages)
     }
@@ -228,7 +266,7 @@ impl Mailbox {
         match fs::symlink_metadata(self.inbox.join(&name)) {
             Ok(meta) => self.load(&mut cache, &name, &meta),
             Err(_) => {
-                cache.remove(&name);
+                cache.files.remove(&name);
                 None
             }
         }
@@ -241,50 +279,42 @@ impl Mailbox {
         }
         let path = self.archive.join(format!("{id}.md"));
         let meta = fs::symlink_metadata(&path).ok()?;
-        if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-            return None;
-        }
-        read_message(&path, id).ok().map(Arc::new)
+        read_checked(&path, &meta, id).ok().map(Arc::new)
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
         // The cache holds plain data; a panic elsewhere leaves it usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `inbox/<name>` unless the cache holds it at the same size and time.
-    fn load(
-        &self,
-        cache: &mut HashMap<String, Cached>,
-        name: &str,
-        meta: &fs::Metadata,
-    ) -> Option<Arc<Message>> {
+    /// Reads `inbox/<name>` unless the cache holds it at the same size and time. A bad file
+    /// is warned about once; a file that is gone or still being written is left for later,
+    /// quietly.
+    fn load(&self, cache: &mut Cache, name: &str, meta: &fs::Metadata) -> Option<Arc<Message>> {
         let stamp: Stamp = (meta.len(), meta.modified().ok());
-        match cache.get(name) {
+        match cache.files.get(name) {
             Some(Cached::Good(s, msg)) if *s == stamp => return Some(msg.clone()),
             Some(Cached::Bad(s)) if *s == stamp => return None,
             _ => {}
         }
         let id = name.strip_suffix(".md")?;
         let path = self.inbox.join(name);
-        let read = if meta.file_type().is_symlink() {
-            Err("a symbolic link".to_owned())
-        } else if !meta.is_file() {
-            Err("not a regular file".to_owned())
-        } else if meta.len() > MAX_FILE_BYTES {
-            Err(format!("larger than {MAX_FILE_BYTES} bytes"))
-        } else {
-            read_message(&path, id)
-        };
-        match read {
+        match read_checked(&path, meta, id) {
             Ok(msg) => {
                 let msg = Arc::new(msg);
-                cache.insert(name.to_owned(), Cached::Good(stamp, msg.clone()));
+                cache
+                    .files
+                    .insert(name.to_owned(), Cached::Good(stamp, msg.clone()));
                 Some(msg)
             }
-            Err(reason) => {
+            Err(Skip::Bad(reason)) => {
                 tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
-                cache.insert(name.to_owned(), Cached::Bad(stamp));
+                cache.files.insert(name.to_owned(), Cached::Bad(stamp));
+                None
+            }
+            Err(skip) => {
+                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
+                cache.files.remove(name);
                 None
             }
         }
@@ -304,7 +334,11 @@ impl Mailbox {
         }
         // Written again each pass, so its time is the last pass.
         let _ = fs::remove_file(&marker);
-        match OpenOptions::new().write(true).create_new(true).open(&marker) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+        {
             Ok(_) => true,
             // Another server just claimed this pass.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => false,
@@ -370,7 +404,7 @@ impl Mailbox {
             }
             match entry.metadata() {
                 Ok(meta) => messages.extend(self.load(&mut cache, &name, &meta)),
-                Err(err) => tracing::warn!(file = %name, %err, "skipped: cannot stat"),
+                Err(err) => stat_failed(&name, &err),
             }
         }
         messages.sort_by(|a, b| a.id.cmp(&b.id));
@@ -390,7 +424,8 @@ impl Mailbox {
         self.ids()
             .ok()?
             .into_iter()
-            .filter(|id| id.len() > 31 && id[30..].starts_with(&part))
+            // Bytes: a foreign name may have a character across byte 30.
+            .filter(|id| id.len() > 31 && id.as_bytes()[30..].starts_with(part.as_bytes()))
             .filter_map(|id| message::stem_time(&id))
             .min()
     }
@@ -442,12 +477,14 @@ impl Mailbox {
             }
             let read = entry
                 .metadata()
-                .map_err(|e| format!("cannot stat: {e}"))
+                .map_err(stat_skip)
                 .and_then(|meta| read_checked(&entry.path(), &meta, id));
             match read {
                 Ok(msg) if state.is_unread(session, &msg, now) => unread.push(msg),
                 Ok(_) => {}
-                Err(reason) => tracing::debug!(file = %id, %reason, "skipped a file in the inbox"),
+                Err(skip) => {
+                    tracing::debug!(file = %id, reason = %skip.reason(), "skipped a file in the inbox")
+                }
             }
         }
         unread.sort_by(|a, b| a.id.cmp(&b.id));
@@ -468,14 +505,18 @@ impl Mailbox {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(Error::io("reading", &path)(err)),
             };
-            return read_checked(&path, &meta, id)
-                .map(|msg| Some((msg, place)))
-                .map_err(|reason| {
-                    Error::Refused(format!(
-                        "{} is no readable message: {reason}",
-                        path.display()
-                    ))
-                });
+            return match read_checked(&path, &meta, id) {
+                Ok(msg) => Ok(Some((msg, place))),
+                Err(Skip::Gone) => continue,
+                Err(Skip::Writing) => Err(Error::Refused(format!(
+                    "{} is still being written; try again when its writer has finished",
+                    path.display()
+                ))),
+                Err(Skip::Bad(reason)) => Err(Error::Refused(format!(
+                    "{} is no readable message: {reason}",
+                    path.display()
+                ))),
+            };
         }
         Ok(None)
     }
@@ -533,11 +574,12 @@ impl Mailbox {
                 continue;
             };
             let read = meta
-                .map_err(|e| format!("cannot stat: {e}"))
+                .map_err(stat_skip)
                 .and_then(|meta| read_checked(&entry.path(), &meta, id));
             match read {
                 Ok(msg) => audit.messages.push(msg),
-                Err(reason) => audit.bad.push((name, reason)),
+                Err(Skip::Gone) => {}
+                Err(skip) => audit.bad.push((name, skip.reason())),
             }
         }
         audit.messages.sort_by(|a, b| a.id.cmp(&b.id));
@@ -564,11 +606,15 @@ impl Mailbox {
         // seen once it is old enough itself.
         let mut messages = Vec::new();
         for id in self.ids()? {
-            if message::stem_time(&id).is_some_and(|t| now.signed_duration_since(t) < plan.older_than) {
+            if message::stem_time(&id)
+                .is_some_and(|t| now.signed_duration_since(t) < plan.older_than)
+            {
                 continue;
             }
             let path = self.inbox.join(format!("{id}.md"));
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             if let Ok(msg) = read_checked(&path, &meta, &id) {
                 messages.push(msg);
             }
@@ -647,7 +693,7 @@ impl Mailbox {
             let path = entry.path();
             let read = entry
                 .metadata()
-                .map_err(|e| format!("cannot stat: {e}"))
+                .map_err(stat_skip)
                 .and_then(|meta| read_checked(&path, &meta, &id));
             match read {
                 Ok(msg) => {
@@ -657,8 +703,9 @@ impl Mailbox {
                         old.push((id, path));
                     }
                 }
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), %reason, "not a message; left in the archive")
+                Err(Skip::Gone) => {}
+                Err(skip) => {
+                    tracing::warn!(file = %path.display(), reason = %skip.reason(), "not a message; left in the archive")
                 }
             }
         }
@@ -766,34 +813,107 @@ pub fn sent_at(msg: &Message) -> Option<DateTime<Local>> {
 
 /// Reads a message file after checking what kind of file it is; `Err` says why it is no
 /// message. `meta` must not follow symbolic links.
-fn read_checked(
-    path: &Path,
-    meta: &fs::Metadata,
-    id: &str,
-) -> std::result::Result<Message, String> {
+fn read_checked(path: &Path, meta: &fs::Metadata, id: &str) -> std::result::Result<Message, Skip> {
     if meta.file_type().is_symlink() {
-        Err("a symbolic link".to_owned())
+        Err(Skip::Bad("a symbolic link".to_owned()))
     } else if !meta.is_file() {
-        Err("not a regular file".to_owned())
+        Err(Skip::Bad("not a regular file".to_owned()))
     } else if meta.len() > MAX_FILE_BYTES {
-        Err(format!("larger than {MAX_FILE_BYTES} bytes"))
+        Err(Skip::Bad(format!("larger than {MAX_FILE_BYTES} bytes")))
     } else {
         read_message(path, id)
     }
 }
 
-fn read_message(path: &Path, id: &str) -> std::result::Result<Message, String> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
-    let (front, body) = message::parse(&text).map_err(|e| e.to_string())?;
+/// A `stat` that failed: quiet when the file is gone (archived or deleted after the listing).
+fn stat_failed(name: &str, err: &io::Error) {
+    if err.kind() == io::ErrorKind::NotFound {
+        tracing::debug!(file = %name, "not read now: it is gone");
+    } else {
+        tracing::warn!(file = %name, %err, "skipped: cannot stat");
+    }
+}
+
+fn stat_skip(err: io::Error) -> Skip {
+    if err.kind() == io::ErrorKind::NotFound {
+        Skip::Gone
+    } else {
+        Skip::Bad(format!("cannot stat: {err}"))
+    }
+}
+
+/// Reads one message file. What the caller checked may have changed since (the file was
+/// replaced, grew, or is being written), so the open file is checked again: the open never
+/// blocks (a FIFO) nor follows a link, only a regular file is read, never more than
+/// [`MAX_FILE_BYTES`], and not while a process has it open for writing.
+fn read_message(path: &Path, id: &str) -> std::result::Result<Message, Skip> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Skip::Gone,
+            Some(libc::ELOOP) => Skip::Bad("a symbolic link".to_owned()),
+            _ => Skip::Bad(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Skip::Bad(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Skip::Bad("not a regular file".to_owned()));
+    }
+    let too_large = || Skip::Bad(format!("larger than {MAX_FILE_BYTES} bytes"));
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    if open_for_writing(&file) {
+        return Err(Skip::Writing);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    (&file)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Skip::Bad(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| Skip::Bad("not UTF-8 text".to_owned()))?;
+    let (front, body) = message::parse(&text).map_err(|e| Skip::Bad(e.to_string()))?;
     Ok(Message {
         id: id.to_owned(),
         front,
         body,
     })
+}
+
+/// True when some process has `file` open for writing: a writer that writes a message in
+/// place has not finished it yet. Linux tells by refusing a read lease (`F_SETLEASE`) then;
+/// the lease, when granted, is dropped at once. Where leases are unsupported or not allowed
+/// (a file of another user, NFS), and on other systems, the answer is false: the file is read.
+#[cfg(target_os = "linux")]
+fn open_for_writing(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    /// `F_SETSIG` from `<fcntl.h>` (the same on every Linux architecture); libc lacks it.
+    const F_SETSIG: libc::c_int = 10;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor this function borrows open; no memory is passed.
+    unsafe {
+        // A writer opening the file while the lease is held breaks it with a signal to this
+        // process: SIGURG, ignored by default, not SIGIO, whose default ends the process.
+        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) == -1 {
+            return false;
+        }
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_for_writing(_file: &File) -> bool {
+    false
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -997,14 +1117,16 @@ impl ReadState {
     }
 
     fn mark<'a>(&mut self, what: Mark, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        let (set, word) = match what {
-            Mark::Read => (&mut self.read, "read"),
-            Mark::Pushed => (&mut self.pushed, "pushed"),
-            Mark::Listed => (&mut self.listed, "listed"),
+        let word = match what {
+            Mark::Read => "read",
+            Mark::Pushed => "pushed",
+            Mark::Listed => "listed",
         };
+        let known = self.set_of(what);
+        let mut new = HashSet::new();
         let mut lines = String::new();
         for id in ids {
-            if set.insert(id.to_owned()) {
+            if !known.contains(id) && new.insert(id) {
                 lines.push_str(word);
                 lines.push(' ');
                 lines.push_str(id);
@@ -1014,7 +1136,22 @@ impl ReadState {
         if lines.is_empty() {
             return Ok(());
         }
-        self.append(&lines)
+        let written = self.append(&lines);
+        // Read only once it is on disk: when the write fails (a full disk) the caller fails
+        // and the model got nothing, so the mail stays unread rather than hidden until the
+        // next start. A pushed or listed event did leave: not again from this process.
+        if written.is_ok() || !matches!(what, Mark::Read) {
+            self.set_of(what).extend(new.into_iter().map(str::to_owned));
+        }
+        written
+    }
+
+    fn set_of(&mut self, what: Mark) -> &mut HashSet<String> {
+        match what {
+            Mark::Read => &mut self.read,
+            Mark::Pushed => &mut self.pushed,
+            Mark::Listed => &mut self.listed,
+        }
     }
 
     /// Appends whole lines under the file's lock, in one write, so that concurrent writers
@@ -1031,8 +1168,11 @@ impl ReadState {
             .metadata()
             .map_err(Error::io("reading", &self.path))?
             .len();
-        file.write_all(lines.as_bytes())
-            .map_err(Error::io("appending to", &self.path))?;
+        if let Err(err) = file.write_all(lines.as_bytes()) {
+            // Half a line (a full disk) would spoil the next line written: take it back.
+            let _ = file.set_len(before);
+            return Err(Error::io("appending to", &self.path)(err));
+        }
         if before == self.offset {
             self.offset += lines.len() as u64;
         }
@@ -1050,6 +1190,91 @@ enum Mark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOOD: &str = "---\nfrom: alpha\nto: beta\nsubject: s\n---\n\nbody\n";
+
+    /// `read_message` on `path` in a thread: it must answer within the time, never hang.
+    fn read_in_time(path: &Path) -> std::result::Result<Message, Skip> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_message(&path, "x"));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("read_message returned in time")
+    }
+
+    // The callers look at the file first (lstat); these show what happens when the file
+    // changed after that look.
+
+    #[test]
+    fn a_fifo_is_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.md");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read_in_time(&fifo),
+            Err(Skip::Bad("not a regular file".to_owned()))
+        );
+    }
+
+    #[test]
+    fn links_are_not_followed_not_even_in_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, good) = (
+            dir.path().join("a.md"),
+            dir.path().join("b.md"),
+            dir.path().join("good.md"),
+        );
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        fs::write(&good, GOOD).unwrap();
+        let c = dir.path().join("c.md");
+        std::os::unix::fs::symlink(&good, &c).unwrap();
+        for link in [a, c] {
+            assert_eq!(
+                read_in_time(&link),
+                Err(Skip::Bad("a symbolic link".to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_gone_or_grown_or_being_written_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.md");
+        assert_eq!(read_in_time(&path), Err(Skip::Gone));
+        let mut big = GOOD.as_bytes().to_vec();
+        big.resize(MAX_FILE_BYTES as usize + 1, b'x');
+        fs::write(&path, &big).unwrap();
+        assert!(matches!(read_in_time(&path), Err(Skip::Bad(r)) if r.starts_with("larger")));
+        let mut writer = File::create(&path).unwrap();
+        writer.write_all(GOOD.as_bytes()).unwrap();
+        // Another process could hold it; this one does here. A lease is refused either way.
+        let expected = if cfg!(target_os = "linux") {
+            Err(Skip::Writing)
+        } else {
+            read_message(&path, "x")
+        };
+        assert_eq!(read_in_time(&path), expected);
+        drop(writer);
+        assert_eq!(read_in_time(&path).unwrap().body, "body");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_of_this_mailbox_name_their_recipient(
+            from in "[A-Za-z0-9_-]{3,64}",
+            to in "[A-Za-z0-9_-]{3,64}",
+            subject in "\\PC{0,60}",
+        ) {
+            let now = DateTime::UNIX_EPOCH.with_timezone(&Local);
+            let id = message::file_stem(now, "0a1b2c3d", &from, &to, &subject);
+            proptest::prop_assert_eq!(stem_recipient(&id, &to), Some(Recipient::Maybe), "{}", id);
+        }
+    }
 
     #[test]
     fn recipients_read_from_ids() {

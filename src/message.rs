@@ -138,6 +138,8 @@ pub enum ParseError {
     NoFrontMatter,
     Unclosed,
     Missing(&'static str),
+    /// A key of the format given twice with different values: which one was meant?
+    Twice(&'static str),
 }
 
 impl fmt::Display for ParseError {
@@ -150,18 +152,27 @@ impl fmt::Display for ParseError {
                 f.write_str("the front matter has no closing `---` line, or is empty")
             }
             ParseError::Missing(key) => write!(f, "the front matter has no `{key}`"),
+            ParseError::Twice(key) => {
+                write!(
+                    f,
+                    "the front matter has `{key}` twice, with different values"
+                )
+            }
         }
     }
 }
 
 /// Splits a message file into front matter and body.
 ///
-/// The front matter is recognised by pulldown-cmark as a YAML metadata block at offset 0.
-/// Strict YAML is tried first; where it fails, or reads a value as empty that a plain
-/// `key: value` line holds (`subject: #3 is fixed`), the line is taken as it stands.
+/// The front matter is recognised by pulldown-cmark as a YAML metadata block at offset 0
+/// (after a UTF-8 byte order mark, which Windows editors write). Strict YAML is tried first;
+/// where it fails, or reads a value as empty that a plain `key: value` line holds
+/// (`subject: #3 is fixed`), the line is taken as it stands. A key of the format that is
+/// given twice with different values makes the file no message.
 pub fn parse(text: &str) -> Result<(FrontMatter, String), ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (yaml, body) = split(text)?;
-    let map = read_keys(&yaml);
+    let map = read_keys(&yaml)?;
     let take = |key: &'static str| map.get(key).cloned().unwrap_or_default();
     let optional = |key: &'static str| map.get(key).filter(|v| !v.is_empty()).cloned();
     let front = FrontMatter {
@@ -208,7 +219,10 @@ const KNOWN_KEYS: &[&str] = &[
 /// Finds the front matter block at offset 0 and returns its raw YAML and the body after it.
 fn split(text: &str) -> Result<(String, String), ParseError> {
     let options = Options::ENABLE_YAML_STYLE_METADATA_BLOCKS;
-    let mut events = Parser::new_ext(text, options).into_offset_iter();
+    // pulldown-cmark parses all of what it is given; the block ends at the first closing
+    // line, so the body (up to a megabyte of markdown) is not handed to it.
+    let head = &text[..front_matter_end(text).unwrap_or(text.len())];
+    let mut events = Parser::new_ext(head, options).into_offset_iter();
     let block_end = match events.next() {
         Some((Event::Start(Tag::MetadataBlock(MetadataBlockKind::YamlStyle)), range))
             if range.start == 0 =>
@@ -235,53 +249,93 @@ fn split(text: &str) -> Result<(String, String), ParseError> {
     if !closed {
         return Err(ParseError::Unclosed);
     }
+    // The closing line's end, then the blank line (if any) before the body.
     let rest = &text[block_end..];
     let rest = strip_line_end(rest).unwrap_or(rest);
     let rest = strip_line_end(rest).unwrap_or(rest);
-    let body = strip_line_end_back(rest);
+    // The last line end is the file's, in the file's style: a body of an LF file that ends
+    // in `\r` keeps it.
+    let last = if text.starts_with("---\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let body = rest.strip_suffix(last).unwrap_or(rest);
     Ok((yaml, body.to_owned()))
+}
+
+/// The end (after its line break) of the first line after the first that closes a YAML
+/// metadata block for pulldown-cmark: exactly `---` or `...`, then only spaces.
+fn front_matter_end(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut at = b.iter().position(|&c| c == b'\n')? + 1;
+    while at < b.len() {
+        let end = b[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| at + i + 1);
+        let line = &b[at..end];
+        let fence = |c: u8| line.iter().take_while(|&&x| x == c).count() == 3;
+        if fence(b'-') || fence(b'.') {
+            let after = line[3..].iter().position(|&c| c != b' ');
+            if after.is_none_or(|i| matches!(line[3 + i], b'\n' | b'\r')) {
+                return Some(end);
+            }
+        }
+        at = end;
+    }
+    None
 }
 
 fn strip_line_end(s: &str) -> Option<&str> {
     s.strip_prefix("\r\n").or_else(|| s.strip_prefix('\n'))
 }
 
-fn strip_line_end_back(s: &str) -> &str {
-    s.strip_suffix("\r\n")
-        .or_else(|| s.strip_suffix('\n'))
-        .unwrap_or(s)
-}
-
 /// Reads the front matter keys as strings: strict YAML, then plain lines where YAML has no
 /// answer.
-fn read_keys(yaml: &str) -> BTreeMap<String, String> {
-    let mut map = plain_lines(yaml);
+fn read_keys(yaml: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut map = plain_lines(yaml)?;
     if let Ok(serde_yaml::Value::Mapping(strict)) = serde_yaml::from_str::<serde_yaml::Value>(yaml)
     {
         for (key, value) in strict {
             let Some(key) = scalar(&key) else { continue };
             match scalar(&value) {
-                Some(v) if !v.is_empty() => {
+                // An empty string too: `priority: ''` is empty, not two quotes.
+                Some(v) => {
                     map.insert(key, v);
                 }
-                // Null or empty in YAML (`subject: #3 fixed` is a comment there): keep the line.
-                _ => {
+                // Null or no scalar in YAML (`subject: #3 fixed` is a comment there): keep
+                // the line.
+                None => {
                     map.entry(key).or_default();
                 }
             }
         }
     }
-    map
+    Ok(map)
 }
 
-/// `key: value` lines, as the original Python reader took them.
-fn plain_lines(yaml: &str) -> BTreeMap<String, String> {
-    yaml.lines()
-        .filter(|line| !line.starts_with([' ', '\t', '#']))
+/// `key: value` lines, as the original Python reader took them. Lines indented with spaces
+/// belong to the value above (YAML); tabs cannot indent YAML, so a line indented with tabs
+/// is read as a key. A key of the format given twice with different values is refused.
+fn plain_lines(yaml: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut map = BTreeMap::new();
+    let lines = yaml
+        .lines()
+        .map(|line| line.trim_start_matches('\t'))
+        .filter(|line| !line.starts_with([' ', '#']))
         .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| !k.is_empty());
+    for (key, value) in lines {
+        if let Some(earlier) = map.insert(key.to_owned(), value.to_owned())
+            && earlier != value
+            && let Some(known) = KNOWN_KEYS.iter().find(|k| **k == key)
+        {
+            return Err(ParseError::Twice(known));
+        }
+    }
+    Ok(map)
 }
 
 fn scalar(value: &serde_yaml::Value) -> Option<String> {
@@ -387,14 +441,16 @@ pub fn stem_may_address(stem: &str, to: &str) -> bool {
     if !shaped {
         return true;
     }
-    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere.
-    let rest = &stem[31..];
+    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere, matches
+    // that overlap included (`---` in `0_0-----`).
+    let rest = &b[31..];
     let part = name_part(to, 16);
-    rest.match_indices(part.as_str()).any(|(at, _)| {
+    let part = part.as_bytes();
+    (1..rest.len()).any(|at| {
         let end = at + part.len();
-        at > 0
-            && rest.as_bytes()[at - 1] == b'-'
-            && (end == rest.len() || rest.as_bytes()[end] == b'-')
+        rest[at - 1] == b'-'
+            && rest[at..].starts_with(part)
+            && (end == rest.len() || rest[end] == b'-')
     })
 }
 
@@ -523,6 +579,39 @@ mod tests {
     }
 
     #[test]
+    fn the_block_ends_at_the_first_closing_line() {
+        for (text, body) in [
+            (
+                "---\nfrom: a\nto: b\n---\n\nbody\n---\nmore\n",
+                "body\n---\nmore",
+            ),
+            ("---\nfrom: a\nto: b\n----\n---  \n\nbody\n", "body"),
+            ("---\nfrom: a\nto: b\n...\n\nbody\n", "body"),
+            ("---\r\nfrom: a\r\nto: b\r\n---\r\n\r\nbody\r\n", "body"),
+            ("---\nfrom: a\nto: b\n---", ""),
+        ] {
+            let (front, got) = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!((front.to.as_str(), got.as_str()), ("b", body), "{text:?}");
+        }
+        assert_eq!(
+            parse("---\nfrom: a\nto: b\n---- \n-- -\n"),
+            Err(ParseError::Unclosed)
+        );
+    }
+
+    #[test]
+    fn empty_values_read_back_empty() {
+        let mut f = front("s");
+        f.priority = String::new();
+        f.kind = String::new();
+        f.created = String::new();
+        let (back, _) = parse(&render(&f, "b")).unwrap();
+        assert_eq!(back, f);
+        let (back, _) = parse("---\nfrom: a\nto: b\nsubject: \"\"\npriority:\n---\n").unwrap();
+        assert_eq!((back.subject.as_str(), back.priority.as_str()), ("", ""));
+    }
+
+    #[test]
     fn newline_in_subject_becomes_space_and_adds_no_key() {
         let text = render(&front("one\nto: evil\r\nthree"), "b");
         let (back, _) = parse(&text).unwrap();
@@ -538,6 +627,28 @@ mod tests {
         let (back, got) = parse(&text).unwrap();
         assert_eq!(back.from, "alpha");
         assert_eq!(got, body);
+    }
+
+    #[test]
+    fn bodies_keep_their_first_and_last_characters() {
+        for body in [
+            "",
+            "\r",
+            "\n",
+            "\r\n",
+            "\nafter a blank line",
+            "\r\nafter",
+            "ends in cr\r",
+            "ends in lf\n",
+            "\n\n",
+            " ",
+            "\u{feff}mark",
+            "---",
+        ] {
+            let text = render(&front("s"), body);
+            let (_, got) = parse(&text).unwrap_or_else(|e| panic!("{body:?}: {e}\n{text}"));
+            assert_eq!(got, body, "{text:?}");
+        }
     }
 
     #[test]
@@ -592,6 +703,8 @@ mod tests {
             ("x-y-z", "a-b"),
             ("beta", long),
             ("ab-c", "all"),
+            ("0_0", "---"),
+            ("x--", "--y"),
         ] {
             for subject in ["s", "-beta-", "a-b", ""] {
                 let stem = stem(from, to, subject);

@@ -319,9 +319,16 @@ impl Session {
             let state = &mut inner.state;
             // Only a channel event could have told the model this id.
             saw_push = state.was_pushed(answered) && !state.was_read(answered);
-            // Answering a message shows it was read.
-            state.mark_read([answered.as_str()])?;
-            inner.mine.remove(answered);
+            // Answering a message shows it was read. The answer is written already: a
+            // failure here (a full disk) must not report the send as failed.
+            match state.mark_read([answered.as_str()]) {
+                Ok(()) => {
+                    inner.mine.remove(answered);
+                }
+                Err(err) => {
+                    tracing::warn!(err = %format!("{err:#}"), msg_id = %answered, "marking an answered message read")
+                }
+            }
             if saw_push && inner.push != Push::On {
                 tracing::info!(msg_id = %answered, "a reply to a pushed message: channel events reach the model");
                 inner.push = Push::On;
@@ -402,6 +409,7 @@ impl Session {
         inner.synced_mtime = self.inbox_mtime();
         let name = inner.name.clone();
         let all = self.mailbox.scan_for(&name)?;
+        tracing::debug!(messages = all.len(), "rescanned the inbox");
         inner.mine.clear();
         inner.superseded.clear();
         for msg in all {

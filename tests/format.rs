@@ -77,6 +77,36 @@ fn good_fixtures_parse() {
             "with extra keys",
         ),
         (
+            "bom.md",
+            "alpha",
+            "beta",
+            "ipc",
+            "byte order mark",
+            "normal",
+            None,
+            "written by a Windows editor",
+        ),
+        (
+            "tabs.md",
+            "alpha",
+            "beta",
+            "ipc",
+            "tabs\tinside",
+            "normal",
+            None,
+            "body\twith a tab",
+        ),
+        (
+            "duplicate-same.md",
+            "alpha",
+            "beta",
+            "",
+            "said twice",
+            "",
+            None,
+            "body",
+        ),
+        (
             "no-blank-line.md",
             "alpha",
             "beta",
@@ -110,6 +140,7 @@ fn bad_fixtures_are_refused_with_a_reason() {
         ("not-at-start.md", ParseError::NoFrontMatter),
         ("unclosed.md", ParseError::Unclosed),
         ("missing-from.md", ParseError::Missing("from")),
+        ("duplicate-to.md", ParseError::Twice("to")),
     ];
     for (file, expected) in table {
         assert_eq!(
@@ -128,6 +159,8 @@ fn what_we_write_reads_back_from_every_fixture() {
         "original-hash.md",
         "crlf.md",
         "extra-keys.md",
+        "bom.md",
+        "tabs.md",
     ] {
         let (front, body) = message::parse(&fixture(file)).unwrap();
         let again = message::render(&front, &body);
