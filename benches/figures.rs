@@ -189,7 +189,15 @@ async fn push_latency(report: &mut Report) {
 
 async fn push_latency_big(report: &mut Report) {
     let mb = TempMailbox::new();
-    plant(&mb, 100_000, |i| format!("other{}", i % 8));
+    let files: usize = std::env::var("BIG_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let n_others: usize = std::env::var("BIG_OTHERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    plant(&mb, files, |i| format!("other{}", i % 8));
     let alpha = mb.spawn("alpha").await;
     let mut beta = mb.spawn_claude("beta", BACK_TO_BACK).await;
     let mut others = Vec::new();
@@ -304,24 +312,23 @@ async fn unread_big(report: &mut Report) {
 async fn who_200(report: &mut Report) {
     let mb = TempMailbox::new();
     let beta = mb.spawn("beta").await;
-    // 200 live entries: this process's pid is running, so each counts as alive.
-    let mut table = mb.heartbeats();
+    // 200 live entries: this process's pid is running, so each counts as alive. Written
+    // under the heartbeat lock, as a server would (beta refreshes its own entry meanwhile).
     let me = std::process::id();
-    let now = chrono::Local::now()
-        .format(t9_ipc::message::TIME_FORMAT)
-        .to_string();
-    for i in 0..199 {
-        table.insert(
-            format!("peer{i:03}"),
-            json!({"timestamp": now, "status": "active", "pid": me, "working_on": "benchmarks",
-                   "cwd": format!("/work/project-{i}")}),
-        );
-    }
-    std::fs::write(
-        mb.root().join("heartbeats.json"),
-        serde_json::to_string(&table).expect("json"),
-    )
-    .expect("heartbeats");
+    let now = chrono::Local::now();
+    let stamp = now.format(t9_ipc::message::TIME_FORMAT).to_string();
+    t9_ipc::heartbeat::Heartbeats::new(mb.root())
+        .update(now, |table| {
+            for i in 0..199 {
+                let entry = serde_json::from_value(json!({
+                    "timestamp": stamp, "status": "active", "pid": me,
+                    "working_on": "benchmarks", "cwd": format!("/work/project-{i}"),
+                }))
+                .expect("an entry");
+                table.insert(format!("peer{i:03}"), entry);
+            }
+        })
+        .expect("heartbeats");
     let mut times = Vec::new();
     for _ in 0..100 {
         let start = Instant::now();

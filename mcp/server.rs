@@ -107,6 +107,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             recent: HashMap::new(),
             flush_at: None,
             mail: mail.clone(),
+            dirty: true,
             tg: tg.clone(),
         }
         .run(peer_rx, cancel.child_token()),
@@ -181,6 +182,8 @@ struct Pusher {
     flush_at: Option<Instant>,
     /// Woken after every look at the inbox, for `t9_ipc_wait`.
     mail: Arc<Notify>,
+    /// This session's unread mail changed since the last look for pushes.
+    dirty: bool,
     /// Telegram, when configured: offered every new message file, whoever wrote it.
     tg: Option<Telegram>,
 }
@@ -258,7 +261,9 @@ impl Pusher {
                 }
                 Some(()) = changes.changed() => {
                     self.sync(changes.take()).await;
-                    if let Some(p) = &peer {
+                    // Only when this session's mail changed: looking costs as much as its
+                    // unread mail, and most files in a busy inbox are someone else's.
+                    if let Some(p) = peer.as_ref().filter(|_| self.dirty) {
                         self.push(p).await;
                     }
                 }
@@ -289,23 +294,24 @@ impl Pusher {
     }
 
     /// Updates the index from what changed, then wakes the waits.
-    async fn sync(&self, changed: Changed) {
+    async fn sync(&mut self, changed: Changed) {
         if changed.rescan {
             telegram::rescan(self.tg.as_ref()); // telegram: a whole look at recent files
         }
         self.index(changed).await;
     }
 
-    async fn index(&self, changed: Changed) {
+    async fn index(&mut self, changed: Changed) {
         let s = self.session.clone();
         let everyone = self.tg.is_some();
         match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
-            Ok(Ok(arrived)) => {
+            Ok(Ok(synced)) => {
                 if let Some(tg) = &self.tg {
-                    for msg in &arrived {
+                    for msg in &synced.arrived {
                         tg.offer(msg); // telegram: every new file, whoever wrote it
                     }
                 }
+                self.dirty |= synced.mine_changed;
             }
             Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
             Err(err) => tracing::warn!(%err, "reading the inbox"),
@@ -315,6 +321,7 @@ impl Pusher {
 
     /// Pushes what is pending, unless the quiet window or the rate limit says later.
     async fn push(&mut self, peer: &Peer<RoleServer>) {
+        self.dirty = false;
         let s = self.session.clone();
         let pending =
             match tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await {

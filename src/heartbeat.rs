@@ -208,6 +208,14 @@ impl Heartbeats {
     /// Reads the table without the lock (writers replace the file by rename, so a reader
     /// sees a whole file). A missing or corrupt file reads as empty.
     pub fn read(&self) -> Table {
+        // Not a regular file (a FIFO would block the reader forever): treat as empty.
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if !meta.is_file() => {
+                tracing::warn!(file = %self.path.display(), "heartbeats.json is not a regular file; treating as empty");
+                return Table::new();
+            }
+            _ => {}
+        }
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Table::new(),

@@ -969,6 +969,8 @@ pub struct ReadState {
     listed: HashSet<String>,
     /// How far the file has been read.
     offset: u64,
+    /// Counts the refreshes that took in lines of other processes.
+    generation: u64,
     has_joined: bool,
 }
 
@@ -988,6 +990,7 @@ impl ReadState {
             pushed: HashSet::new(),
             listed: HashSet::new(),
             offset: 0,
+            generation: 0,
             has_joined: false,
         };
         state.refresh()?;
@@ -1013,6 +1016,11 @@ impl ReadState {
 
     /// Reads the lines other processes appended since the last look. Cheap when nothing
     /// changed (one `stat`).
+    /// A number that changes whenever [`ReadState::refresh`] took in other processes' lines.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn refresh(&mut self) -> Result<()> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
@@ -1071,6 +1079,9 @@ impl ReadState {
         }
         if bad > 0 {
             tracing::warn!(file = %self.path.display(), lines = bad, "skipped unreadable lines in the read state");
+        }
+        if whole > 0 {
+            self.generation += 1;
         }
         self.offset += whole as u64;
         Ok(())

@@ -86,6 +86,15 @@ pub struct Unread {
     pub remaining: usize,
 }
 
+/// What a [`Session::sync`] found.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// The messages that newly appeared, for anyone (only this name's, unless asked for all).
+    pub arrived: Vec<Arc<Message>>,
+    /// This name's unread mail may have changed: worth looking for pushes.
+    pub mine_changed: bool,
+}
+
 /// What `t9_ipc_wait` waits for.
 #[derive(Debug, Clone, Default)]
 pub struct WaitFor {
@@ -342,22 +351,22 @@ impl Session {
 
     /// Brings the index of this name's unread mail up to date: a whole scan the first time
     /// or when `changed` asks for one, otherwise only the files named. Also reads the state
-    /// lines other processes appended. Returns the messages that newly appeared (for anyone).
+    /// lines other processes appended.
     ///
     /// Only files whose name allows them to be this name's mail are read, unless `everyone`
     /// (Telegram looks at every new message).
-    pub fn sync(
-        &self,
-        changed: Changed,
-        everyone: bool,
-        now: DateTime<Local>,
-    ) -> Result<Vec<Arc<Message>>> {
+    pub fn sync(&self, changed: Changed, everyone: bool, now: DateTime<Local>) -> Result<Synced> {
         let mut inner = self.inner();
+        let generation = inner.state.generation();
         inner.state.refresh()?;
         if changed.rescan || !inner.indexed {
             self.rebuild(&mut inner, now)?;
-            return Ok(Vec::new());
+            return Ok(Synced {
+                arrived: Vec::new(),
+                mine_changed: true,
+            });
         }
+        let mut mine_changed = false;
         let mut arrived = Vec::new();
         let name = inner.name.clone();
         for path in &changed.files {
@@ -375,6 +384,7 @@ impl Session {
                             arrived.push(msg.clone());
                         }
                         inner.mine.insert(msg.id.clone(), msg);
+                        mine_changed = true;
                     } else if !inner.mine.contains_key(id) {
                         arrived.push(msg);
                     }
@@ -384,10 +394,18 @@ impl Session {
                 }
             }
         }
-        let Inner { mine, state, .. } = &mut *inner;
-        mine.retain(|_, m| state.is_unread(&name, m, now));
+        if inner.state.generation() != generation {
+            // Another process marked mail read: drop it from the index. (Otherwise the
+            // index only grows by the files named, and expiry is checked when reading it.)
+            let Inner { mine, state, .. } = &mut *inner;
+            mine.retain(|_, m| state.is_unread(&name, m, now));
+            mine_changed = true;
+        }
         inner.synced_mtime = self.inbox_mtime();
-        Ok(arrived)
+        Ok(Synced {
+            arrived,
+            mine_changed,
+        })
     }
 
     fn inbox_mtime(&self) -> Option<SystemTime> {

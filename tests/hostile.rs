@@ -598,3 +598,21 @@ async fn a_full_disk_fails_the_send_clearly_and_loses_nothing() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_fifo_in_place_of_heartbeats_json_is_treated_as_empty() {
+    let mb = TempMailbox::new();
+    std::fs::create_dir_all(mb.root()).unwrap();
+    let path = mb.root().join("heartbeats.json");
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; mkfifo only reads it.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // Starting, listing and sending must not block on the FIFO.
+    let alpha = tokio::time::timeout(Duration::from_secs(10), mb.spawn("alpha"))
+        .await
+        .expect("the server starts");
+    let who = alpha.ok("t9_ipc_who", json!({})).await;
+    assert!(who.contains("alpha (you)"), "{who}");
+    // The next write replaces the FIFO with the real file.
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+}
