@@ -189,15 +189,8 @@ async fn push_latency(report: &mut Report) {
 
 async fn push_latency_big(report: &mut Report) {
     let mb = TempMailbox::new();
-    let files: usize = std::env::var("BIG_FILES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let n_others: usize = std::env::var("BIG_OTHERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    plant(&mb, files, |i| format!("other{}", i % 8));
+    // 100,000 messages for the 8 other sessions: each of them has 12,500 unread.
+    plant(&mb, 100_000, |i| format!("other{}", i % 8));
     let alpha = mb.spawn("alpha").await;
     let mut beta = mb.spawn_claude("beta", BACK_TO_BACK).await;
     let mut others = Vec::new();
