@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cli::send::PriorityArg;
+use crate::cli::style::ago;
 use anyhow::Context as _;
 use chrono::{DateTime, Local, TimeDelta};
 use rmcp::handler::server::{tool::ToolRouter, wrapper::Parameters};
@@ -22,7 +24,6 @@ use serde::Deserialize;
 use serde_json::json;
 use t9_ipc::config::Config;
 use t9_ipc::mailbox::{ArchivePlan, Message};
-use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Peer as LivePeer, Session, WaitFor};
 use t9_ipc::telegram::Telegram;
 use t9_ipc::watch::{self, Changed};
@@ -641,26 +642,6 @@ a file path instead.",
     )
 }
 
-/// Message priority, as a tool argument.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-enum PriorityArg {
-    #[default]
-    Normal,
-    High,
-    Critical,
-}
-
-impl From<PriorityArg> for Priority {
-    fn from(p: PriorityArg) -> Priority {
-        match p {
-            PriorityArg::Normal => Priority::Normal,
-            PriorityArg::High => Priority::High,
-            PriorityArg::Critical => Priority::Critical,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize, JsonSchema)]
 struct SendArgs {
     /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session;
@@ -1114,18 +1095,6 @@ impl ServerHandler for T9 {
         let s = self.session.clone();
         let _ = tokio::task::spawn_blocking(move || s.refresh(Local::now())).await;
         self.peer_tx.send_replace(Some(context.peer));
-    }
-}
-
-fn ago(then: Option<DateTime<Local>>, now: DateTime<Local>) -> String {
-    let Some(then) = then else {
-        return "unknown".to_owned();
-    };
-    let s = now.signed_duration_since(then).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        _ => format!("{}h{:02}m ago", s / 3600, (s % 3600) / 60),
     }
 }
 

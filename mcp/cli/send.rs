@@ -17,7 +17,9 @@ use super::{UsageError, open_mailbox};
 /// The sender name when `--from` is not given: a person at a terminal.
 pub const DEFAULT_FROM: &str = "human";
 
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+/// Message priority, as a command-line flag and as a tool argument.
+#[derive(Debug, Clone, Copy, Default, ValueEnum, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum PriorityArg {
     #[default]
     Normal,
