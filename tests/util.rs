@@ -286,6 +286,16 @@ impl Client {
         msg_id_in(&text)
     }
 
+    /// The next channel event if one arrives within `wait`; later ones stay queued.
+    pub async fn next_event_within(&mut self, wait: Duration) -> Option<Event> {
+        let n = timeout(wait, self.events.recv()).await.ok()??;
+        let params = n.params.unwrap_or_default();
+        Some(Event {
+            content: params["content"].as_str().unwrap_or_default().to_owned(),
+            meta: params["meta"].as_object().cloned().unwrap_or_default(),
+        })
+    }
+
     /// The next channel event, or a panic after [`EVENT_WAIT`].
     pub async fn next_event(&mut self) -> Event {
         let n = timeout(EVENT_WAIT, self.events.recv())
