@@ -180,11 +180,7 @@ impl Mailbox {
     /// of this name, not the size of the inbox. The caller still checks
     /// [`FrontMatter::is_for`](crate::message::FrontMatter::is_for).
     pub fn scan_for(&self, name: &str) -> Result<Vec<Arc<Message>>> {
-        self.scan_where(|stem| {
-            message::stem_may_address(stem, name)
-                || message::stem_may_address(stem, message::BROADCAST)
-                || message::stem_may_address(stem, "broadcast")
-        })
+        self.scan_where(|stem| message::stem_may_be_for(stem, name))
     }
 
     /// The ids (file stems) of every `*.md` file in `inbox/`, unsorted; nothing is read.
@@ -763,47 +759,18 @@ enum Recipient {
 }
 
 /// Reads the `<to>` part of an id named `<stamp>-<uid>-<from>-<to>-<subject>` for
-/// `session`; `None` when the id is not named that way. Errs towards `Maybe`: `<from>` may
-/// hold `-`, so every split is tried, and a long name may be cut to its first 16 characters
-/// (or, by another writer, not cut at all).
+/// `session`; `None` when the id is not named that way. Errs towards `Maybe`, as
+/// [`message::stem_may_address`] does.
 fn stem_recipient(id: &str, session: &str) -> Option<Recipient> {
-    const STAMP: usize = 21; // YYYYMMDDTHHMMSSffffff
-    const HEAD: usize = STAMP + 1 + 8 + 1; // the stamp, `-`, the uid, `-`
-    let b = id.as_bytes();
-    let named = b.len() > HEAD
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..STAMP].iter().all(u8::is_ascii_digit)
-        && b[STAMP] == b'-'
-        && b[STAMP + 1..HEAD - 1].iter().all(u8::is_ascii_hexdigit)
-        && b[HEAD - 1] == b'-';
-    if !named {
-        return None;
+    if !message::stem_is_shaped(id) {
+        None
+    } else if message::stem_may_address(id, session) {
+        Some(Recipient::Maybe)
+    } else if message::stem_may_address_everyone(id) {
+        Some(Recipient::Everyone)
+    } else {
+        Some(Recipient::Other)
     }
-    let rest = &b[HEAD..];
-    // `<to>` follows the first `-` after a `<from>` of up to 64 bytes (names are that long
-    // at most; this mailbox cuts them to 16).
-    let starts = || {
-        (0..rest.len().min(65))
-            .filter(|&k| rest[k] == b'-')
-            .map(|k| &rest[k + 1..])
-    };
-    let is = |to: &[u8], name: &[u8]| -> bool {
-        if name.len() <= 16 {
-            to.strip_prefix(name)
-                .is_some_and(|r| r.first() == Some(&b'-'))
-        } else {
-            to.starts_with(&name[..16])
-        }
-    };
-    let session = session.as_bytes();
-    if starts().any(|to| is(to, session)) {
-        return Some(Recipient::Maybe);
-    }
-    if starts().any(|to| is(to, b"all") || is(to, b"broadcast")) {
-        return Some(Recipient::Everyone);
-    }
-    Some(Recipient::Other)
 }
 
 /// When a message was sent: the stamp in its id (microseconds), else `created`.

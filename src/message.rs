@@ -431,27 +431,43 @@ pub fn file_stem(now: DateTime<Local>, uid: &str, from: &str, to: &str, subject:
 /// addressed to `to`: its recipient part is another name. Stems of another shape may be for
 /// anyone, so they answer true. A cheap filter before reading a file, never the final word.
 pub fn stem_may_address(stem: &str, to: &str) -> bool {
-    let b = stem.as_bytes();
-    let shaped = b.len() > 31
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..21].iter().all(u8::is_ascii_digit)
-        && b[21] == b'-'
-        && b[30] == b'-';
-    if !shaped {
+    if !stem_is_shaped(stem) {
         return true;
     }
     // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere, matches
-    // that overlap included (`---` in `0_0-----`).
-    let rest = &b[31..];
+    // that overlap included (`---` in `0_0-----`). A name longer than 16 characters is cut
+    // to 16 here; another writer may not cut it, so its first 16 are enough.
+    let rest = &stem.as_bytes()[31..];
     let part = name_part(to, 16);
     let part = part.as_bytes();
+    let cut = to.chars().count() > 16;
     (1..rest.len()).any(|at| {
         let end = at + part.len();
         rest[at - 1] == b'-'
             && rest[at..].starts_with(part)
-            && (end == rest.len() || rest[end] == b'-')
+            && (cut || end == rest.len() || rest[end] == b'-')
     })
+}
+
+/// [`stem_may_address`] for a session's mail: addressed to `name` or to everyone.
+pub fn stem_may_be_for(stem: &str, name: &str) -> bool {
+    stem_may_address(stem, name) || stem_may_address_everyone(stem)
+}
+
+/// [`stem_may_address`] for `all`, or `broadcast` of older writers.
+pub fn stem_may_address_everyone(stem: &str) -> bool {
+    stem_may_address(stem, BROADCAST) || stem_may_address(stem, "broadcast")
+}
+
+/// True for a stem named as [`file_stem`] names them: `<stamp>-<uid>-<rest>`.
+pub fn stem_is_shaped(stem: &str) -> bool {
+    let b = stem.as_bytes();
+    b.len() > 31
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..21].iter().all(u8::is_ascii_digit)
+        && b[21] == b'-'
+        && b[30] == b'-'
 }
 
 /// A session name as it appears in file names: cut to 16 characters, unsafe ones replaced.

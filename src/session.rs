@@ -373,7 +373,7 @@ impl Session {
             let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            if !everyone && !may_be_for(id, &name) {
+            if !everyone && !message::stem_may_be_for(id, &name) {
                 continue;
             }
             match self.mailbox.get(id) {
@@ -583,13 +583,6 @@ impl Session {
         }
         Ok(found)
     }
-}
-
-/// False only when the file name shows the message is for someone else.
-fn may_be_for(id: &str, name: &str) -> bool {
-    message::stem_may_address(id, name)
-        || message::stem_may_address(id, BROADCAST)
-        || message::stem_may_address(id, "broadcast")
 }
 
 /// Pushed, or in an event being sent right now.
