@@ -1,7 +1,7 @@
 //! The reply path: the elected server long-polls `getUpdates`, and what the person writes
 //! in the configured chat becomes an inbox message from `telegram` (or a notice back).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
 use super::service::{Inner, Telegram};
-use super::store::Forwarded;
+use super::store::{Forwarded, private};
 use crate::mailbox::Draft;
 use crate::message::{self, BROADCAST, TELEGRAM};
 
@@ -184,7 +184,7 @@ impl Telegram {
     async fn elected(&self, cancel: &CancellationToken) -> Option<File> {
         let path = self.inner.store.poll_lock.clone();
         let waiting = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            let file = OpenOptions::new()
+            let file = private()
                 .create(true)
                 .truncate(false)
                 .write(true)

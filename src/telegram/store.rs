@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -131,7 +132,7 @@ impl Store {
         // One short write in append mode: lines of concurrent writers do not mix.
         let mut line = serde_json::to_string(forwarded).expect("plain strings and numbers");
         line.push('\n');
-        OpenOptions::new()
+        private()
             .create(true)
             .append(true)
             .open(&self.replies)
@@ -153,10 +154,10 @@ impl Store {
             .find(|f| f.chat == chat && f.message_id == message_id))
     }
 
-    /// Writes `failed/<id>.txt`, replacing it by rename.
+    /// Writes `failed/<id>.txt`, replacing it durably.
     pub(super) fn record_failure(&self, id: &str, text: &str) -> Result<PathBuf> {
         let path = self.failed.join(format!("{id}.txt"));
-        write_replacing(&path, text.as_bytes())?;
+        write_durably(&path, text.as_bytes())?;
         Ok(path)
     }
 
@@ -165,14 +166,14 @@ impl Store {
     }
 
     pub(super) fn save_offset(&self, offset: i64) -> Result<()> {
-        write_replacing(&self.offset, format!("{offset}\n").as_bytes())
+        write_durably(&self.offset, format!("{offset}\n").as_bytes())
     }
 }
 
 /// Creates the claim file `path` (never an existing one), locks it and writes who
 /// claimed it; `None` when the file exists already.
 fn new_claim_file(path: &Path) -> Result<Option<File>> {
-    let opened = OpenOptions::new()
+    let opened = private()
         .read(true)
         .append(true)
         .create_new(true)
@@ -240,15 +241,33 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
     Some((i.checked_sub(1)?, n.parse().ok()?, tid.parse().ok()?))
 }
 
-fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Replaces `path` with `bytes` durably: a new temporary file beside it (0600), written and
+/// flushed, renamed over `path`, then the folder flushed, so that after a crash `path` holds
+/// either the old text or the new one, whole.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", mailbox::random_uid()));
-    let written = fs::write(&tmp, bytes)
-        .map_err(io_err("writing", &tmp))
+    let written = private()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))
+        .and_then(|mut file| {
+            file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+            file.sync_all().map_err(io_err("flushing", &tmp))
+        })
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming", &tmp)));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    written
+    written?;
+    mailbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Options that create files readable and writable by their owner only (0600).
+pub(super) fn private() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
 }
 
 /// A forward that was given up, as `<data>/telegram/failed/<msg_id>.txt` records it.
@@ -349,5 +368,27 @@ mod tests {
         assert_eq!(store.load_offset(), None);
         store.save_offset(12).unwrap();
         assert_eq!(store.load_offset(), Some(12));
+    }
+
+    #[test]
+    fn state_files_are_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_offset(1).unwrap();
+        store.save_offset(2).unwrap();
+        let failed = store.record_failure("m1", "last error: x\n").unwrap();
+        for path in [&store.offset, &failed] {
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        assert_eq!(store.load_offset(), Some(2));
+        let left: Vec<_> = fs::read_dir(dir.path().join("telegram"))
+            .unwrap()
+            .chain(fs::read_dir(&store.failed).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }
