@@ -3,7 +3,7 @@
 //!
 //! - **Out.** [`Telegram::offer`] queues a message that [`is_escalation`]; the forwarder
 //!   ([`Telegram::forward`]) claims it (so that exactly one of the running servers sends it),
-//!   renders it ([`render`]) and sends it with retries, then records the outcome beside it.
+//!   renders it ([`render()`]) and sends it with retries, then records the outcome beside it.
 //!   [`Telegram::catch_up`] offers the escalations of the last 24 hours at start, so a
 //!   restarted server finishes what was pending.
 //! - **Back.** [`Telegram::answer`] waits to be elected (a lock on `poll.lock`; the server
@@ -12,7 +12,12 @@
 //!   session that escalated, with `reply_to` set; `@name text` goes to that session. Only
 //!   the configured chat is heard.
 //!
-//! On disk, under `<data>/telegram/`:
+//! The files: `render` (markdown to Telegram's HTML, split into parts), `api` (the token,
+//! the Bot API client and its errors), `store` (the files below), `service` (the
+//! [`Telegram`] handle and the forwarder), `inbound` (the reply poller and what a message
+//! from the person becomes).
+//!
+//! On disk, under `<data>/telegram/` (each file 0600; state is replaced durably):
 //!
 //! ```text
 //! claims/<msg_id>       created exclusively (a hard link) by the server that forwards the
