@@ -1,0 +1,477 @@
+//! The reply path: the elected server long-polls `getUpdates`, and what the person writes
+//! in the configured chat becomes an inbox message from `telegram` (or a notice back).
+
+use std::fs::File;
+use std::io;
+use std::time::Duration;
+
+use chrono::Local;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
+use super::service::{Inner, Telegram};
+use super::store::{Forwarded, private};
+use crate::mailbox::Draft;
+use crate::message::{self, BROADCAST, TELEGRAM};
+
+#[derive(Debug, Deserialize)]
+struct Update {
+    message: Option<TgMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TgMessage {
+    chat: Chat,
+    from: Option<User>,
+    text: Option<String>,
+    caption: Option<String>,
+    reply_to_message: Option<Replied>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Chat {
+    id: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct User {
+    #[serde(default)]
+    is_bot: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Replied {
+    message_id: i64,
+}
+
+/// What to do with one incoming message.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    /// Not ours to hear: another chat, or a bot. Logged without its text.
+    Ignore(&'static str),
+    /// Written to the inbox from `telegram`.
+    Deliver {
+        to: String,
+        subject: String,
+        body: String,
+        reply_to: Option<String>,
+    },
+    /// Told back to the person, in the configured chat.
+    Notice(String),
+}
+
+const HELP: &str = "This bot forwards t9-ipc escalations. Reply to one to answer the session \
+that sent it, or write \"@name your message\" to write to a session (\"@all\" reaches every \
+session).";
+
+/// Decides what an incoming message becomes. `lookup` finds the escalation a Telegram
+/// message id was part of.
+fn inbound(
+    m: &TgMessage,
+    chat: Option<i64>,
+    lookup: impl FnOnce(i64) -> Option<Forwarded>,
+) -> Inbound {
+    if chat != Some(m.chat.id) {
+        return Inbound::Ignore("a chat other than IPC_TG_CHAT");
+    }
+    if m.from.as_ref().is_some_and(|u| u.is_bot) {
+        return Inbound::Ignore("a bot");
+    }
+    let Some(text) = m.text.as_deref().or(m.caption.as_deref()) else {
+        return Inbound::Notice("Not delivered: only text reaches the sessions.".to_owned());
+    };
+    let text = text.trim();
+    if let Some(replied) = &m.reply_to_message
+        && let Some(f) = lookup(replied.message_id)
+    {
+        if message::check_name(&f.from).is_err() {
+            return Inbound::Notice(format!(
+                "Not delivered: the escalation came from {:?}, which is no session name.",
+                f.from
+            ));
+        }
+        return Inbound::Deliver {
+            to: f.from,
+            subject: cut_chars(&format!("re: {}", f.subject), message::MAX_SUBJECT_CHARS),
+            body: text.to_owned(),
+            reply_to: Some(f.msg_id),
+        };
+    }
+    if let Some(rest) = text.strip_prefix('@') {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (name, body) = rest.split_at(end);
+        let body = body.trim();
+        if body.is_empty() {
+            return Inbound::Notice(format!("Not delivered: write a message after @{name}."));
+        }
+        let to = if name == BROADCAST {
+            BROADCAST.to_owned()
+        } else if let Err(why) = message::check_name(name) {
+            return Inbound::Notice(format!("Not delivered: @{name} is no session name: {why}."));
+        } else {
+            name.to_owned()
+        };
+        return Inbound::Deliver {
+            to,
+            subject: summary(body),
+            body: body.to_owned(),
+            reply_to: None,
+        };
+    }
+    if text.starts_with('/') {
+        return Inbound::Notice(HELP.to_owned());
+    }
+    Inbound::Notice(format!("Not delivered. {HELP}"))
+}
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn cut_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// A subject for a message the person wrote: its first line, shortened. The body keeps the
+/// whole text, so nothing is lost.
+fn summary(text: &str) -> String {
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    cut_chars(first.unwrap_or("(no text)"), 80)
+}
+
+impl Telegram {
+    /// The reply path, until `cancel`: waits to be elected (the lock on
+    /// `<data>/telegram/poll.lock`, held by one server at a time and taken by a waiting one
+    /// when its holder exits), then long-polls `getUpdates` from the stored offset and turns
+    /// what the person writes in the configured chat into inbox messages from `telegram`.
+    /// Waiting costs nothing: a blocking thread sleeps in the lock call.
+    pub async fn answer(&self, cancel: CancellationToken) {
+        let Some(_lock) = self.elected(&cancel).await else {
+            return;
+        };
+        tracing::info!(chat = ?self.inner.chat, "this server now reads the replies from Telegram");
+        let mut offset = self
+            .blocking(|inner| inner.store.load_offset())
+            .await
+            .flatten();
+        let mut errors = PollErrors::default();
+        loop {
+            let got = tokio::select! {
+                () = cancel.cancelled() => return,
+                got = self.get_updates(offset) => got,
+            };
+            match got {
+                Ok(updates) => {
+                    errors = PollErrors::default();
+                    offset = self.take(updates, offset).await;
+                }
+                Err(err) => {
+                    let delay = errors.delay(&err);
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the poll lock; `None` when cancelled first or the lock cannot be taken.
+    async fn elected(&self, cancel: &CancellationToken) -> Option<File> {
+        let path = self.inner.store.poll_lock.clone();
+        let waiting = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            let file = private()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        });
+        let lock = tokio::select! {
+            () = cancel.cancelled() => return None,
+            lock = waiting => lock,
+        };
+        match lock {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cannot take the Telegram poll lock; replies are read by other servers only");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(%err, "waiting for the Telegram poll lock");
+                None
+            }
+        }
+    }
+
+    /// One long poll for the updates from `offset` on.
+    async fn get_updates(&self, offset: Option<i64>) -> Result<Vec<Value>, ApiError> {
+        let mut body = json!({"timeout": POLL_SECONDS, "allowed_updates": ["message"]});
+        if let Some(offset) = offset {
+            body["offset"] = json!(offset);
+        }
+        let timeout = Duration::from_secs(POLL_SECONDS) + REQUEST_TIMEOUT;
+        self.inner
+            .api
+            .call::<Vec<Value>>("getUpdates", &body, Some(timeout))
+            .await
+    }
+
+    /// Handles a batch of updates and sends the notices it gives; returns the next offset.
+    async fn take(&self, updates: Vec<Value>, offset: Option<i64>) -> Option<i64> {
+        if updates.is_empty() {
+            return offset;
+        }
+        let taken = self
+            .blocking(move |inner| inner.take_updates(updates, offset))
+            .await;
+        let Some((next, notices)) = taken else {
+            return offset;
+        };
+        for (chat, text) in notices {
+            if let Err(err) = self.inner.api.send(chat, &text, false).await {
+                tracing::warn!(%err, "telling the person a message was not delivered");
+            }
+        }
+        next
+    }
+}
+
+/// The failed polls in a row: they set the wait before the next, and an error is logged as a
+/// warning only when it differs from the one before.
+#[derive(Default)]
+struct PollErrors {
+    failures: u32,
+    last: String,
+}
+
+impl PollErrors {
+    /// Logs `err` and returns how long to wait before the next poll.
+    fn delay(&mut self, err: &ApiError) -> Duration {
+        let delay = match err {
+            ApiError::RateLimited(wait) => *wait,
+            ApiError::Refused(..) => MAX_BACKOFF,
+            _ => {
+                self.failures += 1;
+                backoff(self.failures - 1)
+            }
+        };
+        let text = err.to_string();
+        if text != self.last {
+            tracing::warn!(err = %text, retry_in_ms = delay.as_millis() as u64, "reading replies from Telegram failed");
+            self.last = text;
+        } else {
+            tracing::debug!(err = %text, "reading replies from Telegram failed again");
+        }
+        delay
+    }
+}
+
+impl Inner {
+    /// Handles a batch of updates; returns the next offset and the notices to send.
+    fn take_updates(
+        &self,
+        updates: Vec<Value>,
+        mut offset: Option<i64>,
+    ) -> (Option<i64>, Vec<(i64, String)>) {
+        let mut notices = Vec::new();
+        for value in updates {
+            let Some(update_id) = value.get("update_id").and_then(Value::as_i64) else {
+                tracing::warn!("skipped a Telegram update without an update_id");
+                continue;
+            };
+            offset = Some(offset.map_or(update_id + 1, |o| o.max(update_id + 1)));
+            notices.extend(self.take_update(update_id, value));
+        }
+        if let Some(offset) = offset
+            && let Err(err) = self.store.save_offset(offset)
+        {
+            tracing::warn!(err = %format!("{err:#}"), "saving the Telegram offset");
+        }
+        (offset, notices)
+    }
+
+    /// Handles one update; returns the notice to send back, if any.
+    fn take_update(&self, update_id: i64, value: Value) -> Option<(i64, String)> {
+        let update = match serde_json::from_value::<Update>(value) {
+            Ok(update) => update,
+            Err(err) => {
+                tracing::warn!(update_id, %err, "skipped a Telegram update this version does not understand");
+                return None;
+            }
+        };
+        let Some(m) = update.message else {
+            tracing::debug!(update_id, "skipped a Telegram update that is no message");
+            return None;
+        };
+        let action = inbound(&m, self.chat, |message_id| {
+            self.store
+                .lookup(m.chat.id, message_id)
+                .unwrap_or_else(|err| {
+                    tracing::warn!(err = %format!("{err:#}"), "reading replies.log");
+                    None
+                })
+        });
+        match action {
+            Inbound::Ignore(why) => {
+                // The chat id helps whoever sets IPC_TG_CHAT; the text is not logged.
+                tracing::warn!(
+                    update_id,
+                    chat_id = m.chat.id,
+                    from = why,
+                    "ignored a Telegram message (its text is not logged)"
+                );
+                None
+            }
+            Inbound::Notice(text) => Some((m.chat.id, text)),
+            Inbound::Deliver {
+                to,
+                subject,
+                body,
+                reply_to,
+            } => self
+                .deliver(update_id, &to, &subject, &body, reply_to.as_deref())
+                .map(|text| (m.chat.id, text)),
+        }
+    }
+
+    /// Writes what the person wrote into the inbox, from `telegram`; returns a notice for
+    /// the person when the mailbox cannot be written.
+    fn deliver(
+        &self,
+        update_id: i64,
+        to: &str,
+        subject: &str,
+        body: &str,
+        reply_to: Option<&str>,
+    ) -> Option<String> {
+        // A reply joins the thread of the escalation it answers.
+        let thread = reply_to.map(|id| {
+            self.mailbox
+                .get(id)
+                .or_else(|| self.mailbox.get_archived(id))
+                .and_then(|m| m.front.thread.clone())
+                .unwrap_or_else(|| id.to_owned())
+        });
+        let draft = Draft {
+            from: TELEGRAM,
+            to,
+            kind: if to == BROADCAST { "broadcast" } else { "ipc" },
+            subject,
+            priority: "normal",
+            reply_to,
+            thread: thread.as_deref(),
+            body,
+            ..Draft::default()
+        };
+        match self.mailbox.write(&draft, Local::now()) {
+            Ok(msg_id) => {
+                tracing::info!(update_id, %msg_id, %to, "a message from Telegram was delivered");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(update_id, err = %format!("{err:#}"), "writing a message from Telegram");
+                Some(format!(
+                    "Not delivered: the mailbox could not be written ({err})."
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tg(chat: i64, text: &str, reply_to: Option<i64>) -> TgMessage {
+        TgMessage {
+            chat: Chat { id: chat },
+            from: Some(User { is_bot: false }),
+            text: Some(text.to_owned()),
+            caption: None,
+            reply_to_message: reply_to.map(|message_id| Replied { message_id }),
+        }
+    }
+
+    fn forwarded(message_id: i64) -> Option<Forwarded> {
+        (message_id == 77).then(|| Forwarded {
+            chat: 5,
+            message_id: 77,
+            msg_id: "ID".into(),
+            from: "alpha".into(),
+            subject: "disk full".into(),
+        })
+    }
+
+    #[test]
+    fn what_the_person_writes_becomes() {
+        assert_eq!(
+            inbound(&tg(6, "@alpha hi", None), Some(5), forwarded),
+            Inbound::Ignore("a chat other than IPC_TG_CHAT")
+        );
+        assert_eq!(
+            inbound(&tg(5, "x", Some(77)), None, forwarded),
+            Inbound::Ignore("a chat other than IPC_TG_CHAT")
+        );
+        let mut bot = tg(5, "@alpha hi", None);
+        bot.from = Some(User { is_bot: true });
+        assert_eq!(inbound(&bot, Some(5), forwarded), Inbound::Ignore("a bot"));
+        assert_eq!(
+            inbound(
+                &tg(5, " use the backup\n\ndisk ", Some(77)),
+                Some(5),
+                forwarded
+            ),
+            Inbound::Deliver {
+                to: "alpha".into(),
+                subject: "re: disk full".into(),
+                body: "use the backup\n\ndisk".into(),
+                reply_to: Some("ID".into()),
+            }
+        );
+        assert_eq!(
+            inbound(
+                &tg(5, "@beta restart the job\nnow", None),
+                Some(5),
+                forwarded
+            ),
+            Inbound::Deliver {
+                to: "beta".into(),
+                subject: "restart the job".into(),
+                body: "restart the job\nnow".into(),
+                reply_to: None,
+            }
+        );
+        // A reply to something else, with a mention, goes by the mention.
+        assert!(matches!(
+            inbound(&tg(5, "@beta hi", Some(1)), Some(5), forwarded),
+            Inbound::Deliver { to, .. } if to == "beta"
+        ));
+        assert!(matches!(
+            inbound(&tg(5, "@all hi", None), Some(5), forwarded),
+            Inbound::Deliver { to, .. } if to == "all"
+        ));
+        for text in ["hello", "/start", "@x hi", "@beta", "@human hi"] {
+            assert!(
+                matches!(
+                    inbound(&tg(5, text, None), Some(5), forwarded),
+                    Inbound::Notice(_)
+                ),
+                "{text}"
+            );
+        }
+        let long = format!("@beta {}", "word ".repeat(100));
+        let Inbound::Deliver { subject, body, .. } =
+            inbound(&tg(5, &long, None), Some(5), forwarded)
+        else {
+            panic!()
+        };
+        assert_eq!(subject.chars().count(), 80);
+        assert_eq!(body, long[6..].trim());
+    }
+}

@@ -1,0 +1,85 @@
+//! Telegram: escalations out to the person, and what the person writes back into the inbox.
+//! The only user of reqwest, and the only code that holds the bot token.
+//!
+//! - **Out.** [`Telegram::offer`] queues a message that [`is_escalation`]; the forwarder
+//!   ([`Telegram::forward`]) claims it (so that exactly one of the running servers sends it),
+//!   renders it ([`render()`]) and sends it with retries, then records the outcome beside it.
+//!   [`Telegram::catch_up`] offers the escalations of the last 24 hours at start, so a
+//!   restarted server finishes what was pending.
+//! - **Back.** [`Telegram::answer`] waits to be elected (a lock on `poll.lock`; the server
+//!   holding it long-polls `getUpdates`, and the next waiting server takes over when it
+//!   exits). A reply to a forwarded message becomes an inbox message from `telegram` to the
+//!   session that escalated, with `reply_to` set; `@name text` goes to that session. Only
+//!   the configured chat is heard.
+//!
+//! The files: `render` (markdown to Telegram's HTML, split into parts), `api` (the token,
+//! the Bot API client and its errors), `store` (the files below), `service` (the
+//! [`Telegram`] handle and the forwarder), `inbound` (the reply poller and what a message
+//! from the person becomes).
+//!
+//! On disk, under `<data>/telegram/` (each file 0600; state is replaced durably):
+//!
+//! ```text
+//! claims/<msg_id>       created exclusively (a hard link) by the server that forwards the
+//!                       message, and locked while it works; lines: who claimed it, each part
+//!                       sent (`part 1/2 <telegram id>`), then `done sent` or `done failed`
+//! failed/<msg_id>.txt   why a forward was given up: when, how many tries, the last error
+//! replies.log           one JSON line a sent part: its Telegram id -> the escalated msg_id
+//! offset                the next getUpdates offset
+//! poll.lock             the lock that elects the one server reading replies
+//! ```
+//!
+//! The token is a [`Token`]: it prints as `<redacted>`, and every error text that could hold
+//! it (reqwest's include the URL, and the URL holds the token) is scrubbed before it is
+//! logged or written.
+
+mod api;
+mod inbound;
+mod render;
+mod service;
+mod store;
+
+use std::time::Duration;
+
+use crate::message::{self, FrontMatter};
+
+pub use api::Token;
+pub use render::{MAX_MESSAGE, Part, render};
+pub use service::Telegram;
+pub use store::{Failure, failures};
+
+/// How far back [`Telegram::catch_up`] looks, by the stamp in the file name.
+pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// True when a message goes to the person: `type: escalation` or `priority: critical`
+/// (any case). What the person wrote (`from: telegram` or `human`) never goes back.
+pub fn is_escalation(front: &FrontMatter) -> bool {
+    if message::is_human(front.from.trim()) {
+        return false;
+    }
+    front.kind.trim().eq_ignore_ascii_case("escalation")
+        || front.priority.trim().eq_ignore_ascii_case("critical")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escalations() {
+        let mut front = FrontMatter {
+            from: "alpha".into(),
+            to: "human".into(),
+            kind: "escalation".into(),
+            priority: "normal".into(),
+            ..FrontMatter::default()
+        };
+        assert!(is_escalation(&front));
+        front.kind = "ipc".into();
+        assert!(!is_escalation(&front));
+        front.priority = "Critical".into();
+        assert!(is_escalation(&front));
+        front.from = "telegram".into();
+        assert!(!is_escalation(&front), "the person's words never go back");
+    }
+}
