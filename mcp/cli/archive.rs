@@ -48,11 +48,10 @@ pub fn archive(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
     };
     let moved = mailbox.archive(&plan, Local::now())?;
     for m in &moved {
-        println!("{}  ({})", m.id, m.why); // stdout-ok
+        println!("{}  ({})", m.id, m.why);
     }
     let verb = if args.dry_run { "would move" } else { "moved" };
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: {verb} {} older than {} to archive/",
         plural(moved.len(), "message"),
         plural(args.older_than as usize, "day")
@@ -65,7 +64,7 @@ pub fn prune(args: PruneArgs, config: &Config) -> anyhow::Result<()> {
     let older_than = TimeDelta::days(args.older_than.into());
     let gone = mailbox.prune(older_than, args.dry_run, Local::now())?;
     for id in &gone {
-        println!("{id}"); // stdout-ok
+        println!("{id}");
     }
     let verb = if args.dry_run {
         "would delete"
@@ -73,7 +72,6 @@ pub fn prune(args: PruneArgs, config: &Config) -> anyhow::Result<()> {
         "deleted"
     };
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: {verb} {} older than {} from archive/",
         plural(gone.len(), "message"),
         plural(args.older_than as usize, "day")

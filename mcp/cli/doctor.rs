@@ -34,7 +34,7 @@ struct Report {
 
 impl Report {
     fn section(&self, title: &str) {
-        println!("\n{}", self.style.bold(title)); // stdout-ok
+        println!("\n{}", self.style.bold(title));
     }
 
     fn line(&mut self, level: Level, text: &str) {
@@ -50,7 +50,7 @@ impl Report {
                 "PROBLEM"
             }
         };
-        println!("  {tag}  {text}"); // stdout-ok
+        println!("  {tag}  {text}");
     }
 }
 
@@ -61,7 +61,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         problems: 0,
         warnings: 0,
     };
-    println!("t9-ipc {} doctor", env!("CARGO_PKG_VERSION")); // stdout-ok
+    println!("t9-ipc {} doctor", env!("CARGO_PKG_VERSION"));
 
     r.section("Mailbox");
     let root = &config.data_dir;
@@ -159,18 +159,17 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    println!(); // stdout-ok
+    println!();
     if r.problems == 0 {
         let warnings = if r.warnings == 0 {
             String::new()
         } else {
             format!(" ({}, nothing to do now)", plural(r.warnings, "warning"))
         };
-        println!("{}", r.style.bold(&format!("Healthy{warnings}."))); // stdout-ok
+        println!("{}", r.style.bold(&format!("Healthy{warnings}.")));
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            // stdout-ok
             "{}",
             r.style.bold(&format!(
                 "{} found: see the PROBLEM lines.",

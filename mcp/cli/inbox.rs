@@ -57,20 +57,20 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
     let Some((name, how)) = name else {
         if args.json {
             let list: Vec<Value> = all.iter().map(|m| style::json(m)).collect();
-            println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+            println!("{}", serde_json::to_string_pretty(&list)?);
             return Ok(());
         }
         println!(
             "{} in {}:",
             plural(all.len(), "message"),
             mailbox.inbox().display()
-        ); // stdout-ok
+        );
         for msg in &all {
             println!(
                 "  {}\n    {}",
                 style::headline(msg, style),
                 style.dim(&msg.id)
-            ); // stdout-ok
+            );
         }
         return Ok(());
     };
@@ -98,7 +98,7 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+        println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         let whose = match how {
             Some(FoundBy::Ancestor(_)) => format!("{name} (the session this command runs in)"),
@@ -107,10 +107,9 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         };
         let count = unread.iter().filter(|u| **u).count();
         if args.unread {
-            println!("{} for {whose}:", plural(count, "unread message")); // stdout-ok
+            println!("{} for {whose}:", plural(count, "unread message"));
         } else {
             println!(
-                // stdout-ok
                 "{} for {whose}, {count} unread (*):",
                 plural(listed.len(), "message")
             );
@@ -118,7 +117,6 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         for (msg, unread) in listed.iter().zip(&unread) {
             let mark = if *unread { "*" } else { " " };
             println!(
-                // stdout-ok
                 "{mark} {}\n    {}",
                 style::headline(msg, style),
                 style.dim(&msg.id)
@@ -136,7 +134,7 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         eprintln!(
             "t9-ipc: marked {} read for {name}",
             plural(ids.len(), "message")
-        ); // stdout-ok: stderr
+        );
     }
     Ok(())
 }
@@ -179,9 +177,9 @@ pub fn show(args: ShowArgs, config: &Config) -> anyhow::Result<()> {
     if args.json {
         let mut v = style::json(&msg);
         v["folder"] = Value::from(folder);
-        println!("{}", serde_json::to_string_pretty(&v)?); // stdout-ok
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", style::full(&msg, Some(folder))); // stdout-ok
+        print!("{}", style::full(&msg, Some(folder)));
     }
     Ok(())
 }

@@ -57,12 +57,12 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     ];
     let shown = format!("claude {}", claude_args.join(" "));
     if args.dry_run {
-        println!("would run: {shown}"); // stdout-ok
+        println!("would run: {shown}");
     } else {
         match Command::new("claude").args(claude_args).output() {
             Ok(out) if out.status.success() => {
-                println!("ran: {shown}"); // stdout-ok
-                print!("{}", String::from_utf8_lossy(&out.stdout)); // stdout-ok
+                println!("ran: {shown}");
+                print!("{}", String::from_utf8_lossy(&out.stdout));
             }
             Ok(out) => bail!(
                 "`{shown}` failed ({}): {}",
@@ -75,7 +75,6 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
                 let entry = json!({"mcpServers": {"t9-ipc": {
                     "type": "stdio", "command": exe, "args": ["serve"]}}});
                 println!(
-                    // stdout-ok
                     "`claude` is not on PATH. Add this to ~/.claude.json (merge it into an \
                      existing \"mcpServers\"):\n\n{}",
                     serde_json::to_string_pretty(&entry)?
@@ -85,7 +84,6 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        // stdout-ok
         "\nStart sessions with channels on, so messages arrive by themselves:\n\n  \
          claude --dangerously-load-development-channels server:t9-ipc\n\n\
          Where channels are off (API-key, Bedrock or Vertex accounts, or without the flag), \

@@ -1,5 +1,8 @@
-//! Subcommands for people and scripts: everything but `serve`. These print to stdout on
-//! purpose; errors go to stderr as one line (see `main`).
+//! Subcommands for people and scripts: everything but `serve`. This module is the only
+//! code that prints: results to stdout, notes and errors to stderr (one line, see `main`).
+
+// The rest of the binary keeps stdout for JSON-RPC; here printing is the job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod archive;
 pub mod doctor;
@@ -23,7 +26,7 @@ use tokio::process::Command;
 
 /// `t9-ipc where`: the mailbox root, alone on a line, for scripts.
 pub fn where_is(config: &Config) -> anyhow::Result<()> {
-    println!("{}", config.data_dir.display()); // stdout-ok
+    println!("{}", config.data_dir.display());
     Ok(())
 }
 
@@ -33,9 +36,9 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding this binary")?;
     let mailbox = Mailbox::open(&config.data_dir)
         .with_context(|| format!("opening the mailbox {}", config.data_dir.display()))?;
-    println!("t9-ipc {} at {}", env!("CARGO_PKG_VERSION"), exe.display()); // stdout-ok
+    println!("t9-ipc {} at {}", env!("CARGO_PKG_VERSION"), exe.display());
     println!(
-        "mailbox: {} ({})", // stdout-ok
+        "mailbox: {} ({})",
         mailbox.root().display(),
         config.data_dir_source.describe()
     );
@@ -70,14 +73,12 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
     }
     let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     println!(
-        // stdout-ok
         "self-check: `t9-ipc serve` answered in {} ms, declares claude/channel, tools: {}",
         handshake.as_millis(),
         names.join(", ")
     );
     let exe = exe.display();
     println!(
-        // stdout-ok
         "\nAdd it to Claude Code for all your projects:\n\
          \n  claude mcp add --scope user t9-ipc -- {exe} serve\n\
          \nor put this in ~/.claude.json under \"mcpServers\":\n\

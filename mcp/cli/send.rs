@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chrono::Local;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
-use t9_ipc::message::{BROADCAST, Priority};
+use t9_ipc::message::BROADCAST;
 use t9_ipc::session::{Outgoing, Sent, send_from};
 
 use super::{UsageError, open_mailbox};
@@ -17,25 +17,8 @@ use super::{UsageError, open_mailbox};
 /// The sender name when `--from` is not given: a person at a terminal.
 pub const DEFAULT_FROM: &str = "human";
 
-/// Message priority, as a command-line flag and as a tool argument.
-#[derive(Debug, Clone, Copy, Default, ValueEnum, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PriorityArg {
-    #[default]
-    Normal,
-    High,
-    Critical,
-}
-
-impl From<PriorityArg> for Priority {
-    fn from(p: PriorityArg) -> Priority {
-        match p {
-            PriorityArg::Normal => Priority::Normal,
-            PriorityArg::High => Priority::High,
-            PriorityArg::Critical => Priority::Critical,
-        }
-    }
-}
+// Kept at its old path until the server imports it from `shared`.
+pub use crate::shared::PriorityArg;
 
 /// Where the body comes from; at most one of them.
 #[derive(Debug, Args)]
@@ -56,7 +39,7 @@ impl BodyArgs {
     fn read(self) -> anyhow::Result<String> {
         let stdin = || -> anyhow::Result<String> {
             if std::io::stdin().is_terminal() {
-                eprintln!("t9-ipc: reading the body from the terminal; end it with Ctrl-D"); // stdout-ok: stderr
+                eprintln!("t9-ipc: reading the body from the terminal; end it with Ctrl-D");
             }
             let mut body = String::new();
             std::io::stdin()
@@ -173,8 +156,8 @@ fn deliver(
     };
     let sent = send_from(&mailbox, &heartbeats, from, &out, Local::now())
         .map_err(|err| anyhow::anyhow!("not sent: {err}"))?;
-    println!("{}", sent.id); // stdout-ok
-    eprintln!("t9-ipc: {}", describe(&sent)); // stdout-ok: stderr
+    println!("{}", sent.id);
+    eprintln!("t9-ipc: {}", describe(&sent));
     Ok(())
 }
 

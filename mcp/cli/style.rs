@@ -3,9 +3,11 @@
 
 use std::io::IsTerminal;
 
-use chrono::{DateTime, Local};
 use serde_json::{Value, json};
 use t9_ipc::mailbox::Message;
+
+// Kept at its old path until the server imports it from `shared`.
+pub use crate::shared::ago;
 
 /// ANSI colour for one output stream, or none.
 #[derive(Debug, Clone, Copy)]
@@ -122,19 +124,6 @@ pub fn json(msg: &Message) -> Value {
             .or_insert_with(|| json!(value));
     }
     v
-}
-
-/// `12s ago`, `5m ago`, `2h03m ago`.
-pub fn ago(then: Option<DateTime<Local>>, now: DateTime<Local>) -> String {
-    let Some(then) = then else {
-        return "unknown".to_owned();
-    };
-    let s = now.signed_duration_since(then).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        _ => format!("{}h{:02}m ago", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// `1 message`, `2 messages`.

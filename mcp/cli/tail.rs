@@ -31,7 +31,6 @@ pub async fn run(args: TailArgs, config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", mailbox.inbox().display()))?;
     let mut seen: HashSet<String> = mailbox.scan()?.iter().map(|m| m.id.clone()).collect();
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: following {}{} (Ctrl-C stops)",
         mailbox.inbox().display(),
         args.to

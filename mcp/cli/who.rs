@@ -35,11 +35,11 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
             })
             .collect();
         // A Vec of JSON values always serialises.
-        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     if live.is_empty() {
-        println!("No live session (mailbox {}).", config.data_dir.display()); // stdout-ok
+        println!("No live session (mailbox {}).", config.data_dir.display());
         return Ok(());
     }
     let style = Style::stdout();
@@ -74,9 +74,9 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
         }
         out.trim_end().to_owned()
     };
-    println!("{}", style.bold(&line(header))); // stdout-ok
+    println!("{}", style.bold(&line(header)));
     for row in &rows {
-        println!("{}", line(row.each_ref().map(String::as_str))); // stdout-ok
+        println!("{}", line(row.each_ref().map(String::as_str)));
     }
     Ok(())
 }
