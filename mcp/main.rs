@@ -3,6 +3,7 @@
 
 mod cli;
 mod server;
+mod shared;
 mod telegram;
 
 use std::process::ExitCode;

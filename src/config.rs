@@ -14,6 +14,9 @@ const CHECKOUT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/ipc")
 pub enum DataDirSource {
     /// `IPC_DATA_DIR` was set.
     Env,
+    /// `IPC_DATA_DIR` was set to a relative path, made absolute against the working folder
+    /// at start (so that the process means one folder, whatever it does later).
+    EnvRelative,
     /// `data/ipc` of the checkout the binary was built from.
     Checkout,
     /// The checkout's folder is gone: `$XDG_DATA_HOME/t9-ipc` or `~/.local/share/t9-ipc`.
@@ -24,6 +27,9 @@ impl DataDirSource {
     pub fn describe(self) -> &'static str {
         match self {
             DataDirSource::Env => "set by IPC_DATA_DIR",
+            DataDirSource::EnvRelative => {
+                "set by IPC_DATA_DIR, a relative path taken from the folder this process started in"
+            }
             DataDirSource::Checkout => {
                 "the data/ipc folder of the checkout this binary was built from"
             }
@@ -60,6 +66,9 @@ pub struct Config {
     pub archive_after_days: u64,
     /// Telegram settings: present only when `IPC_TG_TOKEN` is set.
     pub telegram: Option<TelegramConfig>,
+    /// `CLAUDECODE` is set (to anything but empty or `0`): Claude Code sets it for the
+    /// commands its Bash tool runs, so this process probably runs for a model, not a person.
+    pub inside_claude_code: bool,
 }
 
 /// The default of `IPC_TG_API_BASE`.
@@ -139,14 +148,14 @@ impl Config {
     /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID`, the working folder, and the `IPC_TG_*`
     /// Telegram variables.
     pub fn from_env() -> Config {
+        let cwd = env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let (data_dir, data_dir_source) = match env::var_os("IPC_DATA_DIR") {
-            Some(dir) if !dir.is_empty() => (PathBuf::from(dir), DataDirSource::Env),
+            Some(dir) if !dir.is_empty() => data_dir_from_env(PathBuf::from(dir), &cwd),
             _ => default_data_dir(),
         };
         let session_name = env::var("IPC_SESSION_ID")
             .ok()
             .filter(|s| !s.trim().is_empty());
-        let cwd = env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let push = match env::var("IPC_PUSH").ok().as_deref().map(str::trim) {
             Some("on" | "1" | "true") => Some(true),
             Some("off" | "0" | "false") => Some(false),
@@ -171,6 +180,8 @@ impl Config {
             push,
             telegram: TelegramConfig::from_env(),
             account_without_channels,
+            inside_claude_code: env::var("CLAUDECODE")
+                .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false")),
             push_quiet: number("IPC_PUSH_QUIET_MS")
                 .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),
             archive_after_days: number("IPC_ARCHIVE_DAYS").unwrap_or(7),
@@ -181,6 +192,23 @@ impl Config {
             },
         }
     }
+}
+
+/// `IPC_DATA_DIR` as given. A relative path is made absolute against `cwd` now, with a
+/// note: the same value set in sessions started in other folders means other mailboxes,
+/// so they would not see each other, and a later change of folder must not move it.
+fn data_dir_from_env(dir: PathBuf, cwd: &Path) -> (PathBuf, DataDirSource) {
+    if dir.is_absolute() {
+        return (dir, DataDirSource::Env);
+    }
+    let absolute = cwd.join(&dir);
+    tracing::warn!(
+        "IPC_DATA_DIR {:?} is relative: using {} (relative to the folder this process started \
+         in; sessions started elsewhere would use another mailbox, so give an absolute path)",
+        dir,
+        absolute.display()
+    );
+    (absolute, DataDirSource::EnvRelative)
 }
 
 /// A whole number from the environment; anything else is warned about and ignored.

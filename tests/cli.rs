@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::time::timeout;
 
-use crate::util::{BIN, EVENT_WAIT, TempMailbox, spawn_client};
+use crate::util::{BIN, Client, EVENT_WAIT, TempMailbox, spawn_client, without_telegram};
 
 /// What a finished command left behind.
 #[derive(Debug)]
@@ -20,12 +20,14 @@ struct Out {
 }
 
 /// `t9-ipc <args>` on the mailbox of `mb`, with `stdin` as its input (closed when `None`),
-/// with no IPC_SESSION_ID and the default log level.
+/// with no IPC_SESSION_ID, the default log level, and not inside Claude Code (even when
+/// these tests run from a Claude Code session).
 fn command(root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env("IPC_DATA_DIR", root)
         .env_remove("IPC_SESSION_ID")
+        .env_remove("CLAUDECODE")
         .env_remove("RUST_LOG")
         .env_remove("IPC_TG_TOKEN")
         .env_remove("IPC_TG_CHAT")
@@ -56,6 +58,36 @@ async fn finish(mut cmd: Command, stdin: Option<&str>) -> Out {
 
 async fn t9(mb: &TempMailbox, args: &[&str], stdin: Option<&str>) -> Out {
     finish(command(mb.root(), args), stdin).await
+}
+
+/// The hook of the session `name` (found by IPC_SESSION_ID), with the event's JSON.
+async fn hook_of(mb: &TempMailbox, name: &str, event: &str) -> Out {
+    let mut cmd = command(mb.root(), &["hook", event]);
+    cmd.env("IPC_SESSION_ID", name);
+    finish(cmd, Some(&hook_input(event, "/"))).await
+}
+
+/// Starts a server named `name` as another terminal's Claude Code would: through a shell
+/// that stays, so that this test process is not its parent, and the commands this test runs
+/// stand for a person at a terminal, outside that session.
+async fn spawn_elsewhere(mb: &TempMailbox, name: &str) -> Client {
+    let cwd = mb.root().join(format!("work-{name}"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "\"$0\" serve; exit $?", BIN])
+        .current_dir(&cwd)
+        .env("IPC_DATA_DIR", mb.root())
+        .env("IPC_SESSION_ID", name)
+        .env_remove("IPC_PUSH");
+    without_telegram(&mut cmd);
+    spawn_client(cmd, "t9-ipc-tests", Stdio::null()).await
+}
+
+/// The pid of the server of the live session `name`.
+fn server_pid(mb: &TempMailbox, name: &str) -> u64 {
+    mb.heartbeats()[name]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} has a pid in heartbeats.json"))
 }
 
 /// A command that must succeed.
@@ -98,7 +130,8 @@ fn state_log(mb: &TempMailbox, name: &str) -> String {
 #[tokio::test]
 async fn a_cli_send_is_pushed_to_a_running_session_and_who_lists_it() {
     let mb = TempMailbox::new();
-    let mut beta = mb.spawn("beta").await;
+    let mut beta = spawn_elsewhere(&mb, "beta").await;
+    let pid = server_pid(&mb, "beta");
     let out = ok(
         &mb,
         &[
@@ -152,11 +185,11 @@ async fn a_cli_send_is_pushed_to_a_running_session_and_who_lists_it() {
     let who = who.as_array().expect("an array");
     assert_eq!(who.len(), 1, "{who:?}");
     assert_eq!(who[0]["name"], "beta");
-    assert_eq!(who[0]["pid"], beta.pid);
+    assert_eq!(who[0]["pid"], pid);
     assert!(who[0]["cwd"].as_str().unwrap().ends_with("work-beta"));
     let table = ok(&mb, &["who"], None).await.stdout;
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains(&format!("beta  {}", beta.pid)), "{table}");
+    assert!(table.contains(&format!("beta  {pid}")), "{table}");
     assert!(!table.contains('\x1b'), "colour in a pipe: {table:?}");
     beta.quit().await;
 }
@@ -170,6 +203,11 @@ async fn a_refused_send_says_why_in_one_line_and_writes_nothing() {
     assert!(
         out.stderr
             .starts_with("t9-ipc: not sent: `to` is not a session name"),
+        "{out:?}"
+    );
+    // A person at a terminal is pointed at the command, not at the tool.
+    assert!(
+        out.stderr.contains("`t9-ipc who`") && !out.stderr.contains("t9_ipc_who"),
         "{out:?}"
     );
     let big = "x".repeat(64 * 1024 + 1);
@@ -212,7 +250,7 @@ async fn inbox_lists_marks_read_and_show_prints_one() {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .map(|m| m["msg_id"].as_str().unwrap().to_owned())
             .collect()
     };
     let out = ok(&mb, &["inbox", "gamma", "--unread", "--json"], None).await;
@@ -246,6 +284,11 @@ async fn inbox_lists_marks_read_and_show_prints_one() {
         "{out:?}"
     );
     assert!(out.stdout.ends_with("subject:  first\n\none\n"), "{out:?}");
+    // JSON names the id as the tools and events do.
+    let out = ok(&mb, &["show", &id, "--json"], None).await;
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["msg_id"], id.as_str(), "{v}");
+    assert!(v.get("id").is_none(), "{v}");
     let out = t9(&mb, &["show", "2"], None).await;
     assert_eq!(out.code, 1, "an ambiguous start: {out:?}");
     let out = t9(&mb, &["show", "nothing-like-it"], None).await;
@@ -327,7 +370,7 @@ async fn tail_prints_a_message_sent_after_it_started() {
 #[tokio::test]
 async fn the_hook_prints_unread_mail_once_then_nothing() {
     let mb = TempMailbox::new();
-    let beta = mb.spawn("beta").await;
+    let beta = spawn_elsewhere(&mb, "beta").await;
     // Junk in the inbox costs nothing.
     std::fs::write(mb.inbox().join("junk.md"), "no front matter").unwrap();
     let id = ok(
@@ -339,9 +382,7 @@ async fn the_hook_prints_unread_mail_once_then_nothing() {
     .stdout
     .trim()
     .to_owned();
-    // This test is the process that started beta, as Claude Code is: the hook finds it.
-    let input = hook_input("UserPromptSubmit", "/");
-    let out = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    let out = hook_of(&mb, "beta", "UserPromptSubmit").await;
     let text = context_of(&out, "UserPromptSubmit");
     assert!(
         text.contains("1 new message for this session (\"beta\")"),
@@ -355,17 +396,12 @@ async fn the_hook_prints_unread_mail_once_then_nothing() {
     );
     assert!(state_log(&mb, "beta").contains(&format!("read {id}")));
 
-    let again = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    let again = hook_of(&mb, "beta", "UserPromptSubmit").await;
     assert_eq!((again.code, again.stdout.as_str()), (0, ""), "{again:?}");
 
     // The other events take the same form, with their own name.
     ok(&mb, &["broadcast", "--from", "ci-bot", "deploy done"], None).await;
-    let out = t9(
-        &mb,
-        &["hook", "PostToolUse"],
-        Some(&hook_input("PostToolUse", "/")),
-    )
-    .await;
+    let out = hook_of(&mb, "beta", "PostToolUse").await;
     assert!(context_of(&out, "PostToolUse").contains("subject: deploy done"));
 
     // A message too long for the hook's context is named, not cut, and stays unread.
@@ -376,12 +412,7 @@ async fn the_hook_prints_unread_mail_once_then_nothing() {
         .trim()
         .to_owned();
     for _ in 0..2 {
-        let out = t9(
-            &mb,
-            &["hook", "SessionStart"],
-            Some(&hook_input("SessionStart", "/")),
-        )
-        .await;
+        let out = hook_of(&mb, "beta", "SessionStart").await;
         let text = context_of(&out, "SessionStart");
         assert!(
             text.contains(&format!("- {long_id} from human: long one")),
@@ -436,6 +467,9 @@ async fn the_hook_prints_nothing_and_exits_0_on_any_error() {
 #[tokio::test]
 async fn the_hook_finds_its_session_by_the_process_that_started_both() {
     let mb = TempMailbox::new();
+    // Sent before alpha starts: from here on, this test's commands run inside alpha.
+    let to_alpha = ok(&mb, &["send", "alpha", "for alpha"], None).await;
+    let to_beta = ok(&mb, &["send", "beta", "for beta"], None).await;
     // alpha is started by this test process, as Claude Code starts its MCP server.
     let alpha = mb.spawn("alpha").await;
     // beta is started by another process: a shell that stays.
@@ -447,8 +481,6 @@ async fn the_hook_finds_its_session_by_the_process_that_started_both() {
         .env("IPC_DATA_DIR", mb.root())
         .env("IPC_SESSION_ID", "beta");
     let beta = spawn_client(cmd, "t9-ipc-tests", std::process::Stdio::null()).await;
-    let to_alpha = ok(&mb, &["send", "alpha", "for alpha"], None).await;
-    let to_beta = ok(&mb, &["send", "beta", "for beta"], None).await;
 
     // The hook runs through a shell, as Claude Code runs it; no IPC_SESSION_ID, a folder
     // no session started in.
@@ -595,7 +627,7 @@ async fn archive_moves_only_what_is_done_with_and_prune_empties_the_archive() {
 #[tokio::test]
 async fn the_hook_leaves_out_what_was_pushed_only_where_push_is_known_to_work() {
     let mb = TempMailbox::new();
-    let mut beta = mb.spawn("beta").await;
+    let mut beta = spawn_elsewhere(&mb, "beta").await;
     let id = ok(&mb, &["send", "beta", "pushed already"], None)
         .await
         .stdout
@@ -626,13 +658,12 @@ async fn the_hook_leaves_out_what_was_pushed_only_where_push_is_known_to_work() 
         .unwrap();
     };
     set_push(Some("on"));
-    let input = hook_input("UserPromptSubmit", "/");
-    let out = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    let out = hook_of(&mb, "beta", "UserPromptSubmit").await;
     assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out:?}");
 
     // Not known: an event may have been dropped, so the hook shows it.
     set_push(Some("unknown"));
-    let out = t9(&mb, &["hook", "UserPromptSubmit"], Some(&input)).await;
+    let out = hook_of(&mb, "beta", "UserPromptSubmit").await;
     assert!(context_of(&out, "UserPromptSubmit").contains(&id));
     beta.quit().await;
 }
@@ -640,7 +671,8 @@ async fn the_hook_leaves_out_what_was_pushed_only_where_push_is_known_to_work() 
 #[tokio::test]
 async fn install_dry_run_prints_the_command_and_the_hook_settings() {
     let mb = TempMailbox::new();
-    let out = ok(&mb, &["install", "--dry-run"], None).await;
+    let out = finish(with_claude(&mb, true, &["install", "--dry-run"]), None).await;
+    assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout.starts_with(&format!(
             "would run: claude mcp add --scope user t9-ipc -- {BIN} serve\n"
@@ -657,4 +689,345 @@ async fn install_dry_run_prints_the_command_and_the_hook_settings() {
             "{settings}"
         );
     }
+}
+
+/// `t9-ipc <args>` with a PATH that holds a stand-in `claude` (a script that exits 0), or
+/// no `claude` at all.
+fn with_claude(mb: &TempMailbox, present: bool, args: &[&str]) -> Command {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = mb
+        .root()
+        .join(if present { "bin-with" } else { "bin-without" });
+    std::fs::create_dir_all(&bin).unwrap();
+    if present {
+        let claude = bin.join("claude");
+        std::fs::write(&claude, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = command(mb.root(), args);
+    cmd.env("PATH", &bin);
+    cmd
+}
+
+#[tokio::test]
+async fn reserved_senders_are_refused_and_inside_a_session_the_cli_sends_as_it() {
+    let mb = TempMailbox::new();
+    for from in [
+        "telegram",
+        "TeLeGrAm",
+        "system",
+        "SYSTEM",
+        "all",
+        "Broadcast",
+    ] {
+        for args in [
+            vec!["send", "beta", "s", "--from", from],
+            vec!["broadcast", "s", "--from", from],
+        ] {
+            let out = t9(&mb, &args, None).await;
+            assert_eq!(out.code, 2, "{args:?}: {out:?}");
+            assert!(out.stderr.contains("is reserved"), "{args:?}: {out:?}");
+        }
+    }
+    assert!(mb.inbox_files().is_empty(), "{:?}", mb.inbox_files());
+
+    // Claude Code's Bash tool (CLAUDECODE set) with no live t9-ipc session: not as the user.
+    let mut cmd = command(mb.root(), &["send", "beta", "s"]);
+    cmd.env("CLAUDECODE", "1");
+    let out = finish(cmd, None).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("must not speak as the user"), "{out:?}");
+    let mut cmd = command(mb.root(), &["send", "gamma", "s", "--from", "ci-bot"]);
+    cmd.env("CLAUDECODE", "1");
+    assert_eq!(finish(cmd, None).await.code, 0);
+
+    // This test process starts alpha's server, as Claude Code does: the commands it runs
+    // now run inside alpha, and send as alpha.
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = spawn_elsewhere(&mb, "beta").await;
+    let out = ok(&mb, &["send", "beta", "from inside"], None).await;
+    assert!(
+        out.stdout.trim().ends_with("-alpha-beta-from_inside"),
+        "{out:?}"
+    );
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("from"), "alpha");
+    assert_eq!(event.meta("msg_id"), out.stdout.trim());
+    for from in ["human", "HUMAN", "beta", "ci-bot"] {
+        let out = t9(&mb, &["send", "beta", "s", "--from", from], None).await;
+        assert_eq!(out.code, 2, "{from}: {out:?}");
+        assert!(
+            out.stderr.contains("inside the Claude Code session alpha")
+                && out.stderr.contains("must not speak as the user"),
+            "{from}: {out:?}"
+        );
+    }
+    let out = ok(&mb, &["send", "beta", "named", "--from", "alpha"], None).await;
+    assert!(out.stdout.trim().ends_with("-alpha-beta-named"), "{out:?}");
+    let out = ok(&mb, &["broadcast", "all hands"], None).await;
+    assert!(
+        out.stdout.trim().ends_with("-alpha-all-all_hands"),
+        "{out:?}"
+    );
+    alpha.quit().await;
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn show_tail_inbox_and_who_print_control_characters_escaped() {
+    let mb = TempMailbox::new();
+    ok(&mb, &["send", "beta", "make the mailbox"], None).await;
+    let mut tail = command(mb.root(), &["tail", "--to", "beta"])
+        .spawn()
+        .expect("spawn tail");
+    let mut t_err = BufReader::new(tail.stderr.take().unwrap()).lines();
+    let mut t_out = BufReader::new(tail.stdout.take().unwrap()).lines();
+    timeout(EVENT_WAIT, t_err.next_line())
+        .await
+        .expect("tail says it follows")
+        .unwrap();
+
+    // A hand-written message: a title change in the subject and the sender, a clipboard
+    // write and an 8-bit CSI in the body (YAML's double quotes spell ESC and BEL).
+    let id = "20260101T000000000000-00000000-evil-beta-x";
+    let text = "---\nfrom: \"ev\\x1b]0;pwned\\x07il\"\nto: beta\ntype: ipc\n\
+                subject: \"hi \\x1b]0;x\\x07 there\"\npriority: normal\n\
+                created: 2026-01-01 00:00:00\n---\n\nbody \x1b]52;c;YWJj\x07\n\tindented \u{9b}2J\n";
+    let tmp = mb.inbox().join("evil.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, mb.inbox().join(format!("{id}.md"))).unwrap();
+    let raw = |s: &str| s.contains(['\x1b', '\x07', '\u{9b}']);
+
+    let out = ok(&mb, &["show", id], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    assert!(
+        out.stdout.contains("subject:  hi \\x1b]0;x\\x07 there\n"),
+        "{:?}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("from:     ev\\x1b]0;pwned\\x07il\n"),
+        "{:?}",
+        out.stdout
+    );
+    // Newlines and tabs in the body stay readable.
+    assert!(
+        out.stdout
+            .ends_with("\nbody \\x1b]52;c;YWJj\\x07\n\tindented \\u{9b}2J\n"),
+        "{:?}",
+        out.stdout
+    );
+    let out = ok(&mb, &["show", id, "--json"], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    assert!(out.stdout.contains("\\u009b2J"), "{:?}", out.stdout);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v["subject"], "hi \x1b]0;x\x07 there",
+        "JSON keeps the text exact"
+    );
+
+    let out = ok(&mb, &["inbox", "beta"], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    assert!(
+        out.stdout.contains("hi \\x1b]0;x\\x07 there"),
+        "{:?}",
+        out.stdout
+    );
+    let out = ok(&mb, &["inbox", "beta", "--json"], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("indented")) {
+        let line = timeout(EVENT_WAIT, t_out.next_line())
+            .await
+            .expect("tail prints the message")
+            .unwrap()
+            .expect("tail still runs");
+        lines.push(line);
+    }
+    let all = lines.join("\n");
+    assert!(!raw(&all), "{all:?}");
+    assert!(all.contains("hi \\x1b]0;x\\x07 there"), "{all:?}");
+    assert!(all.contains("    \tindented \\u{9b}2J"), "{all:?}");
+    tail.kill().await.unwrap();
+
+    // A session whose status line and folder carry escapes, alive as this test process.
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    let table = json!({"gamma": {
+        "timestamp": now, "status": "active", "pid": std::process::id(),
+        "working_on": "\x1b[2J\x1b[Hall clear", "cwd": "/tmp/g\x1b]0;t\x07"}});
+    std::fs::write(mb.root().join("heartbeats.json"), table.to_string()).unwrap();
+    let out = ok(&mb, &["who"], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    assert!(
+        out.stdout.contains("\\x1b[2J\\x1b[Hall clear"),
+        "{:?}",
+        out.stdout
+    );
+    let out = ok(&mb, &["who", "--json"], None).await;
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["working_on"], "\x1b[2J\x1b[Hall clear");
+}
+
+#[tokio::test]
+async fn inbox_human_lists_the_replies_to_the_person() {
+    let mb = TempMailbox::new();
+    let id = ok(
+        &mb,
+        &["send", "human", "need a decision", "--from", "ci-bot"],
+        None,
+    )
+    .await
+    .stdout
+    .trim()
+    .to_owned();
+    ok(&mb, &["send", "beta", "not for the person"], None).await;
+    let out = ok(&mb, &["inbox", "human", "--json"], None).await;
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+    let out = ok(&mb, &["inbox", "human", "--unread"], None).await;
+    assert!(
+        out.stdout.starts_with("1 unread message for human (you):"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("ci-bot → human  need a decision"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_send_to_human_says_where_it_goes() {
+    let mb = TempMailbox::new();
+    let out = ok(&mb, &["send", "human", "note to self"], None).await;
+    assert!(!out.stderr.contains("no live session"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("saved for the user (`t9-ipc inbox human` lists it)")
+            && out.stderr.contains("never forwarded to Telegram"),
+        "{out:?}"
+    );
+    let out = ok(&mb, &["send", "human", "blocked", "--from", "ci-bot"], None).await;
+    assert!(
+        out.stderr.contains("Telegram is not set up here") && !out.stderr.contains("waits"),
+        "{out:?}"
+    );
+    let mut cmd = command(mb.root(), &["send", "human", "blocked", "--from", "ci-bot"]);
+    cmd.env("IPC_TG_TOKEN", "123:abc").env("IPC_TG_CHAT", "42");
+    let out = finish(cmd, None).await;
+    assert!(
+        out.stderr.contains(
+            "no t9-ipc session runs now, so it goes to Telegram when the next one starts"
+        ),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_dash_with_nothing_on_stdin_is_refused() {
+    let mb = TempMailbox::new();
+    for args in [
+        vec!["send", "beta", "s", "-"],
+        vec!["send", "beta", "s", "--body-file", "-"],
+        vec!["broadcast", "s", "-"],
+    ] {
+        let out = t9(&mb, &args, Some("")).await;
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains("stdin was empty"), "{args:?}: {out:?}");
+    }
+    assert!(mb.inbox_files().is_empty(), "{:?}", mb.inbox_files());
+}
+
+#[tokio::test]
+async fn a_missing_mailbox_is_reported_never_made() {
+    let mb = TempMailbox::new();
+    let typo = mb.root().join("typo");
+    let empty = mb.root().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for root in [&typo, &empty] {
+        for args in [
+            vec!["inbox"],
+            vec!["inbox", "beta"],
+            vec!["who"],
+            vec!["show", "20260101"],
+            vec!["tail"],
+            vec!["archive", "--dry-run"],
+            vec!["prune"],
+        ] {
+            let out = finish(command(root, &args), None).await;
+            assert_eq!(out.code, 1, "{root:?} {args:?}: {out:?}");
+            assert!(out.stderr.contains("no mailbox at"), "{args:?}: {out:?}");
+        }
+        let out = finish(command(root, &["doctor"]), None).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stdout.contains("PROBLEM"), "{out:?}");
+        let mut hook = command(root, &["hook", "UserPromptSubmit"]);
+        hook.env("IPC_SESSION_ID", "beta");
+        let out = finish(hook, Some(&hook_input("UserPromptSubmit", "/"))).await;
+        assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out:?}");
+    }
+    assert!(!typo.exists(), "a read made the mailbox");
+    let left: Vec<_> = std::fs::read_dir(&empty).unwrap().collect();
+    assert!(left.is_empty(), "a read wrote into {empty:?}: {left:?}");
+
+    // A relative IPC_DATA_DIR means the folder this command started in, said once.
+    let mut cmd = command(Path::new("rel/mb"), &["where"]);
+    cmd.current_dir(mb.root());
+    let out = finish(cmd, None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        mb.root().join("rel/mb").display().to_string()
+    );
+    assert!(out.stderr.contains("is relative"), "{out:?}");
+}
+
+#[tokio::test]
+async fn setup_keeps_the_servers_log_out_of_its_output() {
+    let mb = TempMailbox::new();
+    let out = ok(&mb, &["setup"], None).await;
+    assert!(
+        out.stdout.contains("self-check: `t9-ipc serve` answered"),
+        "{out:?}"
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(
+            !text.contains(" INFO ") && !text.contains("push=\""),
+            "{out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn archive_help_says_what_archive_moves() {
+    let mb = TempMailbox::new();
+    let help = ok(&mb, &["archive", "--help"], None).await.stdout;
+    for words in [
+        "expired",
+        "replaced by a later message",
+        "direct messages their recipient has read",
+        "broadcasts read by every name",
+        "nothing is deleted",
+    ] {
+        assert!(help.contains(words), "{words:?} missing: {help}");
+    }
+    assert!(!help.contains("that are broadcasts, or"), "{help}");
+}
+
+#[tokio::test]
+async fn install_dry_run_without_claude_prints_what_the_real_run_prints() {
+    let mb = TempMailbox::new();
+    let dry = finish(with_claude(&mb, false, &["install", "--dry-run"]), None).await;
+    let real = finish(with_claude(&mb, false, &["install"]), None).await;
+    assert_eq!((dry.code, real.code), (0, 0), "{dry:?} {real:?}");
+    assert!(!dry.stdout.contains("would run"), "{dry:?}");
+    assert!(dry.stdout.contains("`claude` is not on PATH"), "{dry:?}");
+    assert_eq!(dry.stdout, real.stdout);
 }

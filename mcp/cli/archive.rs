@@ -6,15 +6,20 @@ use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::mailbox::ArchivePlan;
 
-use super::open_mailbox;
-use super::style::plural;
+use super::open_existing;
+use super::style::{line, plural};
 
 /// `t9-ipc archive`.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Moves from inbox/ to archive/ the messages older than --older-than days \
-that are broadcasts, or direct messages their recipient has read (state/<name>.log). Unread \
-messages and files that are no message stay. Archived messages can still be answered and shown."
+(by the time in their msg_id) that are finished: expired (ttl), replaced by a later message \
+of their sender (supersedes), direct messages their recipient has read (state/<name>.log), \
+or broadcasts read by every name that had joined before them. Everything else stays (unread \
+mail that has neither expired nor been replaced, messages of unknown age, files that are no \
+message); nothing is deleted. Archived messages can \
+still be shown and answered. A server does the same at start for mail older than \
+IPC_ARCHIVE_DAYS (default 7)."
 )]
 pub struct ArchiveArgs {
     /// Only messages older than this many days.
@@ -41,18 +46,17 @@ pub struct PruneArgs {
 }
 
 pub fn archive(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
-    let mailbox = open_mailbox(config)?;
+    let mailbox = open_existing(config)?;
     let plan = ArchivePlan {
         older_than: TimeDelta::days(args.older_than.into()),
         dry_run: args.dry_run,
     };
     let moved = mailbox.archive(&plan, Local::now())?;
     for m in &moved {
-        println!("{}  ({})", m.id, m.why); // stdout-ok
+        println!("{}  ({})", line(&m.id), line(&m.why));
     }
     let verb = if args.dry_run { "would move" } else { "moved" };
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: {verb} {} older than {} to archive/",
         plural(moved.len(), "message"),
         plural(args.older_than as usize, "day")
@@ -61,11 +65,11 @@ pub fn archive(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
 }
 
 pub fn prune(args: PruneArgs, config: &Config) -> anyhow::Result<()> {
-    let mailbox = open_mailbox(config)?;
+    let mailbox = open_existing(config)?;
     let older_than = TimeDelta::days(args.older_than.into());
     let gone = mailbox.prune(older_than, args.dry_run, Local::now())?;
     for id in &gone {
-        println!("{id}"); // stdout-ok
+        println!("{}", line(id));
     }
     let verb = if args.dry_run {
         "would delete"
@@ -73,7 +77,6 @@ pub fn prune(args: PruneArgs, config: &Config) -> anyhow::Result<()> {
         "deleted"
     };
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: {verb} {} older than {} from archive/",
         plural(gone.len(), "message"),
         plural(args.older_than as usize, "day")

@@ -9,11 +9,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use chrono::Local;
-use t9_ipc::config::{Config, TelegramSetting};
+use t9_ipc::config::{Config, DataDirSource, TelegramSetting};
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::mailbox::Mailbox;
 
-use super::style::{Style, plural};
+use super::style::{Style, line, plural};
 
 /// A temporary file older than this was left by an interrupted write.
 const TMP_LEFTOVER: Duration = Duration::from_secs(600);
@@ -34,7 +34,7 @@ struct Report {
 
 impl Report {
     fn section(&self, title: &str) {
-        println!("\n{}", self.style.bold(title)); // stdout-ok
+        println!("\n{}", self.style.bold(title));
     }
 
     fn line(&mut self, level: Level, text: &str) {
@@ -50,7 +50,8 @@ impl Report {
                 "PROBLEM"
             }
         };
-        println!("  {tag}  {text}"); // stdout-ok
+        // Names, folders and file names come from the mailbox: printed escaped.
+        println!("  {tag}  {}", line(text));
     }
 }
 
@@ -61,7 +62,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         problems: 0,
         warnings: 0,
     };
-    println!("t9-ipc {} doctor", env!("CARGO_PKG_VERSION")); // stdout-ok
+    println!("t9-ipc {} doctor", env!("CARGO_PKG_VERSION"));
 
     r.section("Mailbox");
     let root = &config.data_dir;
@@ -69,7 +70,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         Level::Info,
         &format!("{} ({})", root.display(), config.data_dir_source.describe()),
     );
-    let mailbox = check_root(&mut r, root);
+    let mailbox = check_root(&mut r, root, config.data_dir_source);
 
     r.section("Sessions (heartbeats.json)");
     let health = Heartbeats::new(root).health(now);
@@ -159,18 +160,17 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    println!(); // stdout-ok
+    println!();
     if r.problems == 0 {
         let warnings = if r.warnings == 0 {
             String::new()
         } else {
             format!(" ({}, nothing to do now)", plural(r.warnings, "warning"))
         };
-        println!("{}", r.style.bold(&format!("Healthy{warnings}."))); // stdout-ok
+        println!("{}", r.style.bold(&format!("Healthy{warnings}.")));
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            // stdout-ok
             "{}",
             r.style.bold(&format!(
                 "{} found: see the PROBLEM lines.",
@@ -181,10 +181,27 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The root folder: exists, is ours, is writable, is not open to other users.
-fn check_root(r: &mut Report, root: &Path) -> Option<Mailbox> {
+/// The root folder: exists, is ours, is writable, is not open to other users. Creates
+/// nothing: a mailbox that is not there is reported, never made.
+fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mailbox> {
+    let set = matches!(source, DataDirSource::Env | DataDirSource::EnvRelative);
+    if source == DataDirSource::EnvRelative {
+        r.line(
+            Level::Warn,
+            "IPC_DATA_DIR is a relative path: sessions started in other folders use other \
+             mailboxes and do not see each other; give an absolute path",
+        );
+    }
     let meta = match std::fs::metadata(root) {
         Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && set => {
+            r.line(
+                Level::Problem,
+                "the folder does not exist: check IPC_DATA_DIR for a typo. Sessions started \
+                 with it would make a new, empty mailbox there and see no one else",
+            );
+            return None;
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             r.line(
                 Level::Warn,
@@ -239,6 +256,20 @@ fn check_root(r: &mut Report, root: &Path) -> Option<Mailbox> {
         }
     }
     if !writable {
+        return None;
+    }
+    if !root.join("inbox").is_dir() {
+        r.line(
+            Level::Problem,
+            &format!(
+                "no inbox/ in it: this folder is no mailbox{}",
+                if set {
+                    "; check IPC_DATA_DIR for a typo"
+                } else {
+                    " yet; the first session (or `t9-ipc send`) makes one"
+                }
+            ),
+        );
         return None;
     }
     match Mailbox::open(root) {

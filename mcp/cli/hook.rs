@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
-use t9_ipc::mailbox::{Mailbox, Message};
+use t9_ipc::mailbox::Message;
 
 use super::style::plural;
 use super::this_session;
@@ -67,7 +67,7 @@ pub fn run(args: HookArgs, config: &Config) -> ExitCode {
         Ok(()) => {}
         Err(err) => {
             let err = format!("{err:#}").replace('\n', " ");
-            eprintln!("t9-ipc hook: nothing shown: {err}"); // stdout-ok: stderr
+            eprintln!("t9-ipc hook: nothing shown: {err}");
         }
     }
     ExitCode::SUCCESS
@@ -107,8 +107,7 @@ fn hook(args: HookArgs, config: &Config) -> anyhow::Result<()> {
     tracing::debug!(session = %name, ?how, "hook");
     // When channel events are known to reach the model, what was pushed is not repeated.
     let push_on = live.get(&name).is_some_and(|e| e.push() == "on");
-    let mailbox = Mailbox::open(&config.data_dir)
-        .with_context(|| format!("opening the mailbox {}", config.data_dir.display()))?;
+    let mailbox = super::open_existing(config)?;
     let mut state = mailbox.read_state(&name, now)?;
     let unread = mailbox.unread_for(&name, &state, push_on, now)?;
     if unread.is_empty() {

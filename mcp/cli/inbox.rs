@@ -6,19 +6,21 @@ use serde_json::Value;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::{FoundBy, Heartbeats};
 use t9_ipc::mailbox::ReadState;
+use t9_ipc::message::HUMAN;
 
 use super::style::{self, Style, plural};
-use super::{UsageError, open_mailbox, this_session};
+use super::{UsageError, open_existing, this_session};
 
 /// `t9-ipc inbox`.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Without NAME: the session this command runs in (when Claude Code runs \
 it), or the one IPC_SESSION_ID names; otherwise every message in the inbox.
+`t9-ipc inbox human` lists the messages to you, the person (replies to what you sent).
 Unread messages are marked `*`. `t9-ipc show <msg_id>` prints one whole."
 )]
 pub struct InboxArgs {
-    /// Whose messages: a session name (direct messages to it and broadcasts).
+    /// Whose messages: a session name (direct messages to it and broadcasts), or `human`.
     pub name: Option<String>,
     /// Only the messages NAME has not read.
     #[arg(long)]
@@ -34,6 +36,8 @@ pub struct InboxArgs {
 pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
     let now = Local::now();
     let name = match args.name {
+        // The person's mail: escalations and replies to what they sent.
+        Some(name) if t9_ipc::message::is_human(&name) => Some((HUMAN.to_owned(), None)),
         Some(name) => {
             t9_ipc::message::check_name(&name).map_err(UsageError)?;
             Some((name, None))
@@ -51,26 +55,26 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         )
         .into());
     }
-    let mailbox = open_mailbox(config)?;
+    let mailbox = open_existing(config)?;
     let all = mailbox.scan()?;
     let style = Style::stdout();
     let Some((name, how)) = name else {
         if args.json {
             let list: Vec<Value> = all.iter().map(|m| style::json(m)).collect();
-            println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+            println!("{}", style::json_text(&Value::Array(list)));
             return Ok(());
         }
         println!(
             "{} in {}:",
             plural(all.len(), "message"),
             mailbox.inbox().display()
-        ); // stdout-ok
+        );
         for msg in &all {
             println!(
                 "  {}\n    {}",
                 style::headline(msg, style),
-                style.dim(&msg.id)
-            ); // stdout-ok
+                style.dim(&style::line(&msg.id))
+            );
         }
         return Ok(());
     };
@@ -98,19 +102,20 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+        println!("{}", style::json_text(&Value::Array(list)));
     } else {
+        let shown = style::line(&name);
         let whose = match how {
-            Some(FoundBy::Ancestor(_)) => format!("{name} (the session this command runs in)"),
-            Some(FoundBy::Env) => format!("{name} (IPC_SESSION_ID)"),
-            _ => name.clone(),
+            Some(FoundBy::Ancestor(_)) => format!("{shown} (the session this command runs in)"),
+            Some(FoundBy::Env) => format!("{shown} (IPC_SESSION_ID)"),
+            _ if name == HUMAN => format!("{HUMAN} (you)"),
+            _ => shown.into_owned(),
         };
         let count = unread.iter().filter(|u| **u).count();
         if args.unread {
-            println!("{} for {whose}:", plural(count, "unread message")); // stdout-ok
+            println!("{} for {whose}:", plural(count, "unread message"));
         } else {
             println!(
-                // stdout-ok
                 "{} for {whose}, {count} unread (*):",
                 plural(listed.len(), "message")
             );
@@ -118,10 +123,9 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         for (msg, unread) in listed.iter().zip(&unread) {
             let mark = if *unread { "*" } else { " " };
             println!(
-                // stdout-ok
                 "{mark} {}\n    {}",
                 style::headline(msg, style),
-                style.dim(&msg.id)
+                style.dim(&style::line(&msg.id))
             );
         }
     }
@@ -134,9 +138,10 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
             .collect();
         state.mark_read(ids.iter().copied())?;
         eprintln!(
-            "t9-ipc: marked {} read for {name}",
-            plural(ids.len(), "message")
-        ); // stdout-ok: stderr
+            "t9-ipc: marked {} read for {}",
+            plural(ids.len(), "message"),
+            style::line(&name)
+        );
     }
     Ok(())
 }
@@ -156,21 +161,21 @@ pub struct ShowArgs {
 }
 
 pub fn show(args: ShowArgs, config: &Config) -> anyhow::Result<()> {
-    let mailbox = open_mailbox(config)?;
+    let mailbox = open_existing(config)?;
     let id = args.id.trim();
     let found = match mailbox.find(id)? {
         Some(found) => found,
         None => {
             let ids = mailbox.ids_starting_with(id.strip_suffix(".md").unwrap_or(id))?;
             match ids.as_slice() {
-                [one] => mailbox
-                    .find(one)?
-                    .ok_or_else(|| anyhow::anyhow!("{one} went away while reading it"))?,
+                [one] => mailbox.find(one)?.ok_or_else(|| {
+                    anyhow::anyhow!("{} went away while reading it", style::line(one))
+                })?,
                 [] => anyhow::bail!("no message {id:?} in inbox/ or archive/"),
                 many => anyhow::bail!(
                     "{id:?} starts {} ids ({}, …); give more of it",
                     many.len(),
-                    many[0]
+                    style::line(&many[0])
                 ),
             }
         }
@@ -179,9 +184,9 @@ pub fn show(args: ShowArgs, config: &Config) -> anyhow::Result<()> {
     if args.json {
         let mut v = style::json(&msg);
         v["folder"] = Value::from(folder);
-        println!("{}", serde_json::to_string_pretty(&v)?); // stdout-ok
+        println!("{}", style::json_text(&v));
     } else {
-        print!("{}", style::full(&msg, Some(folder))); // stdout-ok
+        print!("{}", style::full(&msg, Some(folder)));
     }
     Ok(())
 }

@@ -57,12 +57,17 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     ];
     let shown = format!("claude {}", claude_args.join(" "));
     if args.dry_run {
-        println!("would run: {shown}"); // stdout-ok
+        // Say what the real run would do: it runs `claude` only when it finds one.
+        if on_path("claude") {
+            println!("would run: {shown}");
+        } else {
+            print_paste(&exe)?;
+        }
     } else {
         match Command::new("claude").args(claude_args).output() {
             Ok(out) if out.status.success() => {
-                println!("ran: {shown}"); // stdout-ok
-                print!("{}", String::from_utf8_lossy(&out.stdout)); // stdout-ok
+                println!("ran: {shown}");
+                print!("{}", String::from_utf8_lossy(&out.stdout));
             }
             Ok(out) => bail!(
                 "`{shown}` failed ({}): {}",
@@ -71,21 +76,11 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
                     .trim()
                     .replace('\n', " ")
             ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let entry = json!({"mcpServers": {"t9-ipc": {
-                    "type": "stdio", "command": exe, "args": ["serve"]}}});
-                println!(
-                    // stdout-ok
-                    "`claude` is not on PATH. Add this to ~/.claude.json (merge it into an \
-                     existing \"mcpServers\"):\n\n{}",
-                    serde_json::to_string_pretty(&entry)?
-                );
-            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => print_paste(&exe)?,
             Err(err) => return Err(err).context("running `claude`"),
         }
     }
     println!(
-        // stdout-ok
         "\nStart sessions with channels on, so messages arrive by themselves:\n\n  \
          claude --dangerously-load-development-channels server:t9-ipc\n\n\
          Where channels are off (API-key, Bedrock or Vertex accounts, or without the flag), \
@@ -93,6 +88,29 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         hook_settings(&exe)
     );
     Ok(())
+}
+
+/// Without `claude`: the MCP entry to paste into ~/.claude.json.
+fn print_paste(exe: &str) -> anyhow::Result<()> {
+    let entry = json!({"mcpServers": {"t9-ipc": {
+        "type": "stdio", "command": exe, "args": ["serve"]}}});
+    println!(
+        "`claude` is not on PATH. Add this to ~/.claude.json (merge it into an existing \
+         \"mcpServers\"):\n\n{}",
+        serde_json::to_string_pretty(&entry)?
+    );
+    Ok(())
+}
+
+/// True when `PATH` holds an executable file named `program`, as the real run would find it.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// The `hooks` object of Claude Code's settings.json that runs `<exe> hook <event>`.

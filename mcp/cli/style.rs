@@ -1,11 +1,17 @@
 //! How messages and sessions look on a terminal and in JSON: colour only on a terminal
-//! (and never with `NO_COLOR`), the same words otherwise.
+//! (and never with `NO_COLOR`), the same words otherwise. Text read from the mailbox is
+//! printed escaped ([`line`], [`text`], [`json_text`]): a message cannot send the terminal
+//! its own escape sequences (title changes, screen clears, clipboard writes).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 
-use chrono::{DateTime, Local};
 use serde_json::{Value, json};
 use t9_ipc::mailbox::Message;
+
+// Kept at its old path until the server imports it from `shared`.
+pub use crate::shared::ago;
 
 /// ANSI colour for one output stream, or none.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +53,7 @@ impl Style {
             "" | "normal" => String::new(),
             "high" => self.paint("33", "[high] "),
             "critical" => self.paint("1;31", "[critical] "),
-            other => format!("[{other}] "),
+            other => format!("[{}] ", line(other)),
         }
     }
 }
@@ -57,22 +63,22 @@ pub fn headline(msg: &Message, style: Style) -> String {
     let f = &msg.front;
     format!(
         "{}  {} → {}  {}{}",
-        style.dim(if f.created.is_empty() {
-            "(no date)"
+        style.dim(&if f.created.is_empty() {
+            Cow::Borrowed("(no date)")
         } else {
-            &f.created
+            line(&f.created)
         }),
-        style.name(&f.from),
-        style.name(&f.to),
+        style.name(&line(&f.from)),
+        style.name(&line(&f.to)),
         style.priority(&f.priority),
-        style.bold(&f.subject),
+        style.bold(&line(&f.subject)),
     )
 }
 
 /// A whole message for a person: the fields one per line, a blank line, the body.
 pub fn full(msg: &Message, folder: Option<&str>) -> String {
     let f = &msg.front;
-    let mut out = format!("msg_id:   {}\n", msg.id);
+    let mut out = format!("msg_id:   {}\n", line(&msg.id));
     if let Some(folder) = folder {
         out.push_str(&format!("folder:   {folder}\n"));
     }
@@ -83,27 +89,32 @@ pub fn full(msg: &Message, folder: Option<&str>) -> String {
         ("priority", &f.priority),
         ("created", &f.created),
     ] {
-        out.push_str(&format!("{:<9} {value}\n", format!("{key}:")));
+        out.push_str(&format!("{:<9} {}\n", format!("{key}:"), line(value)));
     }
     if let Some(r) = &f.reply_to {
-        out.push_str(&format!("reply_to: {r}\n"));
+        out.push_str(&format!("reply_to: {}\n", line(r)));
     }
     for (key, value) in &f.extra {
-        out.push_str(&format!("{:<9} {value}\n", format!("{key}:")));
+        out.push_str(&format!(
+            "{:<9} {}\n",
+            format!("{}:", line(key)),
+            line(value)
+        ));
     }
-    out.push_str(&format!("subject:  {}\n\n", f.subject));
-    out.push_str(&msg.body);
+    out.push_str(&format!("subject:  {}\n\n", line(&f.subject)));
+    out.push_str(&text(&msg.body));
     if !msg.body.ends_with('\n') {
         out.push('\n');
     }
     out
 }
 
-/// A message as a JSON object for scripts: the front matter keys as on disk, `id`, `body`.
+/// A message as a JSON object for scripts: the front matter keys as on disk, `msg_id` (as
+/// the tools and channel events name it), `body`. Print it with [`json_text`].
 pub fn json(msg: &Message) -> Value {
     let f = &msg.front;
     let mut v = json!({
-        "id": msg.id,
+        "msg_id": msg.id,
         "from": f.from,
         "to": f.to,
         "type": f.kind,
@@ -124,20 +135,100 @@ pub fn json(msg: &Message) -> Value {
     v
 }
 
-/// `12s ago`, `5m ago`, `2h03m ago`.
-pub fn ago(then: Option<DateTime<Local>>, now: DateTime<Local>) -> String {
-    let Some(then) = then else {
-        return "unknown".to_owned();
-    };
-    let s = now.signed_duration_since(then).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        _ => format!("{}h{:02}m ago", s / 3600, (s % 3600) / 60),
-    }
-}
-
 /// `1 message`, `2 messages`.
 pub fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// `s` on one line, safe to print: see [`escape`]; newlines and tabs are escaped too.
+pub fn line(s: &str) -> Cow<'_, str> {
+    escape(s, false)
+}
+
+/// A body, safe to print: see [`escape`]; newlines and tabs stay as they are.
+pub fn text(s: &str) -> Cow<'_, str> {
+    escape(s, true)
+}
+
+/// `s` with every character a terminal could act on shown as an escape: C0 controls and
+/// DEL as `\x1b`, C1 controls (8-bit `CSI`, `OSC`, …) and the bidirectional overrides that
+/// reorder what is shown as `\u{9b}`. Carriage returns are always escaped (they let a line
+/// overwrite itself); newlines and tabs only when `multiline` is false.
+fn escape(s: &str, multiline: bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| needs_escape(c, multiline)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !needs_escape(c, multiline) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char, multiline: bool) -> bool {
+    match c {
+        '\n' | '\t' => !multiline,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => true,
+        // Bidirectional embeddings, overrides and isolates, and the direction marks.
+        '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => true,
+        _ => false,
+    }
+}
+
+/// `value` as pretty JSON, safe to print: serde_json escapes C0 controls already; DEL, C1
+/// controls and the bidirectional overrides (which it leaves raw) become `\u` escapes too.
+/// They can stand only inside strings, where the escape means the same character.
+pub fn json_text(value: &Value) -> String {
+    // A JSON value always serialises.
+    let raw = serde_json::to_string_pretty(value).unwrap_or_default();
+    if !raw.chars().any(|c| needs_escape(c, true)) {
+        return raw;
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        if needs_escape(c, true) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_a_terminal_acts_on_and_keeps_the_rest() {
+        for (input, one_line, body) in [
+            (
+                "plain ünïcode 한국어",
+                "plain ünïcode 한국어",
+                "plain ünïcode 한국어",
+            ),
+            ("\x1b]0;x\x07", "\\x1b]0;x\\x07", "\\x1b]0;x\\x07"),
+            ("a\nb\tc\rd", "a\\x0ab\\x09c\\x0dd", "a\nb\tc\\x0dd"),
+            (
+                "\u{9b}2J \u{202e}txt",
+                "\\u{9b}2J \\u{202e}txt",
+                "\\u{9b}2J \\u{202e}txt",
+            ),
+            ("del\x7f", "del\\x7f", "del\\x7f"),
+        ] {
+            assert_eq!(line(input), one_line, "{input:?}");
+            assert_eq!(text(input), body, "{input:?}");
+        }
+        let v = json!({"s": "\x1b[2J \u{9b}x \u{202e} \n ok"});
+        let out = json_text(&v);
+        assert!(!out.chars().any(|c| needs_escape(c, true)), "{out:?}");
+        let back: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, v);
+    }
 }

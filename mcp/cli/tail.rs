@@ -9,7 +9,7 @@ use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::watch;
 
-use super::open_mailbox;
+use super::open_existing;
 use super::style::{self, Style};
 
 /// `t9-ipc tail`.
@@ -25,18 +25,17 @@ pub struct TailArgs {
 }
 
 pub async fn run(args: TailArgs, config: &Config) -> anyhow::Result<()> {
-    let mailbox = open_mailbox(config)?;
+    let mailbox = open_existing(config)?;
     // Watch before the first scan, so that nothing written in between is missed.
     let (_watcher, mut events) = watch::watch(mailbox.inbox())
         .with_context(|| format!("watching {}", mailbox.inbox().display()))?;
     let mut seen: HashSet<String> = mailbox.scan()?.iter().map(|m| m.id.clone()).collect();
     eprintln!(
-        // stdout-ok: stderr
         "t9-ipc: following {}{} (Ctrl-C stops)",
         mailbox.inbox().display(),
         args.to
             .as_deref()
-            .map(|n| format!(", messages for {n}"))
+            .map(|n| format!(", messages for {}", style::line(n)))
             .unwrap_or_default()
     );
     let style = Style::stdout();
@@ -54,14 +53,15 @@ pub async fn run(args: TailArgs, config: &Config) -> anyhow::Result<()> {
             let mut text = format!(
                 "{}\n  {}\n",
                 style::headline(&msg, style),
-                style.dim(&msg.id)
+                style.dim(&style::line(&msg.id))
             );
             if let Some(r) = &msg.front.reply_to {
+                let r = style::line(r);
                 text.push_str(&format!("  {}\n", style.dim(&format!("reply to {r}"))));
             }
             for line in msg.body.lines() {
                 text.push_str("    ");
-                text.push_str(line);
+                text.push_str(&style::text(line));
                 text.push('\n');
             }
             text.push('\n');

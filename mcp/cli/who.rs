@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
 
-use super::style::{Style, ago};
+use super::style::{self, Style, ago};
 
 /// `t9-ipc who`.
 #[derive(Debug, Args)]
@@ -22,6 +22,8 @@ pub struct WhoArgs {
 
 pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     let now = Local::now();
+    // Heartbeats of a mailbox that does not exist would read as "nobody": say so instead.
+    super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
     if args.json {
         let list: Vec<Value> = live
@@ -34,12 +36,11 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        // A Vec of JSON values always serialises.
-        println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
+        println!("{}", style::json_text(&Value::Array(list)));
         return Ok(());
     }
     if live.is_empty() {
-        println!("No live session (mailbox {}).", config.data_dir.display()); // stdout-ok
+        println!("No live session (mailbox {}).", config.data_dir.display());
         return Ok(());
     }
     let style = Style::stdout();
@@ -47,12 +48,14 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
         .iter()
         .map(|(name, e)| {
             [
-                name.clone(),
+                style::line(name).into_owned(),
                 e.pid.to_string(),
-                e.push().to_owned(),
+                style::line(e.push()).into_owned(),
                 ago(e.last_seen(), now),
-                e.cwd.clone().unwrap_or_else(|| "?".to_owned()),
-                e.working_on.clone(),
+                e.cwd
+                    .as_deref()
+                    .map_or_else(|| "?".to_owned(), |c| style::line(c).into_owned()),
+                style::line(&e.working_on).into_owned(),
             ]
         })
         .collect();
@@ -74,9 +77,9 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
         }
         out.trim_end().to_owned()
     };
-    println!("{}", style.bold(&line(header))); // stdout-ok
+    println!("{}", style.bold(&line(header)));
     for row in &rows {
-        println!("{}", line(row.each_ref().map(String::as_str))); // stdout-ok
+        println!("{}", line(row.each_ref().map(String::as_str)));
     }
     Ok(())
 }
