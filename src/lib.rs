@@ -27,14 +27,20 @@
 //!   `telegram::Token` (filled by `config`), which prints as `<redacted>`; only `telegram`
 //!   reads its text, for the request URL, and no log line, error or file holds it.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod channels;
 pub mod config;
 pub mod error;
+pub mod fsx;
 pub mod heartbeat;
+pub mod id;
 pub mod mailbox;
 pub mod message;
+pub mod process;
 pub mod session;
 pub mod telegram;
+pub mod text;
 pub mod watch;
 
 pub use error::{Error, Result};
