@@ -6,8 +6,8 @@ use std::io;
 
 use chrono::{DateTime, Local, TimeDelta};
 
-use super::read::{Skip, read_checked, stat_skip};
-use super::{Mailbox, sent_at};
+use super::read::{Skip, read_checked, read_entry};
+use super::{Mailbox, messages_in, sent_at};
 use crate::error::{Error, Result};
 use crate::fsx::sync_dir;
 use crate::message;
@@ -129,23 +129,10 @@ impl Mailbox {
         dry_run: bool,
         now: DateTime<Local>,
     ) -> Result<Vec<String>> {
-        let entries = fs::read_dir(&self.archive).map_err(Error::io("listing", &self.archive))?;
         let mut old = Vec::new();
-        for entry in entries.flatten() {
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".md"))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
+        for (entry, id) in messages_in(&self.archive)? {
             let path = entry.path();
-            let read = entry
-                .metadata()
-                .map_err(stat_skip)
-                .and_then(|meta| read_checked(&path, &meta, &id));
-            match read {
+            match read_entry(&entry, &id) {
                 Ok(msg) => {
                     if sent_at(&msg)
                         .is_some_and(|sent| now.signed_duration_since(sent) >= older_than)

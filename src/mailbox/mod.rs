@@ -136,13 +136,7 @@ impl Mailbox {
 
     /// The ids (file stems) of every `*.md` file in `inbox/`, unsorted; nothing is read.
     pub fn ids(&self) -> Result<Vec<String>> {
-        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .filter_map(|n| n.strip_suffix(".md").map(str::to_owned))
-            .collect())
+        Ok(messages_in(&self.inbox)?.map(|(_, id)| id).collect())
     }
 
     /// A message from `archive/` (not cached: archived mail is looked up rarely).
@@ -186,25 +180,28 @@ impl Mailbox {
     pub fn ids_starting_with(&self, prefix: &str) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         for dir in [&self.inbox, &self.archive] {
-            for entry in fs::read_dir(dir)
-                .map_err(Error::io("listing", dir))?
-                .flatten()
-            {
-                if let Some(id) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".md"))
-                    && id.starts_with(prefix)
-                    && !id.starts_with('.')
-                {
-                    ids.push(id.to_owned());
-                }
-            }
+            ids.extend(
+                messages_in(dir)?
+                    .map(|(_, id)| id)
+                    .filter(|id| id.starts_with(prefix)),
+            );
         }
         ids.sort();
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// The entries of `dir` named `<id>.md` (not hidden, UTF-8), with their id; entries that
+/// cannot be listed are passed over.
+fn messages_in(dir: &Path) -> Result<impl Iterator<Item = (fs::DirEntry, String)>> {
+    let entries = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+    Ok(entries.flatten().filter_map(|entry| {
+        let name = entry.file_name().into_string().ok()?;
+        let id = name.strip_suffix(".md").filter(|id| !id.starts_with('.'))?;
+        let id = id.to_owned();
+        Some((entry, id))
+    }))
 }
 
 /// `<id>.md`, for an id that can only name a file directly in a mailbox folder (not empty,

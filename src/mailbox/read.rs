@@ -57,7 +57,14 @@ pub(super) fn stat_failed(name: &str, err: &io::Error) {
     }
 }
 
-pub(super) fn stat_skip(err: io::Error) -> Skip {
+/// Reads the file of a folder entry as message `id` ([`read_checked`] on its own `lstat`).
+pub(super) fn read_entry(entry: &fs::DirEntry, id: &str) -> std::result::Result<Message, Skip> {
+    // DirEntry::metadata does not follow symbolic links.
+    let meta = entry.metadata().map_err(stat_skip)?;
+    read_checked(&entry.path(), &meta, id)
+}
+
+fn stat_skip(err: io::Error) -> Skip {
     if err.kind() == io::ErrorKind::NotFound {
         Skip::Gone
     } else {

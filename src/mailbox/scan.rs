@@ -9,8 +9,8 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Local};
 
-use super::read::{Skip, read_checked, stat_failed, stat_skip};
-use super::{Mailbox, Message, ReadState, file_name};
+use super::read::{Skip, read_checked, read_entry, stat_failed};
+use super::{Mailbox, Message, ReadState, file_name, messages_in};
 use crate::error::{Error, Result};
 use crate::message::{self, MessageId};
 
@@ -164,19 +164,14 @@ impl Mailbox {
     /// first. Only those files are read (through the same cache as [`Mailbox::scan`]), so
     /// the cost follows the recent mail, not the size of an old inbox.
     pub fn recent(&self, since: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
-        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
+        let entries = messages_in(&self.inbox)?;
         let mut cache = self.cache();
         let mut messages = Vec::new();
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Some(id) = name.strip_suffix(".md") else {
-                continue;
-            };
-            if name.starts_with('.') || message::stem_time(id).is_none_or(|t| t < since) {
+        for (entry, id) in entries {
+            if message::stem_time(&id).is_none_or(|t| t < since) {
                 continue;
             }
+            let name = format!("{id}.md");
             match entry.metadata() {
                 Ok(meta) => messages.extend(self.load(&mut cache, &name, &meta)),
                 Err(err) => stat_failed(&name, &err),
@@ -200,14 +195,10 @@ impl Mailbox {
         skip_pushed: bool,
         now: DateTime<Local>,
     ) -> Result<Vec<Message>> {
-        let entries = fs::read_dir(&self.inbox).map_err(Error::io("listing", &self.inbox))?;
         let mut unread = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".md")) else {
-                continue;
-            };
-            if id.starts_with('.') || state.was_read(id) || (skip_pushed && state.was_pushed(id)) {
+        for (entry, id) in messages_in(&self.inbox)? {
+            let id = id.as_str();
+            if state.was_read(id) || (skip_pushed && state.was_pushed(id)) {
                 continue;
             }
             let skip = match stem_recipient(id, session) {
@@ -220,11 +211,7 @@ impl Mailbox {
             if skip {
                 continue;
             }
-            let read = entry
-                .metadata()
-                .map_err(stat_skip)
-                .and_then(|meta| read_checked(&entry.path(), &meta, id));
-            match read {
+            match read_entry(&entry, id) {
                 Ok(msg) if state.is_unread(session, &msg, now) => unread.push(msg),
                 Ok(_) => {}
                 Err(skip) => {
@@ -254,20 +241,16 @@ impl Mailbox {
             if name.starts_with('.') {
                 continue;
             }
-            let meta = entry.metadata();
             let Some(id) = name.strip_suffix(".md") else {
                 if name.contains(".tmp.") {
-                    let modified = meta.ok().and_then(|m| m.modified().ok());
+                    let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
                     audit.temporary.push((name, modified));
                 } else {
                     audit.bad.push((name, "not a .md file".to_owned()));
                 }
                 continue;
             };
-            let read = meta
-                .map_err(stat_skip)
-                .and_then(|meta| read_checked(&entry.path(), &meta, id));
-            match read {
+            match read_entry(&entry, id) {
                 Ok(msg) => audit.messages.push(msg),
                 Err(Skip::Gone) => {}
                 Err(skip) => audit.bad.push((name, skip.reason())),
