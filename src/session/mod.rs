@@ -405,6 +405,42 @@ mod tests {
         );
     }
 
+    /// The methods the async side calls answer while the index lock is held by I/O (a
+    /// scan, a read-state append under flock): they never wait for it.
+    #[test]
+    fn the_async_side_never_waits_for_the_index_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            data_dir_source: crate::config::DataDirSource::Env,
+            session_name: Some("alpha".into()),
+            cwd: dir.path().to_path_buf(),
+            push: None,
+            account_without_channels: None,
+            push_quiet: std::time::Duration::ZERO,
+            push_rate: None,
+            archive_after_days: 7,
+            telegram: None,
+        };
+        let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
+        let held = session.index();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = session.clone();
+        std::thread::spawn(move || {
+            let name = s.name();
+            s.set_push(Push::On);
+            let waiter = s.wait_begin(WaitFor::default());
+            s.pushing(&["x".to_owned()]);
+            s.push_failed(&["x".to_owned()]);
+            s.wait_end(waiter);
+            let current = s.is_current();
+            let _ = tx.send((name, s.push(), current));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert_eq!(answer, Ok(("alpha".to_owned(), Push::On, false)));
+    }
+
     #[test]
     fn free_names() {
         let entry = |pid| Entry {
