@@ -5,6 +5,7 @@
 use std::fs;
 
 use crate::config::Config;
+use crate::process;
 
 /// Whether channel events reach the model of this session, as far as the server can tell.
 /// It decides whether a pushed message counts as seen.
@@ -24,6 +25,15 @@ impl Push {
             Push::On => "on",
             Push::Off => "off",
             Push::Unknown => "unknown",
+        }
+    }
+
+    /// The state a word written by [`Push::as_str`] names; any other word is `Unknown`.
+    pub fn from_word(word: &str) -> Push {
+        match word {
+            "on" => Push::On,
+            "off" => Push::Off,
+            _ => Push::Unknown,
         }
     }
 }
@@ -56,7 +66,7 @@ pub fn detect(config: &Config, client_name: &str) -> (Push, String) {
             format!("{var} is set: that account has no channels"),
         );
     }
-    for pid in ancestors(std::os::unix::process::parent_id(), 4) {
+    for pid in process::ancestors_from(std::os::unix::process::parent_id(), 4) {
         let Some(args) = cmdline(pid) else { continue };
         if !is_claude(&args) {
             continue;
@@ -105,26 +115,6 @@ fn has_channel_flag(args: &[String]) -> bool {
             value.is_some_and(|v| v.split([',', ' ']).any(|e| e.starts_with("server:")))
         })
     })
-}
-
-/// `pid` and up to `depth - 1` of its ancestors (Linux `/proc`; empty elsewhere).
-fn ancestors(mut pid: u32, depth: usize) -> Vec<u32> {
-    let mut out = Vec::new();
-    while pid > 1 && out.len() < depth {
-        out.push(pid);
-        match parent_of(pid) {
-            Some(parent) => pid = parent,
-            None => break,
-        }
-    }
-    out
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cmdline(pid: u32) -> Option<Vec<String>> {

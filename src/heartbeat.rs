@@ -2,17 +2,18 @@
 //! liveness is a pure function of an entry, the time and whether its pid runs.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeDelta, TimeZone};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::channels::Push;
 use crate::error::{Error, Result};
-use crate::mailbox::{random_uid, sync_dir};
+use crate::fsx;
 use crate::message::TIME_FORMAT;
+use crate::process;
 
 /// Entries older than this are stale whatever their pid says.
 pub const STALE_AFTER: TimeDelta = TimeDelta::hours(24);
@@ -66,6 +67,11 @@ impl Entry {
             .get(PUSH)
             .and_then(Value::as_str)
             .unwrap_or("unknown")
+    }
+
+    /// [`Entry::push`] as a [`Push`]: compare this, not the word.
+    pub fn push_mode(&self) -> Push {
+        Push::from_word(self.push())
     }
 }
 
@@ -134,36 +140,7 @@ pub fn session_of(
 /// The pids above this process, nearest first: its parent, grandparent, …, at most `max`,
 /// ending before pid 1.
 pub fn ancestors(max: usize) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut pid = std::os::unix::process::parent_id();
-    while pid > 1 && out.len() < max && !out.contains(&pid) {
-        out.push(pid);
-        match parent_of(pid) {
-            Some(parent) => pid = parent,
-            None => break,
-        }
-    }
-    out
-}
-
-/// The parent of `pid`, from `/proc/<pid>/stat`.
-#[cfg(target_os = "linux")]
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may hold spaces and parentheses, so split at the last ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    fields.next()?; // state
-    fields.next()?.parse().ok()
-}
-
-/// The parent of `pid`, from `ps` (no /proc here).
-#[cfg(not(target_os = "linux"))]
-fn parent_of(pid: u32) -> Option<u32> {
-    let out = std::process::Command::new("ps")
-        .args(["-o", "ppid=", "-p", &pid.to_string()])
-        .output()
-        .ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    process::ancestors_from(std::os::unix::process::parent_id(), max)
 }
 
 /// True while an entry counts as a live session: not signing off, refreshed within
@@ -176,18 +153,7 @@ pub fn is_alive(entry: &Entry, now: DateTime<Local>, pid_running: bool) -> bool 
             .is_some_and(|seen| now.signed_duration_since(seen) < STALE_AFTER)
 }
 
-/// True when a process with this pid exists on this machine.
-pub fn pid_running(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
+pub use crate::process::pid_running;
 
 /// The heartbeats file of a mailbox root.
 pub struct Heartbeats {
@@ -268,24 +234,7 @@ impl Heartbeats {
         // Serialising plain strings, numbers and JSON values cannot fail.
         let mut text = serde_json::to_string_pretty(table).expect("heartbeats serialise");
         text.push('\n');
-        let tmp = self
-            .path
-            .with_file_name(format!("heartbeats.json.tmp.{}", random_uid()));
-        let result = File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            })
-            .map_err(Error::io("writing", &tmp))
-            .and_then(|()| fs::rename(&tmp, &self.path).map_err(Error::io("renaming", &tmp)));
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
-        Ok(())
+        fsx::write_atomic(&self.path, text.as_bytes())
     }
 }
 
@@ -496,12 +445,5 @@ mod tests {
         assert_eq!(up.first(), Some(&std::os::unix::process::parent_id()));
         assert!(!up.contains(&std::process::id()));
         assert!(!up.contains(&1));
-    }
-
-    #[test]
-    fn own_pid_runs() {
-        assert!(pid_running(std::process::id()));
-        assert!(!pid_running(0));
-        assert!(!pid_running(u32::MAX));
     }
 }

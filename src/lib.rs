@@ -3,10 +3,22 @@
 //! Code map:
 //! - [`channels`]: whether channel events reach the model (evidence about the client).
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
+//! - [`error`]: the library's one error type; file-system variants name the path.
+//! - [`fsx`]: the one atomic file write (temporary file, fsync, rename, fsync of the folder,
+//!   mode 0600), and the folder flush and random uid that go with it.
+//! - [`id`]: message ids (`<stamp>-<uid>-<from>-<to>-<subject>`) made and read: the
+//!   [`id::MessageId`] type holds the only byte offsets of that shape. Pure, no I/O.
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
-//! - [`mailbox`]: the only code that touches message files and read state.
+//! - [`mailbox`]: the only code that touches message files and read state: `mod` (folders,
+//!   writing one message, finding one by id), `read` (reading one file safely), `scan`
+//!   (listing the inbox through the parse cache, the audit), `state` (read state logs),
+//!   `archive` (moving finished mail to `archive/`, pruning it).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
-//! - [`session`]: one running session: its name, heartbeat, sends and unread mail.
+//! - [`process`]: other processes: whether a pid runs, the chain of parents above one.
+//! - [`session`]: one running session: `mod` (its name, heartbeat and the state the async
+//!   side shares; the lock order), `index` (the index of its unread mail: sync, unread,
+//!   pushes, waits), `send` (every field of a send checked, then one file written).
+//! - [`text`]: small pieces of text shared by user-facing messages (`plural`).
 //! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
 //! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
 //!   its bookkeeping lives in `<data>/telegram/`.
@@ -18,8 +30,15 @@
 //!   cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
-//! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or knows
-//!   about MCP.
+//! - No file is replaced other than by [`fsx::write_atomic`] (telegram's own write is still
+//!   to be folded in); no file it writes is readable by other users.
+//! - No byte offset into a message id outside `id`; no push state compared as a word
+//!   (`channels::Push` is compared).
+//! - No lock of `session` that the async side takes is held across I/O (see
+//!   [`session::Session`]).
+//! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or
+//!   stderr, or knows about MCP: `clippy::print_stdout` and `clippy::print_stderr` are
+//!   denied here; diagnostics go through `tracing`.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
 //! - No message file is opened in a way that can block (a FIFO) or follows a link, read past
 //!   `mailbox::MAX_FILE_BYTES`, or read while a process has it open for writing (Linux).
@@ -27,14 +46,20 @@
 //!   `telegram::Token` (filled by `config`), which prints as `<redacted>`; only `telegram`
 //!   reads its text, for the request URL, and no log line, error or file holds it.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod channels;
 pub mod config;
 pub mod error;
+pub mod fsx;
 pub mod heartbeat;
+pub mod id;
 pub mod mailbox;
 pub mod message;
+pub mod process;
 pub mod session;
 pub mod telegram;
+pub mod text;
 pub mod watch;
 
 pub use error::{Error, Result};

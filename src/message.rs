@@ -5,11 +5,15 @@
 //! `key: value` lines the original Python t9-ipc wrote.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Timelike};
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
 use pulldown_cmark::{Event, MetadataBlockKind, Options, Parser, Tag, TagEnd};
 use serde::Serialize;
+
+pub use crate::id::{
+    MessageId, file_stem, file_stem_part, stem_is_shaped, stem_may_address,
+    stem_may_address_everyone, stem_may_be_for, stem_time,
+};
 
 /// The longest subject a sender may write, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 200;
@@ -133,33 +137,17 @@ pub fn parse_time(text: &str) -> Option<DateTime<Local>> {
 }
 
 /// Why a file is not a message. Each variant tells a person what to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    #[error("no front matter (the file must start with a `---` line)")]
     NoFrontMatter,
+    #[error("the front matter has no closing `---` line, or is empty")]
     Unclosed,
+    #[error("the front matter has no `{0}`")]
     Missing(&'static str),
     /// A key of the format given twice with different values: which one was meant?
+    #[error("the front matter has `{0}` twice, with different values")]
     Twice(&'static str),
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::NoFrontMatter => {
-                f.write_str("no front matter (the file must start with a `---` line)")
-            }
-            ParseError::Unclosed => {
-                f.write_str("the front matter has no closing `---` line, or is empty")
-            }
-            ParseError::Missing(key) => write!(f, "the front matter has no `{key}`"),
-            ParseError::Twice(key) => {
-                write!(
-                    f,
-                    "the front matter has `{key}` twice, with different values"
-                )
-            }
-        }
-    }
 }
 
 /// Splits a message file into front matter and body.
@@ -405,87 +393,6 @@ pub fn render(front: &FrontMatter, body: &str) -> String {
 /// Replaces every line break (`\r\n`, `\n`, `\r`) with one space.
 pub fn one_line(s: &str) -> String {
     s.replace("\r\n", " ").replace(['\n', '\r'], " ")
-}
-
-/// The time in a message id's stamp (`YYYYMMDDTHHMMSSffffff`, local time), if it has one.
-pub fn stem_time(id: &str) -> Option<DateTime<Local>> {
-    let seconds = NaiveDateTime::parse_from_str(id.get(..15)?, "%Y%m%dT%H%M%S").ok()?;
-    let micros: u32 = id.get(15..21)?.parse().ok()?;
-    let naive = seconds.with_nanosecond(micros * 1000)?;
-    Local.from_local_datetime(&naive).earliest()
-}
-
-/// The file stem (the message id): `<stamp>-<uid>-<from>-<to>-<subject>`.
-pub fn file_stem(now: DateTime<Local>, uid: &str, from: &str, to: &str, subject: &str) -> String {
-    format!(
-        "{}-{}-{}-{}-{}",
-        now.format("%Y%m%dT%H%M%S%6f"),
-        uid,
-        name_part(from, 16),
-        name_part(to, 16),
-        name_part(subject, 40),
-    )
-}
-
-/// False only when a file stem written by [`file_stem`] shows that the message is not
-/// addressed to `to`: its recipient part is another name. Stems of another shape may be for
-/// anyone, so they answer true. A cheap filter before reading a file, never the final word.
-pub fn stem_may_address(stem: &str, to: &str) -> bool {
-    if !stem_is_shaped(stem) {
-        return true;
-    }
-    // `<from>-<to>-<subject>`: names may hold '-', so look for the part anywhere, matches
-    // that overlap included (`---` in `0_0-----`). A name longer than 16 characters is cut
-    // to 16 here; another writer may not cut it, so its first 16 are enough.
-    let rest = &stem.as_bytes()[31..];
-    let part = name_part(to, 16);
-    let part = part.as_bytes();
-    let cut = to.chars().count() > 16;
-    (1..rest.len()).any(|at| {
-        let end = at + part.len();
-        rest[at - 1] == b'-'
-            && rest[at..].starts_with(part)
-            && (cut || end == rest.len() || rest[end] == b'-')
-    })
-}
-
-/// [`stem_may_address`] for a session's mail: addressed to `name` or to everyone.
-pub fn stem_may_be_for(stem: &str, name: &str) -> bool {
-    stem_may_address(stem, name) || stem_may_address_everyone(stem)
-}
-
-/// [`stem_may_address`] for `all`, or `broadcast` of older writers.
-pub fn stem_may_address_everyone(stem: &str) -> bool {
-    stem_may_address(stem, BROADCAST) || stem_may_address(stem, "broadcast")
-}
-
-/// True for a stem named as [`file_stem`] names them: `<stamp>-<uid>-<rest>`.
-pub fn stem_is_shaped(stem: &str) -> bool {
-    let b = stem.as_bytes();
-    b.len() > 31
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..21].iter().all(u8::is_ascii_digit)
-        && b[21] == b'-'
-        && b[30] == b'-'
-}
-
-/// A session name as it appears in file names: cut to 16 characters, unsafe ones replaced.
-pub fn file_stem_part(name: &str) -> String {
-    name_part(name, 16)
-}
-
-fn name_part(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .take(max_chars)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Checks a session name: `[A-Za-z0-9_-]{3,64}`, and not a word that means "everyone".

@@ -1,0 +1,225 @@
+//! Reading one message file without ever blocking, following a link, reading too much or
+//! reading a file still being written.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::{MAX_FILE_BYTES, Message};
+use crate::message;
+
+/// Why a file was not read as a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Skip {
+    /// It is no message; the reason is for a warning.
+    Bad(String),
+    /// It went away before it was read (archived or deleted meanwhile): nothing to say.
+    Gone,
+    /// A process has it open for writing: it is read when its writer closes it.
+    Writing,
+}
+
+impl Skip {
+    pub(super) fn reason(&self) -> String {
+        match self {
+            Skip::Bad(reason) => reason.clone(),
+            Skip::Gone => "it is gone".to_owned(),
+            Skip::Writing => "it is still being written".to_owned(),
+        }
+    }
+}
+
+/// Reads a message file after checking what kind of file it is; `Err` says why it is no
+/// message. `meta` must not follow symbolic links.
+pub(super) fn read_checked(
+    path: &Path,
+    meta: &fs::Metadata,
+    id: &str,
+) -> std::result::Result<Message, Skip> {
+    if meta.file_type().is_symlink() {
+        Err(Skip::Bad("a symbolic link".to_owned()))
+    } else if !meta.is_file() {
+        Err(Skip::Bad("not a regular file".to_owned()))
+    } else if meta.len() > MAX_FILE_BYTES {
+        Err(Skip::Bad(format!("larger than {MAX_FILE_BYTES} bytes")))
+    } else {
+        read_message(path, id)
+    }
+}
+
+/// A `stat` that failed: quiet when the file is gone (archived or deleted after the listing).
+pub(super) fn stat_failed(name: &str, err: &io::Error) {
+    if err.kind() == io::ErrorKind::NotFound {
+        tracing::debug!(file = %name, "not read now: it is gone");
+    } else {
+        tracing::warn!(file = %name, %err, "skipped: cannot stat");
+    }
+}
+
+/// Reads the file of a folder entry as message `id` ([`read_checked`] on its own `lstat`).
+pub(super) fn read_entry(entry: &fs::DirEntry, id: &str) -> std::result::Result<Message, Skip> {
+    // DirEntry::metadata does not follow symbolic links.
+    let meta = entry.metadata().map_err(stat_skip)?;
+    read_checked(&entry.path(), &meta, id)
+}
+
+fn stat_skip(err: io::Error) -> Skip {
+    if err.kind() == io::ErrorKind::NotFound {
+        Skip::Gone
+    } else {
+        Skip::Bad(format!("cannot stat: {err}"))
+    }
+}
+
+/// Reads one message file. What the caller checked may have changed since (the file was
+/// replaced, grew, or is being written), so the open file is checked again: the open never
+/// blocks (a FIFO) nor follows a link, only a regular file is read, never more than
+/// [`MAX_FILE_BYTES`], and not while a process has it open for writing.
+fn read_message(path: &Path, id: &str) -> std::result::Result<Message, Skip> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Skip::Gone,
+            Some(libc::ELOOP) => Skip::Bad("a symbolic link".to_owned()),
+            _ => Skip::Bad(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Skip::Bad(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Skip::Bad("not a regular file".to_owned()));
+    }
+    let too_large = || Skip::Bad(format!("larger than {MAX_FILE_BYTES} bytes"));
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    if open_for_writing(&file) {
+        return Err(Skip::Writing);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    (&file)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Skip::Bad(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| Skip::Bad("not UTF-8 text".to_owned()))?;
+    let (front, body) = message::parse(&text).map_err(|e| Skip::Bad(e.to_string()))?;
+    Ok(Message {
+        id: id.to_owned(),
+        front,
+        body,
+    })
+}
+
+/// True when some process has `file` open for writing: a writer that writes a message in
+/// place has not finished it yet. Linux tells by refusing a read lease (`F_SETLEASE`) then;
+/// the lease, when granted, is dropped at once. Where leases are unsupported or not allowed
+/// (a file of another user, NFS), and on other systems, the answer is false: the file is read.
+#[cfg(target_os = "linux")]
+fn open_for_writing(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    /// `F_SETSIG` from `<fcntl.h>` (the same on every Linux architecture); libc lacks it.
+    const F_SETSIG: libc::c_int = 10;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor this function borrows open; no memory is passed.
+    unsafe {
+        // A writer opening the file while the lease is held breaks it with a signal to this
+        // process: SIGURG, ignored by default, not SIGIO, whose default ends the process.
+        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) == -1 {
+            return false;
+        }
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_for_writing(_file: &File) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const GOOD: &str = "---\nfrom: alpha\nto: beta\nsubject: s\n---\n\nbody\n";
+
+    /// `read_message` on `path` in a thread: it must answer within the time, never hang.
+    fn read_in_time(path: &Path) -> std::result::Result<Message, Skip> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_message(&path, "x"));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("read_message returned in time")
+    }
+
+    // The callers look at the file first (lstat); these show what happens when the file
+    // changed after that look.
+
+    #[test]
+    fn a_fifo_is_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.md");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read_in_time(&fifo),
+            Err(Skip::Bad("not a regular file".to_owned()))
+        );
+    }
+
+    #[test]
+    fn links_are_not_followed_not_even_in_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, good) = (
+            dir.path().join("a.md"),
+            dir.path().join("b.md"),
+            dir.path().join("good.md"),
+        );
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        fs::write(&good, GOOD).unwrap();
+        let c = dir.path().join("c.md");
+        std::os::unix::fs::symlink(&good, &c).unwrap();
+        for link in [a, c] {
+            assert_eq!(
+                read_in_time(&link),
+                Err(Skip::Bad("a symbolic link".to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_gone_or_grown_or_being_written_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.md");
+        assert_eq!(read_in_time(&path), Err(Skip::Gone));
+        let mut big = GOOD.as_bytes().to_vec();
+        big.resize(MAX_FILE_BYTES as usize + 1, b'x');
+        fs::write(&path, &big).unwrap();
+        assert!(matches!(read_in_time(&path), Err(Skip::Bad(r)) if r.starts_with("larger")));
+        let mut writer = File::create(&path).unwrap();
+        writer.write_all(GOOD.as_bytes()).unwrap();
+        // Another process could hold it; this one does here. A lease is refused either way.
+        let expected = if cfg!(target_os = "linux") {
+            Err(Skip::Writing)
+        } else {
+            read_message(&path, "x")
+        };
+        assert_eq!(read_in_time(&path), expected);
+        drop(writer);
+        assert_eq!(read_in_time(&path).unwrap().body, "body");
+    }
+}

@@ -1,0 +1,351 @@
+//! Read state: what one session has read and been shown, in `state/<name>.log`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Local};
+
+use super::{Mailbox, Message, sent_at};
+use crate::error::{Error, Result};
+use crate::message::MessageId;
+
+impl Mailbox {
+    /// Every name's `joined` time and read ids, read without writing anything.
+    pub(super) fn all_read_states(&self) -> Result<HashMap<String, Seen>> {
+        let mut out = HashMap::new();
+        let entries = fs::read_dir(&self.state).map_err(Error::io("listing", &self.state))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+            let mut joined = None;
+            let mut read = HashSet::new();
+            for line in text.lines() {
+                match parse_line(line) {
+                    Line::Joined(t) => {
+                        joined.get_or_insert(t);
+                    }
+                    Line::Mark(Mark::Read, id) => {
+                        read.insert(id.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+            // No readable `joined`: the name counts every broadcast as its mail.
+            let joined = joined.unwrap_or(DateTime::UNIX_EPOCH.with_timezone(&Local));
+            out.insert(name.to_owned(), (joined, read));
+        }
+        Ok(out)
+    }
+
+    /// Loads (or starts) the read state of `session`.
+    pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
+        let path = self.state.join(format!("{session}.log"));
+        ReadState::load(path, now, true, || self.first_sent_by(session))
+    }
+
+    /// The time of the oldest message in `inbox/` sent by `name`: proof that the name was
+    /// running then. Reads file names only.
+    fn first_sent_by(&self, name: &str) -> Option<DateTime<Local>> {
+        self.ids()
+            .ok()?
+            .into_iter()
+            .filter_map(|id| {
+                MessageId::parse(&id)
+                    .filter(|id| id.may_be_from(name))?
+                    .time()
+            })
+            .min()
+    }
+
+    /// Loads the read state of `session` without writing anything: a name that never read
+    /// mail gets an empty state that joined `now` (so only direct messages are its mail).
+    /// Marking it read writes the file as [`Mailbox::read_state`] would.
+    pub fn peek_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
+        let path = self.state.join(format!("{session}.log"));
+        ReadState::load(path, now, false, || self.first_sent_by(session))
+    }
+}
+
+/// A name's `joined` time and the ids it read.
+pub(super) type Seen = (DateTime<Local>, HashSet<String>);
+
+/// What one session has read and what it has been shown, in `state/<name>.log`.
+///
+/// The file is append-only, one fact a line, so a crash loses at most the line being
+/// written: `joined <time>` first, then `read <id>`, `pushed <id>` (sent as a channel event)
+/// and `listed <id>` (named in a digest event, body not sent). Appends take the file's lock,
+/// so several processes (a server, a hook, the CLI) can write one name's state; each picks up
+/// the others' lines with [`ReadState::refresh`]. A line it cannot read is skipped: a damaged
+/// file can make mail unread again, never lose it.
+#[derive(Debug)]
+pub struct ReadState {
+    path: PathBuf,
+    /// When this name first read mail: broadcasts older than this are not its mail.
+    pub joined: DateTime<Local>,
+    read: HashSet<String>,
+    pushed: HashSet<String>,
+    listed: HashSet<String>,
+    /// How far the file has been read.
+    offset: u64,
+    /// Counts the refreshes that took in lines of other processes.
+    generation: u64,
+    has_joined: bool,
+}
+
+impl ReadState {
+    /// Reads the state at `path`. When it is missing, starts one (written to disk only
+    /// when `create`) that joined when `first_seen` says the name first sent mail, or `now`.
+    fn load(
+        path: PathBuf,
+        now: DateTime<Local>,
+        create: bool,
+        first_seen: impl FnOnce() -> Option<DateTime<Local>>,
+    ) -> Result<ReadState> {
+        let mut state = ReadState {
+            path,
+            joined: now,
+            read: HashSet::new(),
+            pushed: HashSet::new(),
+            listed: HashSet::new(),
+            offset: 0,
+            generation: 0,
+            has_joined: false,
+        };
+        state.refresh()?;
+        if !state.has_joined {
+            let joined = if state.offset > 0 {
+                // Damaged: every broadcast counts as this name's mail again. Repeats are
+                // better than losses.
+                tracing::warn!(file = %state.path.display(), "read state has no readable `joined` line; every broadcast counts as unread");
+                DateTime::UNIX_EPOCH.with_timezone(&Local)
+            } else {
+                // A new name, or a lost state file. If the name sent mail before, it was
+                // running then: count its broadcasts from there.
+                first_seen().map_or(now, |t| t.min(now))
+            };
+            state.joined = joined;
+            state.has_joined = true;
+            if create {
+                state.append(&format!("joined {}\n", joined.to_rfc3339()))?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Reads the lines other processes appended since the last look. Cheap when nothing
+    /// changed (one `stat`).
+    /// A number that changes whenever [`ReadState::refresh`] took in other processes' lines.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn refresh(&mut self) -> Result<()> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if self.offset > 0 {
+                    tracing::warn!(file = %self.path.display(), "read state file vanished; starting it again");
+                    self.offset = 0;
+                    let line = format!("joined {}\n", self.joined.to_rfc3339());
+                    self.append(&line)?;
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(Error::io("opening", &self.path)(err)),
+        };
+        let len = file
+            .metadata()
+            .map_err(Error::io("reading", &self.path))?
+            .len();
+        if len == self.offset {
+            return Ok(());
+        }
+        if len < self.offset {
+            // Replaced or cut by someone: read it again from the start (sets only grow).
+            self.offset = 0;
+        }
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(Error::io("reading", &self.path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(Error::io("reading", &self.path))?;
+        // Only whole lines: a line being appended right now is read next time.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut bad = 0usize;
+        for line in String::from_utf8_lossy(&bytes[..whole]).lines() {
+            match parse_line(line) {
+                Line::Joined(t) => {
+                    if !self.has_joined {
+                        self.joined = t;
+                        self.has_joined = true;
+                    }
+                }
+                Line::Mark(what, id) => {
+                    self.set_of(what).insert(id.to_owned());
+                }
+                Line::Empty => {}
+                Line::Bad => bad += 1,
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(file = %self.path.display(), lines = bad, "skipped unreadable lines in the read state");
+        }
+        if whole > 0 {
+            self.generation += 1;
+        }
+        self.offset += whole as u64;
+        Ok(())
+    }
+
+    /// True when `msg` is for `session`, still current (not expired) and not read.
+    /// Broadcasts sent before this name first joined are history, not mail.
+    pub fn is_unread(&self, session: &str, msg: &Message, now: DateTime<Local>) -> bool {
+        if !msg.front.is_for(session) || self.read.contains(&msg.id) || msg.front.is_expired(now) {
+            return false;
+        }
+        if msg.front.is_broadcast() {
+            // The id's stamp has microseconds; `created` only seconds.
+            let sent = sent_at(msg);
+            return sent.is_none_or(|sent| sent >= self.joined);
+        }
+        true
+    }
+
+    pub fn was_read(&self, id: &str) -> bool {
+        self.read.contains(id)
+    }
+
+    /// True when `msg` was already pushed to this session as a channel event.
+    pub fn was_pushed(&self, id: &str) -> bool {
+        self.pushed.contains(id)
+    }
+
+    /// True when `msg` was named in a digest event (its body was not sent).
+    pub fn was_listed(&self, id: &str) -> bool {
+        self.listed.contains(id)
+    }
+
+    pub fn mark_read<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        self.mark(Mark::Read, ids)
+    }
+
+    pub fn mark_pushed<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        self.mark(Mark::Pushed, ids)
+    }
+
+    pub fn mark_listed<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        self.mark(Mark::Listed, ids)
+    }
+
+    fn mark<'a>(&mut self, what: Mark, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let word = what.word();
+        let known = self.set_of(what);
+        let mut new = HashSet::new();
+        let mut lines = String::new();
+        for id in ids {
+            if !known.contains(id) && new.insert(id) {
+                lines.push_str(word);
+                lines.push(' ');
+                lines.push_str(id);
+                lines.push('\n');
+            }
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let written = self.append(&lines);
+        // Read only once it is on disk: when the write fails (a full disk) the caller fails
+        // and the model got nothing, so the mail stays unread rather than hidden until the
+        // next start. A pushed or listed event did leave: not again from this process.
+        if written.is_ok() || !matches!(what, Mark::Read) {
+            self.set_of(what).extend(new.into_iter().map(str::to_owned));
+        }
+        written
+    }
+
+    fn set_of(&mut self, what: Mark) -> &mut HashSet<String> {
+        match what {
+            Mark::Read => &mut self.read,
+            Mark::Pushed => &mut self.pushed,
+            Mark::Listed => &mut self.listed,
+        }
+    }
+
+    /// Appends whole lines under the file's lock, in one write, so that concurrent writers
+    /// never interleave.
+    fn append(&mut self, lines: &str) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(Error::io("opening", &self.path))?;
+        file.lock().map_err(Error::io("locking", &self.path))?;
+        // Others' lines first, so ours are not counted as unread bytes next time.
+        let before = file
+            .metadata()
+            .map_err(Error::io("reading", &self.path))?
+            .len();
+        if let Err(err) = file.write_all(lines.as_bytes()) {
+            // Half a line (a full disk) would spoil the next line written: take it back.
+            let _ = file.set_len(before);
+            return Err(Error::io("appending to", &self.path)(err));
+        }
+        if before == self.offset {
+            self.offset += lines.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// What a `read`, `pushed` or `listed` line records.
+#[derive(Clone, Copy)]
+enum Mark {
+    Read,
+    Pushed,
+    Listed,
+}
+
+impl Mark {
+    fn word(self) -> &'static str {
+        match self {
+            Mark::Read => "read",
+            Mark::Pushed => "pushed",
+            Mark::Listed => "listed",
+        }
+    }
+}
+
+/// One line of a state log, as [`parse_line`] reads it.
+enum Line<'a> {
+    Joined(DateTime<Local>),
+    Mark(Mark, &'a str),
+    Empty,
+    Bad,
+}
+
+/// The one reader of state log lines: `joined <rfc3339>`, `read|pushed|listed <id>`.
+fn parse_line(line: &str) -> Line<'_> {
+    if line.is_empty() {
+        return Line::Empty;
+    }
+    let Some((word, rest)) = line.split_once(' ') else {
+        return Line::Bad;
+    };
+    match word {
+        "joined" => DateTime::parse_from_rfc3339(rest)
+            .map_or(Line::Bad, |t| Line::Joined(t.with_timezone(&Local))),
+        "read" => Line::Mark(Mark::Read, rest),
+        "pushed" => Line::Mark(Mark::Pushed, rest),
+        "listed" => Line::Mark(Mark::Listed, rest),
+        _ => Line::Bad,
+    }
+}

@@ -1,0 +1,332 @@
+//! The index of one session's unread mail, kept current by file events, and what reads it:
+//! unread pages, reminders, pushes, waits. Every method here does I/O under the `index`
+//! lock (see [`Session`]); async callers run them on a blocking thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chrono::{DateTime, Local};
+
+use super::{Session, Shared};
+use crate::channels::Push;
+use crate::error::Result;
+use crate::mailbox::{Message, ReadState};
+use crate::message;
+use crate::watch::Changed;
+
+/// A page of unread mail, urgent first, then oldest first.
+#[derive(Debug, Clone)]
+pub struct Unread {
+    /// Messages whose bodies the model has not seen.
+    pub messages: Vec<Arc<Message>>,
+    /// For each message: whether it was pushed as a channel event (that may not have
+    /// reached the model).
+    pub pushed: Vec<bool>,
+    /// Unread messages already pushed while push is on: named, not repeated.
+    pub seen: Vec<Arc<Message>>,
+    /// Unread messages beyond the page.
+    pub remaining: usize,
+}
+
+/// What a [`Session::sync`] found.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// The messages that newly appeared, for anyone (only this name's, unless asked for all).
+    pub arrived: Vec<Arc<Message>>,
+    /// This name's unread mail may have changed: worth looking for pushes.
+    pub mine_changed: bool,
+}
+
+/// What the `index` lock guards.
+pub(super) struct Index {
+    /// The name this index and read state belong to: the session's, changed with it.
+    name: String,
+    state: ReadState,
+    /// Unread mail of this name by id: built by a whole scan, kept current by file events.
+    mine: BTreeMap<String, Arc<Message>>,
+    /// Ids that a later message replaces, with the sender of the later one: a message is
+    /// hidden only when its own sender replaced it.
+    superseded: HashMap<String, String>,
+    indexed: bool,
+}
+
+impl Index {
+    /// An index not built yet: the next look scans the inbox.
+    pub(super) fn new(name: String, state: ReadState) -> Index {
+        Index {
+            name,
+            state,
+            mine: BTreeMap::new(),
+            superseded: HashMap::new(),
+            indexed: false,
+        }
+    }
+
+    /// Unread, current, not replaced: the mail the model should get, urgent first, then
+    /// oldest first.
+    fn live_mail(&self, now: DateTime<Local>) -> impl Iterator<Item = &Arc<Message>> + '_ {
+        self.mine.values().filter(move |m| {
+            self.state.is_unread(&self.name, m, now)
+                && self.superseded.get(&m.id) != Some(&m.front.from)
+        })
+    }
+
+    /// Pushed, or in an event being sent right now.
+    fn was_pushed(&self, shared: &Shared, id: &str) -> bool {
+        self.state.was_pushed(id) || shared.in_flight.contains(id)
+    }
+
+    /// Marks messages read and drops them from the index.
+    fn mark_read<'a>(&mut self, ids: impl IntoIterator<Item = &'a str> + Clone) -> Result<()> {
+        self.state.mark_read(ids.clone())?;
+        for id in ids {
+            self.mine.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Takes in a file named by a file event: whether it is this name's unread mail, and the
+    /// message when the index did not hold it yet (it newly arrived).
+    fn take_in(&mut self, msg: Arc<Message>, now: DateTime<Local>) -> (bool, Option<Arc<Message>>) {
+        let new = !self.mine.contains_key(&msg.id);
+        let unread = self.state.is_unread(&self.name, &msg, now);
+        if unread {
+            note_supersedes(&mut self.superseded, &self.name, &msg);
+            self.mine.insert(msg.id.clone(), msg.clone());
+        }
+        (unread, new.then_some(msg))
+    }
+}
+
+impl Session {
+    /// Brings the index of this name's unread mail up to date: a whole scan the first time
+    /// or when `changed` asks for one, otherwise only the files named. Also reads the state
+    /// lines other processes appended.
+    ///
+    /// Only files whose name allows them to be this name's mail are read, unless `everyone`
+    /// (Telegram looks at every new message).
+    pub fn sync(&self, changed: Changed, everyone: bool, now: DateTime<Local>) -> Result<Synced> {
+        let mut index = self.index();
+        let generation = index.state.generation();
+        index.state.refresh()?;
+        if changed.rescan || !index.indexed {
+            self.rebuild(&mut index, now)?;
+            return Ok(Synced {
+                arrived: Vec::new(),
+                mine_changed: true,
+            });
+        }
+        let mut mine_changed = false;
+        let mut arrived = Vec::new();
+        for path in &changed.files {
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if !everyone && !message::stem_may_be_for(id, &index.name) {
+                continue;
+            }
+            match self.mailbox.get(id) {
+                Some(msg) => {
+                    let (mine, new) = index.take_in(msg, now);
+                    mine_changed |= mine;
+                    arrived.extend(new);
+                }
+                None => {
+                    index.mine.remove(id);
+                }
+            }
+        }
+        if index.state.generation() != generation {
+            // Another process marked mail read: drop it from the index. (Otherwise the
+            // index only grows by the files named, and expiry is checked when reading it.)
+            let Index {
+                mine, state, name, ..
+            } = &mut *index;
+            mine.retain(|_, m| state.is_unread(name, m, now));
+            mine_changed = true;
+        }
+        let mtime = self.inbox_mtime();
+        self.shared().synced_mtime = mtime;
+        Ok(Synced {
+            arrived,
+            mine_changed,
+        })
+    }
+
+    fn inbox_mtime(&self) -> Option<SystemTime> {
+        fs::metadata(self.mailbox.inbox())
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// True when no file was added to or removed from the inbox since the index was last
+    /// brought up to date. When false, a file event is on its way (or was lost): wait for
+    /// the next sync, or call [`Session::sync`] with a rescan. Takes no I/O lock; does one
+    /// `stat` of the inbox folder.
+    pub fn is_current(&self) -> bool {
+        let synced = self.shared().synced_mtime;
+        synced.is_some() && synced == self.inbox_mtime()
+    }
+
+    fn rebuild(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
+        // Before the listing: a change during it makes the index look stale, not current.
+        let mtime = self.inbox_mtime();
+        let all = self.mailbox.scan_for(&index.name)?;
+        tracing::debug!(messages = all.len(), "rescanned the inbox");
+        index.mine.clear();
+        index.superseded.clear();
+        for msg in all {
+            if msg.front.is_for(&index.name) {
+                note_supersedes(&mut index.superseded, &index.name, &msg);
+            }
+            if index.state.is_unread(&index.name, &msg, now) {
+                index.mine.insert(msg.id.clone(), msg);
+            }
+        }
+        index.indexed = true;
+        self.shared().synced_mtime = mtime;
+        Ok(())
+    }
+
+    /// Builds the index if no event did yet (a tool called before the first scan).
+    fn ensure_indexed(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
+        index.state.refresh()?;
+        if !index.indexed {
+            self.rebuild(index, now)?;
+        }
+        Ok(())
+    }
+
+    /// This session's unread mail, at most `limit` bodies; marks the page read when
+    /// `mark_read`. With push on, messages already pushed are named, not repeated.
+    pub fn unread(&self, limit: usize, mark_read: bool, now: DateTime<Local>) -> Result<Unread> {
+        let mut index = self.index();
+        self.ensure_indexed(&mut index, now)?;
+        let (fresh, pushed, seen, remaining) = {
+            let shared = self.shared();
+            let push_on = shared.push == Push::On;
+            let (mut fresh, seen): (Vec<_>, Vec<_>) = index
+                .live_mail(now)
+                .cloned()
+                .partition(|m| !(push_on && index.was_pushed(&shared, &m.id)));
+            fresh.sort_by(|a, b| (a.front.urgency(), &a.id).cmp(&(b.front.urgency(), &b.id)));
+            let remaining = fresh.len().saturating_sub(limit);
+            fresh.truncate(limit);
+            let pushed = fresh
+                .iter()
+                .map(|m| index.was_pushed(&shared, &m.id))
+                .collect();
+            (fresh, pushed, seen, remaining)
+        };
+        if mark_read {
+            index.mark_read(fresh.iter().chain(&seen).map(|m| m.id.as_str()))?;
+        }
+        Ok(Unread {
+            messages: fresh,
+            pushed,
+            seen,
+            remaining,
+        })
+    }
+
+    /// How many unread messages the model has not seen, and from whom: the reminder added
+    /// to tool results. With push on, pushed messages count as seen.
+    pub fn unseen(&self, now: DateTime<Local>) -> Result<(usize, Vec<String>)> {
+        let mut index = self.index();
+        self.ensure_indexed(&mut index, now)?;
+        let shared = self.shared();
+        let push_on = shared.push == Push::On;
+        let mut senders = Vec::new();
+        let mut n = 0;
+        for m in index.live_mail(now) {
+            if push_on && index.was_pushed(&shared, &m.id) {
+                continue;
+            }
+            n += 1;
+            if !senders.contains(&m.front.from) {
+                senders.push(m.front.from.clone());
+            }
+        }
+        Ok((n, senders))
+    }
+
+    /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those
+    /// a running `t9_ipc_wait` is waiting for.
+    pub fn pending_pushes(&self, now: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+        let mut index = self.index();
+        self.ensure_indexed(&mut index, now)?;
+        let shared = self.shared();
+        Ok(index
+            .live_mail(now)
+            .filter(|m| !index.was_pushed(&shared, &m.id) && !index.state.was_listed(&m.id))
+            .filter(|m| !shared.waiters.values().any(|w| w.matches(m)))
+            .cloned()
+            .collect())
+    }
+
+    /// Records messages sent as channel events (bodies included).
+    pub fn mark_pushed(&self, ids: &[String]) -> Result<()> {
+        // On disk first, then out of flight: they count as pushed all along.
+        let written = self
+            .index()
+            .state
+            .mark_pushed(ids.iter().map(String::as_str));
+        let mut shared = self.shared();
+        for id in ids {
+            shared.in_flight.remove(id);
+        }
+        written
+    }
+
+    /// Records messages named in a digest event (bodies not sent).
+    pub fn mark_listed(&self, ids: &[String]) -> Result<()> {
+        self.index()
+            .state
+            .mark_listed(ids.iter().map(String::as_str))
+    }
+
+    /// The oldest unread message the waiter matches, marked read; `None` when there is none
+    /// yet. Two waiters never get the same message.
+    pub fn wait_take(&self, waiter: u64, now: DateTime<Local>) -> Result<Option<Arc<Message>>> {
+        let mut index = self.index();
+        self.ensure_indexed(&mut index, now)?;
+        let Some(filter) = self.shared().waiters.get(&waiter).cloned() else {
+            return Ok(None);
+        };
+        let found = index.live_mail(now).find(|m| filter.matches(m)).cloned();
+        if let Some(msg) = &found {
+            index.mark_read([msg.id.as_str()])?;
+        }
+        Ok(found)
+    }
+
+    /// Notes that this session answered message `id`: it is read now. Returns true when
+    /// only a channel event could have told the model this id (it was pushed, not read):
+    /// proof that events reach the model, which turns push on.
+    pub(super) fn answered(&self, id: &str) -> bool {
+        let mut index = self.index();
+        let saw_push = index.state.was_pushed(id) && !index.state.was_read(id);
+        // The answer is written already: a failure here (a full disk) must not report the
+        // send as failed.
+        if let Err(err) = index.mark_read([id]) {
+            tracing::warn!(err = %format!("{err:#}"), msg_id = %id, "marking an answered message read");
+        }
+        let mut shared = self.shared();
+        if saw_push && shared.push != Push::On {
+            tracing::info!(msg_id = %id, "a reply to a pushed message: channel events reach the model");
+            shared.push = Push::On;
+        }
+        saw_push
+    }
+}
+
+/// Notes that `msg` replaces an earlier message of its sender to `name`.
+fn note_supersedes(superseded: &mut HashMap<String, String>, name: &str, msg: &Message) {
+    if let Some(old) = &msg.front.supersedes
+        && msg.front.is_for(name)
+    {
+        superseded.insert(old.clone(), msg.front.from.clone());
+    }
+}

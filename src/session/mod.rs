@@ -1,0 +1,465 @@
+//! One running session: its name, its heartbeat, and what it can do with the mailbox.
+//! This file: the session, its name and heartbeat entry, and the state the async side
+//! shares. The index of unread mail is in `index`, sending in `send`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use chrono::{DateTime, Local};
+
+use crate::channels::Push;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::heartbeat::{self, Entry, Heartbeats, Table};
+use crate::mailbox::{Mailbox, Message};
+use crate::message;
+
+mod index;
+mod send;
+
+pub use index::{Synced, Unread};
+pub use send::{MAX_TTL, Outgoing, Sent, send_from};
+
+/// The version written into heartbeat entries.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A live session as `who` shows it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub pid: u32,
+    pub cwd: Option<String>,
+    pub last_seen: Option<DateTime<Local>>,
+    pub working_on: String,
+    /// True for the session asking.
+    pub you: bool,
+}
+
+/// What `t9_ipc_wait` waits for.
+#[derive(Debug, Clone, Default)]
+pub struct WaitFor {
+    pub from: Option<String>,
+    pub reply_to: Option<String>,
+}
+
+impl WaitFor {
+    fn matches(&self, msg: &Message) -> bool {
+        self.from.as_deref().is_none_or(|f| msg.front.from == f)
+            && self
+                .reply_to
+                .as_deref()
+                .is_none_or(|r| msg.front.reply_to.as_deref() == Some(r))
+    }
+}
+
+/// What the server's async code reads and changes: small, and never locked across I/O.
+struct Shared {
+    name: String,
+    working_on: String,
+    push: Push,
+    /// Messages in an event being sent now: they count as pushed for what the model is told,
+    /// and are recorded on disk once the event has left.
+    in_flight: HashSet<String>,
+    /// Running `t9_ipc_wait` calls: a message one of them matches is handed to it, not
+    /// pushed.
+    waiters: BTreeMap<u64, WaitFor>,
+    next_waiter: u64,
+    /// The inbox folder's modification time when the index was last brought up to date
+    /// (every file added, renamed or removed changes it); `None` while there is no index.
+    synced_mtime: Option<SystemTime>,
+}
+
+/// One running session.
+///
+/// # Locks
+///
+/// Two locks, always taken in this order, never the other way round:
+///
+/// 1. `index`: the index of this name's unread mail and its read state. Held across I/O
+///    (inbox scans, read-state appends under `flock`); taken only by methods that do I/O,
+///    which async callers run on a blocking thread (`spawn_blocking`).
+/// 2. `shared`: the name, what it works on, push state, waiters and pushes in flight. Held
+///    only for work in memory, never across I/O and never while waiting for `index`. The
+///    methods that take only this lock and do no file I/O ([`Session::name`],
+///    [`Session::push`], [`Session::set_push`], [`Session::pushing`],
+///    [`Session::push_failed`], [`Session::wait_begin`], [`Session::wait_end`]) are safe on
+///    the async thread; [`Session::is_current`] adds one `stat` of the inbox folder.
+///
+/// `heartbeats.json` is written with neither lock held, except by [`Session::set_name`],
+/// which holds `index` so that the index and read state change with the name. Under the
+/// `heartbeats.lock` flock, `shared` may be taken briefly (never the other way round).
+pub struct Session {
+    mailbox: Mailbox,
+    heartbeats: Heartbeats,
+    pid: u32,
+    cwd: PathBuf,
+    started: DateTime<Local>,
+    index: Mutex<index::Index>,
+    shared: Mutex<Shared>,
+}
+
+impl Session {
+    /// Opens the mailbox and claims a name: `IPC_SESSION_ID` when set and valid, otherwise
+    /// the default of [`default_name`]. If another live session holds it, the first free
+    /// `<name>-2`, `<name>-3`, … is taken.
+    pub fn start(config: &Config, now: DateTime<Local>) -> Result<Session> {
+        let mailbox = Mailbox::open(&config.data_dir)?;
+        let heartbeats = Heartbeats::new(&config.data_dir);
+        let requested = config.session_name.as_deref().and_then(|name| {
+            message::check_name(name)
+                .map_err(
+                    |why| tracing::warn!(%why, "IPC_SESSION_ID ignored; using the default name"),
+                )
+                .ok()
+                .map(|()| name.to_owned())
+        });
+        let base = requested
+            .clone()
+            .unwrap_or_else(|| default_name(&config.cwd));
+        let pid = process::id();
+        let name = heartbeats.update(now, |table| {
+            let name = free_name(&base, table, pid);
+            let entry = new_entry(pid, &config.cwd, now, "", Push::Unknown, now);
+            table.insert(name.clone(), entry);
+            name
+        })?;
+        if requested.is_some_and(|r| r != name) {
+            tracing::warn!(requested = %base, taken = %name, "IPC_SESSION_ID is held by another live session");
+        }
+        let state = mailbox.read_state(&name, now)?;
+        Ok(Session {
+            mailbox,
+            heartbeats,
+            pid,
+            cwd: config.cwd.clone(),
+            started: now,
+            index: Mutex::new(index::Index::new(name.clone(), state)),
+            shared: Mutex::new(Shared {
+                name,
+                working_on: String::new(),
+                push: Push::Unknown,
+                in_flight: HashSet::new(),
+                waiters: BTreeMap::new(),
+                next_waiter: 0,
+                synced_mtime: None,
+            }),
+        })
+    }
+
+    /// The small state; see the lock order in [`Session`].
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index and read state; see the lock order in [`Session`]. Never taken while
+    /// `shared` is held.
+    fn index(&self) -> MutexGuard<'_, index::Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> String {
+        self.shared().name.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    pub fn push(&self) -> Push {
+        self.shared().push
+    }
+
+    /// Records whether events reach the model; written into the heartbeat entry (where a
+    /// hook reads it) at the next refresh.
+    pub fn set_push(&self, push: Push) {
+        self.shared().push = push;
+    }
+
+    fn entry(&self, shared: &Shared, now: DateTime<Local>) -> Entry {
+        new_entry(
+            self.pid,
+            &self.cwd,
+            self.started,
+            &shared.working_on,
+            shared.push,
+            now,
+        )
+    }
+
+    /// Writes this session's entry again with the current time (and puts it back if
+    /// someone removed it). A name another live process took meanwhile is left to it.
+    pub fn refresh(&self, now: DateTime<Local>) -> Result<()> {
+        self.heartbeats.update(now, |table| {
+            // Read under the heartbeats lock: an entry read before it could undo a rename or
+            // a `working_on` written meanwhile.
+            let (name, entry) = {
+                let shared = self.shared();
+                (shared.name.clone(), self.entry(&shared, now))
+            };
+            match table.get(&name) {
+                Some(other) if other.pid != self.pid => {
+                    tracing::warn!(session = %name, pid = other.pid, "another live session took this name");
+                }
+                _ => {
+                    table.insert(name, entry);
+                }
+            }
+        })
+    }
+
+    /// Removes this session's entry: the session is over.
+    pub fn end(&self, now: DateTime<Local>) -> Result<()> {
+        let name = self.name();
+        self.heartbeats.update(now, |table| {
+            if table.get(&name).is_some_and(|e| e.pid == self.pid) {
+                table.remove(&name);
+            }
+        })
+    }
+
+    /// The live sessions, this one included, by name.
+    pub fn who(&self, now: DateTime<Local>) -> Vec<Peer> {
+        let name = self.name();
+        self.heartbeats
+            .live(now)
+            .into_iter()
+            .map(|(n, e)| Peer {
+                you: n == name && e.pid == self.pid,
+                name: n,
+                pid: e.pid,
+                last_seen: e.last_seen(),
+                cwd: e.cwd,
+                working_on: e.working_on,
+            })
+            .collect()
+    }
+
+    /// Renames this session (and sets what it works on, when given).
+    pub fn set_name(
+        &self,
+        new: &str,
+        working_on: Option<&str>,
+        now: DateTime<Local>,
+    ) -> Result<()> {
+        message::check_name(new).map_err(Error::Refused)?;
+        let working_on = working_on.map(message::one_line);
+        // The index and read state follow the name: no scan runs for the old name meanwhile.
+        let mut index = self.index();
+        let (old, entry) = {
+            let mut shared = self.shared();
+            if let Some(w) = working_on {
+                shared.working_on = w;
+            }
+            (shared.name.clone(), self.entry(&shared, now))
+        };
+        self.heartbeats.update(now, |table| {
+            if let Some(holder) = table.get(new).filter(|e| e.pid != self.pid) {
+                return Err(Error::NameTaken {
+                    name: new.to_owned(),
+                    pid: holder.pid,
+                    cwd: holder.cwd.clone(),
+                });
+            }
+            if table.get(&old).is_some_and(|e| e.pid == self.pid) {
+                table.remove(&old);
+            }
+            table.insert(new.to_owned(), entry);
+            Ok(())
+        })??;
+        if new != old {
+            let state = self.mailbox.read_state(new, now)?;
+            // The index belongs to the old name; the next look builds the new one.
+            *index = index::Index::new(new.to_owned(), state);
+            let mut shared = self.shared();
+            shared.name = new.to_owned();
+            shared.synced_mtime = None;
+        }
+        Ok(())
+    }
+
+    /// Registers a `t9_ipc_wait`; messages it matches are no longer pushed.
+    pub fn wait_begin(&self, filter: WaitFor) -> u64 {
+        let mut shared = self.shared();
+        shared.next_waiter += 1;
+        let id = shared.next_waiter;
+        shared.waiters.insert(id, filter);
+        id
+    }
+
+    pub fn wait_end(&self, waiter: u64) {
+        self.shared().waiters.remove(&waiter);
+    }
+
+    /// Notes messages about to be sent as channel events: from now on they count as
+    /// pushed. Follow with [`Session::mark_pushed`] once sent, or [`Session::push_failed`].
+    pub fn pushing(&self, ids: &[String]) {
+        self.shared().in_flight.extend(ids.iter().cloned());
+    }
+
+    pub fn push_failed(&self, ids: &[String]) {
+        let mut shared = self.shared();
+        for id in ids {
+            shared.in_flight.remove(id);
+        }
+    }
+}
+
+fn new_entry(
+    pid: u32,
+    cwd: &Path,
+    started: DateTime<Local>,
+    working_on: &str,
+    push: Push,
+    now: DateTime<Local>,
+) -> Entry {
+    let mut extra = serde_json::Map::new();
+    extra.insert(heartbeat::PUSH.to_owned(), push.as_str().into());
+    // The parent process (Claude Code) lets a hook find its session's name; see
+    // `heartbeat::session_of`.
+    extra.insert(
+        heartbeat::PPID.to_owned(),
+        std::os::unix::process::parent_id().into(),
+    );
+    Entry {
+        timestamp: heartbeat::stamp(now),
+        status: "active".to_owned(),
+        pid,
+        working_on: working_on.to_owned(),
+        cwd: Some(cwd.display().to_string()),
+        started: Some(heartbeat::stamp(started)),
+        version: Some(VERSION.to_owned()),
+        extra,
+    }
+}
+/// The default session name: the working folder's name, made a valid name.
+///
+/// It is stable (a restarted session in the same project gets it back, so mail sent to it
+/// while it was away reaches it) and readable. Uniqueness among live sessions is added by
+/// [`Session::start`] with a `-2`, `-3`, … suffix.
+pub fn default_name(cwd: &Path) -> String {
+    let folder = cwd
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name = String::new();
+    for c in folder.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && (name.is_empty() || name.ends_with('-'))) {
+            name.push(c);
+        }
+    }
+    let mut name: String = name.trim_end_matches('-').chars().take(48).collect();
+    if name.len() < 3 || message::check_name(&name).is_err() {
+        name = if name.is_empty() {
+            "session".to_owned()
+        } else {
+            format!("{name}-session")
+        };
+    }
+    name
+}
+
+/// `base`, or the first `base-N` that no other live process holds.
+fn free_name(base: &str, table: &Table, pid: u32) -> String {
+    let free = |name: &str| table.get(name).is_none_or(|e| e.pid == pid);
+    if free(base) {
+        return base.to_owned();
+    }
+    let stem: String = base.chars().take(58).collect();
+    (2..)
+        .map(|n| format!("{stem}-{n}"))
+        .find(|name| free(name))
+        .expect("an unbounded range always has a free name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name(Path::new("/home/u/t9-ipc")), "t9-ipc");
+        assert_eq!(
+            default_name(Path::new("/home/u/My Project (old)")),
+            "My-Project-old"
+        );
+        assert_eq!(default_name(Path::new("/home/u/ab")), "ab-session");
+        assert_eq!(default_name(Path::new("/")), "session");
+        assert_eq!(default_name(Path::new("/srv/all")), "all-session");
+        assert_eq!(default_name(Path::new("/srv/한글")), "session");
+        assert_eq!(
+            default_name(Path::new(&format!("/x/{}", "a".repeat(80)))).len(),
+            48
+        );
+    }
+
+    /// The methods the async side calls answer while the index lock is held by I/O (a
+    /// scan, a read-state append under flock): they never wait for it.
+    #[test]
+    fn the_async_side_never_waits_for_the_index_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            data_dir_source: crate::config::DataDirSource::Env,
+            session_name: Some("alpha".into()),
+            cwd: dir.path().to_path_buf(),
+            push: None,
+            account_without_channels: None,
+            push_quiet: std::time::Duration::ZERO,
+            push_rate: None,
+            archive_after_days: 7,
+            telegram: None,
+        };
+        let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
+        let held = session.index();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = session.clone();
+        std::thread::spawn(move || {
+            let name = s.name();
+            s.set_push(Push::On);
+            let waiter = s.wait_begin(WaitFor::default());
+            s.pushing(&["x".to_owned()]);
+            s.push_failed(&["x".to_owned()]);
+            s.wait_end(waiter);
+            let current = s.is_current();
+            let _ = tx.send((name, s.push(), current));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert_eq!(answer, Ok(("alpha".to_owned(), Push::On, false)));
+    }
+
+    #[test]
+    fn free_names() {
+        let entry = |pid| Entry {
+            timestamp: String::new(),
+            status: String::new(),
+            pid,
+            working_on: String::new(),
+            cwd: None,
+            started: None,
+            version: None,
+            extra: Default::default(),
+        };
+        let mut table = Table::new();
+        assert_eq!(free_name("api", &table, 7), "api");
+        table.insert("api".into(), entry(8));
+        assert_eq!(free_name("api", &table, 7), "api-2");
+        table.insert("api-2".into(), entry(9));
+        assert_eq!(free_name("api", &table, 7), "api-3");
+        table.insert("api-3".into(), entry(7));
+        assert_eq!(free_name("api", &table, 7), "api-3");
+    }
+}
