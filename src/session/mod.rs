@@ -421,6 +421,7 @@ mod tests {
             push_rate: None,
             archive_after_days: 7,
             telegram: None,
+            inside_claude_code: false,
         };
         let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
         let held = session.index();

@@ -11,7 +11,7 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::mailbox;
+use crate::fsx;
 
 /// What claiming a message found.
 pub(super) enum Claimed {
@@ -108,7 +108,7 @@ impl Store {
         let tmp = self.claims.join(format!(
             ".{id}.{}.{}.tmp",
             std::process::id(),
-            mailbox::random_uid()
+            fsx::random_uid()
         ));
         let file = new_claim_file(&tmp)?
             .ok_or_else(|| Error::io("creating", &tmp)(io::ErrorKind::AlreadyExists.into()))?;
@@ -157,7 +157,7 @@ impl Store {
     /// Writes `failed/<id>.txt`, replacing it durably.
     pub(super) fn record_failure(&self, id: &str, text: &str) -> Result<PathBuf> {
         let path = self.failed.join(format!("{id}.txt"));
-        write_durably(&path, text.as_bytes())?;
+        fsx::write_atomic(&path, text.as_bytes())?;
         Ok(path)
     }
 
@@ -166,7 +166,7 @@ impl Store {
     }
 
     pub(super) fn save_offset(&self, offset: i64) -> Result<()> {
-        write_durably(&self.offset, format!("{offset}\n").as_bytes())
+        fsx::write_atomic(&self.offset, format!("{offset}\n").as_bytes())
     }
 }
 
@@ -239,28 +239,6 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
     let (i, n) = frac.split_once('/')?;
     let i: usize = i.parse().ok()?;
     Some((i.checked_sub(1)?, n.parse().ok()?, tid.parse().ok()?))
-}
-
-/// Replaces `path` with `bytes` durably: a new temporary file beside it (0600), written and
-/// flushed, renamed over `path`, then the folder flushed, so that after a crash `path` holds
-/// either the old text or the new one, whole.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", mailbox::random_uid()));
-    let written = private()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))
-        .and_then(|mut file| {
-            file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-            file.sync_all().map_err(io_err("flushing", &tmp))
-        })
-        .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming", &tmp)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    mailbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Options that create files readable and writable by their owner only (0600).
