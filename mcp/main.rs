@@ -1,6 +1,10 @@
 //! The `t9-ipc` binary: argument parsing and logging; `serve` runs the MCP server, the other
 //! subcommands are for people.
 
+// stdout carries JSON-RPC and logs go through `tracing`: only the command line prints.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 mod cli;
 mod server;
 mod telegram;
@@ -51,6 +55,7 @@ enum Command {
     Install(cli::install::InstallArgs),
 }
 
+#[allow(clippy::print_stderr)] // the one-line error of a failed command
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
