@@ -466,7 +466,6 @@ async fn a_read_only_inbox_fails_the_send_clearly_and_the_server_goes_on() {
     let mb = TempMailbox::new();
     let alpha = mb.spawn("alpha").await;
     let mut beta = mb.spawn("beta").await;
-    assert!(beta.next_event_or_none().await.is_none());
     let (read_only, how) = ReadOnly::make(&mb.inbox());
     let reply = alpha
         .call(
@@ -519,7 +518,6 @@ async fn a_full_disk_fails_the_send_clearly_and_loses_nothing() {
     let alpha = mb
         .spawn_logged(cmd, Some("alpha"), &cwd, "t9-ipc-tests", &[], None)
         .await;
-    assert!(beta.next_event_or_none().await.is_none());
 
     // A message larger than the disk has room for: a clear error, and nothing left behind.
     let body = "x".repeat(40 * 1024);
