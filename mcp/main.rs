@@ -1,6 +1,9 @@
 //! The `t9-ipc` binary: argument parsing and logging; `serve` runs the MCP server, the other
 //! subcommands are for people.
 
+// stdout carries JSON-RPC and logs go through `tracing`: only the command line prints.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod cli;
 mod server;
 mod shared;
@@ -52,6 +55,7 @@ enum Command {
     Install(cli::install::InstallArgs),
 }
 
+#[allow(clippy::print_stderr)] // the one-line error of a failed command
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line on stderr; a usage mistake exits 2 like clap's own.
             let text = format!("{err:#}").replace('\n', " ");
-            eprintln!("t9-ipc: {text}"); // stdout-ok: this is stderr
+            eprintln!("t9-ipc: {text}");
             if err.downcast_ref::<cli::UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

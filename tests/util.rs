@@ -321,8 +321,24 @@ impl Client {
             .next()
     }
 
-    /// Events that arrive within `wait`. Used only to show that nothing more arrives after
-    /// what a test waited for.
+    /// Proves that no event reached this client before now without waiting a fixed time:
+    /// `from` sends `to` (this client's name) a marker message, and the next event must be
+    /// exactly that marker, alone. (A message pushed twice, or one that should not have been
+    /// pushed, comes before it or in the same event.) `from` must not be held back by the
+    /// rate limit here. Returns the marker's msg_id; it stays unread.
+    pub async fn nothing_before_marker(&mut self, from: &Client, to: &str) -> String {
+        let marker = from.send(to, "marker", "nothing came before me").await;
+        let event = self.next_event().await;
+        assert_eq!(
+            event.meta("msg_id"),
+            marker,
+            "an event other than the marker came: {event:?}"
+        );
+        marker
+    }
+
+    /// Events that arrive within `wait`: what was already on the way when a server was
+    /// killed. (To show that nothing more arrives, use [`Client::nothing_before_marker`].)
     pub async fn events_within(&mut self, wait: Duration) -> Vec<Event> {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;

@@ -26,7 +26,7 @@ pub const DEFAULT_FROM: &str = "human";
 const RESERVED_SENDERS: [&str; 4] = ["telegram", "system", "all", "broadcast"];
 
 // Kept at its old path until the server imports it from `shared`.
-pub use crate::shared::PriorityArg;
+use crate::shared::PriorityArg;
 
 /// Where the body comes from; at most one of them.
 #[derive(Debug, Args)]

@@ -10,9 +10,6 @@ use std::io::IsTerminal;
 use serde_json::{Value, json};
 use t9_ipc::mailbox::Message;
 
-// Kept at its old path until the server imports it from `shared`.
-pub use crate::shared::ago;
-
 /// ANSI colour for one output stream, or none.
 #[derive(Debug, Clone, Copy)]
 pub struct Style {

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
 
-use super::style::{self, Style, ago};
+use super::style::{self, Style};
+use crate::shared::ago;
 
 /// `t9-ipc who`.
 #[derive(Debug, Args)]

@@ -1,0 +1,185 @@
+//! The text of tool results: who is online, what a send did, unread mail, a waited-for
+//! message.
+
+use std::fmt::Write as _;
+
+use crate::shared::ago;
+use chrono::{DateTime, Local};
+use t9_ipc::mailbox::Message;
+use t9_ipc::session::{Peer as LivePeer, WaitFor};
+
+use super::events::body_or_note;
+
+/// The answer of `t9_ipc_who`.
+pub fn format_who(peers: &[LivePeer], me: &str, now: DateTime<Local>) -> String {
+    let others = peers.iter().filter(|p| !p.you).count();
+    let mut out = String::new();
+    if others == 0 {
+        let _ = writeln!(
+            out,
+            "No other session is online. You are \"{me}\". Mail sent to a name waits in the \
+             inbox until a session with that name starts."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{} live session{} (you are \"{me}\"):",
+            peers.len(),
+            if peers.len() == 1 { "" } else { "s" }
+        );
+    }
+    for p in peers {
+        let _ = write!(
+            out,
+            "- {}{} · pid {} · {} · seen {}",
+            p.name,
+            if p.you { " (you)" } else { "" },
+            p.pid,
+            p.cwd.as_deref().unwrap_or("folder unknown"),
+            ago(p.last_seen, now),
+        );
+        if !p.working_on.is_empty() {
+            let _ = write!(out, " · working on: {}", p.working_on);
+        }
+        out.push('\n');
+    }
+    if others > 0 {
+        out.push_str("Message one with t9_ipc_send(to: \"<name>\", subject, body).");
+    }
+    out.trim_end().to_owned()
+}
+
+/// What a send did, for a recipient that is not the user.
+pub fn format_sent(sent: &t9_ipc::session::Sent) -> String {
+    let id = &sent.id;
+    if sent.to == t9_ipc::message::BROADCAST {
+        return if sent.others.is_empty() {
+            format!(
+                "Broadcast saved as msg_id {id}. No other session is online now; sessions that \
+                 start later do not get older broadcasts."
+            )
+        } else {
+            format!(
+                "Broadcast sent to {} live session{} ({}) as msg_id {id}.",
+                sent.others.len(),
+                if sent.others.len() == 1 { "" } else { "s" },
+                sent.others.join(", ")
+            )
+        };
+    }
+    let to = &sent.to;
+    match &sent.recipient {
+        Some(entry) => format!(
+            "Sent to \"{to}\" (live, pid {}) as msg_id {id}. It arrives there now; if it \
+             answers, the reply comes to you.",
+            entry.pid
+        ),
+        None => {
+            let live = if sent.others.is_empty() {
+                "no other session is online".to_owned()
+            } else {
+                format!("online now: {}", sent.others.join(", "))
+            };
+            format!(
+                "Saved as msg_id {id}, but no live session is named \"{to}\" ({live}). The \
+                 message waits in the inbox until a session named \"{to}\" starts and reads it. \
+                 If you meant one of the online sessions, send again with its name."
+            )
+        }
+    }
+}
+
+/// A page of unread mail, as `t9_ipc_unread` returns it.
+pub fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
+    let n = page.messages.len();
+    let mut out = if n == 0 {
+        "No unread messages.\n".to_owned()
+    } else {
+        format!(
+            "{n} unread message{} (urgent first, then oldest){}:\n",
+            if n == 1 { "" } else { "s" },
+            if marked {
+                ", now marked read"
+            } else {
+                ", left unread"
+            }
+        )
+    };
+    for (msg, was_pushed) in page.messages.iter().zip(&page.pushed) {
+        out.push('\n');
+        write_message(&mut out, msg);
+        if *was_pushed {
+            out.push_str("(it was also sent as a channel event, which may not have reached you)\n");
+        }
+    }
+    if !page.seen.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAlready shown to you as channel events{}:",
+            if marked { " (now marked read)" } else { "" }
+        );
+        for msg in &page.seen {
+            let _ = writeln!(
+                out,
+                "- {} · from {} · msg_id {}",
+                msg.front.subject, msg.front.from, msg.id
+            );
+        }
+    }
+    if page.remaining > 0 {
+        let _ = write!(
+            out,
+            "\n{} more unread; call t9_ipc_unread again to read them.",
+            page.remaining
+        );
+    } else if n > 0 {
+        out.push_str(
+            "\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
+        );
+    }
+    out.trim_end().to_owned()
+}
+
+/// One message as tool results show it: a header, then the body.
+fn write_message(out: &mut String, msg: &Message) {
+    let f = &msg.front;
+    let _ = write!(
+        out,
+        "--- msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
+        msg.id,
+        f.from,
+        f.to,
+        if f.kind.is_empty() { "ipc" } else { &f.kind },
+        f.priority_or_normal(),
+        f.created,
+    );
+    if let Some(r) = &f.reply_to {
+        let _ = writeln!(out, "reply_to: {r}");
+    }
+    if !f.expects_reply() {
+        out.push_str("(information only: no reply expected)\n");
+    }
+    let _ = writeln!(out, "subject: {}\n", f.subject);
+    out.push_str(body_or_note(msg));
+    out.push('\n');
+}
+
+/// The message `t9_ipc_wait` returns.
+pub fn format_waited(msg: &Message) -> String {
+    let mut out = "Message arrived (now marked read):\n\n".to_owned();
+    write_message(&mut out, msg);
+    if msg.front.expects_reply() {
+        out.push_str("\nTo answer: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).");
+    }
+    out.trim_end().to_owned()
+}
+
+/// What a wait waits for, in words.
+pub fn describe_wait(filter: &WaitFor) -> String {
+    match (&filter.from, &filter.reply_to) {
+        (None, None) => "message".to_owned(),
+        (Some(f), None) => format!("message from \"{f}\""),
+        (None, Some(r)) => format!("reply to {r}"),
+        (Some(f), Some(r)) => format!("reply from \"{f}\" to {r}"),
+    }
+}

@@ -1,0 +1,275 @@
+//! The push engine: keeps the index of this session's mail and its heartbeat current, tells
+//! the subscribers of every message that arrives, and pushes new mail as channel events once
+//! the client has sent `notifications/initialized` and the grace period has passed. When to
+//! push is decided by [`super::rules`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Local;
+use notify::RecommendedWatcher;
+use rmcp::model::{CustomNotification, ServerNotification};
+use rmcp::{Peer, RoleServer};
+use t9_ipc::config::Config;
+use t9_ipc::mailbox::Message;
+use t9_ipc::session::Session;
+use t9_ipc::watch::{self, Changed};
+use tokio::sync::{Notify, watch as peer_watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::arrivals::Subscribers;
+use super::events;
+use super::rules::{Batch, Gate, Plan};
+
+/// The JSON-RPC method of a channel event.
+pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
+/// Claude Code drops events that arrive too soon after `notifications/initialized`.
+const PUSH_GRACE: Duration = Duration::from_millis(1000);
+/// How often this session's heartbeat is refreshed (and the inbox rescanned, to catch an
+/// event the watcher missed).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// The client's peer, published by `on_initialized`.
+pub type PeerRx = peer_watch::Receiver<Option<Peer<RoleServer>>>;
+
+/// Where the client is, as the push loop sees it.
+enum Link {
+    /// Before `notifications/initialized`: file events are indexed, nothing is pushed.
+    Before,
+    /// Initialized; pushes begin at the instant given.
+    Grace(Peer<RoleServer>, Instant),
+    /// Pushes go out.
+    Ready(Peer<RoleServer>),
+    /// The server ended before `initialized`; the session is ending too.
+    Gone,
+}
+
+impl Link {
+    fn ready(&self) -> Option<&Peer<RoleServer>> {
+        match self {
+            Link::Ready(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    fn grace_ends(&self) -> Option<Instant> {
+        match self {
+            Link::Grace(_, at) => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+pub struct Pusher {
+    session: Arc<Session>,
+    gate: Gate,
+    /// No file watcher could be started: rescan at each heartbeat instead.
+    rescan_on_tick: bool,
+    /// A push held back by the quiet window or the rate limit is due then.
+    flush_at: Option<Instant>,
+    /// Woken after every look at the inbox, for `t9_ipc_wait`.
+    mail: Arc<Notify>,
+    /// This session's unread mail changed since the last look for pushes.
+    dirty: bool,
+    /// Told of every new message file, whoever wrote it.
+    subscribers: Subscribers,
+}
+
+impl Pusher {
+    pub fn new(
+        session: Arc<Session>,
+        config: &Config,
+        mail: Arc<Notify>,
+        subscribers: Subscribers,
+    ) -> Pusher {
+        Pusher {
+            session,
+            gate: Gate::new(config.push_quiet, config.push_rate),
+            rescan_on_tick: false,
+            flush_at: None,
+            mail,
+            dirty: true,
+            subscribers,
+        }
+    }
+
+    pub async fn run(mut self, mut peer_rx: PeerRx, cancel: CancellationToken) {
+        let (_watcher, mut changes) = self.start_watcher().await;
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the entry was just written
+        // Index the inbox now, so tools and waits have it before any event, and let the
+        // subscribers sweep the recent files for what no server handled yet.
+        self.sync(rescan()).await;
+        let mut link = Link::Before;
+        loop {
+            let due = self.flush_at;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = peer_rx.changed(), if matches!(link, Link::Before) => {
+                    link = match changed {
+                        Err(_) => Link::Gone,
+                        // Pushes begin after the grace period; file events are indexed meanwhile.
+                        Ok(()) => match peer_rx.borrow_and_update().clone() {
+                            Some(p) => Link::Grace(p, Instant::now() + PUSH_GRACE),
+                            None => Link::Before,
+                        },
+                    };
+                }
+                () = sleep_until_due(link.grace_ends()) => {
+                    if let Link::Grace(p, _) = std::mem::replace(&mut link, Link::Before) {
+                        tracing::debug!("channel push enabled");
+                        // Catch-up: what waited for this name while it was away.
+                        self.push(&p).await;
+                        link = Link::Ready(p);
+                    }
+                }
+                Some(()) = changes.changed() => {
+                    self.sync(changes.take()).await;
+                    // Only when this session's mail changed: looking costs as much as its
+                    // unread mail, and most files in a busy inbox are someone else's.
+                    if let Some(p) = link.ready().filter(|_| self.dirty) {
+                        self.push(p).await;
+                    }
+                }
+                () = sleep_until_due(due) => {
+                    self.flush_at = None;
+                    if let Some(p) = link.ready() {
+                        self.push(p).await;
+                    }
+                }
+                _ = tick.tick() => self.heartbeat(link.ready()).await,
+            }
+        }
+    }
+
+    /// Starts the file watcher. Started here, not before `initialize`: setting up inotify
+    /// takes milliseconds that the client would otherwise wait for. The index is built after
+    /// it, so no file falls between the two.
+    async fn start_watcher(&mut self) -> (Option<RecommendedWatcher>, watch::Changes) {
+        let inbox = self.session.mailbox().inbox().to_path_buf();
+        let err = match tokio::task::spawn_blocking(move || watch::watch(&inbox)).await {
+            Ok(Ok((watcher, changes))) => return (Some(watcher), changes),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(err) => err.to_string(),
+        };
+        // E.g. the inotify limits are reached. Pull still works, and the heartbeat's rescan
+        // still pushes, only later: degrade rather than refuse to start.
+        tracing::warn!(%err, "no file watcher; the inbox is rescanned every 60 s instead");
+        self.rescan_on_tick = true;
+        (None, watch::Changes::none())
+    }
+
+    /// Refreshes the heartbeat; without a watcher, rescans and pushes too.
+    async fn heartbeat(&mut self, peer: Option<&Peer<RoleServer>>) {
+        let s = self.session.clone();
+        match tokio::task::spawn_blocking(move || s.refresh(Local::now())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "refreshing the heartbeat"),
+            Err(err) => tracing::warn!(%err, "refreshing the heartbeat"),
+        }
+        if self.rescan_on_tick {
+            self.sync(rescan()).await;
+            if let Some(p) = peer {
+                self.push(p).await;
+            }
+        } else {
+            self.subscribers.rescan(); // what the watcher missed
+        }
+    }
+
+    /// Updates the index from what changed, then wakes the waits.
+    async fn sync(&mut self, changed: Changed) {
+        if changed.rescan {
+            self.subscribers.rescan();
+        }
+        let s = self.session.clone();
+        let everyone = !self.subscribers.is_empty();
+        match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
+            Ok(Ok(synced)) => {
+                for msg in &synced.arrived {
+                    self.subscribers.arrived(msg);
+                }
+                self.dirty |= synced.mine_changed;
+            }
+            Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
+            Err(err) => tracing::warn!(%err, "reading the inbox"),
+        }
+        self.mail.notify_waiters();
+    }
+
+    /// Pushes what is pending, unless the quiet window or the rate limit says later.
+    async fn push(&mut self, peer: &Peer<RoleServer>) {
+        self.dirty = false;
+        let s = self.session.clone();
+        let pending =
+            match tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await {
+                Ok(Ok(pending)) => pending,
+                Ok(Err(err)) => {
+                    tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "reading the inbox");
+                    return;
+                }
+            };
+        let now = Instant::now();
+        match self.gate.plan(pending, now, Local::now()) {
+            Plan::Hold { retry_at } => self.flush_at = retry_at.or(self.flush_at),
+            Plan::Send(batch) => self.send(peer, batch, now).await,
+        }
+    }
+
+    /// Sends one event, then records it: at least once, never lost.
+    async fn send(&mut self, peer: &Peer<RoleServer>, batch: Batch, now: Instant) {
+        let params = events::params(&batch, &self.session.name());
+        let ids =
+            |msgs: &[Arc<Message>]| -> Vec<String> { msgs.iter().map(|m| m.id.clone()).collect() };
+        let (pushed, listed) = (ids(&batch.whole), ids(&batch.named));
+        self.session.pushing(&pushed);
+        let event = CustomNotification::new(CHANNEL_METHOD, Some(params));
+        if let Err(err) = peer
+            .send_notification(ServerNotification::CustomNotification(event))
+            .await
+        {
+            self.session.push_failed(&pushed);
+            tracing::warn!(%err, "push failed; the messages stay unread");
+            return;
+        }
+        // Recorded after the event left: a crash in between pushes it again at the next
+        // start (at least once), never loses it.
+        let s = self.session.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            s.mark_pushed(&pushed)?;
+            s.mark_listed(&listed)
+        })
+        .await;
+        if let Ok(Err(err)) = recorded {
+            tracing::warn!(err = %format!("{err:#}"), "recording pushed messages");
+        }
+        for msg in &batch.named {
+            tracing::info!(msg_id = %msg.id, from = %msg.front.from, "named in an event");
+        }
+        for msg in &batch.whole {
+            tracing::info!(msg_id = %msg.id, from = %msg.front.from, "pushed");
+        }
+        self.gate.sent(&batch, now);
+    }
+}
+
+/// A look at the whole inbox.
+fn rescan() -> Changed {
+    Changed {
+        rescan: true,
+        ..Changed::default()
+    }
+}
+
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
