@@ -2,6 +2,7 @@
 //!
 //! Code map:
 //! - [`channels`]: whether channel events reach the model (evidence about the client).
+//! - [`coord`]: file claims, the shared board and mail search with receipts (`claims/`, `board/`).
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
 //! - [`mailbox`]: the only code that touches message files and read state.
@@ -29,6 +30,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod coord;
 pub mod error;
 pub mod heartbeat;
 pub mod mailbox;
