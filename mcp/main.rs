@@ -2,6 +2,7 @@
 //! subcommands are for people.
 
 mod cli;
+mod coord_tools;
 mod server;
 mod telegram;
 
@@ -49,6 +50,10 @@ enum Command {
     Prune(cli::archive::PruneArgs),
     /// Add t9-ipc to Claude Code (`claude mcp add`), or print what to paste.
     Install(cli::install::InstallArgs),
+    /// List the live file claims of the sessions.
+    Claims(cli::claims::ClaimsArgs),
+    /// Search a session's mail (inbox and archive), with receipts for what it sent.
+    Search(cli::search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,8 @@ fn main() -> ExitCode {
         Command::Archive(a) => cli::archive::archive(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Prune(a) => cli::archive::prune(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Claims(a) => cli::claims::run(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Search(a) => cli::search::run(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Hook(_) => unreachable!("handled above"),
     };
     match result {

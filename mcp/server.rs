@@ -122,7 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         mail,
         ending: cancel.clone(),
         telegram: tg,
-        tool_router: T9::tool_router(),
+        tool_router: T9::tool_router() + T9::coord_router(),
     };
     let running = server
         .serve_with_ct(rmcp::transport::stdio(), cancel.child_token())
@@ -726,8 +726,8 @@ struct SetNameArgs {
 
 #[derive(Clone)]
 pub struct T9 {
-    session: Arc<Session>,
-    config: Arc<Config>,
+    pub(crate) session: Arc<Session>,
+    pub(crate) config: Arc<Config>,
     peer_tx: peer_watch::Sender<Option<Peer<RoleServer>>>,
     /// Woken after every look at the inbox.
     mail: Arc<Notify>,

@@ -92,6 +92,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
          add these hooks to ~/.claude/settings.json so unread mail comes with each prompt:\n\n{}",
         hook_settings(&exe)
     );
+    println!("{}", super::precommit::install_text(&exe)); // stdout-ok
     Ok(())
 }
 

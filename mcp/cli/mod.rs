@@ -2,10 +2,13 @@
 //! purpose; errors go to stderr as one line (see `main`).
 
 pub mod archive;
+pub mod claims;
 pub mod doctor;
 pub mod hook;
 pub mod inbox;
 pub mod install;
+pub mod precommit;
+pub mod search;
 pub mod send;
 pub mod style;
 pub mod tail;
