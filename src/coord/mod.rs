@@ -191,3 +191,37 @@ fn parse_stamp(s: &str) -> Option<DateTime<Local>> {
         .ok()
         .map(|t| t.with_timezone(&Local))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_gives_up_in_time_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DirLock::take(dir.path()).unwrap();
+        let started = Instant::now();
+        let err = DirLock::take_within(dir.path(), Duration::from_millis(100))
+            .err()
+            .expect("the lock is held");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.to_string().contains(".lock"), "{err}");
+        drop(held);
+        DirLock::take_within(dir.path(), Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn files_and_folders_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        // SAFETY: umask only changes this process's mode mask; restored below.
+        let old = unsafe { libc::umask(0o000) };
+        let made = private_dir(&sub).and_then(|()| write_atomic(&sub, "x.md", b"hi"));
+        unsafe { libc::umask(old) };
+        made.unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o700);
+        assert_eq!(mode(&sub.join("x.md")), 0o600);
+        assert_eq!(fs::read(sub.join("x.md")).unwrap(), b"hi");
+    }
+}
