@@ -84,6 +84,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
             Err(err) => return Err(err).context("running `claude`"),
         }
     }
+    println!("{}", super::precommit::install_text(&exe)); // stdout-ok
     println!(
         // stdout-ok
         "\nStart sessions with channels on, so messages arrive by themselves:\n\n  \
@@ -92,7 +93,6 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
          add these hooks to ~/.claude/settings.json so unread mail comes with each prompt:\n\n{}",
         hook_settings(&exe)
     );
-    println!("{}", super::precommit::install_text(&exe)); // stdout-ok
     Ok(())
 }
 
