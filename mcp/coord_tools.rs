@@ -207,7 +207,7 @@ and when. Use to publish or check shared state.",
                     }
                     let mut out = String::new();
                     for e in &all {
-                        let _ = writeln!(out, "{}: {}", header(e), short(&e.value));
+                        let _ = writeln!(out, "{}", board_line(e));
                     }
                     Ok(out.trim_end().to_owned())
                 }
@@ -277,6 +277,11 @@ fn header(e: &Entry) -> String {
             |t| t.format("%Y-%m-%d %H:%M:%S").to_string()
         )
     )
+}
+
+/// One board entry on one line: key, version, writer, time, and the value when short.
+pub fn board_line(e: &Entry) -> String {
+    format!("{}: {}", header(e), short(&e.value))
 }
 
 /// A value on one line when it is short; otherwise its size, saying how to read it.

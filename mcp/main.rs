@@ -54,6 +54,8 @@ enum Command {
     Claims(cli::claims::ClaimsArgs),
     /// Search a session's mail (inbox and archive), with receipts for what it sent.
     Search(cli::search::SearchArgs),
+    /// Read or write the shared board (small named values the sessions share).
+    Board(cli::board::BoardArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
         Command::Claims(a) => cli::claims::run(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Search(a) => cli::search::run(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Board(a) => cli::board::run(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Hook(_) => unreachable!("handled above"),
     };
     match result {

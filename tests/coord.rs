@@ -308,6 +308,25 @@ async fn the_board_takes_one_of_two_writers_and_keeps_values_across_restarts() {
     let listed = c.ok("t9_ipc_board", json!({"action": "list"})).await;
     assert!(listed.contains(&format!(": {winner}")), "{listed}");
     c.quit().await;
+
+    // The command line reads what the tools wrote, and its writes meet the same check.
+    let out = cli(&mb, mb.root(), &["board", "build"], &[]);
+    assert_eq!(text(&out.stdout), winner);
+    let out = cli(
+        &mb,
+        mb.root(),
+        &["board", "build", "--set", "red", "--expect", "1"],
+        &[],
+    );
+    assert!(!out.status.success() && text(&out.stderr).contains("version 2"));
+    let out = cli(&mb, mb.root(), &["board", "--json"], &[]);
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("board --json");
+    assert_eq!(rows[0]["version"], 2, "{rows}");
+    assert!(
+        !cli(&mb, mb.root(), &["board", "../x", "--set", "v"], &[])
+            .status
+            .success()
+    );
 }
 
 #[tokio::test]

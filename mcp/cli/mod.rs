@@ -2,6 +2,7 @@
 //! purpose; errors go to stderr as one line (see `main`).
 
 pub mod archive;
+pub mod board;
 pub mod claims;
 pub mod doctor;
 pub mod hook;
