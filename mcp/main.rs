@@ -53,6 +53,12 @@ enum Command {
     Prune(cli::archive::PruneArgs),
     /// Add t9-ipc to Claude Code (`claude mcp add`), or print what to paste.
     Install(cli::install::InstallArgs),
+    /// List the live file claims of the sessions.
+    Claims(cli::claims::ClaimsArgs),
+    /// Search a session's mail (inbox and archive), with receipts for what it sent.
+    Search(cli::search::SearchArgs),
+    /// Read or write the shared board (small named values the sessions share).
+    Board(cli::board::BoardArgs),
 }
 
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
@@ -77,6 +83,9 @@ fn main() -> ExitCode {
         Command::Archive(a) => cli::archive::archive(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Prune(a) => cli::archive::prune(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Claims(a) => cli::claims::run(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Search(a) => cli::search::run(a, &config).map(|()| ExitCode::SUCCESS),
+        Command::Board(a) => cli::board::run(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Hook(_) => unreachable!("handled above"),
     };
     match result {

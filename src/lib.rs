@@ -2,6 +2,7 @@
 //!
 //! Code map:
 //! - [`channels`]: whether channel events reach the model (evidence about the client).
+//! - [`coord`]: file claims, the shared board and mail search with receipts (`claims/`, `board/`).
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
 //! - [`error`]: the library's one error type; file-system variants name the path.
 //! - [`fsx`]: the one atomic file write (temporary file, fsync, rename, fsync of the folder,
@@ -50,6 +51,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod coord;
 pub mod error;
 pub mod fsx;
 pub mod heartbeat;

@@ -73,7 +73,10 @@ async fn discover_is_refused_then_initialize_declares_the_channel() {
     assert_eq!(
         names,
         [
+            "t9_ipc_board",
             "t9_ipc_broadcast",
+            "t9_ipc_claim",
+            "t9_ipc_search",
             "t9_ipc_send",
             "t9_ipc_set_name",
             "t9_ipc_unread",

@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod coord;
 mod delivery;
 mod format;
 mod handshake;

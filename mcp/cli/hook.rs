@@ -63,6 +63,9 @@ struct Input {
 
 /// Runs the hook; always exits 0.
 pub fn run(args: HookArgs, config: &Config) -> ExitCode {
+    if args.event.as_deref() == Some("pre-commit") {
+        return super::precommit::run(&args.rest, config);
+    }
     match hook(args, config) {
         Ok(()) => {}
         Err(err) => {

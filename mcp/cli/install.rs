@@ -80,6 +80,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
             Err(err) => return Err(err).context("running `claude`"),
         }
     }
+    println!("{}", super::precommit::install_text(&exe));
     println!(
         "\nStart sessions with channels on, so messages arrive by themselves:\n\n  \
          claude --dangerously-load-development-channels server:t9-ipc\n\n\

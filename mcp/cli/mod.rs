@@ -5,10 +5,14 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod archive;
+pub mod board;
+pub mod claims;
 pub mod doctor;
 pub mod hook;
 pub mod inbox;
 pub mod install;
+pub mod precommit;
+pub mod search;
 pub mod send;
 pub mod style;
 pub mod tail;

@@ -7,6 +7,7 @@
 //! `instructions`, and `arrivals` (the subscribers told of new mail, Telegram among them).
 
 mod arrivals;
+mod coord;
 mod events;
 mod format;
 mod instructions;

@@ -122,8 +122,8 @@ struct SetNameArgs {
 /// The server's tools and handlers; rmcp clones it per request.
 #[derive(Clone)]
 pub struct T9 {
-    session: Arc<Session>,
-    config: Arc<Config>,
+    pub(super) session: Arc<Session>,
+    pub(super) config: Arc<Config>,
     peer_tx: peer_watch::Sender<Option<Peer<RoleServer>>>,
     /// Woken after every look at the inbox.
     mail: Arc<Notify>,
@@ -161,7 +161,7 @@ impl T9 {
             ending: shared.ending,
             subscribers: shared.subscribers,
             telegram: shared.telegram,
-            tool_router: T9::tool_router(),
+            tool_router: T9::tool_router() + T9::coord_router(),
         }
     }
 }

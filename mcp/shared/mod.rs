@@ -1,6 +1,8 @@
 //! Argument types and formatting that both the command line (`cli`) and the MCP server
 //! (`server`) use, so that the two say the same things the same way.
 
+pub mod coord;
+
 use chrono::{DateTime, Local};
 use clap::ValueEnum;
 use t9_ipc::message::Priority;

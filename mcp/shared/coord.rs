@@ -1,0 +1,123 @@
+//! Text of the coordination results (claims, board values, search hits), shown alike by the
+//! tools (`server::coord`) and the commands (`t9-ipc claims|board|search`).
+
+use std::fmt::Write as _;
+
+use t9_ipc::coord::board::Entry;
+use t9_ipc::coord::claims::Claim;
+use t9_ipc::coord::search::{self, Found};
+
+/// Body bytes a search result shows at most; the bodies of further hits are not shown (the
+/// result says so).
+const SEARCH_BODY_BYTES: usize = 16 * 1024;
+
+pub fn header(e: &Entry) -> String {
+    format!(
+        "{} (version {}, by \"{}\" at {})",
+        e.key,
+        e.version,
+        e.by,
+        e.at_time().map_or_else(
+            || e.at.clone(),
+            |t| t.format("%Y-%m-%d %H:%M:%S").to_string()
+        )
+    )
+}
+
+/// One board entry on one line: key, version, writer, time, and the value when short.
+pub fn board_line(e: &Entry) -> String {
+    format!("{}: {}", header(e), short(&e.value))
+}
+
+/// A value on one line when it is short; otherwise its size, saying how to read it.
+fn short(value: &str) -> String {
+    if value.len() <= 120 && !value.trim_end().contains('\n') {
+        value.trim_end().to_owned()
+    } else {
+        format!("({} bytes; action get shows it)", value.len())
+    }
+}
+
+/// Claims as `t9_ipc_claim(action: "list")` and `t9-ipc claims` show them.
+pub fn format_claims(claims: &[Claim], me: u32) -> String {
+    if claims.is_empty() {
+        return "No live claims.".to_owned();
+    }
+    let mut out = format!(
+        "{} live claim{}:\n",
+        claims.len(),
+        if claims.len() == 1 { "" } else { "s" }
+    );
+    for c in claims {
+        let _ = writeln!(
+            out,
+            "- {}{}",
+            c.describe(),
+            if c.pid == me { " (you)" } else { "" }
+        );
+    }
+    out.trim_end().to_owned()
+}
+
+/// Search hits for the model: a header each, the receipt of sent mail, then bodies while
+/// they fit in [`SEARCH_BODY_BYTES`].
+pub fn format_found(found: &Found) -> String {
+    if found.hits.is_empty() {
+        return "No message matches.".to_owned();
+    }
+    let mut out = format!(
+        "{} message{} (newest first):\n",
+        found.hits.len(),
+        if found.hits.len() == 1 { "" } else { "s" }
+    );
+    let mut budget = SEARCH_BODY_BYTES;
+    let mut unshown = 0;
+    for hit in &found.hits {
+        let m = &hit.message;
+        let f = &m.front;
+        let _ = write!(
+            out,
+            "\n--- msg_id: {}{}\n{} · from {} · to {} · subject: {}\n",
+            m.id,
+            if hit.archived { " (archived)" } else { "" },
+            f.created,
+            f.from,
+            f.to,
+            f.subject
+        );
+        if let Some(r) = &f.reply_to {
+            let _ = writeln!(out, "reply_to: {r}");
+        }
+        for r in &hit.receipts {
+            let _ = writeln!(out, "receipt: {}: {}", r.to, r.describe());
+        }
+        if m.body.len() <= budget {
+            budget -= m.body.len();
+            out.push('\n');
+            out.push_str(&m.body);
+            out.push('\n');
+        } else {
+            unshown += 1;
+            let _ = writeln!(out, "(body of {} bytes not shown)", m.body.len());
+        }
+    }
+    if unshown > 0 {
+        let _ = write!(
+            out,
+            "\n{unshown} bod{} not shown to keep this short: narrow the search (more \
+             words, limit: 1) to read {}.",
+            if unshown == 1 { "y" } else { "ies" },
+            if unshown == 1 { "it" } else { "them" }
+        );
+    }
+    if found.more > 0 {
+        let _ = write!(
+            out,
+            "\n{} older match{} not listed: narrow the search or raise limit (at most {}).",
+            found.more,
+            if found.more == 1 { "" } else { "es" },
+            search::MAX_LIMIT
+        );
+    }
+    out.trim_end().to_owned()
+}

@@ -1,0 +1,299 @@
+//! Search over one session's mail (sent and received, in `inbox/` and `archive/`), newest
+//! first, with receipts for what it sent: whether the recipient had it pushed, read it, or
+//! answered it (from the recipients' `state/<name>.log` and their replies). Reads only.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Local};
+
+use crate::error::{Error, Result};
+use crate::mailbox::{Mailbox, Message};
+use crate::message::{self, check_name, file_stem_part};
+
+/// Results returned when no limit is given, and at most.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 100;
+/// Longest state log read for receipts.
+const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What to look for. Every given part must match.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Words that must all appear (case-insensitive) in the subject or the body.
+    pub words: Vec<String>,
+    /// The other side: messages from or to this name.
+    pub with: Option<String>,
+    /// A msg_id: the messages linked to it through `reply_to`, both ways.
+    pub thread: Option<String>,
+    pub limit: usize,
+}
+
+/// What happened to a sent message at its recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receipt {
+    pub to: String,
+    pub pushed: bool,
+    pub read: bool,
+    /// The first reply from the recipient: its id and `created` time.
+    pub answered: Option<(String, String)>,
+}
+
+impl Receipt {
+    /// `answered <time> (<id>)`, `read`, `pushed, not read`, or `not read yet`.
+    pub fn describe(&self) -> String {
+        match (&self.answered, self.read, self.pushed) {
+            (Some((id, at)), _, _) => format!("answered {at} ({id})"),
+            (None, true, _) => "read".to_owned(),
+            (None, false, true) => "pushed, not read".to_owned(),
+            (None, false, false) => "not read yet".to_owned(),
+        }
+    }
+}
+
+/// One message found.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub message: Arc<Message>,
+    /// True when it was found in `archive/`.
+    pub archived: bool,
+    /// For messages this session sent: one receipt per recipient (for a broadcast, every
+    /// name that has a read state and pushed, read or answered it).
+    pub receipts: Vec<Receipt>,
+}
+
+/// The search result: the newest `limit` hits, and how many more matched.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    pub more: usize,
+}
+
+/// Searches `name`'s mail in `mailbox`.
+pub fn search(
+    mailbox: &Mailbox,
+    name: &str,
+    query: &Query,
+    _now: DateTime<Local>,
+) -> Result<Found> {
+    let limit = match query.limit {
+        0 => DEFAULT_LIMIT,
+        n if n <= MAX_LIMIT => n,
+        n => {
+            return Err(Error::Refused(format!(
+                "limit {n} is too large; at most {MAX_LIMIT}"
+            )));
+        }
+    };
+    let words: Vec<String> = query
+        .words
+        .iter()
+        .flat_map(|w| w.split_whitespace())
+        .map(str::to_lowercase)
+        .collect();
+    let mine = mail_of(mailbox, name)?;
+    // Threads: each message's parent through reply_to, among this session's mail.
+    let thread: Option<HashSet<String>> = query.thread.as_deref().map(|id| {
+        let parent: HashMap<&str, &str> = mine
+            .iter()
+            .filter_map(|(m, _)| Some((m.id.as_str(), m.front.reply_to.as_deref()?)))
+            .collect();
+        let root_of = |id: &str| root_of(&parent, id);
+        let root = root_of(id.trim());
+        let mut ids: HashSet<String> = mine
+            .iter()
+            .filter(|(m, _)| root_of(&m.id) == root)
+            .map(|(m, _)| m.id.clone())
+            .collect();
+        ids.insert(root);
+        ids
+    });
+    let matches = |m: &Message| -> bool {
+        if let Some(with) = query.with.as_deref()
+            && m.front.from != with
+            && m.front.to != with
+        {
+            return false;
+        }
+        if let Some(t) = &thread
+            && !t.contains(&m.id)
+        {
+            return false;
+        }
+        if !words.is_empty() {
+            let text = format!("{}\n{}", m.front.subject, m.body).to_lowercase();
+            if !words.iter().all(|w| text.contains(w.as_str())) {
+                return false;
+            }
+        }
+        true
+    };
+    let mut found: Vec<&(Arc<Message>, bool)> = mine.iter().filter(|(m, _)| matches(m)).collect();
+    // Newest first: ids start with their time stamp.
+    found.sort_by(|a, b| b.0.id.cmp(&a.0.id));
+    let more = found.len().saturating_sub(limit);
+    found.truncate(limit);
+    let mut states = States::new(mailbox.root());
+    let hits = found
+        .into_iter()
+        .map(|(m, archived)| {
+            let receipts = if m.front.from == name {
+                receipts(m, &mine, &mut states)
+            } else {
+                Vec::new()
+            };
+            Hit {
+                message: m.clone(),
+                archived: *archived,
+                receipts,
+            }
+        })
+        .collect();
+    Ok(Found { hits, more })
+}
+
+/// The first message of `id`'s thread: `reply_to` followed up as far as it leads (a loop
+/// stops where it closes).
+fn root_of(parent: &HashMap<&str, &str>, id: &str) -> String {
+    let mut id = id;
+    let mut seen = HashSet::new();
+    while let Some(p) = parent.get(id) {
+        if !seen.insert(id) {
+            break;
+        }
+        id = p;
+    }
+    id.to_owned()
+}
+
+/// Every good message in `inbox/` and `archive/` that `name` sent or received, with whether
+/// it is archived. File names that cannot be `name`'s mail are not read.
+fn mail_of(mailbox: &Mailbox, name: &str) -> Result<Vec<(Arc<Message>, bool)>> {
+    let part = file_stem_part(name);
+    let may_be_mine = |stem: &str| {
+        !message::stem_is_shaped(stem)
+            || stem.contains(part.as_str())
+            || message::stem_may_address_everyone(stem)
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (dir, archived) in [
+        (mailbox.inbox().to_path_buf(), false),
+        (mailbox.root().join("archive"), true),
+    ] {
+        for (file, _) in super::md_files(&dir)? {
+            let id = file.trim_end_matches(".md");
+            if !may_be_mine(id) || seen.contains(id) {
+                continue;
+            }
+            let msg = if archived {
+                mailbox.get_archived(id)
+            } else {
+                mailbox.get(id)
+            };
+            let Some(msg) = msg else { continue };
+            if msg.front.from == name || msg.front.is_for(name) {
+                seen.insert(msg.id.clone());
+                out.push((msg, archived));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn receipts(sent: &Message, mine: &[(Arc<Message>, bool)], states: &mut States) -> Vec<Receipt> {
+    let answer_from = |who: &str| {
+        mine.iter()
+            .filter(|(m, _)| m.front.from == who && m.front.reply_to.as_deref() == Some(&sent.id))
+            .min_by(|a, b| a.0.id.cmp(&b.0.id))
+            .map(|(m, _)| (m.id.clone(), m.front.created.clone()))
+    };
+    let receipt = |to: &str, states: &mut States| {
+        let (pushed, read) = states.of(to).map_or((false, false), |s| {
+            (s.pushed.contains(&sent.id), s.read.contains(&sent.id))
+        });
+        Receipt {
+            to: to.to_owned(),
+            pushed,
+            read,
+            answered: answer_from(to),
+        }
+    };
+    if sent.front.is_broadcast() {
+        let names = states.names();
+        names
+            .iter()
+            .filter(|n| **n != sent.front.from)
+            .map(|n| receipt(n, states))
+            .filter(|r| r.pushed || r.read || r.answered.is_some())
+            .collect()
+    } else {
+        vec![receipt(&sent.front.to, states)]
+    }
+}
+
+/// The read and pushed ids of one name, from its state log.
+#[derive(Debug, Default)]
+struct Seen {
+    read: HashSet<String>,
+    pushed: HashSet<String>,
+}
+
+/// Read states loaded on demand.
+struct States<'a> {
+    root: &'a Path,
+    loaded: HashMap<String, Option<Seen>>,
+}
+
+impl<'a> States<'a> {
+    fn new(root: &'a Path) -> States<'a> {
+        States {
+            root,
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// The names that have a state log.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join("state"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".log").map(str::to_owned))
+                    .filter(|n| check_name(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn of(&mut self, name: &str) -> Option<&Seen> {
+        if !self.loaded.contains_key(name) {
+            let seen = check_name(name).ok().and_then(|()| {
+                let path = self.root.join("state").join(format!("{name}.log"));
+                super::read_small(&path, MAX_STATE_BYTES).map(|text| parse_state(&text))
+            });
+            self.loaded.insert(name.to_owned(), seen);
+        }
+        self.loaded.get(name).and_then(Option::as_ref)
+    }
+}
+
+fn parse_state(text: &str) -> Seen {
+    let mut seen = Seen::default();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("read", id)) => {
+                seen.read.insert(id.trim().to_owned());
+            }
+            Some(("pushed", id)) => {
+                seen.pushed.insert(id.trim().to_owned());
+            }
+            _ => {}
+        }
+    }
+    seen
+}
