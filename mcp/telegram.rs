@@ -9,6 +9,7 @@ use t9_ipc::config::Config;
 use t9_ipc::message::HUMAN;
 use t9_ipc::session::{Sent, Session};
 use t9_ipc::telegram::{self, Telegram};
+use t9_ipc::text::plural;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -142,10 +143,9 @@ pub fn who_note(data_dir: &Path) -> String {
         .map(|f| format!("{} ({})", f.msg_id, f.error))
         .collect();
     format!(
-        "\nTelegram: {} escalation{} could not be delivered in the last 24 h; the user has \
+        "\nTelegram: {} could not be delivered in the last 24 h; the user has \
          not seen {}: {}{}. Records: {}",
-        failed.len(),
-        if failed.len() == 1 { "" } else { "s" },
+        plural(failed.len(), "escalation"),
         if failed.len() == 1 { "it" } else { "them" },
         shown.join("; "),
         if failed.len() > 3 { "; …" } else { "" },

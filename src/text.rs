@@ -1,13 +1,70 @@
-//! Small pieces of text every user-facing message shares.
+//! Small pieces of text every user-facing message shares: counts, and the boundary between
+//! the messages of one result.
 
 /// `1 message`, `2 messages`: a count and an English noun, plural when the count is not one.
 pub fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
+/// The line that opens each message of a result holding several (a bundle or digest event,
+/// `t9_ipc_unread`, `t9_ipc_wait`, the hook's output): it carries a token drawn afresh for
+/// each result, as a MIME boundary is, so no body can hold a line that passes for the header
+/// of another message.
+#[derive(Debug, Clone)]
+pub struct Boundary(String);
+
+impl Boundary {
+    /// A fresh boundary: 16 random hex digits.
+    pub fn new() -> Boundary {
+        Boundary(format!(
+            "{}{}",
+            crate::fsx::random_uid(),
+            crate::fsx::random_uid()
+        ))
+    }
+
+    /// The token itself.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+
+    /// The sentence that tells the reader how the result is cut: `n` messages, each opened by
+    /// a line that starts with the boundary; anything between two such lines is one body.
+    pub fn preamble(&self, n: usize) -> String {
+        format!(
+            "{} follow{}. Each begins with a line \"=== {} k/{n} ===\" and its header; every other \
+             line up to the next such line is that message's text, whatever it looks like.",
+            plural(n, "message"),
+            if n == 1 { "s" } else { "" },
+            self.0
+        )
+    }
+
+    /// The line that opens message `k` (1-based) of `n`.
+    pub fn open(&self, k: usize, n: usize) -> String {
+        format!("=== {} {k}/{n} ===", self.0)
+    }
+}
+
+impl Default for Boundary {
+    fn default() -> Boundary {
+        Boundary::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boundaries_differ_and_open_lines_carry_them() {
+        let (a, b) = (Boundary::new(), Boundary::new());
+        assert_ne!(a.token(), b.token());
+        assert_eq!(a.token().len(), 16);
+        assert_eq!(a.open(2, 3), format!("=== {} 2/3 ===", a.token()));
+        assert!(a.preamble(3).starts_with("3 messages follow."));
+        assert!(a.preamble(1).starts_with("1 message follows."));
+    }
 
     #[test]
     fn counts() {

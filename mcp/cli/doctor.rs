@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use chrono::Local;
+use t9_ipc::channels::Push;
 use t9_ipc::config::{Config, DataDirSource, TelegramSetting};
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::mailbox::Mailbox;
@@ -146,7 +147,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let silent: Vec<&str> = health
         .live
         .iter()
-        .filter(|(_, e)| e.push() != "on")
+        .filter(|(_, e)| e.push_mode() != Push::On)
         .map(|(n, _)| n.as_str())
         .collect();
     if !silent.is_empty() {

@@ -18,6 +18,7 @@ use chrono::Local;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
+use t9_ipc::channels::Push;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::mailbox::Message;
@@ -109,7 +110,7 @@ fn hook(args: HookArgs, config: &Config) -> anyhow::Result<()> {
     })?;
     tracing::debug!(session = %name, ?how, "hook");
     // When channel events are known to reach the model, what was pushed is not repeated.
-    let push_on = live.get(&name).is_some_and(|e| e.push() == "on");
+    let push_on = live.get(&name).is_some_and(|e| e.push_mode() == Push::On);
     let mailbox = super::open_existing(config)?;
     let mut state = mailbox.read_state(&name, now)?;
     let unread = mailbox.unread_for(&name, &state, push_on, now)?;

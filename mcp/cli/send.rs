@@ -15,6 +15,7 @@ use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::message::{BROADCAST, HUMAN, check_name, is_human};
 use t9_ipc::session::{Outgoing, Sent, send_from};
+use t9_ipc::text::plural;
 
 use super::{UsageError, enclosing_sessions, open_mailbox, style};
 
@@ -285,9 +286,8 @@ fn describe(sent: &Sent, from: &str, config: &Config) -> String {
                 .to_owned()
         } else {
             format!(
-                "broadcast to {} live session{} ({})",
-                sent.others.len(),
-                if sent.others.len() == 1 { "" } else { "s" },
+                "broadcast to {} ({})",
+                plural(sent.others.len(), "live session"),
                 style::line(&sent.others.join(", "))
             )
         };

@@ -132,10 +132,7 @@ pub fn json(msg: &Message) -> Value {
     v
 }
 
-/// `1 message`, `2 messages`.
-pub fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
-}
+pub use t9_ipc::text::plural;
 
 /// `s` on one line, safe to print: see [`escape`]; newlines and tabs are escaped too.
 pub fn line(s: &str) -> Cow<'_, str> {

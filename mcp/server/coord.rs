@@ -16,6 +16,7 @@ use t9_ipc::coord::board::Board;
 use t9_ipc::coord::claims::{Claims, Holder, Request};
 use t9_ipc::coord::search::{self, Query};
 use t9_ipc::session::Session;
+use t9_ipc::text::plural;
 
 use super::tools::T9;
 use crate::shared::coord::{board_line, format_claims, format_found, header};
@@ -152,9 +153,8 @@ before editing files other sessions may touch.",
                         let paths: Vec<String> =
                             ended.iter().flat_map(|c| c.paths.clone()).collect();
                         format!(
-                            "Released {} claim{}: {}.",
-                            ended.len(),
-                            if ended.len() == 1 { "" } else { "s" },
+                            "Released {}: {}.",
+                            plural(ended.len(), "claim"),
                             paths.join(", ")
                         )
                     })

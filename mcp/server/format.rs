@@ -7,6 +7,7 @@ use crate::shared::ago;
 use chrono::{DateTime, Local};
 use t9_ipc::mailbox::Message;
 use t9_ipc::session::{Peer as LivePeer, WaitFor};
+use t9_ipc::text::plural;
 
 use super::events::body_or_note;
 
@@ -23,9 +24,8 @@ pub fn format_who(peers: &[LivePeer], me: &str, now: DateTime<Local>) -> String 
     } else {
         let _ = writeln!(
             out,
-            "{} live session{} (you are \"{me}\"):",
-            peers.len(),
-            if peers.len() == 1 { "" } else { "s" }
+            "{} (you are \"{me}\"):",
+            plural(peers.len(), "live session")
         );
     }
     for p in peers {
@@ -60,9 +60,8 @@ pub fn format_sent(sent: &t9_ipc::session::Sent) -> String {
             )
         } else {
             format!(
-                "Broadcast sent to {} live session{} ({}) as msg_id {id}.",
-                sent.others.len(),
-                if sent.others.len() == 1 { "" } else { "s" },
+                "Broadcast sent to {} ({}) as msg_id {id}.",
+                plural(sent.others.len(), "live session"),
                 sent.others.join(", ")
             )
         };
@@ -96,8 +95,8 @@ pub fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
         "No unread messages.\n".to_owned()
     } else {
         format!(
-            "{n} unread message{} (urgent first, then oldest){}:\n",
-            if n == 1 { "" } else { "s" },
+            "{} (urgent first, then oldest){}:\n",
+            plural(n, "unread message"),
             if marked {
                 ", now marked read"
             } else {

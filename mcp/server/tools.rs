@@ -19,6 +19,7 @@ use serde::Deserialize;
 use t9_ipc::config::Config;
 use t9_ipc::session::{Outgoing, Session, WaitFor};
 use t9_ipc::telegram::Telegram;
+use t9_ipc::text::plural;
 use t9_ipc::watch::Changed;
 use t9_ipc::{Error, channels};
 use tokio::sync::{Notify, watch as peer_watch};
@@ -240,8 +241,8 @@ impl T9 {
         let line = match tokio::task::spawn_blocking(move || s.unseen(Local::now())).await {
             Ok(Ok((0, _))) => return result,
             Ok(Ok((n, senders))) => format!(
-                "{n} unread message{} (from {}): call t9_ipc_unread.",
-                if n == 1 { "" } else { "s" },
+                "{} (from {}): call t9_ipc_unread.",
+                plural(n, "unread message"),
                 senders.join(", ")
             ),
             _ => return result,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use t9_ipc::coord::board::Entry;
 use t9_ipc::coord::claims::Claim;
 use t9_ipc::coord::search::{self, Found};
+use t9_ipc::text::plural;
 
 /// Body bytes a search result shows at most; the bodies of further hits are not shown (the
 /// result says so).
@@ -43,11 +44,7 @@ pub fn format_claims(claims: &[Claim], me: u32) -> String {
     if claims.is_empty() {
         return "No live claims.".to_owned();
     }
-    let mut out = format!(
-        "{} live claim{}:\n",
-        claims.len(),
-        if claims.len() == 1 { "" } else { "s" }
-    );
+    let mut out = format!("{}:\n", plural(claims.len(), "live claim"));
     for c in claims {
         let _ = writeln!(
             out,
@@ -65,11 +62,7 @@ pub fn format_found(found: &Found) -> String {
     if found.hits.is_empty() {
         return "No message matches.".to_owned();
     }
-    let mut out = format!(
-        "{} message{} (newest first):\n",
-        found.hits.len(),
-        if found.hits.len() == 1 { "" } else { "s" }
-    );
+    let mut out = format!("{} (newest first):\n", plural(found.hits.len(), "message"));
     let mut budget = SEARCH_BODY_BYTES;
     let mut unshown = 0;
     for hit in &found.hits {
