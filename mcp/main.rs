@@ -117,8 +117,8 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             _ => unreachable!("only async commands come here"),
         }
     });
-    // The work is done; don't wait for a blocking read of stdin that may never return
-    // (after a signal, stdin is still open).
+    // Every task was waited for. What can remain is a blocking read of a terminal's stdin
+    // (`serve` reads pipes without one; `setup` and `tail` read none): don't wait for it.
     runtime.shutdown_background();
     result.map(|()| ExitCode::SUCCESS)
 }

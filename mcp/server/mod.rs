@@ -105,7 +105,9 @@ async fn start_session(config: &Config) -> anyhow::Result<Arc<Session>> {
 /// Serves MCP on stdio until stdin closes or `cancel` (a signal).
 async fn run_until_end(server: T9, cancel: &CancellationToken) {
     match server
-        .serve_with_ct(rmcp::transport::stdio(), cancel.child_token())
+        // Pipes (how MCP clients start servers) are read on the reactor, not on a blocking
+        // thread: nothing is left behind when the session ends.
+        .serve_with_ct(rmcp::transport::stdio_pipes(), cancel.child_token())
         .await
     {
         Ok(running) => {
