@@ -4,20 +4,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Local};
 
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, Message};
+use crate::mailbox::{Mailbox, Message, ReadState};
 use crate::message::{self, check_name, file_stem_part};
 
 /// Results returned when no limit is given, and at most.
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 100;
-/// Longest state log read for receipts.
-const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What to look for. Every given part must match.
 #[derive(Debug, Clone, Default)]
@@ -72,12 +69,7 @@ pub struct Found {
 }
 
 /// Searches `name`'s mail in `mailbox`.
-pub fn search(
-    mailbox: &Mailbox,
-    name: &str,
-    query: &Query,
-    _now: DateTime<Local>,
-) -> Result<Found> {
+pub fn search(mailbox: &Mailbox, name: &str, query: &Query, now: DateTime<Local>) -> Result<Found> {
     let limit = match query.limit {
         0 => DEFAULT_LIMIT,
         n if n <= MAX_LIMIT => n,
@@ -135,7 +127,7 @@ pub fn search(
     found.sort_by(|a, b| b.0.id.cmp(&a.0.id));
     let more = found.len().saturating_sub(limit);
     found.truncate(limit);
-    let mut states = States::new(mailbox.root());
+    let mut states = States::new(mailbox, now);
     let hits = found
         .into_iter()
         .map(|(m, archived)| {
@@ -212,7 +204,7 @@ fn receipts(sent: &Message, mine: &[(Arc<Message>, bool)], states: &mut States) 
     };
     let receipt = |to: &str, states: &mut States| {
         let (pushed, read) = states.of(to).map_or((false, false), |s| {
-            (s.pushed.contains(&sent.id), s.read.contains(&sent.id))
+            (s.was_pushed(&sent.id), s.was_read(&sent.id))
         });
         Receipt {
             to: to.to_owned(),
@@ -234,30 +226,25 @@ fn receipts(sent: &Message, mine: &[(Arc<Message>, bool)], states: &mut States) 
     }
 }
 
-/// The read and pushed ids of one name, from its state log.
-#[derive(Debug, Default)]
-struct Seen {
-    read: HashSet<String>,
-    pushed: HashSet<String>,
-}
-
-/// Read states loaded on demand.
+/// Read states loaded on demand, through the mailbox's one reader of state logs.
 struct States<'a> {
-    root: &'a Path,
-    loaded: HashMap<String, Option<Seen>>,
+    mailbox: &'a Mailbox,
+    now: DateTime<Local>,
+    loaded: HashMap<String, Option<ReadState>>,
 }
 
 impl<'a> States<'a> {
-    fn new(root: &'a Path) -> States<'a> {
+    fn new(mailbox: &'a Mailbox, now: DateTime<Local>) -> States<'a> {
         States {
-            root,
+            mailbox,
+            now,
             loaded: HashMap::new(),
         }
     }
 
     /// The names that have a state log.
     fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root.join("state"))
+        let mut names: Vec<String> = fs::read_dir(self.mailbox.root().join("state"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
@@ -270,30 +257,14 @@ impl<'a> States<'a> {
         names
     }
 
-    fn of(&mut self, name: &str) -> Option<&Seen> {
+    /// `name`'s read state, read without writing anything; none for a name that is no name.
+    fn of(&mut self, name: &str) -> Option<&ReadState> {
         if !self.loaded.contains_key(name) {
-            let seen = check_name(name).ok().and_then(|()| {
-                let path = self.root.join("state").join(format!("{name}.log"));
-                super::read_small(&path, MAX_STATE_BYTES).map(|text| parse_state(&text))
-            });
-            self.loaded.insert(name.to_owned(), seen);
+            let state = check_name(name)
+                .ok()
+                .and_then(|()| self.mailbox.peek_state(name, self.now).ok());
+            self.loaded.insert(name.to_owned(), state);
         }
         self.loaded.get(name).and_then(Option::as_ref)
     }
-}
-
-fn parse_state(text: &str) -> Seen {
-    let mut seen = Seen::default();
-    for line in text.lines() {
-        match line.split_once(' ') {
-            Some(("read", id)) => {
-                seen.read.insert(id.trim().to_owned());
-            }
-            Some(("pushed", id)) => {
-                seen.pushed.insert(id.trim().to_owned());
-            }
-            _ => {}
-        }
-    }
-    seen
 }
