@@ -64,6 +64,9 @@ enum Command {
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !matches!(args.command, Command::Serve) {
+        restore_sigpipe();
+    }
     init_logging();
     let config = Config::from_env();
     // The hook runs at every prompt: no async runtime, and it always exits 0.
@@ -100,6 +103,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A command whose output is cut short (`t9-ipc search … | head`) ends quietly, as Unix tools
+/// do, instead of panicking on a closed pipe. `serve` keeps Rust's default (SIGPIPE ignored):
+/// a client that goes away is an ordinary end of the session, handled by the transport.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default at start-up, before any thread
+    // exists, has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

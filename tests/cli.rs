@@ -1031,3 +1031,24 @@ async fn install_dry_run_without_claude_prints_what_the_real_run_prints() {
     assert!(dry.stdout.contains("`claude` is not on PATH"), "{dry:?}");
     assert_eq!(dry.stdout, real.stdout);
 }
+
+/// Output cut short by its reader (`t9-ipc … | head`) ends the command quietly, as any Unix
+/// tool ends: no panic, no backtrace on stderr.
+#[tokio::test]
+async fn a_closed_output_pipe_ends_a_command_quietly() {
+    let mb = TempMailbox::new();
+    ok(&mb, &["send", "--from", "alpha", "beta", "hello"], None).await;
+    let mut child = command(mb.root(), &["inbox"])
+        .spawn()
+        .expect("spawn t9-ipc");
+    // The reading end is closed before the command can write: its first write fails.
+    drop(child.stdout.take());
+    drop(child.stdin.take());
+    let out = timeout(EVENT_WAIT, child.wait_with_output())
+        .await
+        .expect("the command ends in time")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}

@@ -200,8 +200,8 @@ impl Claims {
             let Some((mine, theirs)) = hit else { continue };
             if other.is_exclusive() {
                 return Err(Error::Refused(format!(
-                    "{mine} overlaps {theirs}, claimed exclusively by {}. Work on other files, \
-                     ask \"{}\" with t9_ipc_send, or claim again after that time",
+                    "{mine} overlaps {theirs}: {}. Work on other files, ask \"{}\" with \
+                     t9_ipc_send, or claim again after that time",
                     other.describe(),
                     other.session
                 )));
