@@ -1,11 +1,13 @@
 //! `inbox` and `show`: messages for a name, and one message whole.
 
-use chrono::Local;
+use std::sync::Arc;
+
+use chrono::{DateTime, Local};
 use clap::Args;
 use serde_json::Value;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::{FoundBy, Heartbeats};
-use t9_ipc::mailbox::ReadState;
+use t9_ipc::mailbox::{Mailbox, Message, ReadState};
 use t9_ipc::message::HUMAN;
 
 use super::style::{self, Style, plural};
@@ -35,18 +37,7 @@ pub struct InboxArgs {
 
 pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
     let now = Local::now();
-    let name = match args.name {
-        // The person's mail: escalations and replies to what they sent.
-        Some(name) if t9_ipc::message::is_human(&name) => Some((HUMAN.to_owned(), None)),
-        Some(name) => {
-            t9_ipc::message::check_name(&name).map_err(UsageError)?;
-            Some((name, None))
-        }
-        None => {
-            let live = Heartbeats::new(&config.data_dir).live(now);
-            this_session(config, &live, None).map(|(name, how)| (name, Some(how)))
-        }
-    };
+    let name = whose_inbox(args.name.clone(), config, now)?;
     if name.is_none() && (args.unread || args.mark_read) {
         return Err(UsageError(
             "--unread and --mark-read need a NAME (no session runs this command and \
@@ -57,25 +48,8 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
     }
     let mailbox = open_existing(config)?;
     let all = mailbox.scan()?;
-    let style = Style::stdout();
     let Some((name, how)) = name else {
-        if args.json {
-            let list: Vec<Value> = all.iter().map(|m| style::json(m)).collect();
-            println!("{}", style::json_text(&Value::Array(list)));
-            return Ok(());
-        }
-        println!(
-            "{} in {}:",
-            plural(all.len(), "message"),
-            mailbox.inbox().display()
-        );
-        for msg in &all {
-            println!(
-                "  {}\n    {}",
-                style::headline(msg, style),
-                style.dim(&style::line(&msg.id))
-            );
-        }
+        print_everything(&all, &mailbox, args.json);
         return Ok(());
     };
     let mut state: ReadState = if args.mark_read {
@@ -83,57 +57,21 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
     } else {
         mailbox.peek_state(&name, now)?
     };
-    let listed: Vec<_> = all
+    let listed: Vec<(&Arc<Message>, bool)> = all
         .iter()
         .filter(|m| m.front.is_for(&name))
-        .filter(|m| !args.unread || state.is_unread(&name, m, now))
-        .collect();
-    let unread: Vec<bool> = listed
-        .iter()
-        .map(|m| state.is_unread(&name, m, now))
+        .map(|m| (m, state.is_unread(&name, m, now)))
+        .filter(|(_, unread)| !args.unread || *unread)
         .collect();
     if args.json {
-        let list: Vec<Value> = listed
-            .iter()
-            .zip(&unread)
-            .map(|(m, unread)| {
-                let mut v = style::json(m);
-                v["unread"] = Value::Bool(*unread);
-                v
-            })
-            .collect();
-        println!("{}", style::json_text(&Value::Array(list)));
+        print_json(&listed);
     } else {
-        let shown = style::line(&name);
-        let whose = match how {
-            Some(FoundBy::Ancestor(_)) => format!("{shown} (the session this command runs in)"),
-            Some(FoundBy::Env) => format!("{shown} (IPC_SESSION_ID)"),
-            _ if name == HUMAN => format!("{HUMAN} (you)"),
-            _ => shown.into_owned(),
-        };
-        let count = unread.iter().filter(|u| **u).count();
-        if args.unread {
-            println!("{} for {whose}:", plural(count, "unread message"));
-        } else {
-            println!(
-                "{} for {whose}, {count} unread (*):",
-                plural(listed.len(), "message")
-            );
-        }
-        for (msg, unread) in listed.iter().zip(&unread) {
-            let mark = if *unread { "*" } else { " " };
-            println!(
-                "{mark} {}\n    {}",
-                style::headline(msg, style),
-                style.dim(&style::line(&msg.id))
-            );
-        }
+        print_list(&listed, &name, how, args.unread);
     }
     if args.mark_read {
         let ids: Vec<&str> = listed
             .iter()
-            .zip(&unread)
-            .filter(|(_, u)| **u)
+            .filter(|(_, unread)| *unread)
             .map(|(m, _)| m.id.as_str())
             .collect();
         state.mark_read(ids.iter().copied())?;
@@ -144,6 +82,94 @@ pub fn inbox(args: InboxArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The name whose mail `inbox` lists, and how it was found; none for every message.
+fn whose_inbox(
+    name: Option<String>,
+    config: &Config,
+    now: DateTime<Local>,
+) -> anyhow::Result<Option<(String, Option<FoundBy>)>> {
+    Ok(match name {
+        // The person's mail: escalations and replies to what they sent.
+        Some(name) if t9_ipc::message::is_human(&name) => Some((HUMAN.to_owned(), None)),
+        Some(name) => {
+            t9_ipc::message::check_name(&name).map_err(UsageError)?;
+            Some((name, None))
+        }
+        None => {
+            let live = Heartbeats::new(&config.data_dir).live(now);
+            this_session(config, &live, None).map(|(name, how)| (name, Some(how)))
+        }
+    })
+}
+
+/// Every message in the inbox, whoever it is for.
+fn print_everything(all: &[Arc<Message>], mailbox: &Mailbox, json: bool) {
+    let style = Style::stdout();
+    if json {
+        let list: Vec<Value> = all.iter().map(|m| style::json(m)).collect();
+        println!("{}", style::json_text(&Value::Array(list)));
+        return;
+    }
+    println!(
+        "{} in {}:",
+        plural(all.len(), "message"),
+        mailbox.inbox().display()
+    );
+    for msg in all {
+        println!(
+            "  {}\n    {}",
+            style::headline(msg, style),
+            style.dim(&style::line(&msg.id))
+        );
+    }
+}
+
+fn print_json(listed: &[(&Arc<Message>, bool)]) {
+    let list: Vec<Value> = listed
+        .iter()
+        .map(|(m, unread)| {
+            let mut v = style::json(m);
+            v["unread"] = Value::Bool(*unread);
+            v
+        })
+        .collect();
+    println!("{}", style::json_text(&Value::Array(list)));
+}
+
+/// One name's messages, `*` marking the unread ones.
+fn print_list(
+    listed: &[(&Arc<Message>, bool)],
+    name: &str,
+    how: Option<FoundBy>,
+    only_unread: bool,
+) {
+    let style = Style::stdout();
+    let shown = style::line(name);
+    let whose = match how {
+        Some(FoundBy::Ancestor(_)) => format!("{shown} (the session this command runs in)"),
+        Some(FoundBy::Env) => format!("{shown} (IPC_SESSION_ID)"),
+        _ if name == HUMAN => format!("{HUMAN} (you)"),
+        _ => shown.into_owned(),
+    };
+    let count = listed.iter().filter(|(_, unread)| *unread).count();
+    if only_unread {
+        println!("{} for {whose}:", plural(count, "unread message"));
+    } else {
+        println!(
+            "{} for {whose}, {count} unread (*):",
+            plural(listed.len(), "message")
+        );
+    }
+    for (msg, unread) in listed {
+        let mark = if *unread { "*" } else { " " };
+        println!(
+            "{mark} {}\n    {}",
+            style::headline(msg, style),
+            style.dim(&style::line(&msg.id))
+        );
+    }
 }
 
 /// `t9-ipc show`.

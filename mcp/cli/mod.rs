@@ -18,7 +18,6 @@ pub mod style;
 pub mod tail;
 pub mod who;
 
-use std::fmt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -51,8 +50,31 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
         if existed { "" } else { "; created now" }
     );
 
+    let (handshake, tools) = self_check(&exe).await?;
+    println!(
+        "self-check: `t9-ipc serve` answered in {} ms, declares claude/channel, tools: {}",
+        handshake.as_millis(),
+        tools.join(", ")
+    );
+    let exe = exe.display();
+    println!(
+        "\nAdd it to Claude Code for all your projects:\n\
+         \n  claude mcp add --scope user t9-ipc -- {exe} serve\n\
+         \nor put this in ~/.claude.json under \"mcpServers\":\n\
+         \n  \"t9-ipc\": {{ \"type\": \"stdio\", \"command\": \"{exe}\", \"args\": [\"serve\"] }}\n\
+         \nThen start each session with channels on, so messages arrive by themselves:\n\
+         \n  claude --dangerously-load-development-channels server:t9-ipc\n\
+         \nWithout that flag the tools still work; ask Claude to check unread messages, or let a \
+         hook bring them with each prompt (`t9-ipc install --dry-run` prints the settings)."
+    );
+    Ok(())
+}
+
+/// Starts `t9-ipc serve` on a scratch mailbox and talks MCP to it: the time to the
+/// `initialize` answer and the tool names, or why the check failed.
+async fn self_check(exe: &std::path::Path) -> anyhow::Result<(Duration, Vec<String>)> {
     let scratch = tempfile::tempdir().context("making a scratch mailbox")?;
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .env("IPC_DATA_DIR", scratch.path())
         .env("IPC_SESSION_ID", "setup-check")
@@ -99,37 +121,16 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
     if !channel {
         bail!("the server does not declare the claude/channel capability");
     }
-    let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
-    println!(
-        "self-check: `t9-ipc serve` answered in {} ms, declares claude/channel, tools: {}",
-        handshake.as_millis(),
-        names.join(", ")
-    );
-    let exe = exe.display();
-    println!(
-        "\nAdd it to Claude Code for all your projects:\n\
-         \n  claude mcp add --scope user t9-ipc -- {exe} serve\n\
-         \nor put this in ~/.claude.json under \"mcpServers\":\n\
-         \n  \"t9-ipc\": {{ \"type\": \"stdio\", \"command\": \"{exe}\", \"args\": [\"serve\"] }}\n\
-         \nThen start each session with channels on, so messages arrive by themselves:\n\
-         \n  claude --dangerously-load-development-channels server:t9-ipc\n\
-         \nWithout that flag the tools still work; ask Claude to check unread messages, or let a \
-         hook bring them with each prompt (`t9-ipc install --dry-run` prints the settings)."
-    );
-    Ok(())
+    Ok((
+        handshake,
+        tools.iter().map(|t| t.name.to_string()).collect(),
+    ))
 }
 
 /// A mistake in how a command was called: exit code 2, like clap's own usage errors.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 /// Opens the mailbox of `config`, making it when it does not exist: for commands that
 /// write a message (`send`, `broadcast`).
