@@ -88,16 +88,8 @@ Prints the msg_id on stdout (for scripts) and what happened on stderr.")]
 pub struct SendArgs {
     /// The recipient's session name (`t9-ipc who` lists them); `all` for everyone.
     pub to: String,
-    /// One line, at most 200 characters.
-    pub subject: String,
     #[command(flatten)]
-    pub body: BodyArgs,
-    /// The sender's name, as the recipient sees it and answers it [default: human; inside a
-    /// Claude Code session: that session, and no other name is accepted].
-    #[arg(long, value_name = "NAME")]
-    pub from: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
-    pub priority: PriorityArg,
+    pub message: MessageArgs,
     /// The msg_id of the message this one answers.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
@@ -108,11 +100,18 @@ pub struct SendArgs {
 #[command(after_help = "Example, from a CI job:
   t9-ipc broadcast --from ci-bot \"main is red\" \"build 812 failed: https://ci.example/812\"")]
 pub struct BroadcastArgs {
+    #[command(flatten)]
+    pub message: MessageArgs,
+}
+
+/// What `send` and `broadcast` both take: the message and its sender.
+#[derive(Debug, Args)]
+pub struct MessageArgs {
     /// One line, at most 200 characters.
     pub subject: String,
     #[command(flatten)]
     pub body: BodyArgs,
-    /// The sender's name, as the sessions see it and answer it [default: human; inside a
+    /// The sender's name, as the recipients see it and answer it [default: human; inside a
     /// Claude Code session: that session, and no other name is accepted].
     #[arg(long, value_name = "NAME")]
     pub from: Option<String>,
@@ -121,42 +120,23 @@ pub struct BroadcastArgs {
 }
 
 pub fn send(args: SendArgs, config: &Config) -> anyhow::Result<()> {
-    let from = sender(config, args.from.as_deref())?;
-    let body = args.body.read()?;
-    deliver(
-        config,
-        &from,
-        &args.to,
-        &args.subject,
-        &body,
-        args.priority,
-        args.reply_to.as_deref(),
-    )
+    deliver(config, &args.to, args.message, args.reply_to.as_deref())
 }
 
 pub fn broadcast(args: BroadcastArgs, config: &Config) -> anyhow::Result<()> {
-    let from = sender(config, args.from.as_deref())?;
-    let body = args.body.read()?;
-    deliver(
-        config,
-        &from,
-        BROADCAST,
-        &args.subject,
-        &body,
-        args.priority,
-        None,
-    )
+    deliver(config, BROADCAST, args.message, None)
 }
 
 fn deliver(
     config: &Config,
-    from: &str,
     to: &str,
-    subject: &str,
-    body: &str,
-    priority: PriorityArg,
+    message: MessageArgs,
     reply_to: Option<&str>,
 ) -> anyhow::Result<()> {
+    let from = sender(config, message.from.as_deref())?;
+    let from = from.as_str();
+    let body = message.body.read()?;
+    let (subject, body, priority) = (message.subject.as_str(), body.as_str(), message.priority);
     let mailbox = open_mailbox(config)?;
     let heartbeats = Heartbeats::new(&config.data_dir);
     let out = Outgoing {
