@@ -10,11 +10,14 @@
 //! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
 //! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
 //!   its bookkeeping lives in `<data>/telegram/`.
+//! - [`federation`]: message files carried between machines by NATS JetStream (opt-in,
+//!   `IPC_NATS_URL`); its bookkeeping lives in `<data>/federation/`.
 //!
 //! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
 //!
 //! Invariants, stated as absences:
-//! - Nothing outside `mailbox` writes or deletes a message file; nothing deletes a file it
+//! - Nothing outside `mailbox` writes or deletes a message file (but `federation::store`,
+//!   which writes arrivals from other machines byte for byte); nothing deletes a file it
 //!   cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
@@ -30,6 +33,7 @@
 pub mod channels;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod heartbeat;
 pub mod mailbox;
 pub mod message;

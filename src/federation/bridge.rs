@@ -1,0 +1,588 @@
+//! The bridge: one task per machine and mailbox that carries message files between this
+//! machine's `inbox/` and the JetStream stream [`STREAM`](super::STREAM).
+//!
+//! - Outbound: every `*.md` that appears in `inbox/` and did not arrive from another machine
+//!   is signed and published on `t9ipc.msg.<machine>` with its id as `Nats-Msg-Id`, then
+//!   noted in `published.log`. Driven by file events and one scan at start; while NATS is
+//!   unreachable the ids wait in memory and go out when the connection comes back.
+//! - Inbound: a durable pull consumer `t9ipc-<machine>` streams every machine's messages;
+//!   each is checked (signature, pinned key) and written into `inbox/` byte for byte, and
+//!   acknowledged only after that. A message already on disk is acknowledged without a
+//!   write; a refused one is kept in `quarantine/` and acknowledged.
+//!
+//! Every file operation runs on a blocking thread; the async side only waits for NATS, file
+//! events and the cancellation token.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use chrono::Local;
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{MachineKey, Pin, Pins};
+use super::ledger::Ledger;
+use super::wire::{self, Envelope, Refusal};
+use super::{Paths, STREAM, SUBJECT_PREFIX, Settings, store, subject_of};
+use crate::error::{Error, Result};
+use crate::mailbox::Mailbox;
+
+/// How long the stream keeps a message: a machine that is away longer misses it.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The stream drops a second publish of the same id within this window.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
+/// The longest wait between two tries while NATS refuses or is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What both directions share.
+struct Shared {
+    machine: String,
+    mailbox: Mailbox,
+    paths: Paths,
+    key: MachineKey,
+    ledger: Mutex<Ledger>,
+    pins: Mutex<Pins>,
+}
+
+impl Shared {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // Plain data; a panic elsewhere leaves it usable.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pins(&self) -> MutexGuard<'_, Pins> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the bridge for the mailbox at `data_dir` until `cancel` fires. The caller holds the
+/// election lock. Returns an error only for what cannot be retried: the mailbox or the
+/// federation folder cannot be opened, the key cannot be read, the credentials file cannot
+/// be read.
+pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken) -> Result<()> {
+    let paths = Paths::new(data_dir);
+    paths.create()?;
+    let shared = Arc::new(Shared {
+        machine: settings.machine.clone(),
+        mailbox: Mailbox::open(data_dir)?,
+        key: MachineKey::load_or_create(&paths.key())?,
+        ledger: Mutex::new(Ledger::open(&paths.published(), &paths.arrived())?),
+        pins: Mutex::new(Pins::load(&paths.known_machines())?),
+        paths,
+    });
+    // Watch before the first scan, so nothing written in between is missed.
+    let (_watcher, changes) = crate::watch::watch(shared.mailbox.inbox())?;
+
+    let (connected_tx, connected) = watch::channel(false);
+    let client = connect(&settings, connected_tx).await?;
+    let js = jetstream::new(client.clone());
+    tracing::info!(
+        machine = %shared.machine,
+        key = %wire::hex(shared.key.public().as_bytes()),
+        url = %redact_url(&settings.url),
+        "federation bridge started"
+    );
+
+    let inbound = tokio::spawn(inbound(
+        shared.clone(),
+        js.clone(),
+        connected.clone(),
+        cancel.child_token(),
+    ));
+    outbound(shared, js, changes, connected, cancel.clone()).await;
+    cancel.cancel();
+    let _ = inbound.await;
+    // Acks and publishes already handed to the client go out before the end.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    tracing::info!("federation bridge stopped");
+    Ok(())
+}
+
+/// A client that connects (and reconnects) in the background; `connected` follows its state.
+async fn connect(
+    settings: &Settings,
+    connected: watch::Sender<bool>,
+) -> Result<async_nats::Client> {
+    let connected = Arc::new(connected);
+    let mut options = ConnectOptions::new()
+        .name(format!("t9-ipc {}", settings.machine))
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        connected.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(
+                            "NATS unreachable; local mail keeps working, crossing waits"
+                        );
+                        connected.send_replace(false);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        });
+    if let Some(creds) = &settings.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(Error::io("reading the NATS credentials", creds))?;
+    }
+    options
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| Error::Refused(format!("IPC_NATS_URL {}: {e}", redact_url(&settings.url))))
+}
+
+/// The URL with any password replaced, for logs.
+fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<credentials>{}", &one[..scheme + 3], &one[at..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stream, created when it is missing (an existing one is used as it is).
+async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    let config = stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        description: Some("t9-ipc: message files crossing between machines".to_owned()),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| format!("stream {STREAM}: {e}"))
+}
+
+/// Waits until `connected` says so (or `cancel`), then up to `backoff`; doubles `backoff`.
+async fn pause(
+    connected: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+    cancel: &CancellationToken,
+) {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    let online = tokio::select! {
+        () = cancel.cancelled() => false,
+        // Also when the client is gone (an error): then only the sleep paces the tries.
+        got = connected.wait_for(|c| *c) => {
+            drop(got);
+            true
+        }
+    };
+    if online {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound
+
+async fn outbound(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut changes: crate::watch::Changes,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut pending = match scan(&shared).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::error!(%err, "federation: listing the inbox; only new files are published");
+            BTreeSet::new()
+        }
+    };
+    let mut stream_ready = false;
+    let mut backoff = Duration::from_millis(100);
+    // Set while a failed publish waits for its next try.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        if !pending.is_empty() && retry_at.is_none() && *connected.borrow() {
+            match publish_pending(&shared, &js, &mut pending, &mut stream_ready).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(%err, waiting = pending.len(), "federation: publishing failed; will try again");
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            hint = changes.changed() => {
+                if hint.is_none() {
+                    tracing::error!("federation: the inbox watcher stopped; the bridge stops");
+                    break;
+                }
+                let changed = changes.take();
+                let mut new = if changed.rescan {
+                    scan(&shared).await.unwrap_or_else(|err| {
+                        tracing::warn!(%err, "federation: rescanning the inbox");
+                        BTreeSet::new()
+                    })
+                } else {
+                    changed
+                        .files
+                        .iter()
+                        .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
+                        .collect()
+                };
+                let ledger = shared.ledger();
+                new.retain(|id| ours_to_publish(&ledger, id));
+                drop(ledger);
+                pending.extend(new);
+            }
+            res = connected.changed() => {
+                if res.is_err() {
+                    break;
+                }
+                if *connected.borrow_and_update() {
+                    // Back online: try now, and check the stream again (a new server may
+                    // have lost it).
+                    retry_at = None;
+                    stream_ready = false;
+                }
+            }
+            () = retry => retry_at = None,
+        }
+    }
+}
+
+/// True for an id this machine should publish: not yet published, not arrived from
+/// elsewhere, and fit to cross.
+fn ours_to_publish(ledger: &Ledger, id: &str) -> bool {
+    !ledger.is_published(id) && !ledger.came_from_elsewhere(id) && wire::id_may_cross(id)
+}
+
+/// Every id in `inbox/` this machine has yet to publish.
+async fn scan(shared: &Arc<Shared>) -> Result<BTreeSet<String>> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let ids = shared.mailbox.ids()?;
+        let ledger = shared.ledger();
+        Ok(ids
+            .into_iter()
+            .filter(|id| ours_to_publish(&ledger, id))
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::Refused(format!("scanning the inbox: {e}")))?
+}
+
+/// Publishes the waiting ids, oldest first, each acknowledged by the stream before it is
+/// noted. Stops at the first failure (the rest wait for the next try).
+async fn publish_pending(
+    shared: &Arc<Shared>,
+    js: &jetstream::Context,
+    pending: &mut BTreeSet<String>,
+    stream_ready: &mut bool,
+) -> Result<(), String> {
+    if !*stream_ready {
+        ensure_stream(js).await?;
+        *stream_ready = true;
+    }
+    while let Some(id) = pending.first().cloned() {
+        let Some(envelope) = seal(shared, &id).await else {
+            pending.remove(&id);
+            continue;
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in envelope.headers() {
+            headers.insert(name, value.as_str());
+        }
+        let subject = subject_of(&shared.machine);
+        let ack = js
+            .publish_with_headers(subject, headers, envelope.bytes.into())
+            .await
+            .map_err(|e| format!("publishing {id}: {e}"))?
+            .await
+            .map_err(|e| format!("publishing {id}: {e}"))?;
+        let noted = {
+            let shared = shared.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || shared.ledger().record_published(&id))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        if let Err(err) = noted {
+            // The stream has it; a later restart publishes it again and the stream's
+            // de-duplication or the receivers' check drops the second copy.
+            tracing::error!(%err, msg_id = %id, "federation: noting a publish");
+        }
+        tracing::debug!(msg_id = %id, seq = ack.sequence, duplicate = ack.duplicate, "published");
+        pending.remove(&id);
+    }
+    Ok(())
+}
+
+/// The signed envelope of `inbox/<id>.md`, or `None` when there is nothing to publish: the
+/// file is gone, is no good message (warned about by the mailbox), or is still being
+/// written (its writer's close brings it back).
+async fn seal(shared: &Arc<Shared>, id: &str) -> Option<Envelope> {
+    let shared = shared.clone();
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        {
+            let ledger = shared.ledger();
+            if !ours_to_publish(&ledger, &id) {
+                return None;
+            }
+        }
+        shared.mailbox.get(&id)?;
+        match store::read_bytes(shared.mailbox.inbox(), &id) {
+            Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, &id, bytes)),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%err, msg_id = %id, "federation: not published");
+                None
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound
+
+/// The durable consumer's name for a machine.
+pub fn consumer_name(machine: &str) -> String {
+    format!("t9ipc-{machine}")
+}
+
+async fn inbound(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        let messages = async {
+            let stream = ensure_stream(&js).await?;
+            let config = consumer::pull::Config {
+                durable_name: Some(consumer_name(&shared.machine)),
+                description: Some(format!("t9-ipc: messages for machine {}", shared.machine)),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subject: format!("{SUBJECT_PREFIX}.>"),
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1000,
+                ..Default::default()
+            };
+            let consumer = stream
+                .get_or_create_consumer(&consumer_name(&shared.machine), config)
+                .await
+                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))
+        };
+        let mut messages = tokio::select! {
+            () = cancel.cancelled() => break,
+            got = messages => match got {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "federation: cannot receive yet; will try again");
+                    pause(&mut connected, &mut backoff, &cancel).await;
+                    continue;
+                }
+            },
+        };
+        tracing::info!(consumer = %consumer_name(&shared.machine), "federation: receiving");
+        backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => receive(&shared, message).await,
+                Some(Err(err)) => {
+                    use consumer::pull::MessagesErrorKind as Kind;
+                    if matches!(err.kind(), Kind::MissingHeartbeat) {
+                        tracing::debug!(%err, "federation: consumer");
+                        continue;
+                    }
+                    tracing::warn!(%err, "federation: consumer; setting it up again");
+                    break;
+                }
+                None => break,
+            }
+        }
+        pause(&mut connected, &mut backoff, &cancel).await;
+    }
+}
+
+/// Handles one arrived message and acknowledges it, unless writing it failed (then it comes
+/// again after the consumer's ack wait).
+async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let subject = message.subject.to_string();
+    let headers = message.headers.clone();
+    let payload = message.payload.to_vec();
+    let outcome = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let header = |name: &str| {
+                headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            deliver(&shared, header, &subject, sequence, payload)
+        })
+        .await
+    };
+    match outcome {
+        Ok(Ok(())) => {
+            if let Err(err) = message.ack().await {
+                // It comes again and is found on disk then.
+                tracing::debug!(%err, "federation: ack");
+            }
+        }
+        Ok(Err(err)) => {
+            tracing::error!(%err, seq = sequence, "federation: an arrival was not written; it comes again");
+            let _ = message
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+        Err(err) => tracing::error!(%err, "federation: handling an arrival"),
+    }
+}
+
+/// Checks an arrived message and writes it into `inbox/`, or keeps it aside. `Ok` means it
+/// may be acknowledged: written, already there, this machine's own, or kept aside.
+fn deliver(
+    shared: &Shared,
+    header: impl Fn(&str) -> Option<String>,
+    subject: &str,
+    sequence: u64,
+    payload: Vec<u8>,
+) -> Result<()> {
+    let claimed_machine = header(wire::H_MACHINE);
+    let claimed_id = header(wire::H_ID).and_then(|v| wire::decode_id(&v));
+    let claimed_key = header(wire::H_KEY);
+    let hold = |why: String, bytes: &[u8]| -> Result<()> {
+        let machine = claimed_machine
+            .as_deref()
+            .filter(|m| super::check_machine(m).is_ok())
+            .unwrap_or("unknown-machine");
+        let name = match &claimed_id {
+            Some(id) => format!("{machine}-{id}"),
+            None => format!("{machine}-seq{sequence}"),
+        };
+        let text = format!(
+            "refused: {why}\nmachine: {}\nid: {}\nsubject: {subject}\nkey: {}\nstream_sequence: {sequence}\nreceived: {}\n",
+            claimed_machine.as_deref().unwrap_or("-"),
+            claimed_id.as_deref().unwrap_or("-"),
+            claimed_key.as_deref().unwrap_or("-"),
+            Local::now().format("%Y-%m-%d %H:%M:%S"),
+        );
+        let path = store::quarantine(&shared.paths.quarantine(), &name, bytes, &text)?;
+        tracing::warn!(%why, machine = %machine, held = %path.display(), "federation: a message was refused and kept aside");
+        Ok(())
+    };
+    let envelope = match Envelope::open(&header, subject, payload.clone()) {
+        Ok(envelope) => envelope,
+        Err(refusal) => {
+            let why = match &refusal {
+                Refusal::BadSignature => {
+                    "bad signature: the bytes, id or machine do not match what the machine signed"
+                        .to_owned()
+                }
+                other => other.to_string(),
+            };
+            return hold(why, &payload);
+        }
+    };
+    if envelope.machine == shared.machine {
+        if envelope.key == shared.key.public() {
+            // Our own message, back from the stream.
+            return Ok(());
+        }
+        return hold(
+            "it claims to come from this machine but is signed with another key".to_owned(),
+            &envelope.bytes,
+        );
+    }
+    match shared.pins().check(&envelope.machine, &envelope.key)? {
+        Pin::Same => {}
+        Pin::New => tracing::info!(
+            machine = %envelope.machine,
+            key = %wire::hex(envelope.key.as_bytes()),
+            "federation: pinned the key of a machine seen for the first time"
+        ),
+        Pin::Changed { pinned } => {
+            return hold(
+                format!(
+                    "the machine's key changed: pinned {}, this one is {}; if the machine \
+                     really made a new key, trust it with: t9-ipc relay --trust {} {}",
+                    wire::hex(pinned.as_bytes()),
+                    wire::hex(envelope.key.as_bytes()),
+                    envelope.machine,
+                    wire::hex(envelope.key.as_bytes()),
+                ),
+                &envelope.bytes,
+            );
+        }
+    }
+    let id = &envelope.id;
+    if shared.ledger().has_arrived(id) || shared.mailbox.exists(id) {
+        tracing::debug!(msg_id = %id, "federation: already on disk");
+        return Ok(());
+    }
+    store::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
+        shared.ledger().record_arriving(id)
+    })?;
+    shared.ledger().record_arrived(id)?;
+    tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact_url("nats://me:secret@hub:4222"),
+            "nats://<credentials>@hub:4222"
+        );
+        assert_eq!(
+            redact_url("tls://a:4222,nats://u:p@b:4222"),
+            "tls://a:4222,nats://<credentials>@b:4222"
+        );
+        assert_eq!(redact_url("nats://hub:4222"), "nats://hub:4222");
+    }
+}
