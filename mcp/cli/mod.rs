@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod hook;
 pub mod inbox;
 pub mod install;
+pub mod relay;
 pub mod send;
 pub mod style;
 pub mod tail;

@@ -492,6 +492,7 @@ fn deliver(
     let claimed_machine = header(wire::H_MACHINE);
     let claimed_id = header(wire::H_ID).and_then(|v| wire::decode_id(&v));
     let claimed_key = header(wire::H_KEY);
+    let claimed_sig = header(wire::H_SIG);
     let hold = |why: String, bytes: &[u8]| -> Result<()> {
         let machine = claimed_machine
             .as_deref()
@@ -502,10 +503,11 @@ fn deliver(
             None => format!("{machine}-seq{sequence}"),
         };
         let text = format!(
-            "refused: {why}\nmachine: {}\nid: {}\nsubject: {subject}\nkey: {}\nstream_sequence: {sequence}\nreceived: {}\n",
+            "refused: {why}\nmachine: {}\nid: {}\nsubject: {subject}\nkey: {}\nsignature: {}\nstream_sequence: {sequence}\nreceived: {}\n",
             claimed_machine.as_deref().unwrap_or("-"),
             claimed_id.as_deref().unwrap_or("-"),
             claimed_key.as_deref().unwrap_or("-"),
+            claimed_sig.as_deref().unwrap_or("-"),
             Local::now().format("%Y-%m-%d %H:%M:%S"),
         );
         let path = store::quarantine(&shared.paths.quarantine(), &name, bytes, &text)?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use crate::error::{Error, Result};
-use crate::federation::wire::{from_hex, hex};
+use crate::federation::wire::{from_hex, hex, key_from_hex};
 
 /// This machine's signing key.
 pub struct MachineKey {
@@ -247,9 +247,7 @@ fn parse_pins(text: &str) -> BTreeMap<String, VerifyingKey> {
         let (Some(machine), Some(key), None) = (words.next(), words.next(), words.next()) else {
             continue;
         };
-        let key = from_hex(key)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        let key = key_from_hex(key);
         match key {
             Some(key) if super::check_machine(machine).is_ok() => {
                 keys.insert(machine.to_owned(), key);

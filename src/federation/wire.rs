@@ -102,9 +102,7 @@ impl Envelope {
         }
         let id = decode_id(&get(H_ID)?)
             .ok_or_else(|| Refusal::Malformed(format!("{H_ID} is no message id")))?;
-        let key = from_hex(&get(H_KEY)?)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        let key = key_from_hex(&get(H_KEY)?)
             .ok_or_else(|| Refusal::Malformed(format!("{H_KEY} is no Ed25519 key")))?;
         let signature = from_hex(&get(H_SIG)?)
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
@@ -169,6 +167,13 @@ pub fn decode_id(value: &str) -> Option<String> {
     }
     let id = String::from_utf8(out).ok()?;
     id_may_cross(&id).then_some(id)
+}
+
+/// An Ed25519 public key from 64 hex digits.
+pub fn key_from_hex(text: &str) -> Option<VerifyingKey> {
+    from_hex(text)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
 }
 
 /// Lowercase hex.
