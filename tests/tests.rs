@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod delivery;
+mod federation;
 mod format;
 mod handshake;
 mod hostile;

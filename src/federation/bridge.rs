@@ -36,6 +36,8 @@ use crate::mailbox::Mailbox;
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The stream drops a second publish of the same id within this window.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
+/// How long the hub waits for an ack before it delivers a message again.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// The longest wait between two tries while NATS refuses or is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -219,7 +221,7 @@ async fn outbound(
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         if !pending.is_empty() && retry_at.is_none() && *connected.borrow() {
-            match publish_pending(&shared, &js, &mut pending, &mut stream_ready).await {
+            match publish_pending(&shared, &js, &connected, &mut pending, &mut stream_ready).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(err) => {
                     tracing::warn!(%err, waiting = pending.len(), "federation: publishing failed; will try again");
@@ -301,6 +303,7 @@ async fn scan(shared: &Arc<Shared>) -> Result<BTreeSet<String>> {
 async fn publish_pending(
     shared: &Arc<Shared>,
     js: &jetstream::Context,
+    connected: &watch::Receiver<bool>,
     pending: &mut BTreeSet<String>,
     stream_ready: &mut bool,
 ) -> Result<(), String> {
@@ -318,12 +321,19 @@ async fn publish_pending(
             headers.insert(name, value.as_str());
         }
         let subject = subject_of(&shared.machine);
-        let ack = js
+        let acked = js
             .publish_with_headers(subject, headers, envelope.bytes.into())
             .await
-            .map_err(|e| format!("publishing {id}: {e}"))?
-            .await
             .map_err(|e| format!("publishing {id}: {e}"))?;
+        // A connection that drops takes the ack with it: try again after the reconnect
+        // rather than wait out the ack's timeout (the stream drops a second copy).
+        let mut link = connected.clone();
+        let ack = tokio::select! {
+            ack = acked => ack.map_err(|e| format!("publishing {id}: {e}"))?,
+            _ = link.wait_for(|c| !*c) => {
+                return Err(format!("publishing {id}: the connection dropped before the stream acknowledged it"));
+            }
+        };
         let noted = {
             let shared = shared.clone();
             let id = id.clone();
@@ -394,7 +404,9 @@ async fn inbound(
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::All,
                 filter_subject: format!("{SUBJECT_PREFIX}.>"),
-                ack_wait: Duration::from_secs(30),
+                // A message delivered just before the hub died and never acknowledged comes
+                // again after this; found on disk then, it costs only the wait.
+                ack_wait: ACK_WAIT,
                 max_ack_pending: 1000,
                 ..Default::default()
             };
