@@ -128,10 +128,30 @@ async fn connect(
                         );
                         connected.send_replace(false);
                     }
+                    // Refused credentials or permissions: a person must act.
+                    async_nats::Event::ServerError(err) => {
+                        tracing::warn!(%err, "NATS server error");
+                    }
+                    async_nats::Event::ClientError(err)
+                        if err.to_string().contains("authorization") =>
+                    {
+                        tracing::warn!(%err, "NATS refused this machine's credentials");
+                    }
+                    // Failed reconnects while the hub is away: one line a try, for debugging.
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             }
         });
+    // The client ignores credentials in the URL: hand them over (user and password, or a
+    // token as the user part alone).
+    match url_credentials(&settings.url) {
+        Some((user, Some(password))) => options = options.user_and_password(user, password),
+        Some((token, None)) => options = options.token(token),
+        None => {}
+    }
+    if let Some(ca) = &settings.ca {
+        options = options.add_root_certificates(ca.clone());
+    }
     if let Some(creds) = &settings.creds {
         options = options
             .credentials_file(creds)
@@ -142,6 +162,36 @@ async fn connect(
         .connect(settings.url.as_str())
         .await
         .map_err(|e| Error::Refused(format!("IPC_NATS_URL {}: {e}", redact_url(&settings.url))))
+}
+
+/// The user and password (or token) of the first server URL that has them, decoded.
+fn url_credentials(urls: &str) -> Option<(String, Option<String>)> {
+    urls.split(',').find_map(|one| {
+        let addr: async_nats::ServerAddr = one.trim().parse().ok()?;
+        let user = percent_decode(addr.username()?);
+        let password = addr.password().map(percent_decode);
+        Some((user, password))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL with any password replaced, for logs.
@@ -598,5 +648,18 @@ mod tests {
             "tls://a:4222,nats://<credentials>@b:4222"
         );
         assert_eq!(redact_url("nats://hub:4222"), "nats://hub:4222");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_found_and_decoded() {
+        assert_eq!(
+            url_credentials("nats://hub:4222,nats://me:p%40ss@hub2:4222"),
+            Some(("me".to_owned(), Some("p@ss".to_owned())))
+        );
+        assert_eq!(
+            url_credentials("tls://s3cr3t@hub:4222"),
+            Some(("s3cr3t".to_owned(), None))
+        );
+        assert_eq!(url_credentials("nats://hub:4222"), None);
     }
 }

@@ -47,6 +47,9 @@ pub struct Settings {
     pub url: String,
     /// `IPC_NATS_CREDS`: a NATS `.creds` file (user JWT and nkey seed).
     pub creds: Option<PathBuf>,
+    /// `IPC_NATS_CA`: a PEM file of the certificate authority that signed the hub's TLS
+    /// certificate, when it is not one the system trusts.
+    pub ca: Option<PathBuf>,
     /// `IPC_MACHINE`: this machine's name; default the host name (see [`default_machine`]).
     pub machine: String,
 }
@@ -62,6 +65,9 @@ impl Settings {
         let creds = var("IPC_NATS_CREDS")
             .filter(|c| !c.is_empty())
             .map(PathBuf::from);
+        let ca = var("IPC_NATS_CA")
+            .filter(|c| !c.is_empty())
+            .map(PathBuf::from);
         let machine = match var("IPC_MACHINE").filter(|m| !m.is_empty()) {
             Some(name) => {
                 check_machine(&name).map_err(|e| Error::Refused(format!("IPC_MACHINE: {e}")))?;
@@ -72,6 +78,7 @@ impl Settings {
         Ok(Some(Settings {
             url,
             creds,
+            ca,
             machine,
         }))
     }
