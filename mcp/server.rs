@@ -96,6 +96,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // IPC_TG_TOKEN.
     let telegram = telegram::start(&config, &cancel);
     let tg = telegram.as_ref().map(telegram::Running::handle);
+    // federation: this mailbox's bridge, when IPC_NATS_URL is set and this server is elected.
+    let federation = t9_ipc::federation::spawn_elected(&config.data_dir, &cancel);
     let (peer_tx, peer_rx) = peer_watch::channel(None);
     let mail = Arc::new(Notify::new());
     let pusher = tokio::spawn(
@@ -145,6 +147,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     signals.abort();
     let _ = pusher.await;
     let _ = archiver.await;
+    if let Some(federation) = federation {
+        let _ = federation.await;
+    }
     if let Some(telegram) = telegram {
         telegram.stop().await;
     }

@@ -262,21 +262,37 @@ struct Machine {
 }
 
 impl Machine {
+    /// A machine whose bridge runs in `t9-ipc relay`.
     async fn start(name: &str, nats: &Nats) -> Machine {
-        let mut machine = Machine {
+        let mut machine = Machine::without_relay(name);
+        machine.start_relay(&nats.url()).await;
+        machine
+    }
+
+    fn without_relay(name: &str) -> Machine {
+        Machine {
             name: name.to_owned(),
             mb: TempMailbox::new(),
             relay: None,
             log: Log::default(),
-        };
-        machine.start_relay(&nats.url()).await;
-        machine
+        }
     }
 
     /// Starts `t9-ipc relay` and waits until it receives.
     async fn start_relay(&mut self, url: &str) {
         let receiving = self.log.count("federation: receiving");
+        self.spawn_relay(url);
+        self.log
+            .wait(&format!("{}'s relay to receive", self.name), |log| {
+                log.count("federation: receiving") > receiving
+            })
+            .await;
+    }
+
+    /// Starts `t9-ipc relay`.
+    fn spawn_relay(&mut self, url: &str) {
         let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
         cmd.arg("relay")
             .env("IPC_DATA_DIR", self.mb.root())
             .env("IPC_NATS_URL", url)
@@ -287,15 +303,19 @@ impl Machine {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        without_telegram(&mut cmd);
         let mut child = cmd.spawn().expect("start t9-ipc relay");
         self.log.follow(child.stderr.take().expect("stderr"));
         self.relay = Some(child);
-        self.log
-            .wait(&format!("{}'s relay to receive", self.name), |log| {
-                log.count("federation: receiving") > receiving
-            })
-            .await;
+    }
+
+    /// Starts `t9-ipc serve` named `name` with the federation settings of this machine.
+    async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
+        let envs = [
+            ("IPC_NATS_URL", url),
+            ("IPC_MACHINE", self.name.as_str()),
+            ("RUST_LOG", "t9_ipc=debug"),
+        ];
+        self.mb.spawn_env(name, &envs, None).await
     }
 
     /// SIGKILL the relay.
@@ -730,4 +750,53 @@ async fn a_restarted_relay_publishes_exactly_what_is_missing() {
     expected.sort();
     assert_eq!(published, expected, "published.log holds each id once");
     assert_eq!(stream_count(&nats, "laptop").await, 6);
+}
+
+#[tokio::test]
+async fn servers_run_the_bridge_themselves_and_a_relay_takes_over_when_they_end() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let mut a = Machine::without_relay("laptop");
+    let b = Machine::without_relay("buildbox");
+    let alpha = a.serve("alpha", &url).await;
+    let mut beta = b.serve("beta", &url).await;
+
+    let id = alpha.send("beta", "from a server", "no relay needed").await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    assert_eq!(b.bytes(&id), a.bytes(&id));
+
+    // A relay on A waits while alpha's server holds the bridge, and takes over when it ends.
+    a.spawn_relay(&url);
+    a.log
+        .wait("the relay to stand by", |log| log.count("standing by") > 0)
+        .await;
+    alpha.quit().await;
+    a.log
+        .wait("the relay to take over", |log| {
+            log.count("federation: receiving") > 0
+        })
+        .await;
+    let id = a.cli(&["send", "beta", "after the server ended"]).await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn a_machine_name_held_by_another_mailbox_is_refused() {
+    let nats = Nats::start().await;
+    let _first = Machine::start("laptop", &nats).await;
+    let mut second = Machine::without_relay("laptop");
+    second.spawn_relay(&nats.url());
+    let status = tokio::time::timeout(WAIT, second.relay.take().unwrap().wait())
+        .await
+        .expect("the second relay ends")
+        .expect("wait");
+    assert!(!status.success());
+    let log = second.log.text();
+    assert!(
+        log.contains("is held in the hub by another mailbox") && log.contains("IPC_MACHINE"),
+        "{log}"
+    );
 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::federation::keys::Pins;
-use t9_ipc::federation::{self, Paths, Settings, bridge, election, wire};
+use t9_ipc::federation::{self, Paths, Settings, wire};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -59,21 +59,9 @@ pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
         stop.cancel();
     });
 
-    let lock = paths.bridge_lock();
-    let leadership = match election::try_lead(&lock)? {
-        Some(held) => held,
-        None => {
-            tracing::info!(lock = %lock.display(), "relay: another process runs this mailbox's bridge; standing by");
-            match election::lead(&lock, &cancel).await? {
-                Some(held) => held,
-                None => return Ok(()),
-            }
-        }
-    };
-    tracing::info!(machine = %settings.machine, mailbox = %config.data_dir.display(), "relay: running the bridge");
-    let result = bridge::run(settings, &config.data_dir, cancel).await;
-    drop(leadership);
-    result.context("the federation bridge stopped")
+    federation::run_elected(settings, &config.data_dir, cancel)
+        .await
+        .context("the federation bridge stopped")
 }
 
 /// `--trust MACHINE KEY`.

@@ -90,6 +90,28 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         "federation bridge started"
     );
 
+    // This machine's name is this mailbox's: claimed in the hub before anything crosses.
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match claim_machine(&js, &shared.machine, &shared.key).await {
+            Ok(Claim::Ours) => break,
+            Ok(Claim::Taken(other)) => {
+                return Err(Error::Refused(format!(
+                    "the machine name {:?} is held in the hub by another mailbox (key {other}); \
+                     give this mailbox its own name with IPC_MACHINE",
+                    shared.machine
+                )));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "federation: cannot claim this machine's name yet; will try again");
+                pause(&mut connected.clone(), &mut backoff, &cancel).await;
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     let inbound = tokio::spawn(inbound(
         shared.clone(),
         js.clone(),
@@ -222,6 +244,57 @@ async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String
     js.get_or_create_stream(config)
         .await
         .map_err(|e| format!("stream {STREAM}: {e}"))
+}
+
+/// The key-value bucket that maps each machine name to the key of the mailbox holding it.
+pub const MACHINES_BUCKET: &str = "T9IPC_MACHINES";
+
+/// Whether this mailbox holds its machine name in the hub.
+enum Claim {
+    Ours,
+    /// Another mailbox (this hex key) holds it.
+    Taken(String),
+}
+
+/// Claims `machine` for this mailbox's key with create-if-absent: two mailboxes (on one host,
+/// or a copied configuration) never share a name, and so never split one consumer's
+/// messages between them.
+async fn claim_machine(
+    js: &jetstream::Context,
+    machine: &str,
+    key: &MachineKey,
+) -> Result<Claim, String> {
+    use jetstream::kv;
+    let ours = wire::hex(key.public().as_bytes());
+    let bucket = match js.get_key_value(MACHINES_BUCKET).await {
+        Ok(bucket) => bucket,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: MACHINES_BUCKET.to_owned(),
+                description: "t9-ipc: machine name -> the key of the mailbox holding it".to_owned(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("bucket {MACHINES_BUCKET}: {e}"))?,
+    };
+    match bucket.create(machine, ours.clone().into()).await {
+        Ok(_) => {
+            tracing::info!(machine, "federation: claimed this machine's name");
+            return Ok(Claim::Ours);
+        }
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("claiming {machine}: {e}")),
+    }
+    match bucket.get(machine).await {
+        Ok(Some(held)) if held.as_ref() == ours.as_bytes() => Ok(Claim::Ours),
+        Ok(Some(held)) => Ok(Claim::Taken(String::from_utf8_lossy(&held).into_owned())),
+        Ok(None) => Err(format!(
+            "claiming {machine}: the claim vanished; trying again"
+        )),
+        Err(e) => Err(format!("claiming {machine}: {e}")),
+    }
 }
 
 /// Waits until `connected` says so (or `cancel`), then up to `backoff`; doubles `backoff`.

@@ -24,6 +24,8 @@ pub mod wire;
 use std::env;
 use std::path::{Path, PathBuf};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{Error, Result};
 
 /// The stream every machine publishes to.
@@ -82,6 +84,56 @@ impl Settings {
             machine,
         }))
     }
+}
+
+/// Takes part in the election for this mailbox's bridge and runs the bridge while elected,
+/// until `cancel`: what a server does when federation is on (`t9-ipc relay` does the same in
+/// the foreground). `None` when `IPC_NATS_URL` is unset, or the settings are refused
+/// (warned about). The task ends soon after `cancel`.
+pub fn spawn_elected(
+    data_dir: &Path,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = match Settings::from_env() {
+        Ok(Some(settings)) => settings,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::warn!(%err, "federation is off");
+            return None;
+        }
+    };
+    let data_dir = data_dir.to_path_buf();
+    let cancel = cancel.child_token();
+    Some(tokio::spawn(async move {
+        if let Err(err) = run_elected(settings, &data_dir, cancel).await {
+            tracing::error!(%err, "federation bridge");
+        }
+    }))
+}
+
+/// Waits to be elected (holding `bridge.lock`), then runs the bridge until `cancel`.
+pub async fn run_elected(
+    settings: Settings,
+    data_dir: &Path,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let paths = Paths::new(data_dir);
+    paths.create()?;
+    let lock = paths.bridge_lock();
+    let leadership = match election::try_lead(&lock)? {
+        Some(held) => held,
+        None => {
+            tracing::info!(lock = %lock.display(), "federation: another process runs this mailbox's bridge; standing by");
+            match election::lead(&lock, &cancel).await? {
+                Some(held) => held,
+                None => return Ok(()),
+            }
+        }
+    };
+    tracing::info!(machine = %settings.machine, mailbox = %data_dir.display(), "federation: running the bridge");
+    let result = bridge::run(settings, data_dir, cancel).await;
+    drop(leadership);
+    result
 }
 
 /// Checks a machine name: the rules of session names, `[A-Za-z0-9_-]{3,64}`.
