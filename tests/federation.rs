@@ -364,6 +364,33 @@ impl Machine {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// `t9-ipc doctor` with this machine's federation settings: its exit code and the
+    /// lines of its Federation section.
+    async fn doctor(&self, url: &str) -> (i32, String) {
+        let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
+        cmd.arg("doctor")
+            .env("IPC_DATA_DIR", self.mb.root())
+            .env("IPC_NATS_URL", url)
+            .env("IPC_MACHINE", &self.name)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .expect("doctor ends in time")
+            .expect("run doctor");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let section: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Federation")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        (out.status.code().unwrap(), section.join("\n"))
+    }
+
     fn file(&self, id: &str) -> PathBuf {
         self.mb.inbox().join(format!("{id}.md"))
     }
@@ -459,6 +486,20 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
     // Each machine pinned the other's key on first sight.
     let pins = fs::read_to_string(b.fed().join("known_machines")).unwrap();
     assert!(pins.starts_with("laptop "), "{pins}");
+
+    // doctor: all well, from the hub's side too.
+    let (_, report) = b.doctor(&nats.url()).await;
+    for expected in [
+        "ok       connected to the hub",
+        "ok       stream T9IPC: 2 messages kept, 2 consumers",
+        "ok       consumer t9ipc-buildbox: 0 messages to take",
+        "ok       the name buildbox is claimed by this mailbox",
+        "ok       a bridge runs for this mailbox",
+        "info     keys pinned for: laptop",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    assert!(!report.contains("PROBLEM"), "{report}");
     beta.quit().await;
 }
 
@@ -616,6 +657,21 @@ async fn a_bad_signature_and_a_changed_key_are_kept_aside_not_delivered() {
         .find(|h| h.path.to_string_lossy().contains(&tampered))
         .unwrap();
     assert_eq!(fs::read(&kept.path).unwrap(), envelope.bytes);
+
+    // doctor reports each as a PROBLEM and fails.
+    let (code, report) = b.doctor(&nats.url()).await;
+    assert_eq!(code, 1, "{report}");
+    let problems: Vec<&str> = report.lines().filter(|l| l.contains("PROBLEM")).collect();
+    assert_eq!(problems.len(), 3, "{report}");
+    for id in [&tampered, &rekeyed, &spoofed] {
+        assert!(
+            problems
+                .iter()
+                .any(|l| l.contains(id.as_str()) && l.contains("kept aside")),
+            "{id}: {report}"
+        );
+    }
+    assert!(report.contains("t9-ipc relay --trust"), "{report}");
     beta.quit().await;
 }
 

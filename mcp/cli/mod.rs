@@ -48,7 +48,9 @@ pub async fn setup(config: &Config) -> anyhow::Result<()> {
         .env("IPC_SESSION_ID", "setup-check")
         // The check must not join the user's Telegram bot (it would read their replies into
         // the scratch mailbox).
-        .env_remove("IPC_TG_TOKEN");
+        .env_remove("IPC_TG_TOKEN")
+        // Nor the federation (the scratch mailbox would claim this machine's name).
+        .env_remove("IPC_NATS_URL");
     let started = Instant::now();
     let transport = TokioChildProcess::new(cmd).context("starting `t9-ipc serve`")?;
     let client = tokio::time::timeout(Duration::from_secs(10), ().serve(transport))

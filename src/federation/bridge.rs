@@ -133,8 +133,8 @@ async fn connect(
     connected: watch::Sender<bool>,
 ) -> Result<async_nats::Client> {
     let connected = Arc::new(connected);
-    let mut options = ConnectOptions::new()
-        .name(format!("t9-ipc {}", settings.machine))
+    let options = options(settings)
+        .await?
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let connected = connected.clone();
@@ -164,6 +164,16 @@ async fn connect(
                 }
             }
         });
+    options
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| Error::Refused(format!("IPC_NATS_URL {}: {e}", redact_url(&settings.url))))
+}
+
+/// The connection options of `settings`: name, credentials (from the URL or a `.creds`
+/// file), and the certificate authority.
+pub(crate) async fn options(settings: &Settings) -> Result<ConnectOptions> {
+    let mut options = ConnectOptions::new().name(format!("t9-ipc {}", settings.machine));
     // The client ignores credentials in the URL: hand them over (user and password, or a
     // token as the user part alone).
     match url_credentials(&settings.url) {
@@ -180,10 +190,7 @@ async fn connect(
             .await
             .map_err(Error::io("reading the NATS credentials", creds))?;
     }
-    options
-        .connect(settings.url.as_str())
-        .await
-        .map_err(|e| Error::Refused(format!("IPC_NATS_URL {}: {e}", redact_url(&settings.url))))
+    Ok(options)
 }
 
 /// The user and password (or token) of the first server URL that has them, decoded.
@@ -217,7 +224,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The URL with any password replaced, for logs.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|one| match (one.find("://"), one.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
@@ -250,7 +257,7 @@ async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String
 pub const MACHINES_BUCKET: &str = "T9IPC_MACHINES";
 
 /// Whether this mailbox holds its machine name in the hub.
-enum Claim {
+pub(crate) enum Claim {
     Ours,
     /// Another mailbox (this hex key) holds it.
     Taken(String),
@@ -259,7 +266,7 @@ enum Claim {
 /// Claims `machine` for this mailbox's key with create-if-absent: two mailboxes (on one host,
 /// or a copied configuration) never share a name, and so never split one consumer's
 /// messages between them.
-async fn claim_machine(
+pub(crate) async fn claim_machine(
     js: &jetstream::Context,
     machine: &str,
     key: &MachineKey,

@@ -10,12 +10,14 @@
 //!   into `inbox/` atomically, keeping refused messages aside in `quarantine/`.
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
+//! - [`health`]: what `doctor` reports about all of this; reads only.
 //!
 //! Everything the federation keeps on disk lives in `<data>/federation/` (folder 0700,
 //! files 0600). Nothing in it is deleted by the program.
 
 pub mod bridge;
 pub mod election;
+pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod store;
