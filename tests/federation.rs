@@ -856,3 +856,67 @@ async fn a_machine_name_held_by_another_mailbox_is_refused() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn who_lists_the_live_sessions_of_the_other_machines() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let alpha = a.mb.spawn("alpha").await;
+    a.log
+        .wait("alpha's presence", |log| {
+            log.count("presence published sessions=1") > 0
+        })
+        .await;
+    let who = |json: bool| {
+        let b = &b;
+        let url = nats.url();
+        async move {
+            let mut cmd = Command::new(BIN);
+            without_telegram(&mut cmd);
+            cmd.arg("who")
+                .args(json.then_some("--json"))
+                .env("IPC_DATA_DIR", b.mb.root())
+                .env("IPC_NATS_URL", url)
+                .env("IPC_MACHINE", &b.name)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null());
+            let out = cmd.output().await.expect("who");
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let table = who(false).await;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("laptop "))
+        .unwrap_or_else(|| panic!("no laptop row: {table}"));
+    assert!(
+        row.contains("alpha") && row.contains(&alpha.pid.to_string()),
+        "{row}"
+    );
+    assert!(table.contains("MACHINE"), "{table}");
+    let list: serde_json::Value = serde_json::from_str(&who(true).await).unwrap();
+    let remote = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "alpha")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(remote["machine"], "laptop");
+
+    // A session that ends leaves the other machines' lists.
+    let empty = a.log.count("presence published sessions=0");
+    alpha.quit().await;
+    a.log
+        .wait("alpha's absence", |log| {
+            log.count("presence published sessions=0") > empty
+        })
+        .await;
+    let table = who(false).await;
+    assert!(!table.contains("alpha"), "{table}");
+    assert!(
+        table.contains("No live session on other machines"),
+        "{table}"
+    );
+}

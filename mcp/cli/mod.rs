@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod doctor;
+pub mod federation;
 pub mod hook;
 pub mod inbox;
 pub mod install;

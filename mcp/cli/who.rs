@@ -23,8 +23,9 @@ pub struct WhoArgs {
 pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     let now = Local::now();
     let live = Heartbeats::new(&config.data_dir).live(now);
+    let others = super::federation::others();
     if args.json {
-        let list: Vec<Value> = live
+        let mut list: Vec<Value> = live
             .iter()
             .map(|(name, entry)| {
                 let mut v = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
@@ -34,15 +35,17 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
                 v
             })
             .collect();
+        list.extend(super::federation::json(&others));
         // A Vec of JSON values always serialises.
         println!("{}", serde_json::to_string_pretty(&list)?); // stdout-ok
         return Ok(());
     }
+    let style = Style::stdout();
     if live.is_empty() {
         println!("No live session (mailbox {}).", config.data_dir.display()); // stdout-ok
+        super::federation::print(&others, &style);
         return Ok(());
     }
-    let style = Style::stdout();
     let rows: Vec<[String; 6]> = live
         .iter()
         .map(|(name, e)| {
@@ -78,5 +81,6 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     for row in &rows {
         println!("{}", line(row.each_ref().map(String::as_str))); // stdout-ok
     }
+    super::federation::print(&others, &style);
     Ok(())
 }

@@ -112,6 +112,12 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         }
     }
 
+    let presence = tokio::spawn(presence(
+        shared.clone(),
+        js.clone(),
+        connected.clone(),
+        cancel.child_token(),
+    ));
     let inbound = tokio::spawn(inbound(
         shared.clone(),
         js.clone(),
@@ -121,6 +127,7 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     outbound(shared, js, changes, connected, cancel.clone()).await;
     cancel.cancel();
     let _ = inbound.await;
+    let _ = presence.await;
     // Acks and publishes already handed to the client go out before the end.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     tracing::info!("federation bridge stopped");
@@ -324,6 +331,61 @@ async fn pause(
         tokio::select! {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presence
+
+/// Keeps this machine's live sessions in the presence bucket: at start, whenever
+/// `heartbeats.json` is replaced, after a reconnect, and at least every
+/// [`presence::REFRESH`] (the entries' time to live is three of those).
+async fn presence(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    use super::presence;
+    let root = shared.mailbox.root().to_path_buf();
+    let (_watcher, mut beats) = match presence::watch_heartbeats(&root) {
+        Ok((watcher, beats)) => (Some(watcher), beats),
+        Err(err) => {
+            tracing::warn!(%err, "federation: not watching heartbeats.json; presence follows the refresh only");
+            (None, tokio::sync::mpsc::channel(1).1)
+        }
+    };
+    let mut refresh = tokio::time::interval(presence::REFRESH);
+    let mut store = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = refresh.tick() => {}
+            Some(()) = beats.recv() => {}
+            res = connected.changed() => {
+                if res.is_err() {
+                    return;
+                }
+            }
+        }
+        if !*connected.borrow_and_update() {
+            continue;
+        }
+        if store.is_none() {
+            match presence::bucket(&js).await {
+                Ok(s) => store = Some(s),
+                Err(err) => {
+                    tracing::warn!(%err, "federation: presence");
+                    continue;
+                }
+            }
+        }
+        let Some(s) = &store else { continue };
+        let live = presence::live(&root).await;
+        match presence::publish(s, &shared.machine, &live).await {
+            Ok(n) => tracing::debug!(sessions = n, "presence published"),
+            Err(err) => tracing::warn!(%err, "federation: presence"),
         }
     }
 }
