@@ -919,4 +919,10 @@ async fn who_lists_the_live_sessions_of_the_other_machines() {
         table.contains("No live session on other machines"),
         "{table}"
     );
+    // Presence follows changes of heartbeats.json, not its own reads of it.
+    let publishes = a.log.count("presence published");
+    assert!(
+        publishes < 20,
+        "{publishes} presence publishes: a feedback loop"
+    );
 }

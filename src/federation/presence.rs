@@ -129,11 +129,23 @@ pub(crate) fn watch_heartbeats(
     use notify::Watcher as _;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode};
         let hit = match event {
-            Ok(event) => event
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| n == "heartbeats.json")),
+            // Reading the file (as `publish` does) must not count: only a replacement or a
+            // write does.
+            Ok(event) => {
+                let changes = match event.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    EventKind::Access(_) => false,
+                    _ => true,
+                };
+                changes
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| n == "heartbeats.json"))
+            }
             Err(_) => true,
         };
         if hit {
