@@ -59,6 +59,8 @@ enum Command {
     Search(cli::search::SearchArgs),
     /// Read or write the shared board (small named values the sessions share).
     Board(cli::board::BoardArgs),
+    /// Carry this mailbox to other machines through NATS (IPC_NATS_URL) until stopped.
+    Relay(cli::relay::RelayArgs),
 }
 
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
@@ -75,7 +77,9 @@ fn main() -> ExitCode {
         command => command,
     };
     let result = match command {
-        Command::Serve | Command::Setup | Command::Tail(_) => run_async(command, config),
+        Command::Serve | Command::Setup | Command::Tail(_) | Command::Relay(_) => {
+            run_async(command, config)
+        }
         Command::Where => cli::where_is(&config).map(|()| ExitCode::SUCCESS),
         Command::Send(a) => cli::send::send(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Broadcast(a) => cli::send::broadcast(a, &config).map(|()| ExitCode::SUCCESS),
@@ -128,6 +132,7 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Command::Serve => server::serve(config).await,
             Command::Setup => cli::setup(&config).await,
             Command::Tail(a) => cli::tail::run(a, &config).await,
+            Command::Relay(a) => cli::relay::run(a, &config).await,
             _ => unreachable!("only async commands come here"),
         }
     });

@@ -19,20 +19,24 @@
 //! - [`session`]: one running session: `mod` (its name, heartbeat and the state the async
 //!   side shares; the lock order), `index` (the index of its unread mail: sync, unread,
 //!   pushes, waits), `send` (every field of a send checked, then one file written).
-//! - [`text`]: small pieces of text shared by user-facing messages (`plural`).
+//! - [`text`]: small pieces of text shared by user-facing messages (`plural`, the
+//!   `Boundary` between the messages of one result).
 //! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
 //! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
 //!   its bookkeeping lives in `<data>/telegram/`.
+//! - [`federation`]: message files carried between machines by NATS JetStream (opt-in,
+//!   `IPC_NATS_URL`); its bookkeeping lives in `<data>/federation/`.
 //!
 //! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
 //!
 //! Invariants, stated as absences:
-//! - Nothing outside `mailbox` writes or deletes a message file; nothing deletes a file it
+//! - Nothing outside `mailbox` writes or deletes a message file (but `federation::store`,
+//!   which writes arrivals from other machines byte for byte); nothing deletes a file it
 //!   cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
-//! - No file is replaced other than by [`fsx::write_atomic`] (telegram's own write is still
-//!   to be folded in); no file it writes is readable by other users.
+//! - No file is replaced other than by [`fsx::write_atomic`]; no file it writes is readable
+//!   by other users.
 //! - No byte offset into a message id outside `id`; no push state compared as a word
 //!   (`channels::Push` is compared).
 //! - No lock of `session` that the async side takes is held across I/O (see
@@ -53,6 +57,7 @@ pub mod channels;
 pub mod config;
 pub mod coord;
 pub mod error;
+pub mod federation;
 pub mod fsx;
 pub mod heartbeat;
 pub mod id;

@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod coord;
 mod delivery;
+mod federation;
 mod format;
 mod handshake;
 mod hostile;

@@ -366,13 +366,17 @@ impl Client {
     }
 }
 
-/// A developer's own Telegram settings must never reach a test server.
+/// A developer's own Telegram and federation settings must never reach a test server.
 pub fn without_telegram(cmd: &mut Command) {
     for var in [
         "IPC_TG_TOKEN",
         "IPC_TG_CHAT",
         "IPC_TG_API_BASE",
         "IPC_TG_GIVE_UP_S",
+        "IPC_NATS_URL",
+        "IPC_NATS_CREDS",
+        "IPC_NATS_CA",
+        "IPC_MACHINE",
     ] {
         cmd.env_remove(var);
     }

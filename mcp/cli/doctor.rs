@@ -137,6 +137,18 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         ),
     }
 
+    r.section("Federation");
+    for found in t9_ipc::federation::health::check(root) {
+        use t9_ipc::federation::health::Level as L;
+        let level = match found.level {
+            L::Ok => Level::Ok,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Problem => Level::Problem,
+        };
+        r.line(level, &found.text);
+    }
+
     r.section("Claude Code");
     r.line(
         Level::Info,

@@ -8,10 +8,12 @@ pub mod archive;
 pub mod board;
 pub mod claims;
 pub mod doctor;
+pub mod federation;
 pub mod hook;
 pub mod inbox;
 pub mod install;
 pub mod precommit;
+pub mod relay;
 pub mod search;
 pub mod send;
 pub mod style;
@@ -80,7 +82,9 @@ async fn self_check(exe: &std::path::Path) -> anyhow::Result<(Duration, Vec<Stri
         .env("IPC_SESSION_ID", "setup-check")
         // The check must not join the user's Telegram bot (it would read their replies into
         // the scratch mailbox).
-        .env_remove("IPC_TG_TOKEN");
+        .env_remove("IPC_TG_TOKEN")
+        // Nor the federation (the scratch mailbox would claim this machine's name).
+        .env_remove("IPC_NATS_URL");
     // The check server's logs are kept out of this friendly output; they are shown only
     // when the check fails.
     let log_path = scratch.path().join("serve.log");

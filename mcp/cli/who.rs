@@ -26,8 +26,9 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     // Heartbeats of a mailbox that does not exist would read as "nobody": say so instead.
     super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
+    let others = super::federation::others();
     if args.json {
-        let list: Vec<Value> = live
+        let mut list: Vec<Value> = live
             .iter()
             .map(|(name, entry)| {
                 let mut v = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
@@ -37,14 +38,16 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
                 v
             })
             .collect();
+        list.extend(super::federation::json(&others));
         println!("{}", style::json_text(&Value::Array(list)));
         return Ok(());
     }
+    let style = Style::stdout();
     if live.is_empty() {
         println!("No live session (mailbox {}).", config.data_dir.display());
+        super::federation::print(&others, &style);
         return Ok(());
     }
-    let style = Style::stdout();
     let rows: Vec<[String; 6]> = live
         .iter()
         .map(|(name, e)| {
@@ -82,5 +85,6 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     for row in &rows {
         println!("{}", line(row.each_ref().map(String::as_str)));
     }
+    super::federation::print(&others, &style);
     Ok(())
 }

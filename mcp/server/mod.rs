@@ -64,6 +64,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // sweep; None without IPC_TG_TOKEN.
     let telegram = telegram::start(&config, &cancel);
     let tg = telegram.as_ref().map(telegram::Running::handle);
+    // Federation: this mailbox's bridge, when IPC_NATS_URL is set and this server is elected.
+    let federation = t9_ipc::federation::spawn_elected(&config.data_dir, &cancel);
     let subscribers = Subscribers::new(
         tg.iter()
             .map(|t| Box::new(Escalations(t.clone())) as Box<dyn Subscriber>)
@@ -86,6 +88,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(federation) = federation {
+        let _ = federation.await;
+    }
     if let Some(telegram) = telegram {
         telegram.stop().await;
     }

@@ -1,0 +1,91 @@
+//! `t9-ipc relay`: runs this mailbox's federation bridge alone (a machine with no session,
+//! or under systemd) until SIGTERM or SIGINT. It takes part in the same election as every
+//! other bridge of the mailbox: while another process holds `bridge.lock`, it waits and
+//! takes over the moment that process ends.
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use t9_ipc::config::Config;
+use t9_ipc::federation::keys::Pins;
+use t9_ipc::federation::{self, Paths, Settings, wire};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::UsageError;
+
+/// `t9-ipc relay`.
+#[derive(Debug, Args)]
+#[command(after_help = "Environment:
+  IPC_NATS_URL    the NATS server (nats://host:4222, tls://host:4222; user:password@ allowed)
+  IPC_NATS_CREDS  a NATS .creds file
+  IPC_MACHINE     this machine's name (default: the host name)
+
+Example, trusting the new key of a machine that was reinstalled:
+  t9-ipc relay --trust buildbox 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29")]
+pub struct RelayArgs {
+    /// Pin KEY (hex) for MACHINE, replacing the key pinned before, and exit. Do this only
+    /// when you know that machine made a new key.
+    #[arg(long, num_args = 2, value_names = ["MACHINE", "KEY"])]
+    pub trust: Option<Vec<String>>,
+}
+
+pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
+    let paths = Paths::new(&config.data_dir);
+    paths
+        .create()
+        .with_context(|| format!("creating {}", paths.dir.display()))?;
+    if let Some(trust) = args.trust {
+        return trust_key(&paths, &trust);
+    }
+    let Some(settings) = Settings::from_env()? else {
+        return Err(UsageError(
+            "IPC_NATS_URL is not set; set it to the NATS server of your machines \
+             (e.g. nats://hub.example:4222)"
+                .to_owned(),
+        )
+        .into());
+    };
+
+    let cancel = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("relay: stopping");
+        stop.cancel();
+    });
+
+    federation::run_elected(settings, &config.data_dir, cancel)
+        .await
+        .context("the federation bridge stopped")
+}
+
+/// `--trust MACHINE KEY`.
+fn trust_key(paths: &Paths, trust: &[String]) -> anyhow::Result<()> {
+    let [machine, key] = trust else {
+        bail!("--trust takes a machine name and a key");
+    };
+    federation::check_machine(machine).map_err(|e| UsageError(format!("--trust: {e}")))?;
+    let key = wire::key_from_hex(key)
+        .ok_or_else(|| UsageError("--trust: KEY is 64 hex digits (an Ed25519 key)".to_owned()))?;
+    let mut pins = Pins::load(&paths.known_machines())?;
+    let before = pins.get(machine).map(|k| wire::hex(k.as_bytes()));
+    pins.trust(machine, &key)?;
+    match before {
+        Some(old) => println!(
+            "{machine}: trusted {} (was {old})",
+            wire::hex(key.as_bytes())
+        ), // stdout-ok
+        None => println!("{machine}: trusted {}", wire::hex(key.as_bytes())), // stdout-ok
+    }
+    println!(
+        // stdout-ok
+        "Messages kept aside before stay in {}; new ones from {machine} are delivered.",
+        paths.quarantine().display()
+    );
+    Ok(())
+}

