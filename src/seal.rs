@@ -57,18 +57,16 @@ impl Sealer {
     }
 
     /// The key, read or made now if need be; `None` (with one warning) when it cannot be had
-    /// or must not be trusted.
+    /// or must not be trusted. No lock is held while the file is read: two callers that
+    /// both find no key read the same file (the one [`make_key`] linked into place).
     fn key(&self) -> Option<Arc<hmac::Key>> {
-        // The guard holds plain data; a panic elsewhere leaves it usable.
-        let mut slot = self.key.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = &*slot {
+        if let Some(key) = &*self.slot() {
             return Some(key.clone());
         }
         match load_or_make(&self.path) {
             Ok(bytes) => {
                 let key = Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
-                *slot = Some(key.clone());
-                Some(key)
+                Some(self.slot().get_or_insert(key).clone())
             }
             Err(err) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
@@ -77,6 +75,11 @@ impl Sealer {
                 None
             }
         }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<hmac::Key>>> {
+        // The guard holds plain data; a panic elsewhere leaves it usable.
+        self.key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The seal value for message `id` with this front matter (its seal, if any, left out)
@@ -302,6 +305,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn processes_making_the_key_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let seals: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Sealer::new(dir.path()).seal("id", &front("human"), "b")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().expect("a key"))
+                .collect()
+        });
+        assert!(seals.windows(2).all(|w| w[0] == w[1]), "{seals:?}");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only the key file stays");
     }
 
     #[test]
