@@ -228,8 +228,9 @@ fn channel_params(msg: &Message, unverified: bool) -> Value {
 }
 
 /// `s` on one printable line: each line break (`\r\n`, `\n`, `\r`, and the Unicode ones) and
-/// tab becomes a space; any other control character, and the invisible marks that turn text
-/// around (bidirectional overrides), are shown escaped (`\x1b`, `\u{202e}`).
+/// tab becomes a space; any other control character, and the invisible marks (zero-width
+/// characters, which could make `tele\u{200b}gram` look like `telegram`, and those that turn
+/// text around), are shown escaped (`\x1b`, `\u{202e}`).
 pub fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -240,7 +241,7 @@ pub fn one_line(s: &str) -> String {
             c if (c as u32) < 0x100 && c.is_control() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if c.is_control() || is_bidi(c) => {
+            c if c.is_control() || is_invisible(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -249,9 +250,17 @@ pub fn one_line(s: &str) -> String {
     out
 }
 
-/// The marks that reorder how text is shown (bidirectional embeddings, overrides, isolates).
-fn is_bidi(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+/// Characters that show as nothing: zero-width spaces and joiners, the soft hyphen, the byte
+/// order mark, and the marks that reorder text (bidirectional embeddings, overrides, isolates).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// A meta value as it may stand in the tag: [`one_line`], and `"`, `<`, `>` written as
@@ -306,6 +315,8 @@ mod tests {
             ),
             ("bell\x07 esc\x1b]0;t\x07", "bell\\x07 esc\\x1b]0;t\\x07"),
             ("rtl\u{202e}txt", "rtl\\u{202e}txt"),
+            ("tele\u{200b}gram", "tele\\u{200b}gram"),
+            ("soft\u{ad}hyphen\u{feff}", "soft\\u{ad}hyphen\\u{feff}"),
             ("line\u{2028}sep", "line sep"),
             ("ünïcode ✓", "ünïcode ✓"),
         ] {
