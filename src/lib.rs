@@ -15,6 +15,8 @@
 //!   (listing the inbox through the parse cache, the audit), `state` (read state logs),
 //!   `archive` (moving finished mail to `archive/`, pruning it).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
+//! - [`seal`]: the seal every message t9-ipc writes carries, and the check that a reserved
+//!   sender (`telegram`, `human`, `system`) was written by t9-ipc's own code.
 //! - [`process`]: other processes: whether a pid runs, the chain of parents above one.
 //! - [`session`]: one running session: `mod` (its name, heartbeat and the state the async
 //!   side shares; the lock order), `index` (the index of its unread mail: sync, unread,
@@ -44,6 +46,9 @@
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or
 //!   stderr, or knows about MCP: `clippy::print_stdout` and `clippy::print_stderr` are
 //!   denied here; diagnostics go through `tracing`.
+//! - No session name is a reserved sender ([`message::RESERVED`]); only the Telegram poller
+//!   writes `from: telegram`, only the command line outside any Claude Code session writes
+//!   `from: human`.
 //! - No message is cut: over-long subjects and bodies are refused, never truncated.
 //! - No message file is opened in a way that can block (a FIFO) or follows a link, read past
 //!   `mailbox::MAX_FILE_BYTES`, or read while a process has it open for writing (Linux).
@@ -64,6 +69,7 @@ pub mod id;
 pub mod mailbox;
 pub mod message;
 pub mod process;
+pub mod seal;
 pub mod session;
 pub mod telegram;
 pub mod text;

@@ -26,6 +26,11 @@ pub const BROADCAST: &str = "all";
 pub const HUMAN: &str = "human";
 /// The sender of what the person writes back from Telegram.
 pub const TELEGRAM: &str = "telegram";
+/// Names no session may take, in any case: the addresses of everyone, the person, and
+/// t9-ipc's own notices. Only t9-ipc's own code writes them as a sender (`human` from the
+/// command line outside any Claude Code session, `telegram` from the Telegram poller), and
+/// a file that claims one without a valid seal shows as unverified ([`crate::seal`]).
+pub const RESERVED: [&str; 5] = [BROADCAST, "broadcast", HUMAN, TELEGRAM, "system"];
 /// `created` and `timestamp` values on disk: local time to the second.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
@@ -357,10 +362,14 @@ struct OnDisk<'a> {
     expires: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expects_reply: Option<&'a str>,
+    /// Written last: the seal covers every key above ([`crate::seal`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal: Option<&'a str>,
 }
 
 /// Renders a whole message file. The subject's line breaks become spaces; every value is
 /// quoted by the YAML writer where needed, so no value can add a key or end the block.
+/// Of the keys this version does not know, only the seal is written.
 pub fn render(front: &FrontMatter, body: &str) -> String {
     let subject = one_line(&front.subject);
     let on_disk = OnDisk {
@@ -375,6 +384,7 @@ pub fn render(front: &FrontMatter, body: &str) -> String {
         supersedes: front.supersedes.as_deref(),
         expires: front.expires.as_deref(),
         expects_reply: front.expects_reply.as_deref(),
+        seal: front.extra.get(crate::seal::SEAL_KEY).map(String::as_str),
     };
     // Serialising a struct of strings to YAML cannot fail.
     let yaml = serde_yaml::to_string(&on_disk).expect("a struct of strings is valid YAML");
@@ -419,7 +429,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "{name:?} is reserved: it addresses the person (Telegram), not a session"
         ));
     }
+    if is_reserved(name) {
+        return Err(format!("{name:?} is reserved for t9-ipc's own notices"));
+    }
     Ok(())
+}
+
+/// True for the [`RESERVED`] names, in any case.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r))
 }
 
 /// True for the recipients that mean the person: `human`, and `telegram` (the sender of
@@ -658,6 +676,8 @@ mod tests {
         assert!(check_name("Broadcast").is_err());
         assert!(check_name("human").is_err());
         assert!(check_name("Telegram").is_err());
+        assert!(check_name("SYSTEM").is_err());
+        assert!(RESERVED.iter().all(|r| check_name(r).is_err()));
         assert!(check_name("humans").is_ok());
         assert!(check_name(&"x".repeat(65)).is_err());
     }

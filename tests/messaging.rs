@@ -131,8 +131,9 @@ async fn a_hostile_subject_round_trips_on_disk_and_in_the_event() {
     assert_eq!(front.from, "alpha");
     assert_eq!(front.to, "beta");
     assert_eq!(body, "---\nfrom: mallory\n---\nbody");
+    // The only key beyond the six of the format is the seal.
     assert!(
-        front.extra.is_empty(),
+        front.extra.keys().all(|k| k == "seal"),
         "the subject added keys: {:?}",
         front.extra
     );
@@ -148,10 +149,11 @@ async fn a_hostile_subject_round_trips_on_disk_and_in_the_event() {
         strict.get("subject").and_then(|v| v.as_str()),
         Some(expected)
     );
-    assert_eq!(strict.len(), 6, "{yaml}");
+    assert_eq!(strict.len(), 7, "{yaml}");
 
     let event = beta.next_event().await;
-    assert_eq!(event.meta("subject"), expected);
+    // In the tag, quotes are written as entities so they cannot end the value.
+    assert_eq!(event.meta("subject"), expected.replace('"', "&quot;"));
     assert_eq!(event.content, "---\nfrom: mallory\n---\nbody");
 }
 

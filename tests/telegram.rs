@@ -16,7 +16,7 @@ use crate::util::{Client, EVENT_WAIT, TempMailbox, msg_id_in};
 
 /// A token no log line, error or file may hold.
 const TOKEN: &str = "424242:SECRET-tg-token_x9Q";
-const CHAT: i64 = 777_001;
+pub(crate) const CHAT: i64 = 777_001;
 const STRANGER: i64 = 666_002;
 /// A fake long poll is held at most this long, so a stopped test ends quickly.
 const MAX_HOLD: Duration = Duration::from_millis(800);
@@ -77,7 +77,7 @@ impl Shared {
 }
 
 /// A fake Telegram Bot API on 127.0.0.1: `sendMessage` and `getUpdates` (long poll).
-struct FakeBot {
+pub(crate) struct FakeBot {
     base: String,
     shared: Arc<Shared>,
     server: Arc<tiny_http::Server>,
@@ -85,7 +85,7 @@ struct FakeBot {
 }
 
 impl FakeBot {
-    fn start() -> FakeBot {
+    pub(crate) fn start() -> FakeBot {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
         let port = server.server_addr().to_ip().expect("ip").port();
         let shared = Arc::new(Shared {
@@ -122,7 +122,7 @@ impl FakeBot {
     }
 
     /// The environment that points a server at this fake.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("IPC_TG_TOKEN", TOKEN.to_owned()),
             ("IPC_TG_CHAT", CHAT.to_string()),
@@ -156,7 +156,7 @@ impl FakeBot {
     }
 
     /// Queues an update holding `message`; returns its update_id.
-    fn push_message(&self, message: Value) -> i64 {
+    pub(crate) fn push_message(&self, message: Value) -> i64 {
         let id = {
             let mut s = self.shared.lock();
             let id = s.next_update_id;
@@ -192,7 +192,7 @@ impl FakeBot {
 
     /// Waits until a getUpdates call confirms update `id` (asks for a later offset), which a
     /// server does after it has handled it.
-    async fn wait_handled(&self, id: i64) {
+    pub(crate) async fn wait_handled(&self, id: i64) {
         self.wait(&format!("update {id} to be handled"), |s| s.offset > id)
             .await;
     }
@@ -300,7 +300,7 @@ fn get_updates(shared: &Shared, body: &Value) -> (u16, Value) {
     (200, json!({"ok": true, "result": s.updates.clone()}))
 }
 
-fn envs<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub(crate) fn envs<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 

@@ -14,3 +14,4 @@ mod messaging;
 mod names;
 mod props;
 mod telegram;
+mod verify;

@@ -224,7 +224,7 @@ impl Pusher {
 
     /// Sends one event, then records it: at least once, never lost.
     async fn send(&mut self, peer: &Peer<RoleServer>, batch: Batch, now: Instant) {
-        let params = events::params(&batch, &self.session.name());
+        let params = events::params(&batch, &self.session.name(), self.session.mailbox());
         let ids =
             |msgs: &[Arc<Message>]| -> Vec<String> { msgs.iter().map(|m| m.id.clone()).collect() };
         let (pushed, listed) = (ids(&batch.whole), ids(&batch.named));

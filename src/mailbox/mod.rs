@@ -65,6 +65,8 @@ pub struct Mailbox {
     /// Parsed files by file name. Rebuilt from the files at any time; it only saves reading
     /// a file twice and warning about a bad file twice.
     cache: Mutex<scan::Cache>,
+    /// Seals what [`Mailbox::write`] writes; checks the seal of reserved senders.
+    sealer: crate::seal::Sealer,
 }
 
 impl Mailbox {
@@ -76,6 +78,7 @@ impl Mailbox {
             archive: root.join("archive"),
             state: root.join("state"),
             cache: Mutex::new(scan::Cache::default()),
+            sealer: crate::seal::Sealer::new(root),
         };
         for dir in [&mailbox.inbox, &mailbox.archive, &mailbox.state] {
             fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
@@ -92,10 +95,10 @@ impl Mailbox {
     }
 
     /// Writes a message durably and atomically ([`fsx::write_atomic`]: a temporary file in
-    /// `inbox/`, flushed to disk, renamed to its final `.md` name, then the folder flushed).
-    /// Returns its id.
+    /// `inbox/`, flushed to disk, renamed to its final `.md` name, then the folder flushed),
+    /// sealed ([`crate::seal`]). Returns its id.
     pub fn write(&self, draft: &Draft<'_>, now: DateTime<Local>) -> Result<String> {
-        let front = FrontMatter {
+        let mut front = FrontMatter {
             from: draft.from.to_owned(),
             to: draft.to.to_owned(),
             kind: draft.kind.to_owned(),
@@ -111,19 +114,32 @@ impl Mailbox {
             expects_reply: draft.info_only.then(|| "false".to_owned()),
             extra: Default::default(),
         };
-        let text = message::render(&front, draft.body);
+        // The seal covers the values as a reader parses them back.
+        let (plain, body) = message::parse(&message::render(&front, draft.body))
+            .map_err(|e| Error::Refused(format!("the message cannot be written: {e}")))?;
         for _ in 0..8 {
             let id = message::file_stem(now, &random_uid(), draft.from, draft.to, draft.subject);
             let path = self.inbox.join(format!("{id}.md"));
             if path.exists() {
                 continue;
             }
+            match self.sealer.seal(&id, &plain, &body) {
+                Some(seal) => front.extra.insert(crate::seal::SEAL_KEY.to_owned(), seal),
+                None => front.extra.remove(crate::seal::SEAL_KEY),
+            };
+            let text = message::render(&front, draft.body);
             fsx::write_atomic(&path, text.as_bytes())?;
             return Ok(id);
         }
         Err(Error::Refused(
             "could not find an unused message id after 8 tries; try again".to_owned(),
         ))
+    }
+
+    /// What can be said about a message's sender: a session name, or a reserved sender
+    /// whose seal shows that t9-ipc's own code wrote it, or one whose seal does not.
+    pub fn sender(&self, msg: &Message) -> crate::seal::Sender {
+        self.sealer.sender(&msg.id, &msg.front, &msg.body)
     }
 
     /// True when a message with this id exists in `inbox/` or `archive/`.

@@ -50,6 +50,10 @@ impl Session {
     /// [`send_from`]. Answering a message marks it read.
     pub fn send(&self, out: &Outgoing<'_>, now: DateTime<Local>) -> Result<Sent> {
         let from = self.name();
+        // A session never writes as a reserved sender (`human`, `telegram`, `system`): its
+        // name was checked when it was taken; checked again here, where it matters.
+        message::check_name(&from)
+            .map_err(|why| Error::Refused(format!("this session cannot send: {why}")))?;
         let sent = send_from(&self.mailbox, &self.heartbeats, &from, out, now)?;
         let saw_push = sent.reply_to.as_deref().is_some_and(|id| self.answered(id));
         if saw_push && let Err(err) = self.refresh(now) {
@@ -123,9 +127,11 @@ pub fn send_from(
     out: &Outgoing<'_>,
     now: DateTime<Local>,
 ) -> Result<Sent> {
-    // `human` is the person at a terminal (the command line's default sender): answering it
-    // reaches them the way any escalation does.
-    if !message::is_human(from) {
+    // `human`, exactly, is the person at a terminal (the command line's default sender,
+    // refused there inside a Claude Code session): answering it reaches them the way any
+    // escalation does. No other reserved name is written here: `telegram` only by the
+    // Telegram poller, `system` never.
+    if from != HUMAN {
         message::check_name(from)
             .map_err(|why| Error::Refused(format!("the sender is not a valid name: {why}")))?;
     }

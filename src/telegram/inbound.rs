@@ -341,7 +341,10 @@ impl Inner {
     }
 
     /// Writes what the person wrote into the inbox, from `telegram`; returns a notice for
-    /// the person when the mailbox cannot be written.
+    /// the person when the mailbox cannot be written. This is the only code that writes
+    /// `from: telegram`: no session can hold the name, and the library's send path refuses
+    /// it. [`Mailbox::write`](crate::mailbox::Mailbox::write) seals the file, so readers see
+    /// the sender as verified ([`crate::seal`]).
     fn deliver(
         &self,
         update_id: i64,
