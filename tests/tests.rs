@@ -12,4 +12,5 @@ mod inbox;
 mod messaging;
 mod names;
 mod props;
+mod pull;
 mod telegram;

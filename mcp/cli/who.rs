@@ -1,9 +1,12 @@
 //! `who`: the live sessions, as a table for people or JSON for scripts.
 
+use std::collections::BTreeMap;
+
 use chrono::Local;
 use clap::Args;
 use serde_json::{Value, json};
 use t9_ipc::config::Config;
+use t9_ipc::coord::claims::{Claim, Claims};
 use t9_ipc::heartbeat::Heartbeats;
 
 use super::style::{self, Style};
@@ -13,7 +16,8 @@ use crate::shared::ago;
 #[derive(Debug, Args)]
 #[command(
     after_help = "With --json: an array of objects, one a session, each with `name` and \
-the fields of its heartbeats.json entry (pid, cwd, timestamp, working_on, push, …)."
+the fields of its heartbeats.json entry (pid, cwd, timestamp, working_on, push, …), and \
+`claims` (its live file claims, one line each)."
 )]
 pub struct WhoArgs {
     /// Print JSON instead of a table.
@@ -26,6 +30,20 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     // Heartbeats of a mailbox that does not exist would read as "nobody": say so instead.
     super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
+    let claims = Claims::new(&config.data_dir)
+        .by_session(now)
+        .unwrap_or_else(|err| {
+            eprintln!("t9-ipc who: file claims not shown: {err}");
+            BTreeMap::new()
+        });
+    let claims_of = |name: &str| -> Vec<String> {
+        claims
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(Claim::describe)
+            .collect()
+    };
     if args.json {
         let list: Vec<Value> = live
             .iter()
@@ -33,6 +51,7 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
                 let mut v = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
                 if let Some(obj) = v.as_object_mut() {
                     obj.insert("name".to_owned(), json!(name));
+                    obj.insert("claims".to_owned(), json!(claims_of(name)));
                 }
                 v
             })
@@ -81,6 +100,13 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     println!("{}", style.bold(&line(header)));
     for row in &rows {
         println!("{}", line(row.each_ref().map(String::as_str)));
+    }
+    let held: Vec<String> = live.keys().flat_map(|name| claims_of(name)).collect();
+    if !held.is_empty() {
+        println!("\n{}", style.bold("FILE CLAIMS"));
+        for c in &held {
+            println!("{}", style::line(c));
+        }
     }
     Ok(())
 }
