@@ -388,7 +388,11 @@ async fn the_hook_prints_unread_mail_once_then_nothing() {
         text.contains("unread mail for this session (\"beta\"). 1 message shown below"),
         "{text}"
     );
-    assert_eq!(crate::util::bodies_in(&text), [id.clone()], "{text}");
+    assert_eq!(
+        crate::util::bodies_in(&text),
+        std::slice::from_ref(&id),
+        "{text}"
+    );
     assert!(text.contains("from: human · to: beta"), "{text}");
     assert!(
         text.ends_with("subject: build is red\n\nsee ci #812"),

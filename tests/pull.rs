@@ -175,7 +175,7 @@ async fn the_hook_shows_what_fits_and_names_a_long_message_once() {
     let small = cli_send(&mb, "small", "k").await;
 
     let text = context(&hook(&mb, "beta").await);
-    assert_eq!(bodies_in(&text), [small.clone()], "{text}");
+    assert_eq!(bodies_in(&text), [small], "{text}");
     assert!(
         text.contains(&format!("- {big} from human: the big one")),
         "{text}"

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Local;
+use chrono::{DateTime, Local};
 use clap::Args;
 use serde_json::{Value, json};
 use t9_ipc::config::Config;
@@ -25,25 +25,28 @@ pub struct WhoArgs {
     pub json: bool,
 }
 
+/// Each session's live file claims, one line each; a warning and none when they cannot be
+/// read.
+fn claims(config: &Config, now: DateTime<Local>) -> BTreeMap<String, Vec<String>> {
+    match Claims::new(&config.data_dir).by_session(now) {
+        Ok(by) => by
+            .into_iter()
+            .map(|(name, cs)| (name, cs.iter().map(Claim::describe).collect()))
+            .collect(),
+        Err(err) => {
+            eprintln!("t9-ipc who: file claims not shown: {err}");
+            BTreeMap::new()
+        }
+    }
+}
+
 pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     let now = Local::now();
     // Heartbeats of a mailbox that does not exist would read as "nobody": say so instead.
     super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
-    let claims = Claims::new(&config.data_dir)
-        .by_session(now)
-        .unwrap_or_else(|err| {
-            eprintln!("t9-ipc who: file claims not shown: {err}");
-            BTreeMap::new()
-        });
-    let claims_of = |name: &str| -> Vec<String> {
-        claims
-            .get(name)
-            .into_iter()
-            .flatten()
-            .map(Claim::describe)
-            .collect()
-    };
+    let claims = claims(config, now);
+    let claims_of = |name: &str| -> Vec<String> { claims.get(name).cloned().unwrap_or_default() };
     if args.json {
         let list: Vec<Value> = live
             .iter()
