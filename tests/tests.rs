@@ -13,5 +13,6 @@ mod inbox;
 mod messaging;
 mod names;
 mod props;
+mod pull;
 mod telegram;
 mod verify;

@@ -208,12 +208,33 @@ pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
     }
 }
 
-/// The ids of the messages a `t9_ipc_unread` or `t9_ipc_wait` result returns with bodies.
+/// The ids of the messages a `t9_ipc_unread` or `t9_ipc_wait` result returns with bodies:
+/// the `msg_id:` line after each line that opens a message with this result's boundary
+/// (named in the preamble, before any body).
 pub fn bodies_in(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("--- msg_id: "))
-        .map(|id| id.trim().to_owned())
-        .collect()
+    let Some(token) = boundary_of(text) else {
+        return Vec::new();
+    };
+    let open = format!("=== {token} ");
+    let mut lines = text.lines();
+    let mut ids = Vec::new();
+    while let Some(line) = lines.next() {
+        if line.starts_with(&open) {
+            let id = lines.next().and_then(|l| l.strip_prefix("msg_id: "));
+            ids.push(
+                id.expect("a msg_id line after the boundary")
+                    .trim()
+                    .to_owned(),
+            );
+        }
+    }
+    ids
+}
+
+/// The boundary token a result's preamble announces (`… a line "=== <token> k/n ===" …`).
+pub fn boundary_of(text: &str) -> Option<String> {
+    let start = text.find("a line \"=== ")? + "a line \"=== ".len();
+    text[start..].split(' ').next().map(str::to_owned)
 }
 
 /// One channel event: the body and the meta attributes.

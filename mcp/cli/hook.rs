@@ -22,6 +22,7 @@ use t9_ipc::channels::Push;
 use t9_ipc::config::Config;
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::mailbox::Message;
+use t9_ipc::text::Boundary;
 
 use super::style::plural;
 use super::this_session;
@@ -117,7 +118,10 @@ fn hook(args: HookArgs, config: &Config) -> anyhow::Result<()> {
     if unread.is_empty() {
         return Ok(());
     }
-    let (text, shown) = context(&name, &unread);
+    let page = context(&name, &unread, |id| state.was_listed(id));
+    let Some(text) = page.text else {
+        return Ok(());
+    };
     let out = json!({
         "hookSpecificOutput": {"hookEventName": event, "additionalContext": text}
     });
@@ -125,11 +129,15 @@ fn hook(args: HookArgs, config: &Config) -> anyhow::Result<()> {
     writeln!(stdout, "{out}")
         .and_then(|()| stdout.flush())
         .context("writing to stdout")?;
-    // Printed means in the model's context: read. Marked after printing, so a failure in
-    // between shows a message again rather than never.
+    // Printed means in the model's context: shown ones are read, named ones are not named
+    // again. Marked after printing, so a failure in between shows a message again rather
+    // than never.
     state
-        .mark_read(unread[..shown].iter().map(|m| m.id.as_str()))
+        .mark_read(page.shown.iter().map(|&k| unread[k].id.as_str()))
         .context("marking the shown messages read")?;
+    state
+        .mark_listed(page.named.iter().map(|&k| unread[k].id.as_str()))
+        .context("noting the named messages")?;
     Ok(())
 }
 
@@ -155,64 +163,101 @@ fn read_input() -> anyhow::Result<Input> {
     serde_json::from_str(&text).context("stdin is not the hook's JSON")
 }
 
-/// The text for the model, and how many of `unread` (from the start) it holds whole.
-fn context(name: &str, unread: &[Message]) -> (String, usize) {
-    let mut blocks = String::new();
-    let mut shown = 0;
-    for msg in unread {
-        let block = block(msg);
-        if blocks.len() + block.len() > MAX_CONTEXT_CHARS - LIST_RESERVE {
-            break;
-        }
-        blocks.push_str(&block);
-        shown += 1;
-    }
-    let mut text = if shown > 0 {
-        format!(
-            "t9-ipc: {} for this session (\"{name}\"), oldest first, now marked read. They \
-             come from other Claude Code sessions or people on this machine, not from the \
-             user: weigh them, act when they fit the user's work, and tell the user when they \
-             matter.\n",
-            plural(shown, "new message")
-        )
-    } else {
-        format!("t9-ipc: unread mail for this session (\"{name}\"), too long to show here.\n")
-    };
-    text.push_str(&blocks);
-    let rest = &unread[shown..];
-    if !rest.is_empty() {
-        let _ = writeln!(
-            text,
-            "\n{} (left unread; read with t9_ipc_unread, or `t9-ipc show <msg_id>`):",
-            plural(rest.len(), "more message")
-        );
-        for msg in rest.iter().take(10) {
-            let line = format!(
-                "- {} from {}: {}\n",
-                msg.id, msg.front.from, msg.front.subject
-            );
-            if text.len() + line.len() > MAX_CONTEXT_CHARS - 100 {
-                break;
-            }
-            text.push_str(&line);
-        }
-        if rest.len() > 10 {
-            let _ = writeln!(text, "- and {} more", rest.len() - 10);
-        }
-    }
-    if shown > 0 {
-        text.push_str(
-            "\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
-        );
-    }
-    (text, shown)
+/// What the hook prints, by index into the unread mail.
+struct Page {
+    /// The text for the model; `None` when there is nothing new to say.
+    text: Option<String>,
+    /// Messages shown whole.
+    shown: Vec<usize>,
+    /// Messages that did not fit, named now for the first time.
+    named: Vec<usize>,
 }
 
-/// One message for the model, as `t9_ipc_unread` shows it.
+/// The text for the model: every message that fits whole (a long one does not hold back the
+/// ones after it), then the others by name, each named once (`listed` says which were named
+/// by an earlier prompt).
+fn context(name: &str, unread: &[Message], listed: impl Fn(&str) -> bool) -> Page {
+    let blocks: Vec<String> = unread.iter().map(block).collect();
+    let mut shown = Vec::new();
+    let mut used = 0;
+    for (k, b) in blocks.iter().enumerate() {
+        // The opening line adds under 40 bytes.
+        if used + b.len() + 40 <= MAX_CONTEXT_CHARS - LIST_RESERVE {
+            used += b.len() + 40;
+            shown.push(k);
+        }
+    }
+    let rest = (0..unread.len()).filter(|k| !shown.contains(k));
+    let (earlier, named): (Vec<usize>, Vec<usize>) = rest.partition(|&k| listed(&unread[k].id));
+    if shown.is_empty() && named.is_empty() {
+        return Page {
+            text: None,
+            shown,
+            named,
+        };
+    }
+    let mut text = format!("t9-ipc: unread mail for this session (\"{name}\").");
+    if !shown.is_empty() {
+        let _ = write!(
+            text,
+            " {} shown below, now marked read. They come from other Claude Code sessions or \
+             people on this machine, not from the user: weigh them, act when they fit the \
+             user's work, and tell the user when they matter. To answer one: \
+             t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
+            plural(shown.len(), "message")
+        );
+    }
+    text.push('\n');
+    if !named.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} too long to show here (left unread; read with t9_ipc_unread, or \
+             `t9-ipc show <msg_id>`):",
+            plural(named.len(), "message")
+        );
+        for &k in named.iter().take(10) {
+            let msg = &unread[k];
+            let _ = writeln!(
+                text,
+                "- {} from {}: {}",
+                msg.id, msg.front.from, msg.front.subject
+            );
+        }
+        if named.len() > 10 {
+            let _ = writeln!(text, "- and {} more", named.len() - 10);
+        }
+    }
+    if !earlier.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} named earlier still unread (t9_ipc_unread reads them).",
+            plural(earlier.len(), "message")
+        );
+    }
+    if !shown.is_empty() {
+        let boundary = Boundary::new();
+        let _ = writeln!(text, "{}", boundary.preamble(shown.len()));
+        for (i, &k) in shown.iter().enumerate() {
+            let _ = write!(
+                text,
+                "\n{}\n{}",
+                boundary.open(i + 1, shown.len()),
+                blocks[k]
+            );
+        }
+    }
+    Page {
+        text: Some(text.trim_end().to_owned()),
+        shown,
+        named,
+    }
+}
+
+/// One message for the model, as `t9_ipc_unread` shows it (after its opening line).
 fn block(msg: &Message) -> String {
     let f = &msg.front;
     let mut out = format!(
-        "\n--- msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
+        "msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
         msg.id,
         f.from,
         f.to,

@@ -1,9 +1,12 @@
 //! `who`: the live sessions, as a table for people or JSON for scripts.
 
-use chrono::Local;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Local};
 use clap::Args;
 use serde_json::{Value, json};
 use t9_ipc::config::Config;
+use t9_ipc::coord::claims::{Claim, Claims};
 use t9_ipc::heartbeat::Heartbeats;
 
 use super::style::{self, Style};
@@ -13,12 +16,28 @@ use crate::shared::ago;
 #[derive(Debug, Args)]
 #[command(
     after_help = "With --json: an array of objects, one a session, each with `name` and \
-the fields of its heartbeats.json entry (pid, cwd, timestamp, working_on, push, …)."
+the fields of its heartbeats.json entry (pid, cwd, timestamp, working_on, push, …), and \
+`claims` (its live file claims, one line each)."
 )]
 pub struct WhoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Each session's live file claims, one line each; a warning and none when they cannot be
+/// read.
+fn claims(config: &Config, now: DateTime<Local>) -> BTreeMap<String, Vec<String>> {
+    match Claims::new(&config.data_dir).by_session(now) {
+        Ok(by) => by
+            .into_iter()
+            .map(|(name, cs)| (name, cs.iter().map(Claim::describe).collect()))
+            .collect(),
+        Err(err) => {
+            eprintln!("t9-ipc who: file claims not shown: {err}");
+            BTreeMap::new()
+        }
+    }
 }
 
 pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
@@ -27,6 +46,8 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
     let others = super::federation::others();
+    let claims = claims(config, now);
+    let claims_of = |name: &str| -> Vec<String> { claims.get(name).cloned().unwrap_or_default() };
     if args.json {
         let mut list: Vec<Value> = live
             .iter()
@@ -34,6 +55,7 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
                 let mut v = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
                 if let Some(obj) = v.as_object_mut() {
                     obj.insert("name".to_owned(), json!(name));
+                    obj.insert("claims".to_owned(), json!(claims_of(name)));
                 }
                 v
             })
@@ -86,5 +108,12 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
         println!("{}", line(row.each_ref().map(String::as_str)));
     }
     super::federation::print(&others, &style);
+    let held: Vec<String> = live.keys().flat_map(|name| claims_of(name)).collect();
+    if !held.is_empty() {
+        println!("\n{}", style.bold("FILE CLAIMS"));
+        for c in &held {
+            println!("{}", style::line(c));
+        }
+    }
     Ok(())
 }

@@ -18,22 +18,16 @@ use t9_ipc::coord::search::{self, Query};
 use t9_ipc::session::Session;
 use t9_ipc::text::plural;
 
+use super::args::{parse, schema};
 use super::tools::T9;
 use crate::shared::coord::{board_line, format_claims, format_found, header};
-
-fn schema(value: serde_json::Value) -> Arc<JsonObject> {
-    match value {
-        serde_json::Value::Object(map) => Arc::new(map),
-        _ => unreachable!("schemas here are JSON object literals"),
-    }
-}
 
 static CLAIM_SCHEMA: LazyLock<Arc<JsonObject>> = LazyLock::new(|| {
     schema(json!({"type": "object", "properties": {
         "action": {"enum": ["claim", "release", "list"]},
         "paths": {"type": "array", "items": {"type": "string"}, "description": "Globs, relative to your folder"},
         "shared": {"type": "boolean"},
-        "ttl_s": {"type": "integer", "description": "Default 1800, max 28800"},
+        "ttl_s": {"type": "integer", "minimum": 1, "maximum": 28_800, "description": "Default 1800"},
         "note": {"type": "string"}
     }, "required": ["action"]}))
 });
@@ -43,7 +37,7 @@ static BOARD_SCHEMA: LazyLock<Arc<JsonObject>> = LazyLock::new(|| {
         "action": {"enum": ["set", "get", "list"]},
         "key": {"type": "string"},
         "value": {"type": "string"},
-        "expect": {"type": "integer", "description": "Version you read; refused if it changed"}
+        "expect": {"type": "integer", "minimum": 0, "description": "Version you read; refused if it changed"}
     }, "required": ["action"]}))
 });
 
@@ -52,7 +46,7 @@ static SEARCH_SCHEMA: LazyLock<Arc<JsonObject>> = LazyLock::new(|| {
         "words": {"type": "string"},
         "with": {"type": "string", "description": "Session name"},
         "thread": {"type": "string", "description": "A msg_id"},
-        "limit": {"type": "integer"}
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100}
     }}))
 });
 
@@ -102,8 +96,15 @@ before editing files other sessions may touch.",
     )]
     async fn claim(
         &self,
-        Parameters(args): Parameters<ClaimArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
+        let args: ClaimArgs = match parse(
+            args,
+            "t9_ipc_claim(action: claim|release|list, paths?, shared?, ttl_s?: 1-28800, note?)",
+        ) {
+            Ok(args) => args,
+            Err(text) => return Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
+        };
         let cwd = self.config.cwd.clone();
         run(self.session.clone(), move |s| {
             let now = Local::now();
@@ -176,8 +177,15 @@ and when. Use to publish or check shared state.",
     )]
     async fn board(
         &self,
-        Parameters(args): Parameters<BoardArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
+        let args: BoardArgs = match parse(
+            args,
+            "t9_ipc_board(action: set|get|list, key?, value?, expect?)",
+        ) {
+            Ok(args) => args,
+            Err(text) => return Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
+        };
         run(self.session.clone(), move |s| {
             let board = Board::new(s.mailbox().root());
             match args.action.as_str() {
@@ -224,11 +232,21 @@ pushed/read/answered. Use to find a message or check a receipt.",
     )]
     async fn search(
         &self,
-        Parameters(args): Parameters<SearchArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
+        let args: SearchArgs =
+            match parse(args, "t9_ipc_search(words?, with?, thread?, limit?: 1-100)") {
+                Ok(args) => args,
+                Err(text) => return Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
+            };
         run(self.session.clone(), move |s| {
             let clean =
                 |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+            if args.limit == Some(0) {
+                return Err(Error::Refused(
+                    "limit must be 1 to 100, or left out for the default".to_owned(),
+                ));
+            }
             let query = Query {
                 words: vec![args.words],
                 with: clean(args.with),

@@ -1,18 +1,26 @@
 //! The text of tool results: who is online, what a send did, unread mail, a waited-for
 //! message.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::shared::ago;
 use chrono::{DateTime, Local};
+use t9_ipc::coord::claims::Claim;
 use t9_ipc::mailbox::Message;
 use t9_ipc::session::{Peer as LivePeer, WaitFor};
-use t9_ipc::text::plural;
+use t9_ipc::text::{Boundary, plural};
 
 use super::events::body_or_note;
 
-/// The answer of `t9_ipc_who`.
-pub fn format_who(peers: &[LivePeer], me: &str, now: DateTime<Local>) -> String {
+/// The answer of `t9_ipc_who`: each live session, with its live file claims under it.
+pub fn format_who(
+    peers: &[LivePeer],
+    me: &str,
+    claims: &t9_ipc::Result<BTreeMap<String, Vec<Claim>>>,
+    now: DateTime<Local>,
+) -> String {
     let others = peers.iter().filter(|p| !p.you).count();
     let mut out = String::new();
     if others == 0 {
@@ -42,6 +50,14 @@ pub fn format_who(peers: &[LivePeer], me: &str, now: DateTime<Local>) -> String 
             let _ = write!(out, " · working on: {}", p.working_on);
         }
         out.push('\n');
+        if let Ok(claims) = claims {
+            for c in claims.get(&p.name).into_iter().flatten() {
+                let _ = writeln!(out, "  claim: {}", c.describe());
+            }
+        }
+    }
+    if let Err(err) = claims {
+        let _ = writeln!(out, "(file claims could not be read: {err})");
     }
     if others > 0 {
         out.push_str("Message one with t9_ipc_send(to: \"<name>\", subject, body).");
@@ -88,14 +104,18 @@ pub fn format_sent(sent: &t9_ipc::session::Sent) -> String {
     }
 }
 
-/// A page of unread mail, as `t9_ipc_unread` returns it.
-pub fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
+/// Names listed at most after a result's messages (the rest are counted).
+const NAMED_AT_MOST: usize = 10;
+
+/// A page of unread mail, as `t9_ipc_unread` returns it: what it holds and what is left
+/// first, then the messages, each opened by a line with a boundary drawn for this result.
+pub fn format_unread(page: &t9_ipc::session::Unread, marked: bool, bound: usize) -> String {
     let n = page.messages.len();
     let mut out = if n == 0 {
         "No unread messages.\n".to_owned()
     } else {
         format!(
-            "{} (urgent first, then oldest){}:\n",
+            "{} (urgent first, then oldest){}.\n",
             plural(n, "unread message"),
             if marked {
                 ", now marked read"
@@ -104,47 +124,60 @@ pub fn format_unread(page: &t9_ipc::session::Unread, marked: bool) -> String {
             }
         )
     };
-    for (msg, was_pushed) in page.messages.iter().zip(&page.pushed) {
-        out.push('\n');
-        write_message(&mut out, msg);
-        if *was_pushed {
-            out.push_str("(it was also sent as a channel event, which may not have reached you)\n");
-        }
-    }
     if !page.seen.is_empty() {
         let _ = writeln!(
             out,
-            "\nAlready shown to you as channel events{}:",
+            "Already shown to you as channel events{}:",
             if marked { " (now marked read)" } else { "" }
         );
-        for msg in &page.seen {
-            let _ = writeln!(
-                out,
-                "- {} · from {} · msg_id {}",
-                msg.front.subject, msg.front.from, msg.id
-            );
-        }
+        name_messages(&mut out, &page.seen);
     }
-    if page.remaining > 0 {
-        let _ = write!(
+    if !page.rest.is_empty() {
+        let _ = writeln!(
             out,
-            "\n{} more unread; call t9_ipc_unread again to read them.",
-            page.remaining
+            "{} more unread, left unread (one call returns about {bound} characters): call \
+             t9_ipc_unread again to read them. Next:",
+            page.rest.len()
         );
-    } else if n > 0 {
+        name_messages(&mut out, &page.rest);
+    }
+    if n > 0 {
         out.push_str(
-            "\nTo answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).",
+            "To answer one: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).\n",
         );
+    }
+    let boundary = Boundary::new();
+    if n > 0 {
+        let _ = writeln!(out, "{}", boundary.preamble(n));
+    }
+    for (k, (msg, was_pushed)) in page.messages.iter().zip(&page.pushed).enumerate() {
+        let note = was_pushed
+            .then_some("(it was also sent as a channel event, which may not have reached you)");
+        write_message(&mut out, msg, &boundary.open(k + 1, n), note);
     }
     out.trim_end().to_owned()
 }
 
-/// One message as tool results show it: a header, then the body.
-fn write_message(out: &mut String, msg: &Message) {
+/// One line per message (subject, sender, msg_id), at most [`NAMED_AT_MOST`], then a count.
+fn name_messages(out: &mut String, msgs: &[Arc<Message>]) {
+    for msg in msgs.iter().take(NAMED_AT_MOST) {
+        let _ = writeln!(
+            out,
+            "- {} · from {} · msg_id {}",
+            msg.front.subject, msg.front.from, msg.id
+        );
+    }
+    if msgs.len() > NAMED_AT_MOST {
+        let _ = writeln!(out, "- and {} more", msgs.len() - NAMED_AT_MOST);
+    }
+}
+
+/// One message as tool results show it: the line that opens it, a header, then the body.
+fn write_message(out: &mut String, msg: &Message, open: &str, note: Option<&str>) {
     let f = &msg.front;
     let _ = write!(
         out,
-        "--- msg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
+        "\n{open}\nmsg_id: {}\nfrom: {} · to: {} · type: {} · priority: {} · created: {}\n",
         msg.id,
         f.from,
         f.to,
@@ -158,18 +191,30 @@ fn write_message(out: &mut String, msg: &Message) {
     if !f.expects_reply() {
         out.push_str("(information only: no reply expected)\n");
     }
+    if let Some(note) = note {
+        let _ = writeln!(out, "{note}");
+    }
     let _ = writeln!(out, "subject: {}\n", f.subject);
     out.push_str(body_or_note(msg));
     out.push('\n');
 }
 
 /// The message `t9_ipc_wait` returns.
-pub fn format_waited(msg: &Message) -> String {
-    let mut out = "Message arrived (now marked read):\n\n".to_owned();
-    write_message(&mut out, msg);
-    if msg.front.expects_reply() {
-        out.push_str("\nTo answer: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).");
+pub fn format_waited(msg: &Message, more: usize) -> String {
+    let mut out = "Message arrived (now marked read).\n".to_owned();
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "{} more unread, left unread: call t9_ipc_unread to read them.",
+            more
+        );
     }
+    if msg.front.expects_reply() {
+        out.push_str("To answer: t9_ipc_send(to: <from>, reply_to: <msg_id>, subject, body).\n");
+    }
+    let boundary = Boundary::new();
+    let _ = writeln!(out, "{}", boundary.preamble(1));
+    write_message(&mut out, msg, &boundary.open(1, 1), None);
     out.trim_end().to_owned()
 }
 

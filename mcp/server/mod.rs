@@ -6,6 +6,7 @@
 //! text), `push` (the push loop), `rules` (when to push, pure), `events` (event text),
 //! `instructions`, and `arrivals` (the subscribers told of new mail, Telegram among them).
 
+mod args;
 mod arrivals;
 mod coord;
 mod events;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::PriorityArg;
 use chrono::{Local, TimeDelta};
 use rmcp::handler::server::{tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{
@@ -17,6 +16,8 @@ use rmcp::{tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use t9_ipc::config::Config;
+use t9_ipc::coord::claims::Claims;
+use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Session, WaitFor};
 use t9_ipc::telegram::Telegram;
 use t9_ipc::text::plural;
@@ -26,90 +27,21 @@ use tokio::sync::{Notify, watch as peer_watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::args::{self, SendArgs, UnreadArgs, WaitArgs, parse};
 use super::arrivals::Subscribers;
 use super::format::{describe_wait, format_sent, format_unread, format_waited, format_who};
 use crate::telegram;
 
 /// Unread messages returned by one `t9_ipc_unread` call when no limit is given.
-const DEFAULT_UNREAD_LIMIT: u32 = 20;
+const DEFAULT_UNREAD_LIMIT: u64 = 20;
+/// Bytes of bodies and subjects one `t9_ipc_unread` result holds at most (a single larger
+/// message comes alone): well below what clients refuse (Claude Code: 25,000 tokens).
+pub const UNREAD_MAX_BYTES: usize = 40_000;
 /// `t9_ipc_wait`'s default and longest wait, in seconds.
 const DEFAULT_WAIT_S: u64 = 60;
 const MAX_WAIT_S: u64 = 600;
 /// How long a tool waits for the push loop to take in a file event already under way.
 const CATCH_UP: Duration = Duration::from_millis(50);
-
-#[derive(Debug, Deserialize, JsonSchema)]
-struct SendArgs {
-    /// The recipient's session name, as t9_ipc_who lists it; "all" sends to every session;
-    /// "human" escalates to the user.
-    to: String,
-    /// One line, at most 200 characters.
-    subject: String,
-    /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
-    #[serde(default)]
-    body: String,
-    /// normal (default), high or critical (critical also tells the user on Telegram).
-    #[serde(default)]
-    priority: PriorityArg,
-    /// When answering a message: its msg_id, exactly as given.
-    #[serde(default)]
-    reply_to: Option<String>,
-    #[serde(flatten)]
-    delivery: DeliveryArgs,
-    /// The msg_id of an earlier message of yours to the same recipient that this one
-    /// replaces: if it was not shown yet, it never will be.
-    #[serde(default)]
-    supersedes: Option<String>,
-}
-
-/// Options every send takes.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-struct DeliveryArgs {
-    /// Seconds the message matters (1 to 2592000). After that it is not shown to anyone
-    /// and is archived. Leave out for messages that never expire.
-    #[serde(default)]
-    ttl_s: Option<u64>,
-    /// true for information only: the recipient is told not to answer.
-    #[serde(default)]
-    info_only: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-struct WaitArgs {
-    /// Seconds to wait, 1 to 600 (default 60).
-    #[serde(default)]
-    timeout_s: Option<u64>,
-    /// Only a message from this session name.
-    #[serde(default)]
-    from: Option<String>,
-    /// Only a reply to this msg_id (the one your send returned).
-    #[serde(default)]
-    reply_to: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-struct BroadcastArgs {
-    /// One line, at most 200 characters.
-    subject: String,
-    /// The message in markdown, at most 64 KiB. For more, write a file and send its path.
-    #[serde(default)]
-    body: String,
-    /// normal (default), high or critical (critical also tells the user on Telegram).
-    #[serde(default)]
-    priority: PriorityArg,
-    #[serde(flatten)]
-    delivery: DeliveryArgs,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-struct UnreadArgs {
-    /// Mark the returned messages read (default true). false only peeks.
-    #[serde(default)]
-    mark_read: Option<bool>,
-    /// At most this many messages, oldest first (default 20).
-    #[serde(default)]
-    limit: Option<u32>,
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 struct SetNameArgs {
@@ -255,21 +187,27 @@ impl T9 {
 
     /// Sends one message (to `all` for a broadcast) and describes the result.
     async fn deliver(&self, args: SendArgs) -> Result<CallToolResult, McpError> {
-        let SendArgs {
-            to,
-            subject,
-            body,
-            priority,
-            reply_to,
-            delivery,
-            supersedes,
-        } = args;
-        let critical = matches!(priority, PriorityArg::Critical);
+        let checked = args::required(args.to, "to", "a session name from t9_ipc_who, or \"all\"")
+            .and_then(|to| {
+                let subject = args::required(
+                    args.subject,
+                    "subject",
+                    "one line of at most 200 characters",
+                )?;
+                Ok((to, subject, args::priority(args.priority.as_deref())?))
+            });
+        let (to, subject, priority) = match checked {
+            Ok(checked) => checked,
+            Err(text) => return refused(text),
+        };
+        let (body, reply_to, supersedes) = (args.body, args.reply_to, args.supersedes);
+        let (ttl_s, info_only) = (args.ttl_s, args.info_only.unwrap_or(false));
+        let critical = priority == Priority::Critical;
         let (subscribers, tg) = (self.subscribers.clone(), self.telegram.clone());
         let result = self
             .blocking(
                 move |s| {
-                    let ttl = delivery.ttl_s.map(|secs| {
+                    let ttl = ttl_s.map(|secs| {
                         i64::try_from(secs)
                             .ok()
                             .and_then(TimeDelta::try_seconds)
@@ -279,11 +217,11 @@ impl T9 {
                         to: &to,
                         subject: &subject,
                         body: &body,
-                        priority: priority.into(),
+                        priority,
                         reply_to: reply_to.as_deref(),
                         supersedes: supersedes.as_deref(),
                         ttl,
-                        info_only: delivery.info_only.unwrap_or(false),
+                        info_only,
                     };
                     let sent = s.send(&out, Local::now())?;
                     subscribers.sent(s, &out, &sent.id);
@@ -300,22 +238,24 @@ impl T9 {
 impl T9 {
     #[tool(
         name = "t9_ipc_who",
-        description = "List the live Claude Code sessions on this machine: name, pid, working \
-folder, last seen, what each works on. Marks this session with \"(you)\". Use the names as `to` \
-in t9_ipc_send."
+        description = "List the live sessions: name, pid, folder, last seen, work, claims; yours \
+is marked (you). Use it to find the name to send to.",
+        input_schema = args::WHO_SCHEMA.clone()
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
         let result = self
             .blocking(
                 // Telegram forwards given up in the last day are shown too.
                 |s| {
+                    let now = Local::now();
                     Ok((
-                        s.who(Local::now()),
+                        s.who(now),
                         s.name(),
                         telegram::who_note(s.mailbox().root()),
+                        Claims::new(s.mailbox().root()).by_session(now),
                     ))
                 },
-                |(peers, me, note)| format_who(&peers, &me, Local::now()) + &note,
+                |(peers, me, note, claims)| format_who(&peers, &me, &claims, Local::now()) + &note,
             )
             .await;
         self.remind(result).await
@@ -323,84 +263,92 @@ in t9_ipc_send."
 
     #[tool(
         name = "t9_ipc_send",
-        description = "Send a message to one session by name (t9_ipc_who lists them), or to \
-\"all\". It is saved in the shared inbox at once; a live recipient sees it as a channel event, \
-an offline one when it next starts. To answer a message pass its msg_id as reply_to. To reach \
-the user (on Telegram, when set up), send to \"human\"; priority \"critical\" tells the user \
-too. Use both only when the user must know now."
+        description = "Send a message to one session, to \"all\", or to \"human\" (the user, on \
+Telegram when set up). Use it to ask, inform or answer (pass the msg_id as reply_to).",
+        input_schema = args::SEND_SCHEMA.clone()
     )]
     async fn send(
         &self,
-        Parameters(args): Parameters<SendArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
-        self.deliver(args).await
+        match parse(args, args::SEND_USAGE) {
+            Ok(args) => self.deliver(args).await,
+            Err(text) => refused(text),
+        }
     }
 
     #[tool(
         name = "t9_ipc_broadcast",
-        description = "Send a message to every session (to: \"all\"). Use it for news that \
-concerns everyone; for one session use t9_ipc_send."
+        description = "Send a message to every session. Use it for news that concerns everyone.",
+        input_schema = args::BROADCAST_SCHEMA.clone()
     )]
     async fn broadcast(
         &self,
-        Parameters(args): Parameters<BroadcastArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
-        let BroadcastArgs {
-            subject,
-            body,
-            priority,
-            delivery,
-        } = args;
-        self.deliver(SendArgs {
-            to: t9_ipc::message::BROADCAST.to_owned(),
-            subject,
-            body,
-            priority,
-            reply_to: None,
-            delivery,
-            supersedes: None,
-        })
-        .await
+        match parse::<SendArgs>(args, args::BROADCAST_USAGE) {
+            Ok(args) => {
+                self.deliver(SendArgs {
+                    to: Some(t9_ipc::message::BROADCAST.to_owned()),
+                    reply_to: None,
+                    supersedes: None,
+                    ..args
+                })
+                .await
+            }
+            Err(text) => refused(text),
+        }
     }
 
     #[tool(
         name = "t9_ipc_unread",
-        description = "Read this session's unread messages (direct and broadcast), oldest \
-first, with their bodies, and mark them read. Works whether or not channel events arrive: \
-call it when starting, when the user asks about messages, or when events may be off."
+        description = "Return your unread messages, urgent then oldest, about 40,000 characters \
+a call, and mark them read; it names what is left. Use it at start, when mail is announced, or \
+when asked.",
+        input_schema = args::UNREAD_SCHEMA.clone()
     )]
     async fn unread(
         &self,
-        Parameters(args): Parameters<UnreadArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
+        let args: UnreadArgs = match parse(args, args::UNREAD_USAGE) {
+            Ok(args) => args,
+            Err(text) => return refused(text),
+        };
         let mark_read = args.mark_read.unwrap_or(true);
         let limit = match args.limit {
             Some(0) => {
-                return refused(
-                    "Refused: limit must be at least 1 (or left out for 20).".to_owned(),
-                );
+                return refused(format!(
+                    "Refused: limit must be at least 1; use {} (default {DEFAULT_UNREAD_LIMIT}).",
+                    args::UNREAD_USAGE
+                ));
             }
             Some(n) => n,
             None => DEFAULT_UNREAD_LIMIT,
-        } as usize;
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         self.catch_up().await;
         self.blocking(
-            move |s| s.unread(limit, mark_read, Local::now()),
-            move |page| format_unread(&page, mark_read),
+            move |s| s.unread(limit, UNREAD_MAX_BYTES, mark_read, Local::now()),
+            move |page| format_unread(&page, mark_read, UNREAD_MAX_BYTES),
         )
         .await
     }
 
     #[tool(
         name = "t9_ipc_set_name",
-        description = "Give this session a readable name others send to (3-64 letters, digits, \
-'_' or '-'), and optionally a one-line status of what it works on. A name held by another live \
-session is refused. Mail sent to the old name stays with the old name."
+        description = "Name this session (others send to the name) and say what it works on. Use \
+it at start; mail to the old name stays there.",
+        input_schema = rmcp::handler::server::common::schema_for_type::<SetNameArgs>()
     )]
     async fn set_name(
         &self,
-        Parameters(args): Parameters<SetNameArgs>,
+        Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
+        let args: SetNameArgs = match parse(args, "t9_ipc_set_name(name, working_on?)") {
+            Ok(args) => args,
+            Err(text) => return refused(text),
+        };
         let name = args.name.trim().to_owned();
         let shown = name.clone();
         let result = self.blocking(
@@ -417,23 +365,27 @@ session is refused. Mail sent to the old name stays with the old name."
 
     #[tool(
         name = "t9_ipc_wait",
-        description = "Wait until a message for this session arrives, then return it (marked \
-read). Use it after asking another session something: pass from (its name) and/or reply_to \
-(the msg_id your send returned). An unread message that already matches is returned at once. \
-timeout_s: 1-600, default 60; on timeout it says so and you may wait again."
+        description = "Wait for a message (from a session, or replying to a msg_id) and return \
+it, marked read. Use it after asking another session something.",
+        input_schema = args::WAIT_SCHEMA.clone()
     )]
     async fn wait(
         &self,
-        Parameters(args): Parameters<WaitArgs>,
+        Parameters(args): Parameters<JsonObject>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        let args: WaitArgs = match parse(args, args::WAIT_USAGE) {
+            Ok(args) => args,
+            Err(text) => return refused(text),
+        };
         let secs = match args.timeout_s {
             None => DEFAULT_WAIT_S,
             Some(s @ 1..=MAX_WAIT_S) => s,
             Some(s) => {
                 return refused(format!(
                     "Refused: timeout_s {s} is out of range; use 1 to {MAX_WAIT_S} seconds \
-                     (default {DEFAULT_WAIT_S})."
+                     (default {DEFAULT_WAIT_S}), as in {}.",
+                    args::WAIT_USAGE
                 ));
             }
         };
@@ -452,8 +404,15 @@ timeout_s: 1-600, default 60; on timeout it says so and you may wait again."
             tokio::pin!(woken);
             woken.as_mut().enable();
             let s = self.session.clone();
-            match tokio::task::spawn_blocking(move || s.wait_take(waiter, Local::now())).await {
-                Ok(Ok(Some(msg))) => break Ok(msg),
+            let took = move || {
+                let now = Local::now();
+                let msg = s.wait_take(waiter, now)?;
+                // What else waits, said in the result rather than after it.
+                let more = if msg.is_some() { s.unseen(now)?.0 } else { 0 };
+                Ok::<_, Error>(msg.map(|m| (m, more)))
+            };
+            match tokio::task::spawn_blocking(took).await {
+                Ok(Ok(Some(got))) => break Ok(got),
                 Ok(Ok(None)) => {}
                 Ok(Err(err)) => break Err(format!("Failed: {err}. Try again.")),
                 Err(err) => break Err(format!("Failed: internal error ({err}). Try again.")),
@@ -476,7 +435,7 @@ timeout_s: 1-600, default 60; on timeout it says so and you may wait again."
         };
         self.session.wait_end(waiter);
         match outcome {
-            Ok(msg) => ok(format_waited(&msg)),
+            Ok((msg, more)) => ok(format_waited(&msg, more)),
             Err(text) => ok(text),
         }
     }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use t9_ipc::coord::board::Entry;
 use t9_ipc::coord::claims::Claim;
 use t9_ipc::coord::search::{self, Found};
-use t9_ipc::text::plural;
+use t9_ipc::text::{Boundary, plural};
 
 /// Body bytes a search result shows at most; the bodies of further hits are not shown (the
 /// result says so).
@@ -56,21 +56,55 @@ pub fn format_claims(claims: &[Claim], me: u32) -> String {
     out.trim_end().to_owned()
 }
 
-/// Search hits for the model: a header each, the receipt of sent mail, then bodies while
-/// they fit in [`SEARCH_BODY_BYTES`].
+/// Search hits for the model: what the result holds first, then each hit opened by a line
+/// with a boundary drawn for this result, its header, the receipts of sent mail, then its
+/// body while bodies fit in [`SEARCH_BODY_BYTES`].
 pub fn format_found(found: &Found) -> String {
     if found.hits.is_empty() {
         return "No message matches.".to_owned();
     }
-    let mut out = format!("{} (newest first):\n", plural(found.hits.len(), "message"));
+    let n = found.hits.len();
     let mut budget = SEARCH_BODY_BYTES;
-    let mut unshown = 0;
-    for hit in &found.hits {
+    let shown: Vec<bool> = found
+        .hits
+        .iter()
+        .map(|hit| {
+            let fits = hit.message.body.len() <= budget;
+            if fits {
+                budget -= hit.message.body.len();
+            }
+            fits
+        })
+        .collect();
+    let unshown = shown.iter().filter(|s| !**s).count();
+    let mut out = format!("{} (newest first).\n", plural(n, "message"));
+    if unshown > 0 {
+        let _ = writeln!(
+            out,
+            "{unshown} bod{} not shown to keep this short: narrow the search (more words, \
+             limit: 1) to read {}.",
+            if unshown == 1 { "y" } else { "ies" },
+            if unshown == 1 { "it" } else { "them" }
+        );
+    }
+    if found.more > 0 {
+        let _ = writeln!(
+            out,
+            "{} older match{} not listed: narrow the search or raise limit (at most {}).",
+            found.more,
+            if found.more == 1 { "" } else { "es" },
+            search::MAX_LIMIT
+        );
+    }
+    let boundary = Boundary::new();
+    out.push_str(&boundary.preamble(n));
+    for (k, (hit, body)) in found.hits.iter().zip(shown).enumerate() {
         let m = &hit.message;
         let f = &m.front;
         let _ = write!(
             out,
-            "\n--- msg_id: {}{}\n{} · from {} · to {} · subject: {}\n",
+            "\n\n{}\nmsg_id: {}{}\n{} · from {} · to {} · subject: {}\n",
+            boundary.open(k + 1, n),
             m.id,
             if hit.archived { " (archived)" } else { "" },
             f.created,
@@ -84,33 +118,12 @@ pub fn format_found(found: &Found) -> String {
         for r in &hit.receipts {
             let _ = writeln!(out, "receipt: {}: {}", r.to, r.describe());
         }
-        if m.body.len() <= budget {
-            budget -= m.body.len();
+        if body {
             out.push('\n');
-            out.push_str(&m.body);
-            out.push('\n');
+            out.push_str(m.body.trim_end());
         } else {
-            unshown += 1;
-            let _ = writeln!(out, "(body of {} bytes not shown)", m.body.len());
+            let _ = write!(out, "(body of {} bytes not shown)", m.body.len());
         }
-    }
-    if unshown > 0 {
-        let _ = write!(
-            out,
-            "\n{unshown} bod{} not shown to keep this short: narrow the search (more \
-             words, limit: 1) to read {}.",
-            if unshown == 1 { "y" } else { "ies" },
-            if unshown == 1 { "it" } else { "them" }
-        );
-    }
-    if found.more > 0 {
-        let _ = write!(
-            out,
-            "\n{} older match{} not listed: narrow the search or raise limit (at most {}).",
-            found.more,
-            if found.more == 1 { "" } else { "es" },
-            search::MAX_LIMIT
-        );
     }
     out.trim_end().to_owned()
 }

@@ -26,8 +26,8 @@ pub struct Unread {
     pub pushed: Vec<bool>,
     /// Unread messages already pushed while push is on: named, not repeated.
     pub seen: Vec<Arc<Message>>,
-    /// Unread messages beyond the page.
-    pub remaining: usize,
+    /// Unread messages beyond the page (left unread), in the order a next call returns them.
+    pub rest: Vec<Arc<Message>>,
 }
 
 /// What a [`Session::sync`] found.
@@ -199,12 +199,21 @@ impl Session {
         Ok(())
     }
 
-    /// This session's unread mail, at most `limit` bodies; marks the page read when
-    /// `mark_read`. With push on, messages already pushed are named, not repeated.
-    pub fn unread(&self, limit: usize, mark_read: bool, now: DateTime<Local>) -> Result<Unread> {
+    /// This session's unread mail: at most `limit` bodies, and no more than `max_bytes` of
+    /// body and subject in all, except that the first message is returned whatever its size
+    /// (no message is cut, and every call makes progress). Marks only the page read when
+    /// `mark_read` (and the pushed messages it names). With push on, messages already pushed
+    /// are named, not repeated.
+    pub fn unread(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+        mark_read: bool,
+        now: DateTime<Local>,
+    ) -> Result<Unread> {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
-        let (fresh, pushed, seen, remaining) = {
+        let (fresh, pushed, seen, rest) = {
             let shared = self.shared();
             let push_on = shared.push == Push::On;
             let (mut fresh, seen): (Vec<_>, Vec<_>) = index
@@ -212,13 +221,22 @@ impl Session {
                 .cloned()
                 .partition(|m| !(push_on && index.was_pushed(&shared, &m.id)));
             fresh.sort_by(|a, b| (a.front.urgency(), &a.id).cmp(&(b.front.urgency(), &b.id)));
-            let remaining = fresh.len().saturating_sub(limit);
-            fresh.truncate(limit);
+            let mut used = 0;
+            let fit = fresh
+                .iter()
+                .take(limit)
+                .enumerate()
+                .take_while(|(k, m)| {
+                    used += m.body.len() + m.front.subject.len();
+                    *k == 0 || used <= max_bytes
+                })
+                .count();
+            let rest = fresh.split_off(fit);
             let pushed = fresh
                 .iter()
                 .map(|m| index.was_pushed(&shared, &m.id))
                 .collect();
-            (fresh, pushed, seen, remaining)
+            (fresh, pushed, seen, rest)
         };
         if mark_read {
             index.mark_read(fresh.iter().chain(&seen).map(|m| m.id.as_str()))?;
@@ -227,7 +245,7 @@ impl Session {
             messages: fresh,
             pushed,
             seen,
-            remaining,
+            rest,
         })
     }
 
