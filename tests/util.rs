@@ -357,6 +357,7 @@ pub fn without_telegram(cmd: &mut Command) {
         "IPC_TG_CHAT",
         "IPC_TG_API_BASE",
         "IPC_TG_GIVE_UP_S",
+        "IPC_TG_ALLOW",
     ] {
         cmd.env_remove(var);
     }

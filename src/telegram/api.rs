@@ -221,6 +221,30 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `sendMessage` with a body the caller built (keyboards, topics); returns the message id.
+    pub(super) async fn send_body(&self, body: &Value) -> Result<i64, ApiError> {
+        self.call::<SentMessage>("sendMessage", body, None)
+            .await
+            .map(|m| m.message_id)
+    }
+
+    /// `editMessageText` of a message this bot sent.
+    pub(super) async fn edit(&self, body: &Value) -> Result<(), ApiError> {
+        self.call::<Value>("editMessageText", body, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Answers a button press; `text` shows as a toast on the presser's phone.
+    pub(super) async fn answer_callback(&self, id: &str, text: &str) -> Result<(), ApiError> {
+        let body = json!({"callback_query_id": id, "text": text});
+        self.call::<Value>("answerCallbackQuery", &body, None)
+            .await
+            .map(|_| ())
+    }
+}
+
 /// A reqwest error as one line, without the URL (it holds the token), and scrubbed anyway.
 fn describe(err: reqwest::Error, token: &Token) -> String {
     let err = err.without_url();
@@ -257,6 +281,7 @@ mod tests {
             chat: Some(1),
             api_base: "http://127.0.0.1:9".into(),
             give_up_after: Duration::from_secs(1),
+            allow: Vec::new(),
         };
         assert!(!format!("{config:?}").contains("secret"));
     }
@@ -271,6 +296,7 @@ mod tests {
             chat: Some(1),
             api_base: format!("http://127.0.0.1:{port}"),
             give_up_after: Duration::from_secs(1),
+            allow: Vec::new(),
         })
         .unwrap();
         let err = api.send(1, "x", false).await.unwrap_err();

@@ -33,17 +33,22 @@
 //! it (reqwest's include the URL, and the URL holds the token) is scrubbed before it is
 //! logged or written.
 
+mod access;
 mod api;
 mod inbound;
+mod permission;
 mod render;
 mod service;
 mod store;
+mod topics;
 
 use std::time::Duration;
 
 use crate::message::{self, FrontMatter};
 
+pub use access::{Access, Arrival, PAIR_CODE_LIFE, PairedUser};
 pub use api::Token;
+pub use permission::{Asker, Behavior, PERMISSION_TIMEOUT, PermissionRequest, typed_answer};
 pub use render::{MAX_MESSAGE, Part, render};
 pub use service::Telegram;
 pub use store::{Failure, failures};

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::access::{Access, Allowed};
 use super::api::{Api, ApiError, backoff};
+use super::permission::Pending;
 use super::render::{Part, render};
 use super::store::{Claim, Claimed, Forwarded, Store};
 use super::{CATCH_UP_WINDOW, is_escalation};
@@ -29,7 +31,13 @@ pub struct Telegram {
 
 pub(super) struct Inner {
     pub(super) api: Api,
-    pub(super) chat: Option<i64>,
+    /// `IPC_TG_CHAT`; without it, the chat of the latest pairing is used ([`Inner::chat`]).
+    config_chat: Option<i64>,
+    /// `IPC_TG_ALLOW`.
+    allow_env: Vec<i64>,
+    pub(super) access: Access,
+    /// The permission requests this process asked and waits for, with their secrets.
+    pub(super) pending: Mutex<Pending>,
     give_up_after: Duration,
     pub(super) store: Store,
     /// Its own handle on the mailbox: reads recent files, writes the person's replies.
@@ -40,7 +48,7 @@ pub(super) struct Inner {
     queued: Mutex<Option<mpsc::UnboundedReceiver<Arc<Message>>>>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain data: a panic elsewhere leaves it usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -52,11 +60,15 @@ impl Telegram {
         let api = Api::new(config)?;
         let store = Store::open(data_dir)?;
         let mailbox = Mailbox::open(data_dir)?;
+        let access = Access::open(data_dir)?;
         let (queue, queued) = mpsc::unbounded_channel();
         Ok(Telegram {
             inner: Arc::new(Inner {
                 api,
-                chat: config.chat,
+                config_chat: config.chat,
+                allow_env: config.allow.clone(),
+                access,
+                pending: Mutex::new(Pending::new()),
                 give_up_after: config.give_up_after,
                 store,
                 mailbox,
@@ -67,16 +79,21 @@ impl Telegram {
         })
     }
 
-    /// True when escalations can be forwarded (`IPC_TG_CHAT` is set).
+    /// True when escalations can be forwarded (`IPC_TG_CHAT` is set, or a user was paired).
     pub fn forwards(&self) -> bool {
-        self.inner.chat.is_some()
+        self.inner.chat().is_some()
+    }
+
+    /// The chat escalations go to: `IPC_TG_CHAT`, else the chat of the latest pairing.
+    pub fn chat(&self) -> Option<i64> {
+        self.inner.chat()
     }
 
     /// Offers a message that appeared in the inbox, whoever wrote it. Never blocks: an
     /// escalation not seen before in this process is queued for [`Telegram::forward`];
     /// anything else is ignored. Returns true when it was queued.
     pub fn offer(&self, msg: &Arc<Message>) -> bool {
-        if self.inner.chat.is_none() || !is_escalation(&msg.front) {
+        if !is_escalation(&msg.front) || self.inner.chat().is_none() {
             return false;
         }
         if !locked(&self.inner.offered).insert(msg.id.clone()) {
@@ -104,12 +121,11 @@ impl Telegram {
             tracing::warn!("the Telegram forwarder runs already");
             return;
         };
-        let Some(chat) = self.inner.chat else {
+        if self.inner.chat().is_none() {
             tracing::warn!(
-                "IPC_TG_TOKEN is set but IPC_TG_CHAT is not: escalations are not forwarded"
+                "IPC_TG_TOKEN is set but IPC_TG_CHAT is not (and nobody is paired): escalations are not forwarded"
             );
-            return;
-        };
+        }
         loop {
             let msg = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -117,6 +133,10 @@ impl Telegram {
                     Some(msg) => msg,
                     None => return,
                 },
+            };
+            // Offered only when a chat is known; read again, a pairing may have changed it.
+            let Some(chat) = self.inner.chat() else {
+                continue;
             };
             self.forward_one(chat, msg, &cancel).await;
         }
@@ -303,6 +323,20 @@ impl Telegram {
     }
 }
 
+impl Inner {
+    /// The chat escalations and prompts go to and replies are read from: `IPC_TG_CHAT`,
+    /// else the chat of the latest pairing.
+    pub(super) fn chat(&self) -> Option<i64> {
+        self.config_chat
+            .or_else(|| self.access.paired().last().map(|u| u.chat_id))
+    }
+
+    /// Who may write and who may answer prompts, as the files say now.
+    pub(super) fn allowed(&self) -> Allowed {
+        Allowed::new(&self.allow_env, &self.access.paired(), self.chat())
+    }
+}
+
 /// One escalation's forward: when it started, when it is given up, the tries so far.
 struct Run {
     started: Instant,
@@ -327,7 +361,7 @@ impl Run {
 impl fmt::Debug for Telegram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Telegram")
-            .field("chat", &self.inner.chat)
+            .field("chat", &self.inner.config_chat)
             .field("api_base", &self.inner.api.base)
             .field("token", &self.inner.api.token)
             .finish_non_exhaustive()

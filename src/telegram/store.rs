@@ -244,7 +244,7 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
 /// Replaces `path` with `bytes` durably: a new temporary file beside it (0600), written and
 /// flushed, renamed over `path`, then the folder flushed, so that after a crash `path` holds
 /// either the old text or the new one, whole.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", mailbox::random_uid()));
     let written = private()
         .write(true)
@@ -261,6 +261,13 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     written?;
     mailbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Creates `dir` (and its parents) when missing, and makes it private (0700).
+pub(super) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("securing", dir))
 }
 
 /// Options that create files readable and writable by their owner only (0600).
