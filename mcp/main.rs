@@ -2,6 +2,7 @@
 //! subcommands are for people.
 
 mod cli;
+mod permission;
 mod server;
 mod telegram;
 

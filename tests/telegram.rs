@@ -55,6 +55,8 @@ struct State {
     offset: i64,
     polls: usize,
     closed: bool,
+    /// Every call other than sendMessage and getUpdates: method and body.
+    others: Vec<(String, Value)>,
 }
 
 struct Shared {
@@ -168,6 +170,37 @@ impl FakeBot {
         id
     }
 
+    /// Queues an update with a button press (`callback_query`); returns its update_id.
+    fn push_press(&self, user: i64, data: &str) -> i64 {
+        let id = {
+            let mut s = self.shared.lock();
+            let id = s.next_update_id;
+            s.next_update_id += 1;
+            s.updates.push(json!({"update_id": id, "callback_query": {
+                "id": format!("cb{id}"), "chat_instance": "x", "data": data,
+                "from": {"id": user, "is_bot": false, "first_name": format!("U{user}")},
+                "message": {"message_id": 1, "date": 0, "chat": {"id": CHAT, "type": "private"}}
+            }}));
+            id
+        };
+        self.shared.notify();
+        id
+    }
+
+    /// Waits for a call of `method` whose body satisfies `done`; returns its body.
+    async fn wait_call(&self, method: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait(method, |s| {
+            s.others.iter().any(|(m, b)| m == method && done(b))
+        })
+        .await;
+        let s = self.shared.lock();
+        s.others
+            .iter()
+            .find(|(m, b)| m == method && done(b))
+            .map(|(_, b)| b.clone())
+            .expect("found")
+    }
+
     /// Waits until the state satisfies `done`, or panics after [`EVENT_WAIT`].
     async fn wait(&self, what: &str, done: impl Fn(&State) -> bool) {
         let mut rx = self.shared.bump.subscribe();
@@ -232,6 +265,11 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let (code, answer) = match method {
         "sendMessage" => send_message(shared, body),
         "getUpdates" => get_updates(shared, &body),
+        "editMessageText" | "answerCallbackQuery" => {
+            shared.lock().others.push((method.to_owned(), body));
+            shared.notify();
+            (200, json!({"ok": true, "result": true}))
+        }
         _ => (
             404,
             json!({"ok": false, "error_code": 404, "description": "Not Found"}),
@@ -932,4 +970,188 @@ async fn a_starting_server_sends_what_was_pending_and_only_recent_files() {
     );
     assert!(texts.iter().any(|t| t.contains("half sent")), "{texts:?}");
     assert!(!claim(&mb, &old).exists());
+}
+
+const ALLOWED: i64 = 900_100;
+const REQUEST: &str = "notifications/claude/channel/permission_request";
+const VERDICT: &str = "notifications/claude/channel/permission";
+
+fn declares_permission(client: &Client) -> bool {
+    client
+        .service
+        .peer_info()
+        .and_then(|i| i.capabilities.experimental.clone())
+        .is_some_and(|e| e.contains_key("claude/channel/permission"))
+}
+
+/// The next notification that is a permission verdict; channel events before it are skipped.
+async fn next_verdict(client: &mut Client) -> Value {
+    loop {
+        let n = client
+            .next_notification_within(EVENT_WAIT)
+            .await
+            .expect("a verdict within the wait");
+        if n.method == VERDICT {
+            return n.params.expect("params");
+        }
+        assert_eq!(n.method, "notifications/claude/channel", "{n:?}");
+    }
+}
+
+/// The callback data of the button whose text contains `label` in a sendMessage body.
+fn button(body: &Value, label: &str) -> String {
+    body["reply_markup"]["inline_keyboard"]
+        .as_array()
+        .expect("a keyboard")
+        .iter()
+        .flat_map(|row| row.as_array().expect("row").iter())
+        .find(|b| b["text"].as_str().unwrap_or("").contains(label))
+        .and_then(|b| b["callback_data"].as_str())
+        .unwrap_or_else(|| panic!("no {label} button in {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_tool_permission_is_answered_from_the_phone_by_allowed_users_only() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    let mut env = bot.env();
+    env.push(("IPC_TG_ALLOW", format!("{ALLOWED}, 12")));
+    let (log_a, log_b) = (mb.root().join("alpha.log"), mb.root().join("beta.log"));
+    let mut alpha = mb.spawn_env("alpha", &envs(&env), Some(&log_a)).await;
+    bot.wait("the first poll", |s| s.polls > 0).await;
+    // beta does not poll Telegram: its verdicts come through the mailbox.
+    let mut beta = mb.spawn_env("beta", &envs(&env), Some(&log_b)).await;
+    assert!(declares_permission(&alpha) && declares_permission(&beta));
+    // Without IPC_TG_ALLOW (and nobody paired) the capability is not declared, nor without
+    // Telegram.
+    let plain = mb.spawn_env("gamma", &envs(&bot.env()), None).await;
+    assert!(!declares_permission(&plain));
+    let off = mb.spawn("delta").await;
+    assert!(!declares_permission(&off));
+
+    let preview = format!(
+        "{{\"command\": \"rm -rf <build> && make\", \"n\": \"{}\"}}",
+        "x".repeat(600)
+    );
+    beta.notify(
+        REQUEST,
+        json!({"request_id": "fghij", "tool_name": "Bash", "description": "Rebuild from scratch",
+               "input_preview": preview, "tool_kind": "shell", "mcp_server": null}),
+    )
+    .await;
+    let prompt = bot.wait_sends(1).await[0].clone();
+    let text = text_of(&prompt);
+    assert_eq!(prompt.body["chat_id"], json!(CHAT));
+    for part in [
+        "fghij",
+        "beta",
+        "work-beta",
+        "Bash",
+        "Rebuild from scratch",
+        "rm -rf &lt;build&gt; &amp;&amp; make",
+        "yes fghij",
+    ] {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    assert!(!text.contains(&"x".repeat(400)), "the preview is cut");
+    let (allow, deny, more) = (
+        button(&prompt.body, "Allow"),
+        button(&prompt.body, "Deny"),
+        button(&prompt.body, "more"),
+    );
+    assert!(allow.contains("fghij") && allow.len() <= 64 && allow != deny);
+
+    // No local way: a verdict file written by hand (without the secret) is ignored.
+    let verdicts = mb.root().join("telegram/verdicts");
+    std::fs::write(
+        verdicts.join("fghij.forged.json"),
+        r#"{"kind":"press","secret":"00"}"#,
+    )
+    .unwrap();
+    wait_file(&log_b, "the forged verdict refused", |t| {
+        t.contains("without this request's secret")
+    })
+    .await;
+    // "See more" shows the whole preview.
+    bot.push_press(ALLOWED, &more);
+    let edit = bot
+        .wait_call("editMessageText", |b| {
+            b["text"].as_str().unwrap_or("").contains(&"x".repeat(600))
+        })
+        .await;
+    assert_eq!(edit["message_id"], json!(prompt.message_id.unwrap()));
+    // A stranger's Deny is refused with a toast and changes nothing.
+    bot.push_press(STRANGER, &deny);
+    let toast = bot
+        .wait_call("answerCallbackQuery", |b| {
+            b["text"].as_str().unwrap_or("").starts_with("Refused")
+        })
+        .await;
+    assert!(toast["callback_query_id"].is_string());
+    bot.push_press(ALLOWED, &allow);
+    let verdict = next_verdict(&mut beta).await;
+    assert_eq!(verdict, json!({"request_id": "fghij", "behavior": "allow"}));
+    bot.wait_call("editMessageText", |b| {
+        b["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Allowed from the phone")
+    })
+    .await;
+    // Pressed again: already answered.
+    bot.push_press(ALLOWED, &deny);
+    bot.wait_call("answerCallbackQuery", |b| {
+        b["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Already answered")
+    })
+    .await;
+    bot.push_press(ALLOWED, "pmzzzzz");
+    bot.wait_call("answerCallbackQuery", |b| {
+        b["text"].as_str().unwrap_or("").contains("Unknown request")
+    })
+    .await;
+
+    // Typed "no" (any case) denies, here for a request of the polling server; a typed yes
+    // from a stranger in the chat is not heard.
+    alpha.notify(REQUEST, json!({"request_id": "qrstu", "tool_name": "Write", "description": "d", "input_preview": "p"})).await;
+    bot.wait_sends(2).await;
+    bot.push_message(
+        json!({"message_id": 20, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": STRANGER, "is_bot": false, "first_name": "S"}, "text": "yes qrstu"}),
+    );
+    bot.push_message(
+        json!({"message_id": 21, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": ALLOWED, "is_bot": false, "first_name": "Me"}, "text": "  No QRSTU "}),
+    );
+    let verdict = next_verdict(&mut alpha).await;
+    assert_eq!(verdict, json!({"request_id": "qrstu", "behavior": "deny"}));
+    bot.wait_call("editMessageText", |b| {
+        b["text"].as_str().unwrap_or("").contains("Denied")
+    })
+    .await;
+
+    // Exactly once, and only to the asker: beta's next verdict is for its next request (a
+    // typed no from the other server's poller), not a second one for fghij.
+    beta.notify(REQUEST, json!({"request_id": "vwxyz", "tool_name": "Read"}))
+        .await;
+    bot.wait("the third prompt", |s| {
+        s.sends
+            .iter()
+            .any(|c| c.body["text"].as_str().unwrap_or("").contains("vwxyz"))
+    })
+    .await;
+    bot.push_message(
+        json!({"message_id": 22, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": ALLOWED, "is_bot": false, "first_name": "Me"}, "text": "n vwxyz"}),
+    );
+    assert_eq!(
+        next_verdict(&mut beta).await,
+        json!({"request_id": "vwxyz", "behavior": "deny"})
+    );
+    alpha.quit().await;
+    beta.quit().await;
+    assert_no_token(&mb, &[&log_a, &log_b]);
 }
