@@ -57,6 +57,9 @@ struct State {
     closed: bool,
     /// Every call other than sendMessage and getUpdates: method and body.
     others: Vec<(String, Value)>,
+    /// getChat says the chat is a forum supergroup.
+    forum: bool,
+    next_thread_id: i64,
 }
 
 struct Shared {
@@ -265,6 +268,25 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let (code, answer) = match method {
         "sendMessage" => send_message(shared, body),
         "getUpdates" => get_updates(shared, &body),
+        "getChat" => {
+            let forum = shared.lock().forum;
+            (
+                200,
+                json!({"ok": true, "result": {"id": body["chat_id"], "type": "supergroup", "is_forum": forum}}),
+            )
+        }
+        "createForumTopic" => {
+            let mut s = shared.lock();
+            s.next_thread_id += 1;
+            let id = s.next_thread_id;
+            s.others.push((method.to_owned(), body.clone()));
+            drop(s);
+            shared.notify();
+            (
+                200,
+                json!({"ok": true, "result": {"message_thread_id": id, "name": body["name"], "icon_color": 0}}),
+            )
+        }
         "editMessageText" | "answerCallbackQuery" => {
             shared.lock().others.push((method.to_owned(), body));
             shared.notify();
@@ -1154,4 +1176,77 @@ async fn a_tool_permission_is_answered_from_the_phone_by_allowed_users_only() {
     alpha.quit().await;
     beta.quit().await;
     assert_no_token(&mb, &[&log_a, &log_b]);
+}
+
+#[tokio::test]
+async fn in_a_forum_each_session_gets_its_topic_and_text_in_a_topic_reaches_its_session() {
+    const GROUP: i64 = -100_555;
+    let bot = FakeBot::start();
+    bot.shared.lock().forum = true;
+    let mb = TempMailbox::new();
+    let env = vec![
+        ("IPC_TG_TOKEN", TOKEN.to_owned()),
+        ("IPC_TG_CHAT", GROUP.to_string()),
+        ("IPC_TG_API_BASE", bot.base.clone()),
+        ("IPC_TG_ALLOW", ALLOWED.to_string()),
+    ];
+    let log = mb.root().join("alpha.log");
+    let mut alpha = mb.spawn_env("alpha", &envs(&env), Some(&log)).await;
+    bot.wait("the first poll", |s| s.polls > 0).await;
+    let mut beta = mb.spawn_env("beta", &envs(&env), None).await;
+    escalate(&alpha, "from alpha", "a").await;
+    escalate(&beta, "from beta", "b").await;
+    escalate(&alpha, "alpha again", "c").await;
+    let sends = bot.wait_sends(3).await;
+    let topics: Vec<Value> = bot
+        .shared
+        .lock()
+        .others
+        .iter()
+        .filter(|(m, _)| m == "createForumTopic")
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(topics.len(), 2, "one topic a session: {topics:?}");
+    let thread_of = |subject: &str| {
+        sends
+            .iter()
+            .find(|c| text_of(c).contains(subject))
+            .map(|c| c.body["message_thread_id"].as_i64().expect("in a topic"))
+            .expect("sent")
+    };
+    let (ta, tb) = (thread_of("from alpha"), thread_of("from beta"));
+    assert_ne!(ta, tb);
+    assert_eq!(thread_of("alpha again"), ta);
+    let saved = read(&mb.root().join("telegram/topics.json"));
+    assert!(
+        saved.contains(&format!("{GROUP}/alpha")) && saved.contains(&format!("{GROUP}/beta")),
+        "{saved}"
+    );
+
+    let in_topic = |thread: i64, text: &str| {
+        json!({"message_id": 40, "date": 0, "chat": {"id": GROUP, "type": "supergroup", "is_forum": true},
+               "from": {"id": ALLOWED, "is_bot": false, "first_name": "Me"},
+               "message_thread_id": thread, "is_topic_message": true, "text": text,
+               "reply_to_message": {"message_id": thread, "date": 0, "chat": {"id": GROUP}}})
+    };
+    bot.push_message(in_topic(tb, "hello beta, no @name needed"));
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("from"), "telegram");
+    assert_eq!(event.content, "hello beta, no @name needed");
+    // alpha's next event is its own topic's message: the one for beta never reached it.
+    bot.push_message(in_topic(ta, "hello alpha"));
+    let event = alpha.next_event().await;
+    assert_eq!(event.content, "hello alpha");
+    // A permission prompt of a session goes to its topic too.
+    beta.notify(REQUEST, json!({"request_id": "bcdef", "tool_name": "Bash"}))
+        .await;
+    bot.wait("the prompt in beta's topic", |s| {
+        s.sends.iter().any(|c| {
+            c.body["text"].as_str().unwrap_or("").contains("bcdef")
+                && c.body["message_thread_id"] == json!(tb)
+        })
+    })
+    .await;
+    alpha.quit().await;
+    assert_no_token(&mb, &[&log]);
 }

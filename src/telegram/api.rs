@@ -205,13 +205,23 @@ impl Api {
         }
     }
 
-    /// Sends one part to `chat`; returns its Telegram message id.
-    pub(super) async fn send(&self, chat: i64, text: &str, html: bool) -> Result<i64, ApiError> {
+    /// Sends one part to `chat` (in forum topic `thread` when given); returns its Telegram
+    /// message id.
+    pub(super) async fn send(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        text: &str,
+        html: bool,
+    ) -> Result<i64, ApiError> {
         let mut body = json!({
             "chat_id": chat,
             "text": text,
             "link_preview_options": {"is_disabled": true},
         });
+        if let Some(thread) = thread {
+            body["message_thread_id"] = json!(thread);
+        }
         if html {
             body["parse_mode"] = json!("HTML");
         }
@@ -299,7 +309,7 @@ mod tests {
             allow: Vec::new(),
         })
         .unwrap();
-        let err = api.send(1, "x", false).await.unwrap_err();
+        let err = api.send(1, None, "x", false).await.unwrap_err();
         assert!(matches!(err, ApiError::Network(_)), "{err:?}");
         let text = format!("{err} {err:?}");
         assert!(!text.contains("SECRET"), "{text}");

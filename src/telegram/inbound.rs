@@ -39,6 +39,11 @@ struct TgMessage {
     text: Option<String>,
     caption: Option<String>,
     reply_to_message: Option<Replied>,
+    /// The forum topic the message was written in.
+    #[serde(default)]
+    message_thread_id: Option<i64>,
+    #[serde(default)]
+    is_topic_message: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,7 +99,8 @@ enum Inbound {
 /// What the poller sends back after a batch: a notice in a chat, or a toast on a press.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answer {
-    Notice(i64, String),
+    /// A text in a chat (and forum topic).
+    Notice(i64, Option<i64>, String),
     Toast(String, String),
 }
 
@@ -108,6 +114,7 @@ fn inbound(
     m: &TgMessage,
     chat: Option<i64>,
     allowed: &Allowed,
+    topic: Option<String>,
     lookup: impl FnOnce(i64) -> Option<Forwarded>,
 ) -> Inbound {
     if chat != Some(m.chat.id) {
@@ -169,6 +176,15 @@ fn inbound(
             to,
             subject: summary(body),
             body: body.to_owned(),
+            reply_to: None,
+        };
+    }
+    if let Some(session) = topic {
+        // Anything written in a session's forum topic goes to that session.
+        return Inbound::Deliver {
+            to: session,
+            subject: summary(text),
+            body: text.to_owned(),
             reply_to: None,
         };
     }
@@ -288,9 +304,12 @@ impl Telegram {
         };
         for answer in answers {
             let sent = match &answer {
-                Answer::Notice(chat, text) => {
-                    self.inner.api.send(*chat, text, false).await.map(|_| ())
-                }
+                Answer::Notice(chat, thread, text) => self
+                    .inner
+                    .api
+                    .send(*chat, *thread, text, false)
+                    .await
+                    .map(|_| ()),
                 Answer::Toast(id, text) => self.inner.api.answer_callback(id, text).await,
             };
             if let Err(err) = sent {
@@ -375,7 +394,11 @@ impl Inner {
         if let Some(answer) = self.pairing(&m) {
             return Some(answer);
         }
-        let action = inbound(&m, self.chat(), allowed, |message_id| {
+        let topic = m
+            .message_thread_id
+            .filter(|_| m.is_topic_message)
+            .and_then(|thread| self.session_of_topic(m.chat.id, thread));
+        let action = inbound(&m, self.chat(), allowed, topic, |message_id| {
             self.store
                 .lookup(m.chat.id, message_id)
                 .unwrap_or_else(|err| {
@@ -394,10 +417,14 @@ impl Inner {
                 );
                 None
             }
-            Inbound::Notice(text) => Some(Answer::Notice(m.chat.id, text)),
+            Inbound::Notice(text) => Some(Answer::Notice(m.chat.id, m.message_thread_id, text)),
             Inbound::Typed(behavior, id) => {
                 let by = m.from.as_ref().map(User::name).unwrap_or_default();
-                Some(Answer::Notice(m.chat.id, self.typed(&id, behavior, by)))
+                Some(Answer::Notice(
+                    m.chat.id,
+                    m.message_thread_id,
+                    self.typed(&id, behavior, by),
+                ))
             }
             Inbound::Deliver {
                 to,
@@ -406,7 +433,7 @@ impl Inner {
                 reply_to,
             } => self
                 .deliver(update_id, &to, &subject, &body, reply_to.as_deref())
-                .map(|text| Answer::Notice(m.chat.id, text)),
+                .map(|text| Answer::Notice(m.chat.id, m.message_thread_id, text)),
         }
     }
 
@@ -427,6 +454,7 @@ impl Inner {
         );
         Some(Answer::Notice(
             m.chat.id,
+            m.message_thread_id,
             format!(
                 "Paired: user {} in chat {}. `t9-ipc telegram pair` saves it now.",
                 from.id, m.chat.id
@@ -564,6 +592,8 @@ mod tests {
             text: Some(text.to_owned()),
             caption: None,
             reply_to_message: reply_to.map(|message_id| Replied { message_id }),
+            message_thread_id: None,
+            is_topic_message: false,
         }
     }
 
@@ -593,17 +623,23 @@ mod tests {
     #[test]
     fn what_the_person_writes_becomes() {
         assert_eq!(
-            inbound(&tg(6, "@alpha hi", None), Some(5), &allowed(), forwarded),
+            inbound(
+                &tg(6, "@alpha hi", None),
+                Some(5),
+                &allowed(),
+                None,
+                forwarded
+            ),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         assert_eq!(
-            inbound(&tg(5, "x", Some(77)), None, &allowed(), forwarded),
+            inbound(&tg(5, "x", Some(77)), None, &allowed(), None, forwarded),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         let mut bot = tg(5, "@alpha hi", None);
         bot.from = Some(user(5, true));
         assert_eq!(
-            inbound(&bot, Some(5), &allowed(), forwarded),
+            inbound(&bot, Some(5), &allowed(), None, forwarded),
             Inbound::Ignore("a bot")
         );
         assert_eq!(
@@ -611,6 +647,7 @@ mod tests {
                 &tg(5, " use the backup\n\ndisk ", Some(77)),
                 Some(5),
                 &allowed(),
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -625,6 +662,7 @@ mod tests {
                 &tg(5, "@beta restart the job\nnow", None),
                 Some(5),
                 &allowed(),
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -636,17 +674,17 @@ mod tests {
         );
         // A reply to something else, with a mention, goes by the mention.
         assert!(matches!(
-            inbound(&tg(5, "@beta hi", Some(1)), Some(5), &allowed(), forwarded),
+            inbound(&tg(5, "@beta hi", Some(1)), Some(5), &allowed(), None, forwarded),
             Inbound::Deliver { to, .. } if to == "beta"
         ));
         assert!(matches!(
-            inbound(&tg(5, "@all hi", None), Some(5), &allowed(), forwarded),
+            inbound(&tg(5, "@all hi", None), Some(5), &allowed(), None, forwarded),
             Inbound::Deliver { to, .. } if to == "all"
         ));
         for text in ["hello", "/start", "@x hi", "@beta", "@human hi"] {
             assert!(
                 matches!(
-                    inbound(&tg(5, text, None), Some(5), &allowed(), forwarded),
+                    inbound(&tg(5, text, None), Some(5), &allowed(), None, forwarded),
                     Inbound::Notice(_)
                 ),
                 "{text}"
@@ -655,28 +693,50 @@ mod tests {
         let mut anonymous = tg(5, "@alpha hi", None);
         anonymous.from = None;
         assert!(matches!(
-            inbound(&anonymous, Some(5), &allowed(), forwarded),
+            inbound(&anonymous, Some(5), &allowed(), None, forwarded),
             Inbound::Ignore(_)
         ));
         let mut stranger = tg(5, "@alpha hi", None);
         stranger.from = Some(user(6, false));
         assert!(matches!(
-            inbound(&stranger, Some(5), &allowed(), forwarded),
+            inbound(&stranger, Some(5), &allowed(), None, forwarded),
             Inbound::Ignore(_)
         ));
         // A typed answer: only from an id named as allowed.
         assert!(matches!(
-            inbound(&tg(5, "yes abcde", None), Some(5), &allowed(), forwarded),
+            inbound(
+                &tg(5, "yes abcde", None),
+                Some(5),
+                &allowed(),
+                None,
+                forwarded
+            ),
             Inbound::Notice(_)
         ));
         let named = Allowed::new(&[5], &[], Some(5));
         assert_eq!(
-            inbound(&tg(5, "No ABCDE", None), Some(5), &named, forwarded),
+            inbound(&tg(5, "No ABCDE", None), Some(5), &named, None, forwarded),
             Inbound::Typed(Behavior::Deny, "abcde".into())
+        );
+        assert_eq!(
+            inbound(
+                &tg(5, "hello", None),
+                Some(5),
+                &allowed(),
+                Some("beta".into()),
+                forwarded
+            ),
+            Inbound::Deliver {
+                to: "beta".into(),
+                subject: "hello".into(),
+                body: "hello".into(),
+                reply_to: None,
+            },
+            "text in a session's topic goes to that session"
         );
         let long = format!("@beta {}", "word ".repeat(100));
         let Inbound::Deliver { subject, body, .. } =
-            inbound(&tg(5, &long, None), Some(5), &allowed(), forwarded)
+            inbound(&tg(5, &long, None), Some(5), &allowed(), None, forwarded)
         else {
             panic!()
         };

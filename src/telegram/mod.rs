@@ -52,6 +52,7 @@ pub use permission::{Asker, Behavior, PERMISSION_TIMEOUT, PermissionRequest, typ
 pub use render::{MAX_MESSAGE, Part, render};
 pub use service::Telegram;
 pub use store::{Failure, failures};
+pub use topics::topics_of;
 
 /// How far back [`Telegram::catch_up`] looks, by the stamp in the file name.
 pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);

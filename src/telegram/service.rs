@@ -38,6 +38,8 @@ pub(super) struct Inner {
     pub(super) access: Access,
     /// The permission requests this process asked and waits for, with their secrets.
     pub(super) pending: Mutex<Pending>,
+    /// The chat checked with `getChat`, and whether it is a forum.
+    pub(super) forum: Mutex<Option<(i64, bool)>>,
     give_up_after: Duration,
     pub(super) store: Store,
     /// Its own handle on the mailbox: reads recent files, writes the person's replies.
@@ -69,6 +71,7 @@ impl Telegram {
                 allow_env: config.allow.clone(),
                 access,
                 pending: Mutex::new(Pending::new()),
+                forum: Mutex::new(None),
                 give_up_after: config.give_up_after,
                 store,
                 mailbox,
@@ -166,6 +169,7 @@ impl Telegram {
         let Some(mut claim) = self.claim(&msg.id).await else {
             return;
         };
+        let thread = self.topic_for(&msg.front.from).await;
         let parts = render(&msg);
         let n = parts.len();
         let mut run = Run::new(self.inner.give_up_after);
@@ -175,7 +179,7 @@ impl Telegram {
             }
             let sent = tokio::select! {
                 () = cancel.cancelled() => return,
-                sent = self.send_part(chat, &msg.id, i, part, &mut run) => sent,
+                sent = self.send_part(chat, thread, &msg.id, i, part, &mut run) => sent,
             };
             match sent {
                 Ok(telegram_id) => {
@@ -228,6 +232,7 @@ impl Telegram {
     async fn send_part(
         &self,
         chat: i64,
+        thread: Option<i64>,
         id: &str,
         i: usize,
         part: &Part,
@@ -237,7 +242,7 @@ impl Telegram {
         loop {
             run.tries += 1;
             let text = if html { &part.html } else { &part.plain };
-            let err = match self.inner.api.send(chat, text, html).await {
+            let err = match self.inner.api.send(chat, thread, text, html).await {
                 Ok(telegram_id) => return Ok(telegram_id),
                 Err(err) if err.is_bad_html() && html => {
                     tracing::warn!(msg_id = %id, part = i + 1, %err, "Telegram refused the HTML; sending the part as plain text");
