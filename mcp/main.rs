@@ -50,6 +50,8 @@ enum Command {
     Prune(cli::archive::PruneArgs),
     /// Add t9-ipc to Claude Code (`claude mcp add`), or print what to paste.
     Install(cli::install::InstallArgs),
+    /// Telegram: pair an account, show the setup, unpair.
+    Telegram(cli::telegram::TelegramArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +64,9 @@ fn main() -> ExitCode {
         command => command,
     };
     let result = match command {
-        Command::Serve | Command::Setup | Command::Tail(_) => run_async(command, config),
+        Command::Serve | Command::Setup | Command::Tail(_) | Command::Telegram(_) => {
+            run_async(command, config)
+        }
         Command::Where => cli::where_is(&config).map(|()| ExitCode::SUCCESS),
         Command::Send(a) => cli::send::send(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Broadcast(a) => cli::send::broadcast(a, &config).map(|()| ExitCode::SUCCESS),
@@ -101,6 +105,7 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Command::Serve => server::serve(config).await,
             Command::Setup => cli::setup(&config).await,
             Command::Tail(a) => cli::tail::run(a, &config).await,
+            Command::Telegram(a) => cli::telegram::run(a, &config).await,
             _ => unreachable!("only async commands come here"),
         }
     });

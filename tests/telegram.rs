@@ -268,6 +268,10 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let (code, answer) = match method {
         "sendMessage" => send_message(shared, body),
         "getUpdates" => get_updates(shared, &body),
+        "getMe" => (
+            200,
+            json!({"ok": true, "result": {"id": 1, "is_bot": true, "first_name": "T9", "username": "t9_test_bot"}}),
+        ),
         "getChat" => {
             let forum = shared.lock().forum;
             (
@@ -1248,5 +1252,181 @@ async fn in_a_forum_each_session_gets_its_topic_and_text_in_a_topic_reaches_its_
     })
     .await;
     alpha.quit().await;
+    assert_no_token(&mb, &[&log]);
+}
+
+const NEW_USER: i64 = 4_040_404;
+
+/// `t9-ipc telegram <args>` on this mailbox with `env`, stdout piped, stderr to `log`.
+fn telegram_cli(
+    mb: &TempMailbox,
+    args: &[&str],
+    env: &[(&str, String)],
+    log: &Path,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(crate::util::BIN);
+    crate::util::without_telegram(&mut cmd);
+    cmd.arg("telegram")
+        .args(args)
+        .env("IPC_DATA_DIR", mb.root())
+        .env("RUST_LOG", "t9_ipc=debug")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn t9-ipc telegram")
+}
+
+/// Reads `pair`'s stdout up to the code line; returns the code and the lines so far.
+async fn pair_code(
+    child: &mut tokio::process::Child,
+) -> (
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = timeout(EVENT_WAIT, lines.next_line())
+            .await
+            .expect("the code in time")
+            .expect("read")
+            .expect("a code line before the end");
+        if let Some(code) = line.strip_prefix("    ") {
+            return (code.trim().to_owned(), lines);
+        }
+    }
+}
+
+async fn finish(
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> (bool, String) {
+    let mut lines = lines;
+    let mut out = String::new();
+    while let Ok(Ok(Some(line))) = timeout(EVENT_WAIT, lines.next_line()).await {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = timeout(EVENT_WAIT, child.wait_with_output())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    (status.status.success(), out)
+}
+
+fn private_from(user: i64, text: &str) -> Value {
+    json!({"message_id": 60, "date": 0, "chat": {"id": user, "type": "private"},
+           "from": {"id": user, "is_bot": false, "first_name": "New", "username": "newbie"}, "text": text})
+}
+
+#[tokio::test]
+async fn pairing_saves_the_user_who_sends_the_code_and_not_a_wrong_one() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    // No chat and no IPC_TG_ALLOW: pairing is how both become known.
+    let env = vec![
+        ("IPC_TG_TOKEN", TOKEN.to_owned()),
+        ("IPC_TG_API_BASE", bot.base.clone()),
+    ];
+    let log_a = mb.root().join("alpha.log");
+    let alpha = mb.spawn_env("alpha", &envs(&env), Some(&log_a)).await;
+    assert!(!declares_permission(&alpha));
+    bot.wait("the first poll", |s| s.polls > 0).await;
+    // alpha reads Telegram: it records the code's arrival for the command.
+    let log_p = mb.root().join("pair.log");
+    let mut pair = telegram_cli(&mb, &["pair"], &env, &log_p);
+    let (code, lines) = pair_code(&mut pair).await;
+    assert_eq!(code.len(), 6, "{code}");
+    let wrong = if code == "ABCDEF" { "ABCDEG" } else { "ABCDEF" };
+    let w = bot.push_message(private_from(5_555, wrong));
+    bot.wait_handled(w).await;
+    bot.push_message(private_from(
+        NEW_USER,
+        &format!("/start {}", code.to_lowercase()),
+    ));
+    let (ok, out) = finish(pair, lines).await;
+    assert!(ok, "{out}\n{}", read(&log_p));
+    assert!(
+        out.contains(&format!("user {NEW_USER} (New (@newbie))"))
+            && out.contains(&format!("chat {NEW_USER}")),
+        "{out}"
+    );
+    let saved = mb.root().join("telegram/paired.json");
+    let text = read(&saved);
+    assert!(
+        text.contains(&NEW_USER.to_string()) && !text.contains("5555"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The person was told, in their chat.
+    let sends = bot.wait_sends(1).await;
+    assert_eq!(sends[0].body["chat_id"], json!(NEW_USER));
+    assert!(
+        text_of(&sends[0]).starts_with("Paired"),
+        "{}",
+        text_of(&sends[0])
+    );
+
+    // A session started now relays prompts (the paired user may answer, the paired chat is
+    // the chat), and status says so.
+    let gamma = mb.spawn_env("gamma", &envs(&env), None).await;
+    assert!(declares_permission(&gamma));
+    let log_s = mb.root().join("status.log");
+    let status = telegram_cli(&mb, &["status"], &env, &log_s)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{out}");
+    for want in [
+        "bot: @t9_test_bot",
+        &format!("chat: {NEW_USER} (from the latest pairing)"),
+        &format!("allowed: {NEW_USER} New"),
+    ] {
+        assert!(out.contains(want), "{want} not in {out}");
+    }
+    let log_u = mb.root().join("unpair.log");
+    let id = NEW_USER.to_string();
+    let unpaired = telegram_cli(&mb, &["unpair", &id], &env, &log_u)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(unpaired.status.success());
+    assert!(!read(&saved).contains(&id));
+    let again = telegram_cli(&mb, &["unpair", &id], &env, &log_u)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(!again.status.success(), "unpairing twice is an error");
+    alpha.quit().await;
+    assert_no_token(&mb, &[&log_a]);
+}
+
+#[tokio::test]
+async fn pairing_reads_telegram_itself_when_no_server_does() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    let env = vec![
+        ("IPC_TG_TOKEN", TOKEN.to_owned()),
+        ("IPC_TG_API_BASE", bot.base.clone()),
+    ];
+    let log = mb.root().join("pair.log");
+    let mut pair = telegram_cli(&mb, &["pair"], &env, &log);
+    let (code, lines) = pair_code(&mut pair).await;
+    bot.push_message(private_from(NEW_USER, &code));
+    let (ok, out) = finish(pair, lines).await;
+    assert!(ok, "{out}");
+    assert!(
+        read(&log).contains("now reads the replies"),
+        "{}",
+        read(&log)
+    );
+    assert!(read(&mb.root().join("telegram/paired.json")).contains(&NEW_USER.to_string()));
     assert_no_token(&mb, &[&log]);
 }

@@ -9,6 +9,7 @@ pub mod install;
 pub mod send;
 pub mod style;
 pub mod tail;
+pub mod telegram;
 pub mod who;
 
 use std::fmt;

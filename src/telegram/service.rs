@@ -92,6 +92,21 @@ impl Telegram {
         self.inner.chat()
     }
 
+    /// The bot's `@username` (`getMe`), or why it could not be had.
+    pub async fn bot_name(&self) -> std::result::Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Me {
+            #[serde(default)]
+            username: String,
+        }
+        self.inner
+            .api
+            .call::<Me>("getMe", &serde_json::json!({}), None)
+            .await
+            .map(|me| format!("@{}", me.username))
+            .map_err(|e| e.to_string())
+    }
+
     /// Offers a message that appeared in the inbox, whoever wrote it. Never blocks: an
     /// escalation not seen before in this process is queued for [`Telegram::forward`];
     /// anything else is ignored. Returns true when it was queued.
