@@ -664,6 +664,9 @@ struct SendArgs {
     /// replaces: if it was not shown yet, it never will be.
     #[serde(default)]
     supersedes: Option<String>,
+    /// To "human" only: paths of files (each at most 50 MB) sent to the user on Telegram.
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 /// Options every send takes.
@@ -838,7 +841,12 @@ impl T9 {
             reply_to,
             delivery,
             supersedes,
+            files,
         } = args;
+        let body = match telegram::with_files(body, &to, &files, &self.config.cwd) {
+            Ok(body) => body,
+            Err(text) => return refused(text),
+        };
         // telegram: a critical message or one to the user escalates.
         let critical = matches!(priority, PriorityArg::Critical);
         let escalates = critical || t9_ipc::message::is_human(to.trim());
@@ -936,6 +944,7 @@ concerns everyone; for one session use t9_ipc_send."
             reply_to: None,
             delivery,
             supersedes: None,
+            files: Vec::new(),
         })
         .await
     }

@@ -152,3 +152,23 @@ pub fn who_note(data_dir: &Path) -> String {
         data_dir.join("telegram").join("failed").display(),
     )
 }
+
+/// The body of a send with `files`: only to `human`, each a file of at most 50 MB (relative
+/// paths are taken from the session's folder); their paths are appended, and the forwarder
+/// sends them after the text. Refused with a text for the model otherwise.
+pub fn with_files(body: String, to: &str, files: &[String], cwd: &Path) -> Result<String, String> {
+    if files.is_empty() {
+        return Ok(body);
+    }
+    if !t9_ipc::message::is_human(to.trim()) {
+        return Err(
+            "Refused: files go only to \"human\" (the user on Telegram); to another \
+                    session, put the paths in the body."
+                .to_owned(),
+        );
+    }
+    let section = telegram::files_section(files, cwd).map_err(|e| {
+        format!("Refused: {e}. Send existing files of at most 50 MB each; nothing was sent.")
+    })?;
+    Ok(body + &section)
+}

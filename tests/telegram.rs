@@ -59,6 +59,10 @@ struct State {
     others: Vec<(String, Value)>,
     /// getChat says the chat is a forum supergroup.
     forum: bool,
+    /// Files the fake serves for download: file_id -> (file_path, bytes).
+    files: std::collections::HashMap<String, (String, Vec<u8>)>,
+    /// Uploads received: method, text fields, the file's field name, file name and bytes.
+    uploads: Vec<Upload>,
     next_thread_id: i64,
 }
 
@@ -253,11 +257,73 @@ fn reply(code: u16, body: &Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>
         )
 }
 
+#[derive(Debug, Clone)]
+struct Upload {
+    method: String,
+    fields: std::collections::HashMap<String, String>,
+    field: String,
+    file_name: String,
+    bytes: Vec<u8>,
+}
+
+/// The parts of a multipart/form-data body: (name, file name, bytes).
+fn multipart(raw: &[u8], boundary: &str) -> Vec<(String, Option<String>, Vec<u8>)> {
+    let delim = format!("--{boundary}").into_bytes();
+    let mut parts = Vec::new();
+    let mut rest = raw;
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    while let Some(at) = find(rest, &delim) {
+        rest = &rest[at + delim.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let Some(head_end) = find(rest, b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
+        let content = &rest[head_end + 4..];
+        let Some(end) = find(content, &delim) else {
+            break;
+        };
+        let bytes = content[..end.saturating_sub(2)].to_vec();
+        let attr = |key: &str| {
+            let k = format!("{key}=\"");
+            head.find(&k).map(|i| {
+                let v = &head[i + k.len()..];
+                v[..v.find('"').unwrap_or(v.len())].to_owned()
+            })
+        };
+        parts.push((attr("name").unwrap_or_default(), attr("filename"), bytes));
+        rest = &content[end..];
+    }
+    parts
+}
+
 fn handle(shared: &Shared, mut request: tiny_http::Request) {
-    let mut text = String::new();
-    let _ = request.as_reader().read_to_string(&mut text);
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut raw = Vec::new();
+    let _ = request.as_reader().read_to_end(&mut raw);
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let url = request.url().to_owned();
+    if let Some(path) = url.strip_prefix(&format!("/file/bot{TOKEN}/")) {
+        let found = shared
+            .lock()
+            .files
+            .values()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.clone());
+        let response = match found {
+            Some(bytes) => tiny_http::Response::from_data(bytes).with_status_code(200),
+            None => tiny_http::Response::from_data(Vec::new()).with_status_code(404),
+        };
+        let _ = request.respond(response);
+        return;
+    }
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_owned())
+        .unwrap_or_default();
     let Some(method) = url.strip_prefix(&format!("/bot{TOKEN}/")) else {
         let _ = request.respond(reply(
             401,
@@ -272,6 +338,57 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             200,
             json!({"ok": true, "result": {"id": 1, "is_bot": true, "first_name": "T9", "username": "t9_test_bot"}}),
         ),
+        "getFile" => {
+            let id = body["file_id"].as_str().unwrap_or("").to_owned();
+            match shared.lock().files.get(&id) {
+                Some((path, bytes)) => (
+                    200,
+                    json!({"ok": true, "result": {"file_id": id, "file_size": bytes.len(), "file_path": path}}),
+                ),
+                None => (
+                    400,
+                    json!({"ok": false, "error_code": 400, "description": "Bad Request: invalid file_id"}),
+                ),
+            }
+        }
+        "sendDocument" | "sendPhoto" => {
+            let boundary = content_type
+                .split("boundary=")
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
+            let mut upload = Upload {
+                method: method.to_owned(),
+                fields: Default::default(),
+                field: String::new(),
+                file_name: String::new(),
+                bytes: Vec::new(),
+            };
+            for (name, file_name, bytes) in multipart(&raw, &boundary) {
+                match file_name {
+                    Some(f) => {
+                        upload.field = name;
+                        upload.file_name = f;
+                        upload.bytes = bytes;
+                    }
+                    None => {
+                        upload
+                            .fields
+                            .insert(name, String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                }
+            }
+            let mut s = shared.lock();
+            s.uploads.push(upload);
+            s.next_message_id += 1;
+            let id = s.next_message_id;
+            drop(s);
+            shared.notify();
+            (
+                200,
+                json!({"ok": true, "result": {"message_id": id, "date": 0, "chat": {"id": CHAT}}}),
+            )
+        }
         "getChat" => {
             let forum = shared.lock().forum;
             (
@@ -1428,5 +1545,110 @@ async fn pairing_reads_telegram_itself_when_no_server_does() {
         read(&log)
     );
     assert!(read(&mb.root().join("telegram/paired.json")).contains(&NEW_USER.to_string()));
+    assert_no_token(&mb, &[&log]);
+}
+
+#[tokio::test]
+async fn files_go_both_ways() {
+    let bot = FakeBot::start();
+    let photo: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+    bot.shared
+        .lock()
+        .files
+        .insert("big".into(), ("photos/file_7.jpg".into(), photo.clone()));
+    let mb = TempMailbox::new();
+    let env = bot.env();
+    let log = mb.root().join("alpha.log");
+    let mut alpha = mb.spawn_env("alpha", &envs(&env), Some(&log)).await;
+    bot.wait("the first poll", |s| s.polls > 0).await;
+
+    // A photo from the phone, captioned @alpha: saved under the mailbox, its path in the body.
+    bot.push_message(json!({"message_id": 70, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": CHAT, "is_bot": false, "first_name": "Me"}, "caption": "@alpha the error on screen",
+        "photo": [{"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90, "file_size": 10},
+                  {"file_id": "big", "file_unique_id": "b", "width": 800, "height": 800, "file_size": photo.len()}]}));
+    let event = alpha.next_event().await;
+    assert_eq!(event.meta("from"), "telegram");
+    let start = event.content.find("saved at ").expect("a path") + "saved at ".len();
+    let path = PathBuf::from(event.content[start..].trim_end_matches(']'));
+    assert!(
+        event.content.starts_with("the error on screen"),
+        "{}",
+        event.content
+    );
+    assert!(
+        path.starts_with(mb.root().join("telegram/files")),
+        "{}",
+        path.display()
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), photo);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // files to human: an image goes as a photo, anything else as a document, bytes intact.
+    let cwd = mb.root().join("work-alpha");
+    let png: Vec<u8> = [137u8, 80, 78, 71]
+        .iter()
+        .copied()
+        .chain((0..3000u32).map(|i| (i % 251) as u8))
+        .collect();
+    std::fs::write(cwd.join("chart.png"), &png).unwrap();
+    let log_bytes: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    let log_path = mb.root().join("build.log");
+    std::fs::write(&log_path, &log_bytes).unwrap();
+    let refused = alpha
+        .call(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "s", "files": ["chart.png"]}),
+        )
+        .await;
+    assert!(
+        refused.is_error && refused.text.contains("only to \"human\""),
+        "{}",
+        refused.text
+    );
+    let refused = alpha
+        .call(
+            "t9_ipc_send",
+            json!({"to": "human", "subject": "s", "files": ["missing.png"]}),
+        )
+        .await;
+    assert!(
+        refused.is_error && refused.text.contains("missing.png"),
+        "{}",
+        refused.text
+    );
+    let id = msg_id_in(
+        &alpha
+            .ok(
+                "t9_ipc_send",
+                json!({"to": "human", "subject": "the build", "body": "chart and log",
+                       "files": ["chart.png", log_path.display().to_string()]}),
+            )
+            .await,
+    );
+    bot.wait("two uploads", |s| s.uploads.len() >= 2).await;
+    let uploads = bot.shared.lock().uploads.clone();
+    let (p, d) = (&uploads[0], &uploads[1]);
+    assert_eq!(
+        (p.method.as_str(), p.field.as_str(), p.file_name.as_str()),
+        ("sendPhoto", "photo", "chart.png")
+    );
+    assert_eq!(p.bytes, png);
+    assert_eq!(
+        (d.method.as_str(), d.field.as_str(), d.file_name.as_str()),
+        ("sendDocument", "document", "build.log")
+    );
+    assert_eq!(d.bytes, log_bytes);
+    assert_eq!(d.fields["chat_id"], CHAT.to_string());
+    let outcome = wait_file(&claim(&mb, &id), "the outcome", |t| t.contains("done ")).await;
+    assert!(
+        outcome.contains("done sent") && outcome.contains("part 3/3"),
+        "{outcome}"
+    );
+    alpha.quit().await;
     assert_no_token(&mb, &[&log]);
 }

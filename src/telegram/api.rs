@@ -246,6 +246,107 @@ impl Api {
             .map(|_| ())
     }
 
+    /// Downloads `file_path` (from `getFile`), refusing more than `max` bytes.
+    pub(super) async fn download(&self, file_path: &str, max: u64) -> Result<Vec<u8>, ApiError> {
+        let url = format!("{}/file/bot{}/{file_path}", self.base, self.token.secret());
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ApiError::Refused(
+                status,
+                "the file could not be downloaded".to_owned(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > max {
+                return Err(ApiError::Refused(
+                    413,
+                    format!("over {} MB", max / (1024 * 1024)),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads one file (`multipart/form-data`) with `method` (`sendDocument`, `sendPhoto`):
+    /// the text `fields`, then the file as `field` named `name`. Returns the message id.
+    pub(super) async fn upload(
+        &self,
+        method: &str,
+        fields: &[(String, String)],
+        field: &str,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<i64, ApiError> {
+        let boundary = format!(
+            "t9ipc{}{}",
+            crate::mailbox::random_uid(),
+            crate::mailbox::random_uid()
+        );
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        for (k, v) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = format!("{}/bot{}/{method}", self.base, self.token.secret());
+        let response = self
+            .client
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .timeout(Duration::from_secs(300))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        match serde_json::from_slice::<Envelope<SentMessage>>(&bytes) {
+            Ok(Envelope {
+                ok: true,
+                result: Some(m),
+                ..
+            }) => Ok(m.message_id),
+            Ok(e) => Err(ApiError::Refused(
+                status,
+                self.token
+                    .scrub(e.description.as_deref().unwrap_or("no description")),
+            )),
+            Err(_) => Err(ApiError::Server(
+                status,
+                "the answer is not the Bot API's JSON".to_owned(),
+            )),
+        }
+    }
+
     /// Answers a button press; `text` shows as a toast on the presser's phone.
     pub(super) async fn answer_callback(&self, id: &str, text: &str) -> Result<(), ApiError> {
         let body = json!({"callback_query_id": id, "text": text});

@@ -1,8 +1,10 @@
 //! The reply path: the elected server long-polls `getUpdates`, and what the person writes
 //! in the configured chat becomes an inbox message from `telegram` (or a notice back).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Local;
@@ -12,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Allowed, Arrival};
 use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
+use super::files::incoming;
 use super::permission::{Behavior, Verdict, parse_callback, typed_answer};
 use super::service::{Inner, Telegram};
 use super::store::{Forwarded, private};
@@ -115,6 +118,7 @@ fn inbound(
     chat: Option<i64>,
     allowed: &Allowed,
     topic: Option<String>,
+    file: Option<(&str, &str)>,
     lookup: impl FnOnce(i64) -> Option<Forwarded>,
 ) -> Inbound {
     if chat != Some(m.chat.id) {
@@ -129,14 +133,33 @@ fn inbound(
     if !allowed.may_write(from.id) {
         return Inbound::Ignore("a user not in IPC_TG_ALLOW and not paired");
     }
-    let Some(text) = m.text.as_deref().or(m.caption.as_deref()) else {
-        return Inbound::Notice("Not delivered: only text reaches the sessions.".to_owned());
+    let text = m
+        .text
+        .as_deref()
+        .or(m.caption.as_deref())
+        .unwrap_or("")
+        .trim();
+    if text.is_empty() && file.is_none() {
+        return Inbound::Notice(
+            "Not delivered: only text, photos, documents and voice notes reach the sessions."
+                .to_owned(),
+        );
+    }
+    // A file saved from the phone: named at the end of the body.
+    let with_file = |body: &str| match file {
+        Some((kind, path)) => format!("{body}\n\n[{kind} from the phone, saved at {path}]")
+            .trim_start()
+            .to_owned(),
+        None => body.to_owned(),
     };
-    let text = text.trim();
-    if let Some((behavior, id)) = typed_answer(text) {
+    let summary = |body: &str| match file {
+        Some((kind, _)) if body.is_empty() => format!("a {kind} from the phone"),
+        _ => summary(body),
+    };
+    if let Some((behavior, id)) = typed_answer(text).filter(|_| file.is_none()) {
         if !allowed.may_answer(from.id) {
             return Inbound::Notice(
-                "Not taken: only the user ids of IPC_TG_ALLOW or paired users answer permission                  requests."
+                "Not taken: only the user ids of IPC_TG_ALLOW or paired users answer permission requests."
                     .to_owned(),
             );
         }
@@ -154,7 +177,7 @@ fn inbound(
         return Inbound::Deliver {
             to: f.from,
             subject: cut_chars(&format!("re: {}", f.subject), message::MAX_SUBJECT_CHARS),
-            body: text.to_owned(),
+            body: with_file(text),
             reply_to: Some(f.msg_id),
         };
     }
@@ -175,7 +198,7 @@ fn inbound(
         return Inbound::Deliver {
             to,
             subject: summary(body),
-            body: body.to_owned(),
+            body: with_file(body),
             reply_to: None,
         };
     }
@@ -184,7 +207,7 @@ fn inbound(
         return Inbound::Deliver {
             to: session,
             subject: summary(text),
-            body: text.to_owned(),
+            body: with_file(text),
             reply_to: None,
         };
     }
@@ -296,8 +319,9 @@ impl Telegram {
         if updates.is_empty() {
             return offset;
         }
+        let files = self.fetch_files(&updates).await;
         let taken = self
-            .blocking(move |inner| inner.take_updates(updates, offset))
+            .blocking(move |inner| inner.take_updates(updates, offset, files))
             .await;
         let Some((next, answers)) = taken else {
             return offset;
@@ -356,6 +380,7 @@ impl Inner {
         &self,
         updates: Vec<Value>,
         mut offset: Option<i64>,
+        mut files: HashMap<i64, Result<PathBuf, String>>,
     ) -> (Option<i64>, Vec<Answer>) {
         let mut notices = Vec::new();
         let allowed = self.allowed();
@@ -365,7 +390,8 @@ impl Inner {
                 continue;
             };
             offset = Some(offset.map_or(update_id + 1, |o| o.max(update_id + 1)));
-            notices.extend(self.take_update(update_id, value, &allowed));
+            let file = files.remove(&update_id);
+            notices.extend(self.take_update(update_id, value, &allowed, file));
         }
         if let Some(offset) = offset
             && let Err(err) = self.store.save_offset(offset)
@@ -376,7 +402,14 @@ impl Inner {
     }
 
     /// Handles one update; returns the notice to send back, if any.
-    fn take_update(&self, update_id: i64, value: Value, allowed: &Allowed) -> Option<Answer> {
+    fn take_update(
+        &self,
+        update_id: i64,
+        value: Value,
+        allowed: &Allowed,
+        file: Option<Result<PathBuf, String>>,
+    ) -> Option<Answer> {
+        let kind = value.get("message").and_then(incoming).map(|f| f.kind);
         let update = match serde_json::from_value::<Update>(value) {
             Ok(update) => update,
             Err(err) => {
@@ -398,7 +431,20 @@ impl Inner {
             .message_thread_id
             .filter(|_| m.is_topic_message)
             .and_then(|thread| self.session_of_topic(m.chat.id, thread));
-        let action = inbound(&m, self.chat(), allowed, topic, |message_id| {
+        let saved = match (&file, kind) {
+            (Some(Ok(path)), Some(kind)) => Some((kind, path.display().to_string())),
+            (Some(Err(why)), Some(kind)) => {
+                tracing::warn!(update_id, err = %why, "a file from Telegram was not saved");
+                return Some(Answer::Notice(
+                    m.chat.id,
+                    m.message_thread_id,
+                    format!("Not delivered: the {kind} could not be fetched ({why})."),
+                ));
+            }
+            _ => None,
+        };
+        let file = saved.as_ref().map(|(k, p)| (*k, p.as_str()));
+        let action = inbound(&m, self.chat(), allowed, topic, file, |message_id| {
             self.store
                 .lookup(m.chat.id, message_id)
                 .unwrap_or_else(|err| {
@@ -523,7 +569,7 @@ impl Inner {
             (None, Behavior::Deny) => Verdict::TypedDeny { by },
             (None, Behavior::Allow) => {
                 return format!(
-                    "Not taken: a typed yes counts only in the session that reads Telegram, and                      {} asked this one. Press Allow on its prompt.",
+                    "Not taken: a typed yes counts only in the session that reads Telegram, and {} asked this one. Press Allow on its prompt.",
                     request.session
                 );
             }
@@ -628,18 +674,26 @@ mod tests {
                 Some(5),
                 &allowed(),
                 None,
+                None,
                 forwarded
             ),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         assert_eq!(
-            inbound(&tg(5, "x", Some(77)), None, &allowed(), None, forwarded),
+            inbound(
+                &tg(5, "x", Some(77)),
+                None,
+                &allowed(),
+                None,
+                None,
+                forwarded
+            ),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         let mut bot = tg(5, "@alpha hi", None);
         bot.from = Some(user(5, true));
         assert_eq!(
-            inbound(&bot, Some(5), &allowed(), None, forwarded),
+            inbound(&bot, Some(5), &allowed(), None, None, forwarded),
             Inbound::Ignore("a bot")
         );
         assert_eq!(
@@ -647,6 +701,7 @@ mod tests {
                 &tg(5, " use the backup\n\ndisk ", Some(77)),
                 Some(5),
                 &allowed(),
+                None,
                 None,
                 forwarded
             ),
@@ -663,6 +718,7 @@ mod tests {
                 Some(5),
                 &allowed(),
                 None,
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -674,17 +730,24 @@ mod tests {
         );
         // A reply to something else, with a mention, goes by the mention.
         assert!(matches!(
-            inbound(&tg(5, "@beta hi", Some(1)), Some(5), &allowed(), None, forwarded),
+            inbound(&tg(5, "@beta hi", Some(1)), Some(5), &allowed(), None, None, forwarded),
             Inbound::Deliver { to, .. } if to == "beta"
         ));
         assert!(matches!(
-            inbound(&tg(5, "@all hi", None), Some(5), &allowed(), None, forwarded),
+            inbound(&tg(5, "@all hi", None), Some(5), &allowed(), None, None, forwarded),
             Inbound::Deliver { to, .. } if to == "all"
         ));
         for text in ["hello", "/start", "@x hi", "@beta", "@human hi"] {
             assert!(
                 matches!(
-                    inbound(&tg(5, text, None), Some(5), &allowed(), None, forwarded),
+                    inbound(
+                        &tg(5, text, None),
+                        Some(5),
+                        &allowed(),
+                        None,
+                        None,
+                        forwarded
+                    ),
                     Inbound::Notice(_)
                 ),
                 "{text}"
@@ -693,13 +756,13 @@ mod tests {
         let mut anonymous = tg(5, "@alpha hi", None);
         anonymous.from = None;
         assert!(matches!(
-            inbound(&anonymous, Some(5), &allowed(), None, forwarded),
+            inbound(&anonymous, Some(5), &allowed(), None, None, forwarded),
             Inbound::Ignore(_)
         ));
         let mut stranger = tg(5, "@alpha hi", None);
         stranger.from = Some(user(6, false));
         assert!(matches!(
-            inbound(&stranger, Some(5), &allowed(), None, forwarded),
+            inbound(&stranger, Some(5), &allowed(), None, None, forwarded),
             Inbound::Ignore(_)
         ));
         // A typed answer: only from an id named as allowed.
@@ -709,13 +772,21 @@ mod tests {
                 Some(5),
                 &allowed(),
                 None,
+                None,
                 forwarded
             ),
             Inbound::Notice(_)
         ));
         let named = Allowed::new(&[5], &[], Some(5));
         assert_eq!(
-            inbound(&tg(5, "No ABCDE", None), Some(5), &named, None, forwarded),
+            inbound(
+                &tg(5, "No ABCDE", None),
+                Some(5),
+                &named,
+                None,
+                None,
+                forwarded
+            ),
             Inbound::Typed(Behavior::Deny, "abcde".into())
         );
         assert_eq!(
@@ -724,6 +795,7 @@ mod tests {
                 Some(5),
                 &allowed(),
                 Some("beta".into()),
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -734,10 +806,29 @@ mod tests {
             },
             "text in a session's topic goes to that session"
         );
+        let mut photo = tg(5, "", None);
+        photo.text = None;
+        let Inbound::Deliver { subject, body, .. } = inbound(
+            &photo,
+            Some(5),
+            &allowed(),
+            Some("beta".into()),
+            Some(("photo", "/d/p.jpg")),
+            forwarded,
+        ) else {
+            panic!()
+        };
+        assert_eq!(subject, "a photo from the phone");
+        assert_eq!(body, "[photo from the phone, saved at /d/p.jpg]");
         let long = format!("@beta {}", "word ".repeat(100));
-        let Inbound::Deliver { subject, body, .. } =
-            inbound(&tg(5, &long, None), Some(5), &allowed(), None, forwarded)
-        else {
+        let Inbound::Deliver { subject, body, .. } = inbound(
+            &tg(5, &long, None),
+            Some(5),
+            &allowed(),
+            None,
+            None,
+            forwarded,
+        ) else {
             panic!()
         };
         assert_eq!(subject.chars().count(), 80);

@@ -35,6 +35,7 @@
 
 mod access;
 mod api;
+mod files;
 mod inbound;
 mod permission;
 mod render;
@@ -48,6 +49,7 @@ use crate::message::{self, FrontMatter};
 
 pub use access::{Access, Arrival, PAIR_CODE_LIFE, PairedUser};
 pub use api::Token;
+pub use files::{FILES_HEADER, MAX_DOWNLOAD, MAX_UPLOAD, files_section, listed_files};
 pub use permission::{Asker, Behavior, PERMISSION_TIMEOUT, PermissionRequest, typed_answer};
 pub use render::{MAX_MESSAGE, Part, render};
 pub use service::Telegram;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Access, Allowed};
 use super::api::{Api, ApiError, backoff};
+use super::files::{listed_files, send_file};
 use super::permission::Pending;
 use super::render::{Part, render};
 use super::store::{Claim, Claimed, Forwarded, Store};
@@ -206,6 +207,37 @@ impl Telegram {
                 }
                 Err(err) => return self.give_up(msg, claim, n, &run, &err).await,
             }
+        }
+        // Then the files the message lists, each recorded like a part.
+        let files = listed_files(&msg.body);
+        let total = n + files.len();
+        for (j, path) in files.iter().enumerate() {
+            if claim.part_sent(n + j, total) {
+                continue;
+            }
+            let sent = tokio::select! {
+                () = cancel.cancelled() => return,
+                sent = send_file(&self.inner.api, chat, thread, path) => sent,
+            };
+            let telegram_id = match sent {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::warn!(msg_id = %msg.id, file = %path.display(), %err, "a file for the user was not sent");
+                    let note = format!("A file could not be sent: {} ({err})", path.display());
+                    self.inner
+                        .api
+                        .send(chat, thread, &note, false)
+                        .await
+                        .unwrap_or(0)
+                }
+            };
+            let Some(back) = self
+                .record_part(chat, &msg, claim, n + j, total, telegram_id)
+                .await
+            else {
+                return;
+            };
+            claim = back;
         }
         let finished = self.blocking(move |_| claim.finish("sent")).await;
         if let Some(Err(err)) = finished {
