@@ -44,11 +44,29 @@ pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
         let (t, cancel) = (telegram.clone(), cancel.child_token());
         tokio::spawn(async move { t.answer(cancel).await })
     };
+    // With the archive: the bookkeeping of escalations done with goes too.
+    let pruner = {
+        let t = telegram.clone();
+        let days = config.archive_after_days;
+        tokio::task::spawn_blocking(move || {
+            match t.prune(Duration::from_secs(days.saturating_mul(24 * 3600))) {
+                Ok(Some((claims, lines))) => tracing::info!(
+                    claims,
+                    replies_lines = lines,
+                    "pruned the Telegram bookkeeping"
+                ),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(err = %format!("{err:#}"), "pruning the Telegram bookkeeping")
+                }
+            }
+        })
+    };
     // The start-up sweep runs once the server's file watcher is up (see `rescan`), so that
     // no file falls between the two.
     Some(Running {
         telegram,
-        tasks: vec![forwarder, replies],
+        tasks: vec![forwarder, replies, pruner],
     })
 }
 

@@ -63,6 +63,11 @@ struct State {
     files: std::collections::HashMap<String, (String, Vec<u8>)>,
     /// Uploads received: method, text fields, the file's field name, file name and bytes.
     uploads: Vec<Upload>,
+    /// A reply to the next sent message, queued (and fetched by a poll) before the fake
+    /// answers the sendMessage: the reply outruns the sender's bookkeeping.
+    reply_first: Option<Value>,
+    /// The highest update id a getUpdates call has returned.
+    returned: i64,
     next_thread_id: i64,
 }
 
@@ -444,6 +449,21 @@ fn send_message(shared: &Shared, body: Value) -> (u16, Value) {
         Answer::Ok => {
             let id = s.next_message_id;
             s.next_message_id += 1;
+            if let Some(mut reply) = s.reply_first.take() {
+                reply["reply_to_message"]["message_id"] = json!(id);
+                let uid = s.next_update_id;
+                s.next_update_id += 1;
+                s.updates.push(json!({"update_id": uid, "message": reply}));
+                shared.notify();
+                while s.returned < uid && !s.closed {
+                    s = shared.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                // Give the poller time to look the reply up before the sender hears back
+                // (this orders the race; it proves nothing by itself).
+                drop(s);
+                std::thread::sleep(Duration::from_millis(300));
+                s = shared.lock();
+            }
             s.sends[index].message_id = Some(id);
             (
                 200,
@@ -478,6 +498,15 @@ fn get_updates(shared: &Shared, body: &Value) -> (u16, Value) {
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
+    let max = s
+        .updates
+        .iter()
+        .filter_map(|u| u["update_id"].as_i64())
+        .max();
+    s.returned = s.returned.max(max.unwrap_or(0));
+    drop(s);
+    shared.notify();
+    let s = shared.lock();
     (200, json!({"ok": true, "result": s.updates.clone()}))
 }
 
@@ -1651,4 +1680,145 @@ async fn files_go_both_ways() {
     );
     alpha.quit().await;
     assert_no_token(&mb, &[&log]);
+}
+
+#[tokio::test]
+async fn a_reply_faster_than_the_bookkeeping_is_still_routed() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    let env = bot.env();
+    let mut alpha = mb.spawn_env("alpha", &envs(&env), None).await;
+    bot.wait("the first poll", |s| s.polls > 0).await;
+    bot.shared.lock().reply_first = Some(json!({
+        "message_id": 80, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": CHAT, "is_bot": false, "first_name": "Me"}, "text": "quick answer",
+        "reply_to_message": {"date": 0, "chat": {"id": CHAT}}
+    }));
+    let id = escalate(&alpha, "quick question", "x").await;
+    let event = alpha.next_event().await;
+    assert_eq!(event.meta("from"), "telegram");
+    assert_eq!(event.meta("reply_to"), id);
+    assert_eq!(event.content, "quick answer");
+    assert!(
+        !bot.sends()
+            .iter()
+            .any(|c| text_of(c).starts_with("Not delivered")),
+        "{:?}",
+        bot.sends()
+    );
+}
+
+fn telegram_messages(mb: &TempMailbox, body: &str) -> usize {
+    mb.inbox_files()
+        .iter()
+        .filter(|n| n.contains("-telegram-"))
+        .filter(|n| read(&mb.inbox().join(n)).contains(body))
+        .count()
+}
+
+#[tokio::test]
+async fn an_update_read_again_after_a_crash_is_not_delivered_twice() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    let env = bot.env();
+    let mut alpha = mb.spawn_env("alpha", &envs(&env), None).await;
+    bot.wait("the first poll", |s| s.polls > 0).await;
+    let message = json!({"message_id": 90, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": CHAT, "is_bot": false, "first_name": "Me"}, "text": "@alpha only once"});
+    let uid = bot.push_message(message.clone());
+    alpha.next_event().await;
+    bot.wait_handled(uid).await;
+    alpha.quit().await;
+    // What a crash after the inbox write, before the offset was saved, leaves behind: the
+    // offset still at this update, which Telegram then sends again; delivered.log says
+    // when it was taken.
+    let dir = mb.root().join("telegram");
+    std::fs::write(dir.join("offset"), format!("{uid}\n")).unwrap();
+    let taken = (chrono::Local::now() - chrono::TimeDelta::seconds(5)).to_rfc3339();
+    std::fs::write(dir.join("delivered.log"), format!("{uid} taking {taken}\n")).unwrap();
+    bot.shared
+        .lock()
+        .updates
+        .push(json!({"update_id": uid, "message": message}));
+    let log = mb.root().join("alpha2.log");
+    let _alpha = mb.spawn_env("alpha", &envs(&env), Some(&log)).await;
+    let marker = bot.push_message(
+        json!({"message_id": 91, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": CHAT, "is_bot": false, "first_name": "Me"}, "text": "@alpha the marker"}),
+    );
+    bot.wait_handled(marker).await;
+    assert_eq!(telegram_messages(&mb, "the marker"), 1);
+    assert_eq!(
+        telegram_messages(&mb, "only once"),
+        1,
+        "{:?}",
+        mb.inbox_files()
+    );
+    assert!(
+        read(&log).contains("delivered before a crash"),
+        "{}",
+        read(&log)
+    );
+    // The same when the log says it was delivered.
+    assert!(
+        !dir.join("delivered.log").exists(),
+        "cleared with the saved offset"
+    );
+}
+
+#[tokio::test]
+async fn old_claims_and_replies_log_lines_are_pruned_with_the_archive() {
+    let bot = FakeBot::start();
+    let mb = TempMailbox::new();
+    let dir = mb.root().join("telegram");
+    std::fs::create_dir_all(dir.join("claims")).unwrap();
+    let old = "20200101T000000000000-0000aaaa-alpha-human-old";
+    let fresh = format!(
+        "{}-0000bbbb-alpha-human-new",
+        chrono::Local::now().format("%Y%m%dT%H%M%S%6f")
+    );
+    for (id, outcome) in [
+        (old, "done sent\n"),
+        (fresh.as_str(), "done sent\n"),
+        ("20200101T000000000000-0000cccc-alpha-human-open", ""),
+    ] {
+        let path = dir.join("claims").join(id);
+        std::fs::write(&path, format!("claimed by pid 1 at x\n{outcome}")).unwrap();
+        if id != fresh {
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(10 * 86400))
+                .unwrap();
+        }
+    }
+    let line = |id: &str, m: i64| {
+        format!(
+            "{{\"chat\":{CHAT},\"message_id\":{m},\"msg_id\":\"{id}\",\"from\":\"alpha\",\"subject\":\"s\"}}\n"
+        )
+    };
+    std::fs::write(dir.join("replies.log"), line(old, 1) + &line(&fresh, 2)).unwrap();
+    let mut env = bot.env();
+    env.push(("IPC_ARCHIVE_DAYS", "1".to_owned()));
+    let log = mb.root().join("alpha.log");
+    let _alpha = mb.spawn_env("alpha", &envs(&env), Some(&log)).await;
+    wait_file(&log, "the prune", |t| {
+        t.contains("pruned the Telegram bookkeeping")
+    })
+    .await;
+    assert!(
+        read(&log).contains("claims=1 replies_lines=1"),
+        "{}",
+        read(&log)
+    );
+    assert!(!dir.join("claims").join(old).exists());
+    assert!(dir.join("claims").join(&fresh).exists());
+    assert!(
+        dir.join("claims/20200101T000000000000-0000cccc-alpha-human-open")
+            .exists(),
+        "an unfinished claim stays"
+    );
+    let replies = read(&dir.join("replies.log"));
+    assert!(
+        !replies.contains(old) && replies.contains(&fresh),
+        "{replies}"
+    );
 }

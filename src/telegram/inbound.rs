@@ -384,6 +384,7 @@ impl Inner {
     ) -> (Option<i64>, Vec<Answer>) {
         let mut notices = Vec::new();
         let allowed = self.allowed();
+        let delivered = self.store.delivered();
         for value in updates {
             let Some(update_id) = value.get("update_id").and_then(Value::as_i64) else {
                 tracing::warn!("skipped a Telegram update without an update_id");
@@ -391,7 +392,13 @@ impl Inner {
             };
             offset = Some(offset.map_or(update_id + 1, |o| o.max(update_id + 1)));
             let file = files.remove(&update_id);
-            notices.extend(self.take_update(update_id, value, &allowed, file));
+            if let Some((_, Some(msg_id))) = delivered.get(&update_id) {
+                // Delivered before a crash that came before the offset was saved.
+                tracing::info!(update_id, %msg_id, "a Telegram update delivered already; skipped");
+                continue;
+            }
+            let taking = delivered.get(&update_id).map(|(at, _)| at.as_str());
+            notices.extend(self.take_update(update_id, value, &allowed, file, taking));
         }
         if let Some(offset) = offset
             && let Err(err) = self.store.save_offset(offset)
@@ -408,6 +415,7 @@ impl Inner {
         value: Value,
         allowed: &Allowed,
         file: Option<Result<PathBuf, String>>,
+        taking: Option<&str>,
     ) -> Option<Answer> {
         let kind = value.get("message").and_then(incoming).map(|f| f.kind);
         let update = match serde_json::from_value::<Update>(value) {
@@ -446,7 +454,7 @@ impl Inner {
         let file = saved.as_ref().map(|(k, p)| (*k, p.as_str()));
         let action = inbound(&m, self.chat(), allowed, topic, file, |message_id| {
             self.store
-                .lookup(m.chat.id, message_id)
+                .lookup_waiting(m.chat.id, message_id)
                 .unwrap_or_else(|err| {
                     tracing::warn!(err = %format!("{err:#}"), "reading replies.log");
                     None
@@ -478,7 +486,7 @@ impl Inner {
                 body,
                 reply_to,
             } => self
-                .deliver(update_id, &to, &subject, &body, reply_to.as_deref())
+                .deliver_once(update_id, taking, &to, &subject, &body, reply_to.as_deref())
                 .map(|text| Answer::Notice(m.chat.id, m.message_thread_id, text)),
         }
     }
@@ -583,6 +591,51 @@ impl Inner {
         }
     }
 
+    /// [`Inner::deliver`] exactly once per update: `delivered.log` says when an update was
+    /// taken and which message it became, so an update read again after a crash (before the
+    /// offset was saved) is not written twice. `taking` is when an earlier try began, if one
+    /// did: then a message from it that reached the inbox counts as the delivery.
+    fn deliver_once(
+        &self,
+        update_id: i64,
+        taking: Option<&str>,
+        to: &str,
+        subject: &str,
+        body: &str,
+        reply_to: Option<&str>,
+    ) -> Option<String> {
+        if let Some(at) = taking.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+            let since = at.with_timezone(&Local) - chrono::TimeDelta::seconds(2);
+            let earlier = self.mailbox.recent(since).ok().and_then(|recent| {
+                recent.into_iter().find(|m| {
+                    m.front.from == TELEGRAM && m.front.to == to && m.body.trim() == body.trim()
+                })
+            });
+            if let Some(m) = earlier {
+                tracing::info!(update_id, msg_id = %m.id, "a Telegram update delivered before a crash; not written again");
+                let _ = self
+                    .store
+                    .note_delivery(&format!("{update_id} delivered {}", m.id));
+                return None;
+            }
+        }
+        if let Err(err) = self
+            .store
+            .note_delivery(&format!("{update_id} taking {}", Local::now().to_rfc3339()))
+        {
+            tracing::warn!(update_id, err = %format!("{err:#}"), "noting a delivery");
+        }
+        let (notice, id) = self.deliver(update_id, to, subject, body, reply_to);
+        if let Some(id) = id
+            && let Err(err) = self
+                .store
+                .note_delivery(&format!("{update_id} delivered {id}"))
+        {
+            tracing::warn!(update_id, err = %format!("{err:#}"), "noting a delivery");
+        }
+        notice
+    }
+
     /// Writes what the person wrote into the inbox, from `telegram`; returns a notice for
     /// the person when the mailbox cannot be written.
     fn deliver(
@@ -592,7 +645,7 @@ impl Inner {
         subject: &str,
         body: &str,
         reply_to: Option<&str>,
-    ) -> Option<String> {
+    ) -> (Option<String>, Option<String>) {
         // A reply joins the thread of the escalation it answers.
         let thread = reply_to.map(|id| {
             self.mailbox
@@ -615,13 +668,16 @@ impl Inner {
         match self.mailbox.write(&draft, Local::now()) {
             Ok(msg_id) => {
                 tracing::info!(update_id, %msg_id, %to, "a message from Telegram was delivered");
-                None
+                (None, Some(msg_id))
             }
             Err(err) => {
                 tracing::warn!(update_id, err = %format!("{err:#}"), "writing a message from Telegram");
-                Some(format!(
-                    "Not delivered: the mailbox could not be written ({err})."
-                ))
+                (
+                    Some(format!(
+                        "Not delivered: the mailbox could not be written ({err})."
+                    )),
+                    None,
+                )
             }
         }
     }

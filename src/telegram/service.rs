@@ -186,6 +186,9 @@ impl Telegram {
             return;
         };
         let thread = self.topic_for(&msg.front.from).await;
+        // Cleared at every way out of here.
+        let id = msg.id.clone();
+        let _on_the_way = OnTheWay(&self.inner.store, &id);
         let parts = render(&msg);
         let n = parts.len();
         let mut run = Run::new(self.inner.give_up_after);
@@ -193,6 +196,7 @@ impl Telegram {
             if claim.part_sent(i, n) {
                 continue;
             }
+            self.inner.store.sending(&msg.id, true);
             let sent = tokio::select! {
                 () = cancel.cancelled() => return,
                 sent = self.send_part(chat, thread, &msg.id, i, part, &mut run) => sent,
@@ -215,6 +219,7 @@ impl Telegram {
             if claim.part_sent(n + j, total) {
                 continue;
             }
+            self.inner.store.sending(&msg.id, true);
             let sent = tokio::select! {
                 () = cancel.cancelled() => return,
                 sent = send_file(&self.inner.api, chat, thread, path) => sent,
@@ -386,6 +391,43 @@ impl Inner {
     /// Who may write and who may answer prompts, as the files say now.
     pub(super) fn allowed(&self) -> Allowed {
         Allowed::new(&self.allow_env, &self.access.paired(), self.chat())
+    }
+}
+
+/// While held, a part of the escalation may be on its way; dropping it says none is.
+struct OnTheWay<'a>(&'a Store, &'a str);
+
+impl Drop for OnTheWay<'_> {
+    fn drop(&mut self) {
+        self.0.sending(self.1, false);
+    }
+}
+
+impl Telegram {
+    /// Removes the Telegram bookkeeping of escalations done with (claims with an outcome,
+    /// `replies.log` lines) older than `older_than`, with the archive; at most once an hour
+    /// per mailbox. Blocks: call it on a blocking thread.
+    pub fn prune(&self, older_than: Duration) -> Result<Option<(usize, usize)>> {
+        let stamp = self.inner.mailbox.root().join("telegram").join("pruned");
+        let recent = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(3600));
+        if recent {
+            return Ok(None);
+        }
+        let _ = super::store::private()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&stamp);
+        let inbox = self.inner.mailbox.inbox().to_path_buf();
+        let pruned = self
+            .inner
+            .store
+            .prune(older_than, |id| inbox.join(format!("{id}.md")).exists())?;
+        Ok(Some(pruned))
     }
 }
 
