@@ -1790,6 +1790,15 @@ async fn old_claims_and_replies_log_lines_are_pruned_with_the_archive() {
                 .unwrap();
         }
     }
+    std::fs::create_dir_all(dir.join("verdicts")).unwrap();
+    let stale = dir.join("verdicts/abcde.x.json");
+    std::fs::write(&stale, "{}").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86400))
+        .unwrap();
     let line = |id: &str, m: i64| {
         format!(
             "{{\"chat\":{CHAT},\"message_id\":{m},\"msg_id\":\"{id}\",\"from\":\"alpha\",\"subject\":\"s\"}}\n"
@@ -1821,4 +1830,5 @@ async fn old_claims_and_replies_log_lines_are_pruned_with_the_archive() {
         !replies.contains(old) && replies.contains(&fresh),
         "{replies}"
     );
+    assert!(!stale.exists(), "a verdict nobody took goes after a day");
 }

@@ -422,6 +422,27 @@ impl Telegram {
             .create(true)
             .truncate(true)
             .open(&stamp);
+        // Settled permission requests, verdicts nobody took (their session ended) and pairing
+        // codes: a day is long past any of them.
+        let day = Duration::from_secs(24 * 3600);
+        let telegram = self.inner.mailbox.root().join("telegram");
+        for dir in ["permissions", "verdicts", "pairing"] {
+            for entry in std::fs::read_dir(telegram.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+                if old {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let inbox = self.inner.mailbox.inbox().to_path_buf();
         let pruned = self
             .inner
