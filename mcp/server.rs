@@ -589,6 +589,7 @@ fn channel_params(msg: &Message) -> serde_json::Value {
     if let Some(expires) = &f.expires {
         meta["expires"] = json!(expires);
     }
+    telegram::attachment_meta(msg, &mut meta); // telegram: a file from the phone
     let content = if msg.body.trim().is_empty() {
         EMPTY_BODY.to_owned()
     } else {

@@ -190,3 +190,24 @@ pub fn with_files(body: String, to: &str, files: &[String], cwd: &Path) -> Resul
     })?;
     Ok(body + &section)
 }
+
+/// The `attachment` meta of a channel event: the path of the file a message from the phone
+/// carries, as the poller names it on the body's last line
+/// (`[photo from the phone, saved at <path>]`, under `telegram/files/`).
+pub fn attachment_meta(msg: &t9_ipc::mailbox::Message, meta: &mut serde_json::Value) {
+    if msg.front.from != t9_ipc::message::TELEGRAM {
+        return;
+    }
+    let Some(last) = msg.body.trim_end().lines().last() else {
+        return;
+    };
+    let path = last
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|l| l.split_once(" from the phone, saved at "))
+        .map(|(_, path)| path)
+        .filter(|path| path.contains("/telegram/files/"));
+    if let Some(path) = path {
+        meta["attachment"] = serde_json::json!(path);
+    }
+}

@@ -1600,6 +1600,7 @@ async fn files_go_both_ways() {
     assert_eq!(event.meta("from"), "telegram");
     let start = event.content.find("saved at ").expect("a path") + "saved at ".len();
     let path = PathBuf::from(event.content[start..].trim_end_matches(']'));
+    assert_eq!(event.meta("attachment"), path.display().to_string());
     assert!(
         event.content.starts_with("the error on screen"),
         "{}",
