@@ -211,3 +211,12 @@ pub fn attachment_meta(msg: &t9_ipc::mailbox::Message, meta: &mut serde_json::Va
         meta["attachment"] = serde_json::json!(path);
     }
 }
+
+/// True when escalations reach the user: a token, and a chat (`IPC_TG_CHAT`, or a pairing).
+pub fn forwards(config: &Config) -> bool {
+    let Some(settings) = config.telegram.as_ref() else {
+        return false;
+    };
+    settings.chat.is_some()
+        || telegram::Access::open(&config.data_dir).is_ok_and(|a| !a.paired().is_empty())
+}
