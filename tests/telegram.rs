@@ -1280,6 +1280,17 @@ async fn a_tool_permission_is_answered_from_the_phone_by_allowed_users_only() {
             .contains("Already answered")
     })
     .await;
+    // A request whose session is gone (killed before it could settle it) says so.
+    std::fs::write(
+        mb.root().join("telegram/permissions/kkkkk.json"),
+        r#"{"request_id":"kkkkk","session":"gone","pid":2147483000,"created":"x"}"#,
+    )
+    .unwrap();
+    bot.push_press(ALLOWED, "pakkkkk00");
+    bot.wait_call("answerCallbackQuery", |b| {
+        b["text"].as_str().unwrap_or("").contains("has ended")
+    })
+    .await;
     bot.push_press(ALLOWED, "pmzzzzz");
     bot.wait_call("answerCallbackQuery", |b| {
         b["text"].as_str().unwrap_or("").contains("Unknown request")

@@ -534,6 +534,9 @@ impl Inner {
         if let Some(outcome) = &request.outcome {
             return toast(&format!("Already answered ({outcome})."));
         }
+        if !crate::heartbeat::pid_running(request.pid) {
+            return toast("The session that asked has ended; nothing was answered.");
+        }
         let (verdict, said) = match action {
             'm' => (Verdict::More, ""),
             'a' => (
@@ -570,6 +573,9 @@ impl Inner {
         };
         if let Some(outcome) = &request.outcome {
             return format!("Request {id} is already answered ({outcome}).");
+        }
+        if !crate::heartbeat::pid_running(request.pid) {
+            return format!("The session that asked {id} has ended; nothing was answered.");
         }
         // This process asked it: it holds the secret, so the answer is proven like a press.
         let verdict = match (self.own_secret(id, behavior), behavior) {
