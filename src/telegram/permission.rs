@@ -285,7 +285,10 @@ impl Prompt {
             header.push_str(&format!("\n{}", escape(&description)));
         }
         let (short, cut_short) = cut(&req.input_preview, PREVIEW_CHARS);
-        let (whole, _) = cut(&req.input_preview, FULL_PREVIEW_CHARS);
+        // Telegram counts the text as shown (an entity is one character): the header, the
+        // outcome line and the preview must stay under 4096.
+        let room = (super::render::MAX_MESSAGE - 300).saturating_sub(header.chars().count());
+        let (whole, _) = cut(&req.input_preview, room.min(FULL_PREVIEW_CHARS));
         Prompt {
             header,
             short,
