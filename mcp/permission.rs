@@ -61,7 +61,8 @@ pub fn on_notification(
         folder: config.cwd.display().to_string(),
     };
     let cancel = ending.child_token();
-    tokio::spawn(async move {
+    let tracker = telegram.clone();
+    let task = tokio::spawn(async move {
         let id = request.request_id.clone();
         let Some(behavior) = telegram.ask(request, asker, cancel).await else {
             return;
@@ -78,4 +79,6 @@ pub fn on_notification(
             Err(err) => tracing::warn!(request_id = %id, %err, "sending the permission verdict"),
         }
     });
+    // Awaited at the end of the session, so an open prompt shows it expired.
+    tracker.track(task);
 }

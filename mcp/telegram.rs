@@ -80,6 +80,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.telegram.join_tracked().await;
     }
 }
 

@@ -1334,8 +1334,22 @@ async fn a_tool_permission_is_answered_from_the_phone_by_allowed_users_only() {
         next_verdict(&mut beta).await,
         json!({"request_id": "vwxyz", "behavior": "deny"})
     );
-    alpha.quit().await;
+    // A prompt still open when its session ends says so on the phone.
+    beta.notify(REQUEST, json!({"request_id": "mnopq", "tool_name": "Edit"}))
+        .await;
+    bot.wait("the last prompt", |s| {
+        s.sends
+            .iter()
+            .any(|c| c.body["text"].as_str().unwrap_or("").contains("mnopq"))
+    })
+    .await;
     beta.quit().await;
+    bot.wait_call("editMessageText", |b| {
+        let t = b["text"].as_str().unwrap_or("");
+        t.contains("mnopq") && t.contains("Answered elsewhere or expired")
+    })
+    .await;
+    alpha.quit().await;
     assert_no_token(&mb, &[&log_a, &log_b]);
 }
 

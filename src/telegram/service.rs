@@ -41,6 +41,9 @@ pub(super) struct Inner {
     pub(super) pending: Mutex<Pending>,
     /// The chat checked with `getChat`, and whether it is a forum.
     pub(super) forum: Mutex<Option<(i64, bool)>>,
+    /// Tasks the server started that must end before it exits (permission prompts, which
+    /// show their outcome on the way out).
+    tracked: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     give_up_after: Duration,
     pub(super) store: Store,
     /// Its own handle on the mailbox: reads recent files, writes the person's replies.
@@ -73,6 +76,7 @@ impl Telegram {
                 access,
                 pending: Mutex::new(Pending::new()),
                 forum: Mutex::new(None),
+                tracked: Mutex::new(Vec::new()),
                 give_up_after: config.give_up_after,
                 store,
                 mailbox,
@@ -91,6 +95,21 @@ impl Telegram {
     /// The chat escalations go to: `IPC_TG_CHAT`, else the chat of the latest pairing.
     pub fn chat(&self) -> Option<i64> {
         self.inner.chat()
+    }
+
+    /// Keeps `task` to be awaited by [`Telegram::join_tracked`] at the end of the session.
+    pub fn track(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tracked = locked(&self.inner.tracked);
+        tracked.retain(|t| !t.is_finished());
+        tracked.push(task);
+    }
+
+    /// Waits for the tracked tasks (after the cancellation token was cancelled).
+    pub async fn join_tracked(&self) {
+        let tasks = std::mem::take(&mut *locked(&self.inner.tracked));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// The bot's `@username` (`getMe`), or why it could not be had.
