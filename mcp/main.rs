@@ -5,6 +5,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod permission;
 mod server;
 mod shared;
 mod telegram;
@@ -61,6 +62,8 @@ enum Command {
     Board(cli::board::BoardArgs),
     /// Carry this mailbox to other machines through NATS (IPC_NATS_URL) until stopped.
     Relay(cli::relay::RelayArgs),
+    /// Telegram: pair an account, show the setup, unpair.
+    Telegram(cli::telegram::TelegramArgs),
 }
 
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
@@ -77,9 +80,11 @@ fn main() -> ExitCode {
         command => command,
     };
     let result = match command {
-        Command::Serve | Command::Setup | Command::Tail(_) | Command::Relay(_) => {
-            run_async(command, config)
-        }
+        Command::Serve
+        | Command::Setup
+        | Command::Tail(_)
+        | Command::Relay(_)
+        | Command::Telegram(_) => run_async(command, config),
         Command::Where => cli::where_is(&config).map(|()| ExitCode::SUCCESS),
         Command::Send(a) => cli::send::send(a, &config).map(|()| ExitCode::SUCCESS),
         Command::Broadcast(a) => cli::send::broadcast(a, &config).map(|()| ExitCode::SUCCESS),
@@ -133,6 +138,7 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Command::Setup => cli::setup(&config).await,
             Command::Tail(a) => cli::tail::run(a, &config).await,
             Command::Relay(a) => cli::relay::run(a, &config).await,
+            Command::Telegram(a) => cli::telegram::run(a, &config).await,
             _ => unreachable!("only async commands come here"),
         }
     });

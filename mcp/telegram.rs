@@ -45,11 +45,29 @@ pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
         let (t, cancel) = (telegram.clone(), cancel.child_token());
         tokio::spawn(async move { t.answer(cancel).await })
     };
+    // With the archive: the bookkeeping of escalations done with goes too.
+    let pruner = {
+        let t = telegram.clone();
+        let days = config.archive_after_days;
+        tokio::task::spawn_blocking(move || {
+            match t.prune(Duration::from_secs(days.saturating_mul(24 * 3600))) {
+                Ok(Some((claims, lines))) => tracing::info!(
+                    claims,
+                    replies_lines = lines,
+                    "pruned the Telegram bookkeeping"
+                ),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(err = %format!("{err:#}"), "pruning the Telegram bookkeeping")
+                }
+            }
+        })
+    };
     // The start-up sweep runs once the server's file watcher is up (see `rescan`), so that
     // no file falls between the two.
     Some(Running {
         telegram,
-        tasks: vec![forwarder, replies],
+        tasks: vec![forwarder, replies, pruner],
     })
 }
 
@@ -63,6 +81,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.telegram.join_tracked().await;
     }
 }
 
@@ -151,4 +170,54 @@ pub fn who_note(data_dir: &Path) -> String {
         if failed.len() > 3 { "; …" } else { "" },
         data_dir.join("telegram").join("failed").display(),
     )
+}
+
+/// The body of a send with `files`: only to `human`, each a file of at most 50 MB (relative
+/// paths are taken from the session's folder); their paths are appended, and the forwarder
+/// sends them after the text. Refused with a text for the model otherwise.
+pub fn with_files(body: String, to: &str, files: &[String], cwd: &Path) -> Result<String, String> {
+    if files.is_empty() {
+        return Ok(body);
+    }
+    if !t9_ipc::message::is_human(to.trim()) {
+        return Err(
+            "Refused: files go only to \"human\" (the user on Telegram); to another \
+                    session, put the paths in the body."
+                .to_owned(),
+        );
+    }
+    let section = telegram::files_section(files, cwd).map_err(|e| {
+        format!("Refused: {e}. Send existing files of at most 50 MB each; nothing was sent.")
+    })?;
+    Ok(body + &section)
+}
+
+/// The `attachment` meta of a channel event: the path of the file a message from the phone
+/// carries, as the poller names it on the body's last line
+/// (`[photo from the phone, saved at <path>]`, under `telegram/files/`).
+pub fn attachment_meta(msg: &t9_ipc::mailbox::Message, meta: &mut serde_json::Value) {
+    if msg.front.from != t9_ipc::message::TELEGRAM {
+        return;
+    }
+    let Some(last) = msg.body.trim_end().lines().last() else {
+        return;
+    };
+    let path = last
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|l| l.split_once(" from the phone, saved at "))
+        .map(|(_, path)| path)
+        .filter(|path| path.contains("/telegram/files/"));
+    if let Some(path) = path {
+        meta["attachment"] = serde_json::json!(path);
+    }
+}
+
+/// True when escalations reach the user: a token, and a chat (`IPC_TG_CHAT`, or a pairing).
+pub fn forwards(config: &Config) -> bool {
+    let Some(settings) = config.telegram.as_ref() else {
+        return false;
+    };
+    settings.chat.is_some()
+        || telegram::Access::open(&config.data_dir).is_ok_and(|a| !a.paired().is_empty())
 }

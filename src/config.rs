@@ -91,6 +91,9 @@ pub struct TelegramConfig {
     /// `IPC_TG_GIVE_UP_S`: how long a forward is retried before the failure is recorded;
     /// default [`TELEGRAM_GIVE_UP`].
     pub give_up_after: Duration,
+    /// `IPC_TG_ALLOW`: the Telegram user ids (comma-separated) allowed to write to sessions
+    /// and to approve tool calls, besides the users paired with `t9-ipc telegram pair`.
+    pub allow: Vec<i64>,
 }
 
 impl TelegramConfig {
@@ -135,8 +138,21 @@ impl TelegramConfig {
             chat,
             api_base,
             give_up_after,
+            allow: user_ids(&env::var("IPC_TG_ALLOW").unwrap_or_default()),
         })
     }
+}
+
+/// The user ids of `IPC_TG_ALLOW`; a part that is no number is warned about and skipped.
+fn user_ids(list: &str) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<i64>() {
+            Ok(id) if id > 0 => ids.push(id),
+            _ => tracing::warn!(value = %part, "IPC_TG_ALLOW: not a Telegram user id; skipped"),
+        }
+    }
+    ids
 }
 
 /// The default of `IPC_PUSH_QUIET_MS`.

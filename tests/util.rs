@@ -373,6 +373,20 @@ impl Client {
         got
     }
 
+    /// The next notification of any method (channel events included) within `wait`.
+    pub async fn next_notification_within(&mut self, wait: Duration) -> Option<CustomNotification> {
+        timeout(wait, self.events.recv()).await.ok()?
+    }
+
+    /// Sends a notification to the server, as Claude Code sends `permission_request`.
+    pub async fn notify(&self, method: &str, params: Value) {
+        let n = CustomNotification::new(method.to_owned(), Some(params));
+        self.service
+            .send_notification(rmcp::model::ClientNotification::CustomNotification(n))
+            .await
+            .expect("notification sent");
+    }
+
     /// Closes stdin (the normal end of a session) and waits for the process to exit.
     pub async fn quit(self) {
         let pid = self.pid;
@@ -398,6 +412,7 @@ pub fn without_telegram(cmd: &mut Command) {
         "IPC_NATS_CREDS",
         "IPC_NATS_CA",
         "IPC_MACHINE",
+        "IPC_TG_ALLOW",
     ] {
         cmd.env_remove(var);
     }

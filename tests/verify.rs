@@ -74,6 +74,7 @@ async fn a_real_telegram_reply_is_not_marked_but_a_changed_copy_is() {
     let mut beta = mb.spawn_env("beta", &envs(&env), None).await;
     let update = bot.push_message(json!({
         "message_id": 1, "date": 0, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": CHAT, "is_bot": false, "first_name": "Me"},
         "text": "@beta ship it"
     }));
     let event = beta.next_event().await;

@@ -18,6 +18,7 @@ pub mod search;
 pub mod send;
 pub mod style;
 pub mod tail;
+pub mod telegram;
 pub mod who;
 
 use std::process::Stdio;

@@ -46,7 +46,7 @@ pub fn priority(value: Option<&str>) -> Result<Priority, String> {
 }
 
 pub const SEND_USAGE: &str = "t9_ipc_send(to, subject, body?, priority?: normal|high|critical, \
-reply_to?, ttl_s?, info_only?, supersedes?)";
+reply_to?, ttl_s?, info_only?, supersedes?, files?)";
 pub const BROADCAST_USAGE: &str =
     "t9_ipc_broadcast(subject, body?, priority?: normal|high|critical, ttl_s?, info_only?)";
 pub const UNREAD_USAGE: &str = "t9_ipc_unread(mark_read?: true|false, limit?: 1 or more)";
@@ -71,6 +71,9 @@ pub struct SendArgs {
     pub info_only: Option<bool>,
     #[serde(default)]
     pub supersedes: Option<String>,
+    /// To `human` only: paths of files sent to the user on Telegram.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,7 +121,8 @@ pub static SEND_SCHEMA: LazyLock<Arc<JsonObject>> = LazyLock::new(|| {
         json!({
             "to": {"type": "string", "description": "A session name, \"all\", or \"human\" (the user)"},
             "reply_to": {"type": "string", "description": "msg_id this answers"},
-            "supersedes": {"type": "string", "description": "msg_id of your earlier message this replaces"}
+            "supersedes": {"type": "string", "description": "msg_id of your earlier message this replaces"},
+            "files": {"type": "array", "items": {"type": "string"}, "description": "To human only: file paths (each at most 50 MB) sent on Telegram"}
         }),
     );
     schema(json!({"type": "object", "properties": props, "required": ["to", "subject"]}))

@@ -15,6 +15,7 @@ use t9_ipc::seal::Sender;
 use t9_ipc::text::Boundary;
 
 use super::rules::Batch;
+use crate::telegram;
 
 /// What an empty body is shown as, in events and tool results.
 pub const EMPTY_BODY: &str = "(no body; the subject is the whole message)";
@@ -224,6 +225,7 @@ fn channel_params(msg: &Message, unverified: bool) -> Value {
     if let Some(expires) = &f.expires {
         meta["expires"] = json!(expires);
     }
+    telegram::attachment_meta(msg, &mut meta); // a file from the phone
     json!({ "content": body_or_note(msg), "meta": meta })
 }
 

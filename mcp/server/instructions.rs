@@ -9,7 +9,7 @@ pub fn instructions(name: &str, config: &Config) -> String {
         data = "its folder: `t9-ipc where` prints it".to_owned();
     }
     // Whether escalations reach the user here.
-    let telegram = if config.telegram.as_ref().is_some_and(|t| t.chat.is_some()) {
+    let telegram = if crate::telegram::forwards(config) {
         "the user gets it on Telegram"
     } else {
         "Telegram is off here: tell the user directly too"

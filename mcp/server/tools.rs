@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{Local, TimeDelta};
 use rmcp::handler::server::{tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{
-    CallToolResult, ContentBlock, DiscoverRequestMethod, DiscoverResult, ExperimentalCapabilities,
-    Implementation, JsonObject, ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, CustomNotification, DiscoverRequestMethod, DiscoverResult,
+    ExperimentalCapabilities, Implementation, JsonObject, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler};
@@ -200,7 +200,11 @@ impl T9 {
             Ok(checked) => checked,
             Err(text) => return refused(text),
         };
-        let (body, reply_to, supersedes) = (args.body, args.reply_to, args.supersedes);
+        let body = match telegram::with_files(args.body, &to, &args.files, &self.config.cwd) {
+            Ok(body) => body,
+            Err(text) => return refused(text),
+        };
+        let (reply_to, supersedes) = (args.reply_to, args.supersedes);
         let (ttl_s, info_only) = (args.ttl_s, args.info_only.unwrap_or(false));
         let critical = priority == Priority::Critical;
         let (subscribers, tg) = (self.subscribers.clone(), self.telegram.clone());
@@ -292,6 +296,7 @@ Telegram when set up). Use it to ask, inform or answer (pass the msg_id as reply
                     to: Some(t9_ipc::message::BROADCAST.to_owned()),
                     reply_to: None,
                     supersedes: None,
+                    files: Vec::new(),
                     ..args
                 })
                 .await
@@ -446,6 +451,7 @@ impl ServerHandler for T9 {
     fn get_info(&self) -> ServerConfig {
         let mut experimental = ExperimentalCapabilities::new();
         experimental.insert("claude/channel".to_owned(), JsonObject::new());
+        crate::permission::declare(&mut experimental, self.telegram.as_ref()); // permission relay
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
@@ -463,6 +469,16 @@ impl ServerHandler for T9 {
         _context: RequestContext<RoleServer>,
     ) -> Result<DiscoverResult, McpError> {
         Err(McpError::method_not_found::<DiscoverRequestMethod>())
+    }
+
+    /// Claude Code's `permission_request` (see mcp/permission.rs).
+    async fn on_custom_notification(
+        &self,
+        n: CustomNotification,
+        cx: NotificationContext<RoleServer>,
+    ) {
+        let (tg, s, c) = (self.telegram.as_ref(), &self.session, &self.config);
+        crate::permission::on_notification(n, cx.peer, tg, s, c, &self.ending);
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

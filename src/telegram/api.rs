@@ -205,19 +205,154 @@ impl Api {
         }
     }
 
-    /// Sends one part to `chat`; returns its Telegram message id.
-    pub(super) async fn send(&self, chat: i64, text: &str, html: bool) -> Result<i64, ApiError> {
+    /// Sends one part to `chat` (in forum topic `thread` when given); returns its Telegram
+    /// message id.
+    pub(super) async fn send(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        text: &str,
+        html: bool,
+    ) -> Result<i64, ApiError> {
         let mut body = json!({
             "chat_id": chat,
             "text": text,
             "link_preview_options": {"is_disabled": true},
         });
+        if let Some(thread) = thread {
+            body["message_thread_id"] = json!(thread);
+        }
         if html {
             body["parse_mode"] = json!("HTML");
         }
         self.call::<SentMessage>("sendMessage", &body, None)
             .await
             .map(|m| m.message_id)
+    }
+}
+
+impl Api {
+    /// `sendMessage` with a body the caller built (keyboards, topics); returns the message id.
+    pub(super) async fn send_body(&self, body: &Value) -> Result<i64, ApiError> {
+        self.call::<SentMessage>("sendMessage", body, None)
+            .await
+            .map(|m| m.message_id)
+    }
+
+    /// `editMessageText` of a message this bot sent.
+    pub(super) async fn edit(&self, body: &Value) -> Result<(), ApiError> {
+        self.call::<Value>("editMessageText", body, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Downloads `file_path` (from `getFile`), refusing more than `max` bytes.
+    pub(super) async fn download(&self, file_path: &str, max: u64) -> Result<Vec<u8>, ApiError> {
+        let url = format!("{}/file/bot{}/{file_path}", self.base, self.token.secret());
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ApiError::Refused(
+                status,
+                "the file could not be downloaded".to_owned(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > max {
+                return Err(ApiError::Refused(
+                    413,
+                    format!("over {} MB", max / (1024 * 1024)),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads one file (`multipart/form-data`) with `method` (`sendDocument`, `sendPhoto`):
+    /// the text `fields`, then the file as `field` named `name`. Returns the message id.
+    pub(super) async fn upload(
+        &self,
+        method: &str,
+        fields: &[(String, String)],
+        field: &str,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<i64, ApiError> {
+        let boundary = format!(
+            "t9ipc{}{}",
+            crate::fsx::random_uid(),
+            crate::fsx::random_uid()
+        );
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        for (k, v) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = format!("{}/bot{}/{method}", self.base, self.token.secret());
+        let response = self
+            .client
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .timeout(Duration::from_secs(300))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Network(describe(e, &self.token)))?;
+        match serde_json::from_slice::<Envelope<SentMessage>>(&bytes) {
+            Ok(Envelope {
+                ok: true,
+                result: Some(m),
+                ..
+            }) => Ok(m.message_id),
+            Ok(e) => Err(ApiError::Refused(
+                status,
+                self.token
+                    .scrub(e.description.as_deref().unwrap_or("no description")),
+            )),
+            Err(_) => Err(ApiError::Server(
+                status,
+                "the answer is not the Bot API's JSON".to_owned(),
+            )),
+        }
+    }
+
+    /// Answers a button press; `text` shows as a toast on the presser's phone.
+    pub(super) async fn answer_callback(&self, id: &str, text: &str) -> Result<(), ApiError> {
+        let body = json!({"callback_query_id": id, "text": text});
+        self.call::<Value>("answerCallbackQuery", &body, None)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -257,6 +392,7 @@ mod tests {
             chat: Some(1),
             api_base: "http://127.0.0.1:9".into(),
             give_up_after: Duration::from_secs(1),
+            allow: Vec::new(),
         };
         assert!(!format!("{config:?}").contains("secret"));
     }
@@ -271,9 +407,10 @@ mod tests {
             chat: Some(1),
             api_base: format!("http://127.0.0.1:{port}"),
             give_up_after: Duration::from_secs(1),
+            allow: Vec::new(),
         })
         .unwrap();
-        let err = api.send(1, "x", false).await.unwrap_err();
+        let err = api.send(1, None, "x", false).await.unwrap_err();
         assert!(matches!(err, ApiError::Network(_)), "{err:?}");
         let text = format!("{err} {err:?}");
         assert!(!text.contains("SECRET"), "{text}");

@@ -1,8 +1,10 @@
 //! The reply path: the elected server long-polls `getUpdates`, and what the person writes
 //! in the configured chat becomes an inbox message from `telegram` (or a notice back).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Local;
@@ -10,7 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::access::{Allowed, Arrival};
 use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
+use super::files::incoming;
+use super::permission::{Behavior, Verdict, parse_callback, typed_answer};
 use super::service::{Inner, Telegram};
 use super::store::{Forwarded, private};
 use crate::mailbox::Draft;
@@ -19,6 +24,15 @@ use crate::message::{self, BROADCAST, TELEGRAM};
 #[derive(Debug, Deserialize)]
 struct Update {
     message: Option<TgMessage>,
+    callback_query: Option<CallbackQuery>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    id: String,
+    from: User,
+    #[serde(default)]
+    data: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +42,11 @@ struct TgMessage {
     text: Option<String>,
     caption: Option<String>,
     reply_to_message: Option<Replied>,
+    /// The forum topic the message was written in.
+    #[serde(default)]
+    message_thread_id: Option<i64>,
+    #[serde(default)]
+    is_topic_message: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,8 +56,24 @@ struct Chat {
 
 #[derive(Debug, Deserialize)]
 struct User {
+    id: i64,
     #[serde(default)]
     is_bot: bool,
+    #[serde(default)]
+    first_name: String,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+impl User {
+    /// How the person is named in outcomes and `telegram status`.
+    fn name(&self) -> String {
+        match &self.username {
+            Some(u) if !self.first_name.is_empty() => format!("{} (@{u})", self.first_name),
+            Some(u) => format!("@{u}"),
+            None => self.first_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +95,16 @@ enum Inbound {
     },
     /// Told back to the person, in the configured chat.
     Notice(String),
+    /// A typed `yes abcde` / `no abcde` from a user who may answer prompts.
+    Typed(Behavior, String),
+}
+
+/// What the poller sends back after a batch: a notice in a chat, or a toast on a press.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// A text in a chat (and forum topic).
+    Notice(i64, Option<i64>, String),
+    Toast(String, String),
 }
 
 const HELP: &str = "This bot forwards t9-ipc escalations. Reply to one to answer the session \
@@ -71,18 +116,55 @@ session).";
 fn inbound(
     m: &TgMessage,
     chat: Option<i64>,
+    allowed: &Allowed,
+    topic: Option<String>,
+    file: Option<(&str, &str)>,
     lookup: impl FnOnce(i64) -> Option<Forwarded>,
 ) -> Inbound {
     if chat != Some(m.chat.id) {
         return Inbound::Ignore("a chat other than IPC_TG_CHAT");
     }
-    if m.from.as_ref().is_some_and(|u| u.is_bot) {
+    let Some(from) = &m.from else {
+        return Inbound::Ignore("no sender (an anonymous admin or a channel post)");
+    };
+    if from.is_bot {
         return Inbound::Ignore("a bot");
     }
-    let Some(text) = m.text.as_deref().or(m.caption.as_deref()) else {
-        return Inbound::Notice("Not delivered: only text reaches the sessions.".to_owned());
+    if !allowed.may_write(from.id) {
+        return Inbound::Ignore("a user not in IPC_TG_ALLOW and not paired");
+    }
+    let text = m
+        .text
+        .as_deref()
+        .or(m.caption.as_deref())
+        .unwrap_or("")
+        .trim();
+    if text.is_empty() && file.is_none() {
+        return Inbound::Notice(
+            "Not delivered: only text, photos, documents and voice notes reach the sessions."
+                .to_owned(),
+        );
+    }
+    // A file saved from the phone: named at the end of the body.
+    let with_file = |body: &str| match file {
+        Some((kind, path)) => format!("{body}\n\n[{kind} from the phone, saved at {path}]")
+            .trim_start()
+            .to_owned(),
+        None => body.to_owned(),
     };
-    let text = text.trim();
+    let summary = |body: &str| match file {
+        Some((kind, _)) if body.is_empty() => format!("a {kind} from the phone"),
+        _ => summary(body),
+    };
+    if let Some((behavior, id)) = typed_answer(text).filter(|_| file.is_none()) {
+        if !allowed.may_answer(from.id) {
+            return Inbound::Notice(
+                "Not taken: only the user ids of IPC_TG_ALLOW or paired users answer permission requests."
+                    .to_owned(),
+            );
+        }
+        return Inbound::Typed(behavior, id);
+    }
     if let Some(replied) = &m.reply_to_message
         && let Some(f) = lookup(replied.message_id)
     {
@@ -95,7 +177,7 @@ fn inbound(
         return Inbound::Deliver {
             to: f.from,
             subject: cut_chars(&format!("re: {}", f.subject), message::MAX_SUBJECT_CHARS),
-            body: text.to_owned(),
+            body: with_file(text),
             reply_to: Some(f.msg_id),
         };
     }
@@ -116,7 +198,16 @@ fn inbound(
         return Inbound::Deliver {
             to,
             subject: summary(body),
-            body: body.to_owned(),
+            body: with_file(body),
+            reply_to: None,
+        };
+    }
+    if let Some(session) = topic {
+        // Anything written in a session's forum topic goes to that session.
+        return Inbound::Deliver {
+            to: session,
+            subject: summary(text),
+            body: with_file(text),
             reply_to: None,
         };
     }
@@ -153,7 +244,7 @@ impl Telegram {
         let Some(_lock) = self.elected(&cancel).await else {
             return;
         };
-        tracing::info!(chat = ?self.inner.chat, "this server now reads the replies from Telegram");
+        tracing::info!(chat = ?self.inner.chat(), "this server now reads the replies from Telegram");
         let mut offset = self
             .blocking(|inner| inner.store.load_offset())
             .await
@@ -211,7 +302,8 @@ impl Telegram {
 
     /// One long poll for the updates from `offset` on.
     async fn get_updates(&self, offset: Option<i64>) -> Result<Vec<Value>, ApiError> {
-        let mut body = json!({"timeout": POLL_SECONDS, "allowed_updates": ["message"]});
+        let mut body =
+            json!({"timeout": POLL_SECONDS, "allowed_updates": ["message", "callback_query"]});
         if let Some(offset) = offset {
             body["offset"] = json!(offset);
         }
@@ -227,15 +319,25 @@ impl Telegram {
         if updates.is_empty() {
             return offset;
         }
+        let files = self.fetch_files(&updates).await;
         let taken = self
-            .blocking(move |inner| inner.take_updates(updates, offset))
+            .blocking(move |inner| inner.take_updates(updates, offset, files))
             .await;
-        let Some((next, notices)) = taken else {
+        let Some((next, answers)) = taken else {
             return offset;
         };
-        for (chat, text) in notices {
-            if let Err(err) = self.inner.api.send(chat, &text, false).await {
-                tracing::warn!(%err, "telling the person a message was not delivered");
+        for answer in answers {
+            let sent = match &answer {
+                Answer::Notice(chat, thread, text) => self
+                    .inner
+                    .api
+                    .send(*chat, *thread, text, false)
+                    .await
+                    .map(|_| ()),
+                Answer::Toast(id, text) => self.inner.api.answer_callback(id, text).await,
+            };
+            if let Err(err) = sent {
+                tracing::warn!(%err, "answering the person on Telegram");
             }
         }
         next
@@ -278,15 +380,25 @@ impl Inner {
         &self,
         updates: Vec<Value>,
         mut offset: Option<i64>,
-    ) -> (Option<i64>, Vec<(i64, String)>) {
+        mut files: HashMap<i64, Result<PathBuf, String>>,
+    ) -> (Option<i64>, Vec<Answer>) {
         let mut notices = Vec::new();
+        let allowed = self.allowed();
+        let delivered = self.store.delivered();
         for value in updates {
             let Some(update_id) = value.get("update_id").and_then(Value::as_i64) else {
                 tracing::warn!("skipped a Telegram update without an update_id");
                 continue;
             };
             offset = Some(offset.map_or(update_id + 1, |o| o.max(update_id + 1)));
-            notices.extend(self.take_update(update_id, value));
+            let file = files.remove(&update_id);
+            if let Some((_, Some(msg_id))) = delivered.get(&update_id) {
+                // Delivered before a crash that came before the offset was saved.
+                tracing::info!(update_id, %msg_id, "a Telegram update delivered already; skipped");
+                continue;
+            }
+            let taking = delivered.get(&update_id).map(|(at, _)| at.as_str());
+            notices.extend(self.take_update(update_id, value, &allowed, file, taking));
         }
         if let Some(offset) = offset
             && let Err(err) = self.store.save_offset(offset)
@@ -297,7 +409,15 @@ impl Inner {
     }
 
     /// Handles one update; returns the notice to send back, if any.
-    fn take_update(&self, update_id: i64, value: Value) -> Option<(i64, String)> {
+    fn take_update(
+        &self,
+        update_id: i64,
+        value: Value,
+        allowed: &Allowed,
+        file: Option<Result<PathBuf, String>>,
+        taking: Option<&str>,
+    ) -> Option<Answer> {
+        let kind = value.get("message").and_then(incoming).map(|f| f.kind);
         let update = match serde_json::from_value::<Update>(value) {
             Ok(update) => update,
             Err(err) => {
@@ -305,13 +425,36 @@ impl Inner {
                 return None;
             }
         };
+        if let Some(q) = update.callback_query {
+            return Some(self.press(update_id, &q, allowed));
+        }
         let Some(m) = update.message else {
             tracing::debug!(update_id, "skipped a Telegram update that is no message");
             return None;
         };
-        let action = inbound(&m, self.chat, |message_id| {
+        if let Some(answer) = self.pairing(&m) {
+            return Some(answer);
+        }
+        let topic = m
+            .message_thread_id
+            .filter(|_| m.is_topic_message)
+            .and_then(|thread| self.session_of_topic(m.chat.id, thread));
+        let saved = match (&file, kind) {
+            (Some(Ok(path)), Some(kind)) => Some((kind, path.display().to_string())),
+            (Some(Err(why)), Some(kind)) => {
+                tracing::warn!(update_id, err = %why, "a file from Telegram was not saved");
+                return Some(Answer::Notice(
+                    m.chat.id,
+                    m.message_thread_id,
+                    format!("Not delivered: the {kind} could not be fetched ({why})."),
+                ));
+            }
+            _ => None,
+        };
+        let file = saved.as_ref().map(|(k, p)| (*k, p.as_str()));
+        let action = inbound(&m, self.chat(), allowed, topic, file, |message_id| {
             self.store
-                .lookup(m.chat.id, message_id)
+                .lookup_waiting(m.chat.id, message_id)
                 .unwrap_or_else(|err| {
                     tracing::warn!(err = %format!("{err:#}"), "reading replies.log");
                     None
@@ -328,16 +471,175 @@ impl Inner {
                 );
                 None
             }
-            Inbound::Notice(text) => Some((m.chat.id, text)),
+            Inbound::Notice(text) => Some(Answer::Notice(m.chat.id, m.message_thread_id, text)),
+            Inbound::Typed(behavior, id) => {
+                let by = m.from.as_ref().map(User::name).unwrap_or_default();
+                Some(Answer::Notice(
+                    m.chat.id,
+                    m.message_thread_id,
+                    self.typed(&id, behavior, by),
+                ))
+            }
             Inbound::Deliver {
                 to,
                 subject,
                 body,
                 reply_to,
             } => self
-                .deliver(update_id, &to, &subject, &body, reply_to.as_deref())
-                .map(|text| (m.chat.id, text)),
+                .deliver_once(update_id, taking, &to, &subject, &body, reply_to.as_deref())
+                .map(|text| Answer::Notice(m.chat.id, m.message_thread_id, text)),
         }
+    }
+
+    /// A pairing code sent to the bot (from any chat: pairing is how a chat becomes known).
+    fn pairing(&self, m: &TgMessage) -> Option<Answer> {
+        let from = m.from.as_ref().filter(|u| !u.is_bot)?;
+        let text = m.text.as_deref()?;
+        let arrival = Arrival {
+            user_id: from.id,
+            chat_id: m.chat.id,
+            name: from.name(),
+        };
+        self.access.code_arrived(text, &arrival, Local::now())?;
+        tracing::info!(
+            user_id = from.id,
+            chat_id = m.chat.id,
+            "a pairing code arrived"
+        );
+        Some(Answer::Notice(
+            m.chat.id,
+            m.message_thread_id,
+            format!(
+                "Paired: user {} in chat {}. `t9-ipc telegram pair` saves it now.",
+                from.id, m.chat.id
+            ),
+        ))
+    }
+
+    /// A button press on a permission prompt.
+    fn press(&self, update_id: i64, q: &CallbackQuery, allowed: &Allowed) -> Answer {
+        let toast = |text: &str| Answer::Toast(q.id.clone(), text.to_owned());
+        let Some((action, id, secret)) = q.data.as_deref().and_then(parse_callback) else {
+            tracing::debug!(update_id, "a button press this version does not know");
+            return toast("This button is not (or no longer) understood.");
+        };
+        if q.from.is_bot || !allowed.may_answer(q.from.id) {
+            tracing::warn!(update_id, user_id = q.from.id, request_id = %id, "a press from a user who may not answer was refused");
+            return toast("Refused: you are not allowed to answer permission requests.");
+        }
+        let request = match self.open_request(&id) {
+            None => return toast("Unknown request: it expired or was never asked here."),
+            Some(r) => r,
+        };
+        if let Some(outcome) = &request.outcome {
+            return toast(&format!("Already answered ({outcome})."));
+        }
+        if !crate::heartbeat::pid_running(request.pid) {
+            return toast("The session that asked has ended; nothing was answered.");
+        }
+        let (verdict, said) = match action {
+            'm' => (Verdict::More, ""),
+            'a' => (
+                Verdict::Press {
+                    secret,
+                    by: q.from.name(),
+                },
+                "Allowed.",
+            ),
+            _ => (
+                Verdict::Press {
+                    secret,
+                    by: q.from.name(),
+                },
+                "Denied.",
+            ),
+        };
+        match self.write_verdict(&id, &verdict) {
+            Ok(()) => {
+                tracing::info!(update_id, request_id = %id, session = %request.session, "a press was handed to the asking session");
+                toast(said)
+            }
+            Err(err) => {
+                tracing::warn!(update_id, err = %format!("{err:#}"), "writing a verdict");
+                toast("Not taken: the mailbox could not be written.")
+            }
+        }
+    }
+
+    /// A typed `yes abcde` / `no abcde` from a user who may answer.
+    fn typed(&self, id: &str, behavior: Behavior, by: String) -> String {
+        let Some(request) = self.open_request(id) else {
+            return format!("Unknown request {id}: it expired or was never asked here.");
+        };
+        if let Some(outcome) = &request.outcome {
+            return format!("Request {id} is already answered ({outcome}).");
+        }
+        if !crate::heartbeat::pid_running(request.pid) {
+            return format!("The session that asked {id} has ended; nothing was answered.");
+        }
+        // This process asked it: it holds the secret, so the answer is proven like a press.
+        let verdict = match (self.own_secret(id, behavior), behavior) {
+            (Some(secret), _) => Verdict::Press { secret, by },
+            (None, Behavior::Deny) => Verdict::TypedDeny { by },
+            (None, Behavior::Allow) => {
+                return format!(
+                    "Not taken: a typed yes counts only in the session that reads Telegram, and {} asked this one. Press Allow on its prompt.",
+                    request.session
+                );
+            }
+        };
+        match self.write_verdict(id, &verdict) {
+            Ok(()) => match behavior {
+                Behavior::Allow => format!("Allowed {id}."),
+                Behavior::Deny => format!("Denied {id}."),
+            },
+            Err(err) => format!("Not taken: the mailbox could not be written ({err})."),
+        }
+    }
+
+    /// [`Inner::deliver`] exactly once per update: `delivered.log` says when an update was
+    /// taken and which message it became, so an update read again after a crash (before the
+    /// offset was saved) is not written twice. `taking` is when an earlier try began, if one
+    /// did: then a message from it that reached the inbox counts as the delivery.
+    fn deliver_once(
+        &self,
+        update_id: i64,
+        taking: Option<&str>,
+        to: &str,
+        subject: &str,
+        body: &str,
+        reply_to: Option<&str>,
+    ) -> Option<String> {
+        if let Some(at) = taking.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+            let since = at.with_timezone(&Local) - chrono::TimeDelta::seconds(2);
+            let earlier = self.mailbox.recent(since).ok().and_then(|recent| {
+                recent.into_iter().find(|m| {
+                    m.front.from == TELEGRAM && m.front.to == to && m.body.trim() == body.trim()
+                })
+            });
+            if let Some(m) = earlier {
+                tracing::info!(update_id, msg_id = %m.id, "a Telegram update delivered before a crash; not written again");
+                let _ = self
+                    .store
+                    .note_delivery(&format!("{update_id} delivered {}", m.id));
+                return None;
+            }
+        }
+        if let Err(err) = self
+            .store
+            .note_delivery(&format!("{update_id} taking {}", Local::now().to_rfc3339()))
+        {
+            tracing::warn!(update_id, err = %format!("{err:#}"), "noting a delivery");
+        }
+        let (notice, id) = self.deliver(update_id, to, subject, body, reply_to);
+        if let Some(id) = id
+            && let Err(err) = self
+                .store
+                .note_delivery(&format!("{update_id} delivered {id}"))
+        {
+            tracing::warn!(update_id, err = %format!("{err:#}"), "noting a delivery");
+        }
+        notice
     }
 
     /// Writes what the person wrote into the inbox, from `telegram`; returns a notice for
@@ -352,7 +654,7 @@ impl Inner {
         subject: &str,
         body: &str,
         reply_to: Option<&str>,
-    ) -> Option<String> {
+    ) -> (Option<String>, Option<String>) {
         // A reply joins the thread of the escalation it answers.
         let thread = reply_to.map(|id| {
             self.mailbox
@@ -375,13 +677,16 @@ impl Inner {
         match self.mailbox.write(&draft, Local::now()) {
             Ok(msg_id) => {
                 tracing::info!(update_id, %msg_id, %to, "a message from Telegram was delivered");
-                None
+                (None, Some(msg_id))
             }
             Err(err) => {
                 tracing::warn!(update_id, err = %format!("{err:#}"), "writing a message from Telegram");
-                Some(format!(
-                    "Not delivered: the mailbox could not be written ({err})."
-                ))
+                (
+                    Some(format!(
+                        "Not delivered: the mailbox could not be written ({err})."
+                    )),
+                    None,
+                )
             }
         }
     }
@@ -394,11 +699,26 @@ mod tests {
     fn tg(chat: i64, text: &str, reply_to: Option<i64>) -> TgMessage {
         TgMessage {
             chat: Chat { id: chat },
-            from: Some(User { is_bot: false }),
+            from: Some(user(chat, false)),
             text: Some(text.to_owned()),
             caption: None,
             reply_to_message: reply_to.map(|message_id| Replied { message_id }),
+            message_thread_id: None,
+            is_topic_message: false,
         }
+    }
+
+    fn user(id: i64, is_bot: bool) -> User {
+        User {
+            id,
+            is_bot,
+            first_name: "Me".into(),
+            username: None,
+        }
+    }
+
+    fn allowed() -> Allowed {
+        Allowed::new(&[], &[], Some(5))
     }
 
     fn forwarded(message_id: i64) -> Option<Forwarded> {
@@ -414,20 +734,40 @@ mod tests {
     #[test]
     fn what_the_person_writes_becomes() {
         assert_eq!(
-            inbound(&tg(6, "@alpha hi", None), Some(5), forwarded),
+            inbound(
+                &tg(6, "@alpha hi", None),
+                Some(5),
+                &allowed(),
+                None,
+                None,
+                forwarded
+            ),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         assert_eq!(
-            inbound(&tg(5, "x", Some(77)), None, forwarded),
+            inbound(
+                &tg(5, "x", Some(77)),
+                None,
+                &allowed(),
+                None,
+                None,
+                forwarded
+            ),
             Inbound::Ignore("a chat other than IPC_TG_CHAT")
         );
         let mut bot = tg(5, "@alpha hi", None);
-        bot.from = Some(User { is_bot: true });
-        assert_eq!(inbound(&bot, Some(5), forwarded), Inbound::Ignore("a bot"));
+        bot.from = Some(user(5, true));
+        assert_eq!(
+            inbound(&bot, Some(5), &allowed(), None, None, forwarded),
+            Inbound::Ignore("a bot")
+        );
         assert_eq!(
             inbound(
                 &tg(5, " use the backup\n\ndisk ", Some(77)),
                 Some(5),
+                &allowed(),
+                None,
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -441,6 +781,9 @@ mod tests {
             inbound(
                 &tg(5, "@beta restart the job\nnow", None),
                 Some(5),
+                &allowed(),
+                None,
+                None,
                 forwarded
             ),
             Inbound::Deliver {
@@ -452,26 +795,105 @@ mod tests {
         );
         // A reply to something else, with a mention, goes by the mention.
         assert!(matches!(
-            inbound(&tg(5, "@beta hi", Some(1)), Some(5), forwarded),
+            inbound(&tg(5, "@beta hi", Some(1)), Some(5), &allowed(), None, None, forwarded),
             Inbound::Deliver { to, .. } if to == "beta"
         ));
         assert!(matches!(
-            inbound(&tg(5, "@all hi", None), Some(5), forwarded),
+            inbound(&tg(5, "@all hi", None), Some(5), &allowed(), None, None, forwarded),
             Inbound::Deliver { to, .. } if to == "all"
         ));
         for text in ["hello", "/start", "@x hi", "@beta", "@human hi"] {
             assert!(
                 matches!(
-                    inbound(&tg(5, text, None), Some(5), forwarded),
+                    inbound(
+                        &tg(5, text, None),
+                        Some(5),
+                        &allowed(),
+                        None,
+                        None,
+                        forwarded
+                    ),
                     Inbound::Notice(_)
                 ),
                 "{text}"
             );
         }
+        let mut anonymous = tg(5, "@alpha hi", None);
+        anonymous.from = None;
+        assert!(matches!(
+            inbound(&anonymous, Some(5), &allowed(), None, None, forwarded),
+            Inbound::Ignore(_)
+        ));
+        let mut stranger = tg(5, "@alpha hi", None);
+        stranger.from = Some(user(6, false));
+        assert!(matches!(
+            inbound(&stranger, Some(5), &allowed(), None, None, forwarded),
+            Inbound::Ignore(_)
+        ));
+        // A typed answer: only from an id named as allowed.
+        assert!(matches!(
+            inbound(
+                &tg(5, "yes abcde", None),
+                Some(5),
+                &allowed(),
+                None,
+                None,
+                forwarded
+            ),
+            Inbound::Notice(_)
+        ));
+        let named = Allowed::new(&[5], &[], Some(5));
+        assert_eq!(
+            inbound(
+                &tg(5, "No ABCDE", None),
+                Some(5),
+                &named,
+                None,
+                None,
+                forwarded
+            ),
+            Inbound::Typed(Behavior::Deny, "abcde".into())
+        );
+        assert_eq!(
+            inbound(
+                &tg(5, "hello", None),
+                Some(5),
+                &allowed(),
+                Some("beta".into()),
+                None,
+                forwarded
+            ),
+            Inbound::Deliver {
+                to: "beta".into(),
+                subject: "hello".into(),
+                body: "hello".into(),
+                reply_to: None,
+            },
+            "text in a session's topic goes to that session"
+        );
+        let mut photo = tg(5, "", None);
+        photo.text = None;
+        let Inbound::Deliver { subject, body, .. } = inbound(
+            &photo,
+            Some(5),
+            &allowed(),
+            Some("beta".into()),
+            Some(("photo", "/d/p.jpg")),
+            forwarded,
+        ) else {
+            panic!()
+        };
+        assert_eq!(subject, "a photo from the phone");
+        assert_eq!(body, "[photo from the phone, saved at /d/p.jpg]");
         let long = format!("@beta {}", "word ".repeat(100));
-        let Inbound::Deliver { subject, body, .. } =
-            inbound(&tg(5, &long, None), Some(5), forwarded)
-        else {
+        let Inbound::Deliver { subject, body, .. } = inbound(
+            &tg(5, &long, None),
+            Some(5),
+            &allowed(),
+            None,
+            None,
+            forwarded,
+        ) else {
             panic!()
         };
         assert_eq!(subject.chars().count(), 80);

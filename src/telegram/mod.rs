@@ -9,13 +9,17 @@
 //! - **Back.** [`Telegram::answer`] waits to be elected (a lock on `poll.lock`; the server
 //!   holding it long-polls `getUpdates`, and the next waiting server takes over when it
 //!   exits). A reply to a forwarded message becomes an inbox message from `telegram` to the
-//!   session that escalated, with `reply_to` set; `@name text` goes to that session. Only
-//!   the configured chat is heard.
+//!   session that escalated, with `reply_to` set; `@name text` goes to that session, and so
+//!   does text in a session's forum topic. Only the configured chat, and only allowed users
+//!   (`access`), are heard.
+//! - **Permissions.** [`Telegram::ask`] relays a tool-permission prompt and waits for the
+//!   verdict a press brings back (`permission`; see docs/SECURITY.md).
 //!
 //! The files: `render` (markdown to Telegram's HTML, split into parts), `api` (the token,
 //! the Bot API client and its errors), `store` (the files below), `service` (the
 //! [`Telegram`] handle and the forwarder), `inbound` (the reply poller and what a message
-//! from the person becomes).
+//! from the person becomes), `access` (allowed users, pairing), `permission` (the prompt
+//! relay), `topics` (one forum topic per session), `files` (files both ways).
 //!
 //! On disk, under `<data>/telegram/` (each file 0600; state is replaced durably):
 //!
@@ -26,27 +30,41 @@
 //! failed/<msg_id>.txt   why a forward was given up: when, how many tries, the last error
 //! replies.log           one JSON line a sent part: its Telegram id -> the escalated msg_id
 //! offset                the next getUpdates offset
+//! delivered.log         updates taken since the offset was saved, and what they became
+//! sending/<msg_id>      a part is on its way and not yet in replies.log
 //! poll.lock             the lock that elects the one server reading replies
+//! paired.json, pairing/ allowed users and pending pairing codes (see `access`)
+//! permissions/, verdicts/  open permission requests and their answers (see `permission`)
+//! topics.json           each session's forum topic, by chat
+//! files/                files received from the phone
 //! ```
 //!
 //! The token is a [`Token`]: it prints as `<redacted>`, and every error text that could hold
 //! it (reqwest's include the URL, and the URL holds the token) is scrubbed before it is
 //! logged or written.
 
+mod access;
 mod api;
+mod files;
 mod inbound;
+mod permission;
 mod render;
 mod service;
 mod store;
+mod topics;
 
 use std::time::Duration;
 
 use crate::message::{self, FrontMatter};
 
+pub use access::{Access, Arrival, PAIR_CODE_LIFE, PairedUser};
 pub use api::Token;
+pub use files::{FILES_HEADER, MAX_DOWNLOAD, MAX_UPLOAD, files_section, listed_files};
+pub use permission::{Asker, Behavior, PERMISSION_TIMEOUT, PermissionRequest, typed_answer};
 pub use render::{MAX_MESSAGE, Part, render};
 pub use service::Telegram;
 pub use store::{Failure, failures};
+pub use topics::topics_of;
 
 /// How far back [`Telegram::catch_up`] looks, by the stamp in the file name.
 pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);

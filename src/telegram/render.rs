@@ -413,6 +413,15 @@ fn safe_href(href: &str) -> bool {
         && !href.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// `s` with `<`, `>` and `&` escaped for Telegram's HTML.
+pub(super) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        escape_into(&mut out, c);
+    }
+    out
+}
+
 fn escape_into(out: &mut String, c: char) {
     match c {
         '<' => out.push_str("&lt;"),

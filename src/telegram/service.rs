@@ -12,7 +12,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::access::{Access, Allowed};
 use super::api::{Api, ApiError, backoff};
+use super::files::{listed_files, send_file};
+use super::permission::Pending;
 use super::render::{Part, render};
 use super::store::{Claim, Claimed, Forwarded, Store};
 use super::{CATCH_UP_WINDOW, is_escalation};
@@ -29,7 +32,18 @@ pub struct Telegram {
 
 pub(super) struct Inner {
     pub(super) api: Api,
-    pub(super) chat: Option<i64>,
+    /// `IPC_TG_CHAT`; without it, the chat of the latest pairing is used ([`Inner::chat`]).
+    config_chat: Option<i64>,
+    /// `IPC_TG_ALLOW`.
+    allow_env: Vec<i64>,
+    pub(super) access: Access,
+    /// The permission requests this process asked and waits for, with their secrets.
+    pub(super) pending: Mutex<Pending>,
+    /// The chat checked with `getChat`, and whether it is a forum.
+    pub(super) forum: Mutex<Option<(i64, bool)>>,
+    /// Tasks the server started that must end before it exits (permission prompts, which
+    /// show their outcome on the way out).
+    tracked: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     give_up_after: Duration,
     pub(super) store: Store,
     /// Its own handle on the mailbox: reads recent files, writes the person's replies.
@@ -40,7 +54,7 @@ pub(super) struct Inner {
     queued: Mutex<Option<mpsc::UnboundedReceiver<Arc<Message>>>>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain data: a panic elsewhere leaves it usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -52,11 +66,17 @@ impl Telegram {
         let api = Api::new(config)?;
         let store = Store::open(data_dir)?;
         let mailbox = Mailbox::open(data_dir)?;
+        let access = Access::open(data_dir)?;
         let (queue, queued) = mpsc::unbounded_channel();
         Ok(Telegram {
             inner: Arc::new(Inner {
                 api,
-                chat: config.chat,
+                config_chat: config.chat,
+                allow_env: config.allow.clone(),
+                access,
+                pending: Mutex::new(Pending::new()),
+                forum: Mutex::new(None),
+                tracked: Mutex::new(Vec::new()),
                 give_up_after: config.give_up_after,
                 store,
                 mailbox,
@@ -67,16 +87,51 @@ impl Telegram {
         })
     }
 
-    /// True when escalations can be forwarded (`IPC_TG_CHAT` is set).
+    /// True when escalations can be forwarded (`IPC_TG_CHAT` is set, or a user was paired).
     pub fn forwards(&self) -> bool {
-        self.inner.chat.is_some()
+        self.inner.chat().is_some()
+    }
+
+    /// The chat escalations go to: `IPC_TG_CHAT`, else the chat of the latest pairing.
+    pub fn chat(&self) -> Option<i64> {
+        self.inner.chat()
+    }
+
+    /// Keeps `task` to be awaited by [`Telegram::join_tracked`] at the end of the session.
+    pub fn track(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tracked = locked(&self.inner.tracked);
+        tracked.retain(|t| !t.is_finished());
+        tracked.push(task);
+    }
+
+    /// Waits for the tracked tasks (after the cancellation token was cancelled).
+    pub async fn join_tracked(&self) {
+        let tasks = std::mem::take(&mut *locked(&self.inner.tracked));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The bot's `@username` (`getMe`), or why it could not be had.
+    pub async fn bot_name(&self) -> std::result::Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Me {
+            #[serde(default)]
+            username: String,
+        }
+        self.inner
+            .api
+            .call::<Me>("getMe", &serde_json::json!({}), None)
+            .await
+            .map(|me| format!("@{}", me.username))
+            .map_err(|e| e.to_string())
     }
 
     /// Offers a message that appeared in the inbox, whoever wrote it. Never blocks: an
     /// escalation not seen before in this process is queued for [`Telegram::forward`];
     /// anything else is ignored. Returns true when it was queued.
     pub fn offer(&self, msg: &Arc<Message>) -> bool {
-        if self.inner.chat.is_none() || !is_escalation(&msg.front) {
+        if !is_escalation(&msg.front) || self.inner.chat().is_none() {
             return false;
         }
         if !locked(&self.inner.offered).insert(msg.id.clone()) {
@@ -104,12 +159,11 @@ impl Telegram {
             tracing::warn!("the Telegram forwarder runs already");
             return;
         };
-        let Some(chat) = self.inner.chat else {
+        if self.inner.chat().is_none() {
             tracing::warn!(
-                "IPC_TG_TOKEN is set but IPC_TG_CHAT is not: escalations are not forwarded"
+                "IPC_TG_TOKEN is set but IPC_TG_CHAT is not (and nobody is paired): escalations are not forwarded"
             );
-            return;
-        };
+        }
         loop {
             let msg = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -117,6 +171,10 @@ impl Telegram {
                     Some(msg) => msg,
                     None => return,
                 },
+            };
+            // Offered only when a chat is known; read again, a pairing may have changed it.
+            let Some(chat) = self.inner.chat() else {
+                continue;
             };
             self.forward_one(chat, msg, &cancel).await;
         }
@@ -146,6 +204,10 @@ impl Telegram {
         let Some(mut claim) = self.claim(&msg.id).await else {
             return;
         };
+        let thread = self.topic_for(&msg.front.from).await;
+        // Cleared at every way out of here.
+        let id = msg.id.clone();
+        let _on_the_way = OnTheWay(&self.inner.store, &id);
         let parts = render(&msg);
         let n = parts.len();
         let mut run = Run::new(self.inner.give_up_after);
@@ -153,9 +215,10 @@ impl Telegram {
             if claim.part_sent(i, n) {
                 continue;
             }
+            self.inner.store.sending(&msg.id, true);
             let sent = tokio::select! {
                 () = cancel.cancelled() => return,
-                sent = self.send_part(chat, &msg.id, i, part, &mut run) => sent,
+                sent = self.send_part(chat, thread, &msg.id, i, part, &mut run) => sent,
             };
             match sent {
                 Ok(telegram_id) => {
@@ -167,6 +230,38 @@ impl Telegram {
                 }
                 Err(err) => return self.give_up(msg, claim, n, &run, &err).await,
             }
+        }
+        // Then the files the message lists, each recorded like a part.
+        let files = listed_files(&msg.body);
+        let total = n + files.len();
+        for (j, path) in files.iter().enumerate() {
+            if claim.part_sent(n + j, total) {
+                continue;
+            }
+            self.inner.store.sending(&msg.id, true);
+            let sent = tokio::select! {
+                () = cancel.cancelled() => return,
+                sent = send_file(&self.inner.api, chat, thread, path) => sent,
+            };
+            let telegram_id = match sent {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::warn!(msg_id = %msg.id, file = %path.display(), %err, "a file for the user was not sent");
+                    let note = format!("A file could not be sent: {} ({err})", path.display());
+                    self.inner
+                        .api
+                        .send(chat, thread, &note, false)
+                        .await
+                        .unwrap_or(0)
+                }
+            };
+            let Some(back) = self
+                .record_part(chat, &msg, claim, n + j, total, telegram_id)
+                .await
+            else {
+                return;
+            };
+            claim = back;
         }
         let finished = self.blocking(move |_| claim.finish("sent")).await;
         if let Some(Err(err)) = finished {
@@ -208,6 +303,7 @@ impl Telegram {
     async fn send_part(
         &self,
         chat: i64,
+        thread: Option<i64>,
         id: &str,
         i: usize,
         part: &Part,
@@ -217,7 +313,7 @@ impl Telegram {
         loop {
             run.tries += 1;
             let text = if html { &part.html } else { &part.plain };
-            let err = match self.inner.api.send(chat, text, html).await {
+            let err = match self.inner.api.send(chat, thread, text, html).await {
                 Ok(telegram_id) => return Ok(telegram_id),
                 Err(err) if err.is_bad_html() && html => {
                     tracing::warn!(msg_id = %id, part = i + 1, %err, "Telegram refused the HTML; sending the part as plain text");
@@ -303,6 +399,78 @@ impl Telegram {
     }
 }
 
+impl Inner {
+    /// The chat escalations and prompts go to and replies are read from: `IPC_TG_CHAT`,
+    /// else the chat of the latest pairing.
+    pub(super) fn chat(&self) -> Option<i64> {
+        self.config_chat
+            .or_else(|| self.access.paired().last().map(|u| u.chat_id))
+    }
+
+    /// Who may write and who may answer prompts, as the files say now.
+    pub(super) fn allowed(&self) -> Allowed {
+        Allowed::new(&self.allow_env, &self.access.paired(), self.chat())
+    }
+}
+
+/// While held, a part of the escalation may be on its way; dropping it says none is.
+struct OnTheWay<'a>(&'a Store, &'a str);
+
+impl Drop for OnTheWay<'_> {
+    fn drop(&mut self) {
+        self.0.sending(self.1, false);
+    }
+}
+
+impl Telegram {
+    /// Removes the Telegram bookkeeping of escalations done with (claims with an outcome,
+    /// `replies.log` lines) older than `older_than`, with the archive; at most once an hour
+    /// per mailbox. Blocks: call it on a blocking thread.
+    pub fn prune(&self, older_than: Duration) -> Result<Option<(usize, usize)>> {
+        let stamp = self.inner.mailbox.root().join("telegram").join("pruned");
+        let recent = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(3600));
+        if recent {
+            return Ok(None);
+        }
+        let _ = super::store::private()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&stamp);
+        // Settled permission requests, verdicts nobody took (their session ended) and pairing
+        // codes: a day is long past any of them.
+        let day = Duration::from_secs(24 * 3600);
+        let telegram = self.inner.mailbox.root().join("telegram");
+        for dir in ["permissions", "verdicts", "pairing"] {
+            for entry in std::fs::read_dir(telegram.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+                if old {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let inbox = self.inner.mailbox.inbox().to_path_buf();
+        let pruned = self
+            .inner
+            .store
+            .prune(older_than, |id| inbox.join(format!("{id}.md")).exists())?;
+        Ok(Some(pruned))
+    }
+}
+
 /// One escalation's forward: when it started, when it is given up, the tries so far.
 struct Run {
     started: Instant,
@@ -327,7 +495,7 @@ impl Run {
 impl fmt::Debug for Telegram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Telegram")
-            .field("chat", &self.inner.chat)
+            .field("chat", &self.inner.config_chat)
             .field("api_base", &self.inner.api.base)
             .field("token", &self.inner.api.token)
             .finish_non_exhaustive()

@@ -65,6 +65,14 @@ pub(super) struct Store {
     replies: PathBuf,
     offset: PathBuf,
     pub(super) poll_lock: PathBuf,
+    /// `sending/<msg_id>`: a part of this escalation is on its way to Telegram and not yet
+    /// in `replies.log`; a reply that finds nothing waits for these.
+    sending: PathBuf,
+    /// `delivered.log`: the updates taken since the offset was last saved
+    /// (`<update_id> taking <time>`, then `<update_id> delivered <msg_id>`).
+    delivered: PathBuf,
+    /// Taken while `replies.log` is appended to or rewritten.
+    replies_lock: PathBuf,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
@@ -80,8 +88,11 @@ impl Store {
             replies: dir.join("replies.log"),
             offset: dir.join("offset"),
             poll_lock: dir.join("poll.lock"),
+            sending: dir.join("sending"),
+            delivered: dir.join("delivered.log"),
+            replies_lock: dir.join("replies.lock"),
         };
-        for d in [&store.claims, &store.failed] {
+        for d in [&store.claims, &store.failed, &store.sending] {
             fs::create_dir_all(d).map_err(io_err("creating", d))?;
         }
         Ok(store)
@@ -132,6 +143,7 @@ impl Store {
         // One short write in append mode: lines of concurrent writers do not mix.
         let mut line = serde_json::to_string(forwarded).expect("plain strings and numbers");
         line.push('\n');
+        let _lock = self.lock_replies()?;
         private()
             .create(true)
             .append(true)
@@ -154,6 +166,166 @@ impl Store {
             .find(|f| f.chat == chat && f.message_id == message_id))
     }
 
+    fn lock_replies(&self) -> Result<File> {
+        let file = private()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.replies_lock)
+            .map_err(io_err("opening", &self.replies_lock))?;
+        file.lock().map_err(io_err("locking", &self.replies_lock))?;
+        Ok(file)
+    }
+
+    /// Marks a part of `id` as on its way (before the call) or arrived in `replies.log`.
+    pub(super) fn sending(&self, id: &str, on: bool) {
+        let path = self.sending.join(id);
+        let done = if on {
+            private()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map(|_| ())
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(err) = done
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            tracing::debug!(%err, "marking a part on its way");
+        }
+    }
+
+    /// True when a part is on its way now (a mark younger than a request's timeout).
+    fn parts_on_the_way(&self) -> bool {
+        let fresh = super::api::REQUEST_TIMEOUT + std::time::Duration::from_secs(5);
+        fs::read_dir(&self.sending)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < fresh)
+            })
+    }
+
+    /// [`Store::lookup`], and when nothing is found while a part is on its way (sent, its
+    /// Telegram id not yet written), looks again until it is written or a request's timeout:
+    /// a reply may come faster than the bookkeeping of what it answers.
+    pub(super) fn lookup_waiting(&self, chat: i64, message_id: i64) -> Result<Option<Forwarded>> {
+        let until = std::time::Instant::now() + super::api::REQUEST_TIMEOUT;
+        loop {
+            if let Some(found) = self.lookup(chat, message_id)? {
+                return Ok(Some(found));
+            }
+            if !self.parts_on_the_way() || std::time::Instant::now() > until {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// What `delivered.log` says about the updates taken since the offset was saved:
+    /// update id → `(taking time, delivered msg_id)`.
+    pub(super) fn delivered(&self) -> std::collections::HashMap<i64, (String, Option<String>)> {
+        let mut out = std::collections::HashMap::new();
+        let text = fs::read_to_string(&self.delivered).unwrap_or_default();
+        for line in text.lines() {
+            let mut words = line.splitn(3, ' ');
+            let (Some(id), Some(what), Some(rest)) = (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let Ok(id) = id.parse::<i64>() else { continue };
+            let entry = out.entry(id).or_insert_with(|| (String::new(), None));
+            match what {
+                "taking" => entry.0 = rest.to_owned(),
+                "delivered" => entry.1 = Some(rest.to_owned()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Appends one line to `delivered.log`, flushed: it must be on disk before what follows.
+    pub(super) fn note_delivery(&self, line: &str) -> Result<()> {
+        let mut file = private()
+            .create(true)
+            .append(true)
+            .open(&self.delivered)
+            .map_err(io_err("appending to", &self.delivered))?;
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io_err("appending to", &self.delivered))
+    }
+
+    /// Drops `delivered.log` once the offset past its updates is saved.
+    fn clear_deliveries(&self) {
+        if let Err(err) = fs::remove_file(&self.delivered)
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(%err, "clearing delivered.log");
+        }
+    }
+
+    /// Removes the bookkeeping of escalations done with: claims with an outcome older than
+    /// `older_than`, and the `replies.log` lines of escalations that are older and no longer
+    /// in the inbox (`in_inbox`). Returns how many claims and lines went.
+    pub(super) fn prune(
+        &self,
+        older_than: std::time::Duration,
+        in_inbox: impl Fn(&str) -> bool,
+    ) -> Result<(usize, usize)> {
+        let now = std::time::SystemTime::now();
+        let old = |path: &Path| {
+            fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= older_than)
+        };
+        let mut claims = 0;
+        for entry in fs::read_dir(&self.claims).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let done = fs::read_to_string(&path)
+                .map(|t| t.lines().any(|l| l.starts_with("done ")))
+                .unwrap_or(false);
+            if done && old(&path) && fs::remove_file(&path).is_ok() {
+                claims += 1;
+            }
+        }
+        let _lock = self.lock_replies()?;
+        let text = match fs::read_to_string(&self.replies) {
+            Ok(t) => t,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((claims, 0)),
+            Err(err) => return Err(Error::io("reading", &self.replies)(err)),
+        };
+        let cutoff = Local::now()
+            - chrono::TimeDelta::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
+        let mut kept = String::new();
+        let mut dropped = 0;
+        for line in text.lines() {
+            let stale = serde_json::from_str::<Forwarded>(line).is_ok_and(|f| {
+                crate::message::stem_time(&f.msg_id).is_some_and(|t| t < cutoff)
+                    && !in_inbox(&f.msg_id)
+            });
+            if stale {
+                dropped += 1;
+            } else {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        if dropped > 0 {
+            fsx::write_atomic(&self.replies, kept.as_bytes())?;
+        }
+        Ok((claims, dropped))
+    }
+
     /// Writes `failed/<id>.txt`, replacing it durably.
     pub(super) fn record_failure(&self, id: &str, text: &str) -> Result<PathBuf> {
         let path = self.failed.join(format!("{id}.txt"));
@@ -165,8 +337,11 @@ impl Store {
         fs::read_to_string(&self.offset).ok()?.trim().parse().ok()
     }
 
+    /// Saves the offset durably, then forgets the deliveries it covers.
     pub(super) fn save_offset(&self, offset: i64) -> Result<()> {
-        fsx::write_atomic(&self.offset, format!("{offset}\n").as_bytes())
+        fsx::write_atomic(&self.offset, format!("{offset}\n").as_bytes())?;
+        self.clear_deliveries();
+        Ok(())
     }
 }
 
@@ -239,6 +414,13 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
     let (i, n) = frac.split_once('/')?;
     let i: usize = i.parse().ok()?;
     Some((i.checked_sub(1)?, n.parse().ok()?, tid.parse().ok()?))
+}
+
+/// Creates `dir` (and its parents) when missing, and makes it private (0700).
+pub(super) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("securing", dir))
 }
 
 /// Options that create files readable and writable by their owner only (0600).
