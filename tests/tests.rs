@@ -13,3 +13,4 @@ mod messaging;
 mod names;
 mod props;
 mod telegram;
+mod trust;

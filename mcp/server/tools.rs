@@ -118,6 +118,10 @@ struct SetNameArgs {
     /// One line telling the others what this session works on.
     #[serde(default)]
     working_on: Option<String>,
+    /// true only when the user said this session is that name: takes a name that has
+    /// unread mail and was last used from another folder.
+    #[serde(default)]
+    take_over: Option<bool>,
 }
 
 /// The server's tools and handlers; rmcp clones it per request.
@@ -395,7 +399,9 @@ call it when starting, when the user asks about messages, or when events may be 
         name = "t9_ipc_set_name",
         description = "Give this session a readable name others send to (3-64 letters, digits, \
 '_' or '-'), and optionally a one-line status of what it works on. A name held by another live \
-session is refused. Mail sent to the old name stays with the old name."
+session is refused, and so is a name with unread mail that was last used from another folder \
+(unless take_over is true). Mail sent to the old name stays with the old name; the result says \
+what is left there."
     )]
     async fn set_name(
         &self,
@@ -403,11 +409,13 @@ session is refused. Mail sent to the old name stays with the old name."
     ) -> Result<CallToolResult, McpError> {
         let name = args.name.trim().to_owned();
         let shown = name.clone();
+        let take_over = args.take_over.unwrap_or(false);
         let result = self.blocking(
-            move |s| s.set_name(&name, args.working_on.as_deref(), Local::now()),
-            move |()| {
+            move |s| s.set_name(&name, args.working_on.as_deref(), take_over, Local::now()),
+            move |left| {
                 format!(
-                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\")."
+                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\").{}",
+                    format_left(&left)
                 )
             },
         )
@@ -480,6 +488,26 @@ timeout_s: 1-600, default 60; on timeout it says so and you may wait again."
             Err(text) => ok(text),
         }
     }
+}
+
+/// What a rename left with the old name, for the set_name result.
+fn format_left(left: &t9_ipc::session::Renamed) -> String {
+    if left.left == 0 {
+        return String::new();
+    }
+    let old = &left.old;
+    let shown = if left.left_pushed > 0 {
+        format!(", {} of them shown as channel events", left.left_pushed)
+    } else {
+        String::new()
+    };
+    format!(
+        " The old name \"{old}\" still has {} (from {}{shown}); it stays addressed to \
+         \"{old}\" and is not shown under the new name. To read it, call \
+         t9_ipc_set_name(name: \"{old}\"), then t9_ipc_unread, then rename again.",
+        plural(left.left, "unread message"),
+        left.left_from.join(", ")
+    )
 }
 
 #[tool_handler(router = self.tool_router)]

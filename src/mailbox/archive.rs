@@ -1,7 +1,7 @@
 //! Archiving: moving finished mail from `inbox/` to `archive/`, and pruning the archive.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 
 use chrono::{DateTime, Local, TimeDelta};
@@ -27,7 +27,7 @@ impl Mailbox {
         }
         // Written again each pass, so its time is the last pass.
         let _ = fs::remove_file(&marker);
-        match OpenOptions::new()
+        match crate::fsx::private_options()
             .write(true)
             .create_new(true)
             .open(&marker)

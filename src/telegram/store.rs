@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -81,8 +80,8 @@ impl Store {
             offset: dir.join("offset"),
             poll_lock: dir.join("poll.lock"),
         };
-        for d in [&store.claims, &store.failed] {
-            fs::create_dir_all(d).map_err(io_err("creating", d))?;
+        for d in [&dir, &store.claims, &store.failed] {
+            fsx::private_dir(d)?;
         }
         Ok(store)
     }
@@ -183,7 +182,10 @@ fn new_claim_file(path: &Path) -> Result<Option<File>> {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
         Err(err) => return Err(Error::io("creating", path)(err)),
     };
-    file.lock().map_err(io_err("locking", path))?;
+    fsx::fix_mode(&file, path)?;
+    // A file made just now under a private name: nobody else can hold it, but no lock
+    // is ever waited for without a bound.
+    fsx::lock_within(&file, path, fsx::LOCK_WAIT)?;
     file.write_all(stamped("claimed").as_bytes())
         .map_err(io_err("writing", path))?;
     Ok(Some(file))
@@ -243,9 +245,7 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
 
 /// Options that create files readable and writable by their owner only (0600).
 pub(super) fn private() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.mode(0o600);
-    options
+    fsx::private_options()
 }
 
 /// A forward that was given up, as `<data>/telegram/failed/<msg_id>.txt` records it.
