@@ -6,14 +6,16 @@
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
 //! - [`error`]: the library's one error type; file-system variants name the path.
 //! - [`fsx`]: the one atomic file write (temporary file, fsync, rename, fsync of the folder,
-//!   mode 0600), and the folder flush and random uid that go with it.
+//!   mode 0600), the folder flush and random uid that go with it, the private modes (0700/0600,
+//!   or 0770/0660 with `IPC_SHARE_GROUP`), and the one bounded file lock.
 //! - [`id`]: message ids (`<stamp>-<uid>-<from>-<to>-<subject>`) made and read: the
 //!   [`id::MessageId`] type holds the only byte offsets of that shape. Pure, no I/O.
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
 //! - [`mailbox`]: the only code that touches message files and read state: `mod` (folders,
 //!   writing one message, finding one by id), `read` (reading one file safely), `scan`
 //!   (listing the inbox through the parse cache, the audit), `state` (read state logs),
-//!   `archive` (moving finished mail to `archive/`, pruning it).
+//!   `archive` (moving finished mail to `archive/`, pruning it), `private` (which paths other
+//!   users can read; tightening them at start).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
 //! - [`process`]: other processes: whether a pid runs, the chain of parents above one.
 //! - [`session`]: one running session: `mod` (its name, heartbeat and the state the async
@@ -36,7 +38,8 @@
 //! - No byte offset into a message id outside `id`; no push state compared as a word
 //!   (`channels::Push` is compared).
 //! - No lock of `session` that the async side takes is held across I/O (see
-//!   [`session::Session`]).
+//!   [`session::Session`]); no file lock is waited for without a bound
+//!   ([`fsx::lock_within`]), except Telegram's poll election on its own thread.
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or
 //!   stderr, or knows about MCP: `clippy::print_stdout` and `clippy::print_stderr` are
 //!   denied here; diagnostics go through `tracing`.
