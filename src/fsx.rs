@@ -89,6 +89,7 @@ impl FileLock {
             .write(true)
             .open(path)
             .map_err(Error::io("opening", path))?;
+        fix_mode(&file, path)?;
         lock_within(&file, path, wait)?;
         Ok(FileLock { file })
     }
@@ -185,6 +186,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Like [`write_atomic`] (a reader sees the old file or the new one, never half of one) but
+/// without flushing to disk: for files that mean nothing after a crash of the machine, such
+/// as `heartbeats.json` (every session it lists died with the machine, and a reader takes
+/// an empty or damaged file for an empty table). Writers hold a lock while they write it, so
+/// two `fsync`s there would make every other session wait for the disk.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path);
+    let written = write_new(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, path).map_err(Error::io("renaming", &tmp)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// `<path without extension>.tmp.<uid>`: in the same folder (so the rename is atomic), and
 /// never ending in `.md` (so no reader takes it for a message).
 fn temp_beside(path: &Path) -> PathBuf {
@@ -193,6 +209,12 @@ fn temp_beside(path: &Path) -> PathBuf {
 
 /// Creates `path` (which must not exist) with [`file_mode`], writes `bytes` and flushes them.
 fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file = write_new(path, bytes)?;
+    file.sync_all().map_err(Error::io("flushing", path))
+}
+
+/// Creates `path` (which must not exist) with [`file_mode`] and writes `bytes`.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
     let mut file = private_options()
         .write(true)
         .create_new(true)
@@ -200,7 +222,7 @@ fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(Error::io("creating", path))?;
     fix_mode(&file, path)?;
     file.write_all(bytes).map_err(Error::io("writing", path))?;
-    file.sync_all().map_err(Error::io("flushing", path))
+    Ok(file)
 }
 
 /// Flushes a folder so that a rename in it survives a crash.

@@ -241,7 +241,8 @@ impl Heartbeats {
         // Serialising plain strings, numbers and JSON values cannot fail.
         let mut text = serde_json::to_string_pretty(table).expect("heartbeats serialise");
         text.push('\n');
-        fsx::write_atomic(&self.path, text.as_bytes())
+        // Whole or not at all, but not flushed: see `fsx::write_atomic_unsynced`.
+        fsx::write_atomic_unsynced(&self.path, text.as_bytes())
     }
 }
 

@@ -33,8 +33,9 @@
 //!   cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
-//! - No file is replaced other than by [`fsx::write_atomic`] (telegram's own write is still
-//!   to be folded in); no file it writes is readable by other users.
+//! - No file is replaced other than by [`fsx::write_atomic`] (or, for `heartbeats.json`,
+//!   which means nothing after a crash, [`fsx::write_atomic_unsynced`]); no file they write
+//!   is readable by other users.
 //! - No byte offset into a message id outside `id`; no push state compared as a word
 //!   (`channels::Push` is compared).
 //! - No lock of `session` that the async side takes is held across I/O (see

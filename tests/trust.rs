@@ -159,49 +159,62 @@ fn modes_under(dir: &Path) -> Vec<(PathBuf, u32, bool)> {
     out
 }
 
-/// `sh -c 'umask 022; exec t9-ipc serve'` on the mailbox `data`, in working folder `cwd`.
-async fn serve_under_umask_022(mb: &TempMailbox, data: &Path, cwd: &Path) -> crate::util::Client {
+/// A new mailbox made by `sh -c 'umask 022; exec t9-ipc serve'` (with `env`), after a send
+/// and a read: the mailbox folder and everything under it, with modes.
+async fn fresh_mailbox(
+    mb: &TempMailbox,
+    env: &[(&str, &str)],
+) -> (PathBuf, Vec<(PathBuf, u32, bool)>) {
+    let data = mb.root().join("new/data");
+    let cwd = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("sh");
     cmd.args(["-c", &format!("umask 022; exec '{BIN}' serve")]);
-    let data = data.to_str().unwrap();
-    mb.spawn_command(
-        cmd,
-        Some("alpha"),
-        cwd,
-        "t9-ipc-tests",
-        &[("IPC_DATA_DIR", data)],
-    )
-    .await
+    let mut env = env.to_vec();
+    env.push(("IPC_DATA_DIR", data.to_str().unwrap()));
+    let alpha = mb
+        .spawn_command(cmd, Some("alpha"), cwd.path(), "t9-ipc-tests", &env)
+        .await;
+    alpha.send("beta", "hello", "b").await;
+    alpha.ok("t9_ipc_unread", json!({})).await;
+    alpha.quit().await;
+    let mut all = modes_under(&data);
+    for path in ["state/alpha.log", "heartbeats.lock", "heartbeats.json"] {
+        assert!(
+            all.iter().any(|(p, ..)| p.ends_with(path)),
+            "no {path}: {all:?}"
+        );
+    }
+    assert!(all.iter().any(|(p, ..)| p.starts_with(data.join("inbox"))));
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    all.push((data.clone(), mode, true));
+    (data, all)
 }
 
 #[tokio::test]
 async fn a_fresh_mailbox_is_private_under_umask_022() {
     let mb = TempMailbox::new();
-    let cwd = tempfile::tempdir().unwrap();
-    let data = mb.root().join("new/data");
-    let alpha = serve_under_umask_022(&mb, &data, cwd.path()).await;
-    alpha.send("beta", "hello", "b").await;
-    alpha.ok("t9_ipc_unread", json!({})).await;
-    alpha.quit().await;
-    let all = modes_under(&mb.root().join("new"));
-    assert!(
-        all.iter().any(|(p, _, _)| p.ends_with("state/alpha.log")),
-        "{all:?}"
-    );
-    assert!(
-        all.iter().any(|(p, _, _)| p.ends_with("heartbeats.lock")),
-        "{all:?}"
-    );
-    assert!(
-        all.iter()
-            .filter(|(p, ..)| p.starts_with(data.join("inbox")))
-            .count()
-            >= 1
-    );
+    let (_, all) = fresh_mailbox(&mb, &[]).await;
     for (path, mode, is_dir) in all {
         let want = if is_dir { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{} is {mode:o}", path.display());
     }
+}
+
+#[tokio::test]
+async fn a_mailbox_shared_on_purpose_is_group_shared_and_doctor_says_so() {
+    let mb = TempMailbox::new();
+    let (data, all) = fresh_mailbox(&mb, &[("IPC_SHARE_GROUP", "1")]).await;
+    for (path, mode, is_dir) in all {
+        let want = if is_dir { 0o770 } else { 0o660 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+    let (_, out) = doctor(&data, true).await;
+    assert!(out.contains("shared with its group on purpose"), "{out}");
+    assert!(!out.contains("readable by other users"), "{out}");
+    // Without the setting, the same mailbox is open to the group: a problem.
+    let (code, out) = doctor(&data, false).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("readable by other users"), "{out}");
 }
 
 /// A server named alpha working in a folder outside the mailbox (kept while the guard
@@ -220,14 +233,14 @@ async fn alpha_elsewhere(
     (client, cwd)
 }
 
-/// `t9-ipc doctor` on `root`: its exit code and stdout.
-async fn doctor(root: &Path) -> (i32, String) {
+/// `t9-ipc doctor` on `root`, with `IPC_SHARE_GROUP=1` when `share`: its exit code and stdout.
+async fn doctor(root: &Path, share: bool) -> (i32, String) {
     let out = Command::new(BIN)
         .arg("doctor")
         .env("IPC_DATA_DIR", root)
+        .env("IPC_SHARE_GROUP", if share { "1" } else { "0" })
         .env_remove("IPC_TG_TOKEN")
         .env_remove("IPC_TG_CHAT")
-        .env_remove("IPC_SHARE_GROUP")
         .env("NO_COLOR", "1")
         .output()
         .await
@@ -252,7 +265,7 @@ async fn doctor_fails_on_a_0755_mailbox_and_a_server_start_tightens_it_once() {
         set(&path, mode).unwrap();
     }
     set(root, 0o755).unwrap();
-    let (code, out) = doctor(root).await;
+    let (code, out) = doctor(root, false).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("PROBLEM") && out.contains("readable by other users"),
@@ -266,7 +279,7 @@ async fn doctor_fails_on_a_0755_mailbox_and_a_server_start_tightens_it_once() {
     let warnings = log_of(&log).matches("readable by other users").count();
     assert_eq!(warnings, 1, "{}", log_of(&log));
     std::fs::remove_file(&log).unwrap();
-    let (_, out) = doctor(root).await;
+    let (_, out) = doctor(root, false).await;
     assert!(!out.contains("readable by other users"), "{out}");
     assert!(out.contains("private: folders 0700, files 0600"), "{out}");
 }

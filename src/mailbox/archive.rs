@@ -32,7 +32,11 @@ impl Mailbox {
             .create_new(true)
             .open(&marker)
         {
-            Ok(_) => true,
+            Ok(file) => {
+                // Only the group bits of a shared mailbox are at stake: not worth failing.
+                let _ = crate::fsx::fix_mode(&file, &marker);
+                true
+            }
             // Another server just claimed this pass.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => false,
             Err(err) => {

@@ -83,6 +83,14 @@ impl Store {
         for d in [&dir, &store.claims, &store.failed] {
             fsx::private_dir(d)?;
         }
+        // Made here with the mailbox's file mode (a shared mailbox's group must open it too).
+        let poll = private()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&store.poll_lock)
+            .map_err(io_err("creating", &store.poll_lock))?;
+        fsx::fix_mode(&poll, &store.poll_lock)?;
         Ok(store)
     }
 
@@ -131,11 +139,13 @@ impl Store {
         // One short write in append mode: lines of concurrent writers do not mix.
         let mut line = serde_json::to_string(forwarded).expect("plain strings and numbers");
         line.push('\n');
-        private()
+        let mut file = private()
             .create(true)
             .append(true)
             .open(&self.replies)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(io_err("opening", &self.replies))?;
+        fsx::fix_mode(&file, &self.replies)?;
+        file.write_all(line.as_bytes())
             .map_err(io_err("appending to", &self.replies))
     }
 
