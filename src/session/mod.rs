@@ -296,6 +296,15 @@ impl Session {
         // The index and read state follow the name: no scan runs for the old name meanwhile.
         let mut index = self.index();
         let old = self.name();
+        if let Some(holder) = self.heartbeats.live(now).remove(new)
+            && holder.pid != self.pid
+        {
+            return Err(Error::NameTaken {
+                name: new.to_owned(),
+                pid: holder.pid,
+                cwd: holder.cwd,
+            });
+        }
         if new != old && !take_over {
             self.check_owner(new, now)?;
         }
