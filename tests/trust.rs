@@ -391,3 +391,28 @@ async fn a_heartbeat_entry_named_like_a_path_is_skipped() {
         "{who}"
     );
 }
+
+/// The log of a server run with `RUST_LOG=trace` (and `env`) that sent one message with a
+/// recognizable body.
+async fn trace_log_of_a_send(mb: &TempMailbox, env: &[(&str, &str)]) -> String {
+    let log = mb.root().join("trace.log");
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "trace"));
+    let (alpha, _cwd) = alpha_elsewhere(mb, &env, Some(&log)).await;
+    alpha.send("beta", "s", "the-secret-body-42").await;
+    alpha.quit().await;
+    log_of(&log)
+}
+
+#[tokio::test]
+async fn logs_carry_no_bodies_unless_the_wire_is_asked_for() {
+    let mb = TempMailbox::new();
+    let log = trace_log_of_a_send(&mb, &[]).await;
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "{log}");
+    assert!(!log.contains("the-secret-body-42"), "{log}");
+    let log = trace_log_of_a_send(&mb, &[("IPC_LOG_WIRE", "1")]).await;
+    assert!(
+        log.contains("the-secret-body-42"),
+        "the opt-in shows the wire"
+    );
+}
