@@ -182,7 +182,7 @@ impl ReadState {
                 match state.append(&line) {
                     Err(Error::LockBusy { .. }) => {
                         tracing::warn!(file = %state.path.display(), "read state is locked by another process; its first line is written later");
-                        state.unwritten = line;
+                        state.unwritten.push_str(&line);
                     }
                     other => other?,
                 }
@@ -291,9 +291,19 @@ impl ReadState {
         if self.folder.as_deref() == Some(folder) {
             return Ok(());
         }
-        self.append(&format!("folder {folder}\n"))?;
+        let line = format!("folder {folder}\n");
+        match self.append(&line) {
+            // Written with the next append instead.
+            Err(Error::LockBusy { .. }) => self.unwritten.push_str(&line),
+            other => other?,
+        }
         self.folder = Some(folder.to_owned());
         Ok(())
+    }
+
+    /// How long later appends wait for the file's lock (start-up loads with a short wait).
+    pub fn set_lock_wait(&mut self, wait: Duration) {
+        self.lock_wait = wait;
     }
 
     pub fn was_read(&self, id: &str) -> bool {

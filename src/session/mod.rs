@@ -26,10 +26,13 @@ pub use send::{MAX_TTL, Outgoing, Sent, send_from};
 /// The version written into heartbeat entries.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How long start-up waits for a lock another process holds: the client waits for the
-/// `initialize` answer meanwhile. A session that cannot register yet starts anyway and
-/// registers at its next heartbeat.
-const START_LOCK_WAIT: Duration = Duration::from_millis(300);
+/// How long start-up waits for `heartbeats.lock`: the client waits for the `initialize`
+/// answer meanwhile. A session that cannot register yet starts anyway and registers at its
+/// next heartbeat.
+const START_LOCK_WAIT: Duration = Duration::from_millis(500);
+/// How long start-up waits for its read state's lock: only its first line is at stake, and
+/// that is written with the next append.
+const START_STATE_WAIT: Duration = Duration::from_millis(50);
 /// How long a heartbeat refresh or the removal at the end waits: both are retried (or left
 /// to the next writer, who removes a dead pid's entry), and the end must be quick.
 const QUICK_LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -160,10 +163,11 @@ impl Session {
         if requested.is_some_and(|r| r != name) {
             tracing::warn!(requested = %base, taken = %name, "IPC_SESSION_ID is held by another live session");
         }
-        let mut state = mailbox.read_state_within(&name, now, START_LOCK_WAIT)?;
+        let mut state = mailbox.read_state_within(&name, now, START_STATE_WAIT)?;
         if let Err(err) = state.note_folder(&config.cwd) {
             tracing::warn!(%err, "recording this name's working folder; tried again at the next rename");
         }
+        state.set_lock_wait(crate::fsx::LOCK_WAIT);
         Ok(Session {
             mailbox,
             heartbeats,
