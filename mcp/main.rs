@@ -74,6 +74,8 @@ fn main() -> ExitCode {
     }
     init_logging();
     let config = Config::from_env();
+    // Before any file is made: the modes every folder and file of the mailbox get.
+    t9_ipc::fsx::share_with_group(config.share_group);
     // The hook runs at every prompt: no async runtime, and it always exits 0.
     let command = match args.command {
         Command::Hook(hook) => return cli::hook::run(hook, &config),
@@ -148,10 +150,12 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr only: stdout carries JSON-RPC. `RUST_LOG` sets the level.
+/// Logs go to stderr only: stdout carries JSON-RPC. `RUST_LOG` sets the level. Logs carry
+/// no message bodies: rmcp's debug and trace output (whole JSON-RPC messages) is cut to
+/// `rmcp=info` whatever `RUST_LOG` says, unless `IPC_LOG_WIRE=1` asks for it.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("t9_ipc=info,warn"));
+    let filter = tracing_subscriber::EnvFilter::try_new(t9_ipc::config::log_filter())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(t9_ipc::config::DEFAULT_LOG));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

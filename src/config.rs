@@ -69,6 +69,10 @@ pub struct Config {
     /// `CLAUDECODE` is set (to anything but empty or `0`): Claude Code sets it for the
     /// commands its Bash tool runs, so this process probably runs for a model, not a person.
     pub inside_claude_code: bool,
+    /// `IPC_SHARE_GROUP=1`: the mailbox is shared with its group on purpose (folders 0770,
+    /// files 0660 instead of 0700 and 0600). Every member of the group can then read all
+    /// mail and write messages under any name.
+    pub share_group: bool,
 }
 
 /// The default of `IPC_TG_API_BASE`.
@@ -198,6 +202,7 @@ impl Config {
             account_without_channels,
             inside_claude_code: env::var("CLAUDECODE")
                 .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false")),
+            share_group: flag("IPC_SHARE_GROUP"),
             push_quiet: number("IPC_PUSH_QUIET_MS")
                 .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),
             archive_after_days: number("IPC_ARCHIVE_DAYS").unwrap_or(7),
@@ -225,6 +230,63 @@ fn data_dir_from_env(dir: PathBuf, cwd: &Path) -> (PathBuf, DataDirSource) {
         absolute.display()
     );
     (absolute, DataDirSource::EnvRelative)
+}
+
+/// A yes/no setting: on for `1`, `true`, `yes` or `on`.
+fn flag(var: &str) -> bool {
+    env::var(var).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The default log filter when `RUST_LOG` is unset.
+pub const DEFAULT_LOG: &str = "t9_ipc=info,warn";
+
+/// The log filter: `RUST_LOG` (default [`DEFAULT_LOG`]), with rmcp held to `info`. rmcp's own
+/// debug and trace output holds whole JSON-RPC messages, message bodies among them; only
+/// `IPC_LOG_WIRE=1` lets `RUST_LOG` turn it on. Read before [`Config::from_env`].
+pub fn log_filter() -> String {
+    let asked = env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_LOG.to_owned());
+    filter_without_wire(&asked, flag("IPC_LOG_WIRE"))
+}
+
+fn filter_without_wire(asked: &str, wire: bool) -> String {
+    if wire {
+        return asked.to_owned();
+    }
+    let quiet = |level: &str| {
+        matches!(
+            level.trim().to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn" | "info"
+        )
+    };
+    let (mut cap, mut rmcp_quiet) = (false, false);
+    let mut kept = Vec::new();
+    for d in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map(|(_, level)| level);
+        if d.starts_with("rmcp") {
+            if level.is_some_and(quiet) {
+                rmcp_quiet = true;
+                kept.push(d);
+            } else {
+                cap = true; // rmcp's debug or trace: only with IPC_LOG_WIRE=1
+            }
+            continue;
+        }
+        // A bare level (`debug`) reaches rmcp too.
+        cap |= matches!(d.to_ascii_lowercase().as_str(), "debug" | "trace");
+        kept.push(d);
+    }
+    if cap && !rmcp_quiet {
+        kept.push("rmcp=info");
+    }
+    kept.join(",")
 }
 
 /// A whole number from the environment; anything else is warned about and ignored.
@@ -280,4 +342,22 @@ impl TelegramSetting {
 /// True when `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
 pub fn no_color() -> bool {
     env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rmcp_wire_logs_need_an_explicit_opt_in() {
+        use super::filter_without_wire as f;
+        assert_eq!(f("debug", false), "debug,rmcp=info");
+        assert_eq!(f("t9_ipc=info,warn", false), "t9_ipc=info,warn");
+        assert_eq!(f("t9_ipc=debug", false), "t9_ipc=debug");
+        assert_eq!(
+            f("rmcp=trace, rmcp::service=debug,t9_ipc=debug", false),
+            "t9_ipc=debug,rmcp=info"
+        );
+        assert_eq!(f("rmcp=warn,trace", false), "rmcp=warn,trace");
+        assert_eq!(f("t9_ipc", false), "t9_ipc");
+        assert_eq!(f("rmcp=trace", true), "rmcp=trace");
+    }
 }

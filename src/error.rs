@@ -22,6 +22,20 @@ pub enum Error {
     /// never holds the token.
     #[error("Telegram: {0}")]
     Telegram(String),
+    /// A file lock another process held for longer than the caller waits.
+    #[error(
+        "the lock {} is held by {} and was not freed within {:.1} s; try again (`fuser {}` \
+         shows the holder)",
+        path.display(),
+        holder.map_or("another process".to_owned(), |pid| format!("process {pid}")),
+        waited.as_secs_f32(),
+        path.display()
+    )]
+    LockBusy {
+        path: PathBuf,
+        holder: Option<u32>,
+        waited: std::time::Duration,
+    },
     /// A name another live session holds.
     #[error(
         "the name {name:?} is held by another live session (pid {pid}{}); choose another name",

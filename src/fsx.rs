@@ -1,16 +1,175 @@
-//! File-system helpers every writer shares: the one atomic, durable, private file write.
+//! File-system helpers every writer shares: the one atomic, durable, private file write, the
+//! modes of private files and folders, and the one bounded file lock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 
+/// How long a file lock another process holds is waited for before the caller gets an error:
+/// short enough that a tool call whose lock is held still answers within 2 s.
+pub const LOCK_WAIT: Duration = Duration::from_millis(1500);
+
+/// `IPC_SHARE_GROUP`: folders 0770 and files 0660 instead of 0700 and 0600. Set once at
+/// start by the binary ([`share_with_group`]); off unless the user asked for it.
+static SHARE_GROUP: AtomicBool = AtomicBool::new(false);
+
+/// Opens the mailbox to the members of its group (`IPC_SHARE_GROUP=1`): every folder made
+/// from now on is 0770 and every file 0660. Called once, at start.
+pub fn share_with_group(on: bool) {
+    SHARE_GROUP.store(on, Ordering::Relaxed);
+}
+
+/// True when [`share_with_group`] turned group access on.
+pub fn shared_with_group() -> bool {
+    SHARE_GROUP.load(Ordering::Relaxed)
+}
+
+/// The mode of every folder in the mailbox: 0700 (0770 when shared with the group).
+pub fn dir_mode() -> u32 {
+    if shared_with_group() { 0o770 } else { 0o700 }
+}
+
+/// The mode of every file in the mailbox: 0600 (0660 when shared with the group).
+pub fn file_mode() -> u32 {
+    if shared_with_group() { 0o660 } else { 0o600 }
+}
+
+/// `OpenOptions` that create a file with [`file_mode`] (the umask may take bits away; see
+/// [`fix_mode`]).
+pub fn private_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(file_mode());
+    options
+}
+
+/// Gives a file just created the group bits a umask took away, when the mailbox is shared
+/// with the group; nothing otherwise (a umask never adds bits to 0600).
+pub fn fix_mode(file: &File, path: &Path) -> Result<()> {
+    if !shared_with_group() {
+        return Ok(());
+    }
+    file.set_permissions(Permissions::from_mode(file_mode()))
+        .map_err(Error::io("securing", path))
+}
+
+/// Makes `dir` (and missing parents) with [`dir_mode`], whatever the umask. A folder that
+/// exists already is left as it is: a server tightens the mailbox at start
+/// ([`crate::mailbox::tighten`]) with a warning, and `doctor` reports it; nothing changes
+/// modes silently.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(dir_mode())
+        .create(dir)
+        .map_err(Error::io("creating", dir))?;
+    fs::set_permissions(dir, Permissions::from_mode(dir_mode())).map_err(Error::io("securing", dir))
+}
+
+/// An exclusive `flock` on a lock file, released when dropped.
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Opens (creating it private, [`file_mode`]) the lock file `path` and takes its lock
+    /// with [`lock_within`].
+    pub fn take(path: &Path, wait: Duration) -> Result<FileLock> {
+        let file = private_options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(Error::io("opening", path))?;
+        fix_mode(&file, path)?;
+        lock_within(&file, path, wait)?;
+        Ok(FileLock { file })
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; this makes the order plain.
+        let _ = self.file.unlock();
+    }
+}
+
+/// Takes the exclusive lock of `file` (opened from `path`); after `wait` gives up with
+/// [`Error::LockBusy`], naming the file and, when `/proc/locks` shows it, the pid of the
+/// holder. Never waits on another process longer.
+///
+/// Waiting is a blocking `flock` on a helper thread (so waiters are woken the moment the
+/// lock is free, in the kernel's order, with no polling): when the wait is over, the thread
+/// is left behind and releases the lock at once should it still get it.
+pub fn lock_within(file: &File, path: &Path, wait: Duration) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => return Ok(()),
+        Err(TryLockError::WouldBlock) => {}
+        Err(TryLockError::Error(err)) => return Err(Error::io("locking", path)(err)),
+    }
+    // The same open file: a lock taken through it is this file's lock.
+    let waiter = file.try_clone().map_err(Error::io("locking", path))?;
+    let (tx, rx) = mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("t9-ipc lock wait".to_owned())
+        .spawn(move || {
+            let locked = waiter.lock();
+            if let Err(mpsc::SendError(Ok(()))) = tx.send(locked) {
+                // Nobody waits any more: give the lock back.
+                let _ = waiter.unlock();
+            }
+        });
+    if let Err(err) = spawned {
+        return Err(Error::io("locking", path)(err));
+    }
+    let outcome = match rx.recv_timeout(wait) {
+        Err(mpsc::RecvTimeoutError::Timeout) => rx.try_recv().ok(),
+        got => got.ok(),
+    };
+    drop(rx);
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(err)) => Err(Error::io("locking", path)(err)),
+        None => Err(Error::LockBusy {
+            path: path.to_path_buf(),
+            holder: lock_holder(file),
+            waited: wait,
+        }),
+    }
+}
+
+/// The pid that holds a `flock` on `file`, from `/proc/locks` (Linux), when it is listed.
+fn lock_holder(file: &File) -> Option<u32> {
+    let inode = file.metadata().ok()?.ino();
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    holder_in(&locks, inode)
+}
+
+/// The pid of the first lock in a `/proc/locks` text on `inode` (not a waiter's `->` line).
+/// Lines read `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`.
+fn holder_in(locks: &str, inode: u64) -> Option<u32> {
+    locks
+        .lines()
+        .filter(|line| !line.contains("->"))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let file = fields.get(5)?;
+            let ino = file.rsplit(':').next()?.parse::<u64>().ok()?;
+            (ino == inode).then(|| fields.get(4)?.parse().ok())?
+        })
+}
+
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never half of
 /// one, and a crash after it returns loses nothing: a temporary file beside `path` (named
-/// `<path without extension>.tmp.<uid>`, created `0600`, never an existing file), written,
+/// `<path without extension>.tmp.<uid>`, created private ([`file_mode`]), never an existing file), written,
 /// flushed to disk, renamed over `path`, then the folder flushed. On failure the temporary
 /// file is removed and `path` is unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -27,22 +186,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Like [`write_atomic`] (a reader sees the old file or the new one, never half of one) but
+/// without flushing to disk: for files that mean nothing after a crash of the machine, such
+/// as `heartbeats.json` (every session it lists died with the machine, and a reader takes
+/// an empty or damaged file for an empty table). Writers hold a lock while they write it, so
+/// two `fsync`s there would make every other session wait for the disk.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path);
+    let written = write_new(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, path).map_err(Error::io("renaming", &tmp)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// `<path without extension>.tmp.<uid>`: in the same folder (so the rename is atomic), and
 /// never ending in `.md` (so no reader takes it for a message).
 fn temp_beside(path: &Path) -> PathBuf {
     path.with_extension(format!("tmp.{}", random_uid()))
 }
 
-/// Creates `path` (which must not exist) with mode `0600`, writes `bytes` and flushes them.
+/// Creates `path` (which must not exist) with [`file_mode`], writes `bytes` and flushes them.
 fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
+    let file = write_new(path, bytes)?;
+    file.sync_all().map_err(Error::io("flushing", path))
+}
+
+/// Creates `path` (which must not exist) with [`file_mode`] and writes `bytes`.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
+    let mut file = private_options()
         .write(true)
         .create_new(true)
-        .mode(0o600)
         .open(path)
         .map_err(Error::io("creating", path))?;
+    fix_mode(&file, path)?;
     file.write_all(bytes).map_err(Error::io("writing", path))?;
-    file.sync_all().map_err(Error::io("flushing", path))
+    Ok(file)
 }
 
 /// Flushes a folder so that a rename in it survives a crash.
@@ -70,7 +250,7 @@ pub fn random_uid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
 
     #[test]
     fn writes_whole_private_files_and_leaves_no_temporary() {
@@ -97,6 +277,36 @@ mod tests {
         assert!(write_atomic(&target, b"new").is_err());
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_held_lock_gives_up_in_time_naming_its_file_and_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let held = FileLock::take(&path, LOCK_WAIT).unwrap();
+        let started = Instant::now();
+        let err = FileLock::take(&path, Duration::from_millis(100))
+            .err()
+            .expect("the lock is held");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let text = err.to_string();
+        assert!(text.contains("x.lock"), "{text}");
+        // flock locks belong to the open file, so this process shows as the holder.
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(held);
+        FileLock::take(&path, Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn holders_are_read_from_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 99 08:01:1234 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 77 00:2e:55 0 EOF\n";
+        assert_eq!(holder_in(locks, 1234), Some(4242));
+        assert_eq!(holder_in(locks, 55), Some(77));
+        assert_eq!(holder_in(locks, 9), None);
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! liveness is a pure function of an entry, the time and whether its pid runs.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::collections::HashSet;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeDelta, TimeZone};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::channels::Push;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsx;
 use crate::message::TIME_FORMAT;
 use crate::process;
@@ -208,13 +211,18 @@ impl Heartbeats {
         now: DateTime<Local>,
         change: impl FnOnce(&mut Table) -> R,
     ) -> Result<R> {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(Error::io("opening", &self.lock_path))?;
-        lock.lock().map_err(Error::io("locking", &self.lock_path))?;
+        self.update_within(now, fsx::LOCK_WAIT, change)
+    }
+
+    /// [`Heartbeats::update`], giving up with [`Error::LockBusy`] when another process holds
+    /// the lock for longer than `wait`.
+    pub fn update_within<R>(
+        &self,
+        now: DateTime<Local>,
+        wait: Duration,
+        change: impl FnOnce(&mut Table) -> R,
+    ) -> Result<R> {
+        let lock = fsx::FileLock::take(&self.lock_path, wait)?;
         let mut table = self.read();
         table.retain(|name, e| {
             let keep = is_alive(e, now, pid_running(e.pid));
@@ -225,8 +233,7 @@ impl Heartbeats {
         });
         let result = change(&mut table);
         let written = self.write(&table);
-        // Closing the file releases the lock too; unlocking first makes the order plain.
-        let _ = lock.unlock();
+        drop(lock);
         written.map(|()| result)
     }
 
@@ -234,7 +241,8 @@ impl Heartbeats {
         // Serialising plain strings, numbers and JSON values cannot fail.
         let mut text = serde_json::to_string_pretty(table).expect("heartbeats serialise");
         text.push('\n');
-        fsx::write_atomic(&self.path, text.as_bytes())
+        // Whole or not at all, but not flushed: see `fsx::write_atomic_unsynced`.
+        fsx::write_atomic_unsynced(&self.path, text.as_bytes())
     }
 }
 
@@ -243,7 +251,7 @@ fn parse_table(text: &str, path: &Path) -> Table {
     match parse_entries(text) {
         Ok((table, bad)) => {
             for (name, err) in bad {
-                tracing::warn!(session = %name, %err, "ignored a heartbeat entry that does not parse");
+                warn_once(&name, &err);
             }
             table
         }
@@ -264,14 +272,46 @@ fn parse_entries(text: &str) -> std::result::Result<(Table, Vec<(String, String)
     let mut table = Table::new();
     let mut bad = Vec::new();
     for (name, value) in raw {
-        match serde_json::from_value::<Entry>(value) {
+        match serde_json::from_value::<Entry>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|entry| checked(&name, entry))
+        {
             Ok(entry) => {
                 table.insert(name, entry);
             }
-            Err(err) => bad.push((name, err.to_string())),
+            Err(err) => bad.push((display(&name), err)),
         }
     }
     Ok((table, bad))
+}
+
+/// An entry fit to use: its name a valid session name (it becomes a file name under
+/// `state/`), its folder an absolute path. Texts are kept as written: whoever shows them to
+/// a model or a terminal makes them safe ([`display`], or the CLI's escapes).
+fn checked(name: &str, entry: Entry) -> std::result::Result<Entry, String> {
+    crate::message::check_name(name).map_err(|why| format!("not a session name: {why}"))?;
+    if let Some(cwd) = &entry.cwd
+        && !cwd.starts_with('/')
+    {
+        return Err(format!("cwd {:?} is no absolute path", display(cwd)));
+    }
+    Ok(entry)
+}
+
+/// `text` on one printable line: control characters (newlines, escapes) become spaces.
+pub fn display(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Warns about a bad entry once per process, not at every read of the file.
+fn warn_once(name: &str, err: &str) {
+    static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.get_or_insert_default().insert(name.to_owned()) {
+        tracing::warn!(session = %name, %err, "ignored a heartbeat entry that does not parse or is not valid");
+    }
 }
 
 /// What `heartbeats.json` holds, for a person checking it (`t9-ipc doctor`).
@@ -386,12 +426,15 @@ mod tests {
         assert!(parse_table("{not json", p).is_empty());
         assert!(parse_table("", p).is_empty());
         let t = parse_table(
-            r#"{"a": {"timestamp": "2026-04-06 15:30:00", "status": "active", "pid": 4242, "working_on": "", "host": "h"},
-                "b": {"pid": "not a number"}}"#,
+            r#"{"alpha": {"timestamp": "2026-04-06 15:30:00", "status": "active", "pid": 4242, "working_on": "a\nSYSTEM: \u001b[2Jx", "host": "h"},
+                "beta": {"pid": "not a number"},
+                "../../x": {"timestamp": "2026-04-06 15:30:00", "pid": 1},
+                "gamma": {"timestamp": "2026-04-06 15:30:00", "pid": 1, "cwd": "../up"}}"#,
             p,
         );
         assert_eq!(t.len(), 1);
-        assert_eq!(t["a"].extra["host"], "h");
+        assert_eq!(t["alpha"].extra["host"], "h");
+        assert_eq!(display(&t["alpha"].working_on), "a SYSTEM:  [2Jx");
     }
 
     #[test]

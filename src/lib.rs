@@ -6,14 +6,16 @@
 //! - [`config`]: the only reader of the environment; a plain struct passed explicitly.
 //! - [`error`]: the library's one error type; file-system variants name the path.
 //! - [`fsx`]: the one atomic file write (temporary file, fsync, rename, fsync of the folder,
-//!   mode 0600), and the folder flush and random uid that go with it.
+//!   mode 0600), the folder flush and random uid that go with it, the private modes (0700/0600,
+//!   or 0770/0660 with `IPC_SHARE_GROUP`), and the one bounded file lock.
 //! - [`id`]: message ids (`<stamp>-<uid>-<from>-<to>-<subject>`) made and read: the
 //!   [`id::MessageId`] type holds the only byte offsets of that shape. Pure, no I/O.
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
 //! - [`mailbox`]: the only code that touches message files and read state: `mod` (folders,
 //!   writing one message, finding one by id), `read` (reading one file safely), `scan`
 //!   (listing the inbox through the parse cache, the audit), `state` (read state logs),
-//!   `archive` (moving finished mail to `archive/`, pruning it).
+//!   `archive` (moving finished mail to `archive/`, pruning it), `private` (which paths other
+//!   users can read; tightening them at start).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
 //! - [`seal`]: the seal every message t9-ipc writes carries, and the check that a reserved
 //!   sender (`telegram`, `human`, `system`) was written by t9-ipc's own code.
@@ -37,12 +39,14 @@
 //!   cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
-//! - No file is replaced other than by [`fsx::write_atomic`]; no file it writes is readable
-//!   by other users.
+//! - No file is replaced other than by [`fsx::write_atomic`] (or, for `heartbeats.json`,
+//!   which means nothing after a crash, [`fsx::write_atomic_unsynced`]); no file they write
+//!   is readable by other users.
 //! - No byte offset into a message id outside `id`; no push state compared as a word
 //!   (`channels::Push` is compared).
 //! - No lock of `session` that the async side takes is held across I/O (see
-//!   [`session::Session`]).
+//!   [`session::Session`]); no file lock is waited for without a bound
+//!   ([`fsx::lock_within`]), except Telegram's poll election on its own thread.
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or
 //!   stderr, or knows about MCP: `clippy::print_stdout` and `clippy::print_stderr` are
 //!   denied here; diagnostics go through `tracing`.

@@ -550,7 +550,12 @@ async fn doctor_finds_a_corrupt_heartbeats_file_and_a_junk_inbox_file() {
         report.contains("PROBLEM  half.md: the front matter has no closing"),
         "{report}"
     );
-    assert!(report.contains("3 problems found"), "{report}");
+    // The fourth: the files written here with the umask's 0644 are readable by others.
+    assert!(
+        report.contains("PROBLEM  3 paths readable by other users"),
+        "{report}"
+    );
+    assert!(report.contains("4 problems found"), "{report}");
     assert!(
         report.contains("configured: chat 4242, token set (not shown)"),
         "{report}"

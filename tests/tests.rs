@@ -15,4 +15,5 @@ mod names;
 mod props;
 mod pull;
 mod telegram;
+mod trust;
 mod verify;

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use chrono::Local;
 use t9_ipc::channels::Push;
 use t9_ipc::config::{Config, DataDirSource, TelegramSetting};
+use t9_ipc::fsx;
 use t9_ipc::heartbeat::Heartbeats;
 use t9_ipc::mailbox::Mailbox;
 
@@ -242,18 +243,8 @@ fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mail
     } else {
         format!("owned by uid {}", meta.uid())
     };
-    if mode & 0o022 != 0 {
-        r.line(
-            Level::Warn,
-            &format!(
-                "mode {mode:04o}, {owner}: other users can write here, and so put messages into \
-                 your sessions; `chmod go-w {}` unless that is meant",
-                root.display()
-            ),
-        );
-    } else {
-        r.line(Level::Ok, &format!("mode {mode:04o}, {owner}"));
-    }
+    r.line(Level::Info, &format!("mode {mode:04o}, {owner}"));
+    check_private(r, root);
     let mut writable = true;
     for sub in ["", "inbox", "archive", "state"] {
         let dir = root.join(sub);
@@ -292,6 +283,81 @@ fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mail
             None
         }
     }
+}
+
+/// Group- or world-readable paths of the mailbox: a PROBLEM, unless the group may read them
+/// because `IPC_SHARE_GROUP=1` says so.
+fn check_private(r: &mut Report, root: &Path) {
+    let (dirs, files) = (fsx::dir_mode(), fsx::file_mode());
+    if fsx::shared_with_group() {
+        r.line(
+            Level::Info,
+            &format!(
+                "shared with its group on purpose (IPC_SHARE_GROUP=1): folders {dirs:04o}, files \
+                 {files:04o}; every member of the group can read all mail and write messages \
+                 under any name"
+            ),
+        );
+    }
+    let (top, loose): (Vec<_>, Vec<_>) = t9_ipc::mailbox::loose_paths(root)
+        .into_iter()
+        .partition(|l| l.path == root);
+    // The root itself: others who can list it see only the names in it (everything below is
+    // private), worth a note; others who can write it can replace heartbeats.json: a problem.
+    if let Some(l) = top.first() {
+        let level = if l.mode & 0o002 != 0 || (l.mode & 0o020 != 0 && !fsx::shared_with_group()) {
+            Level::Problem
+        } else {
+            Level::Info
+        };
+        r.line(
+            level,
+            &format!(
+                "the folder is {:04o}: other users can list{} it; a server start makes it \
+                 {dirs:04o} (or `chmod go-rwx {}`)",
+                l.mode,
+                if level == Level::Problem {
+                    " and change"
+                } else {
+                    ""
+                },
+                root.display()
+            ),
+        );
+    }
+    if loose.is_empty() {
+        r.line(
+            Level::Ok,
+            &format!("private: folders {dirs:04o}, files {files:04o}"),
+        );
+        return;
+    }
+    let shown: Vec<String> = loose
+        .iter()
+        .take(3)
+        .map(|l| format!("{} ({:04o})", l.path.display(), l.mode))
+        .collect();
+    r.line(
+        Level::Problem,
+        &format!(
+            "{} readable by other users{}: {}{}. The next server start tightens them to \
+             {dirs:04o}/{files:04o} (or run `chmod -R go-rwx {}`){}",
+            plural(loose.len(), "path"),
+            if fsx::shared_with_group() {
+                " outside the group"
+            } else {
+                ""
+            },
+            shown.join(", "),
+            if loose.len() > 3 { ", …" } else { "" },
+            root.display(),
+            if fsx::shared_with_group() {
+                ""
+            } else {
+                "; to share the mailbox with a group on purpose, set IPC_SHARE_GROUP=1 (README)"
+            }
+        ),
+    );
 }
 
 fn can_write(dir: &Path) -> bool {

@@ -50,6 +50,10 @@ struct SetNameArgs {
     /// One line telling the others what this session works on.
     #[serde(default)]
     working_on: Option<String>,
+    /// true only when the user said this session is that name: takes a name that has
+    /// unread mail and was last used from another folder.
+    #[serde(default)]
+    take_over: Option<bool>,
 }
 
 /// The server's tools and handlers; rmcp clones it per request.
@@ -343,24 +347,27 @@ when asked.",
     #[tool(
         name = "t9_ipc_set_name",
         description = "Name this session (others send to the name) and say what it works on. Use \
-it at start; mail to the old name stays there.",
+it at start; a name with unread mail last used from another folder needs take_over: true.",
         input_schema = rmcp::handler::server::common::schema_for_type::<SetNameArgs>()
     )]
     async fn set_name(
         &self,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, McpError> {
-        let args: SetNameArgs = match parse(args, "t9_ipc_set_name(name, working_on?)") {
+        let args: SetNameArgs = match parse(args, "t9_ipc_set_name(name, working_on?, take_over?)")
+        {
             Ok(args) => args,
             Err(text) => return refused(text),
         };
         let name = args.name.trim().to_owned();
         let shown = name.clone();
+        let take_over = args.take_over.unwrap_or(false);
         let result = self.blocking(
-            move |s| s.set_name(&name, args.working_on.as_deref(), Local::now()),
-            move |()| {
+            move |s| s.set_name(&name, args.working_on.as_deref(), take_over, Local::now()),
+            move |left| {
                 format!(
-                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\")."
+                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\").{}",
+                    format_left(&left)
                 )
             },
         )
@@ -444,6 +451,26 @@ it, marked read. Use it after asking another session something.",
             Err(text) => ok(text),
         }
     }
+}
+
+/// What a rename left with the old name, for the set_name result.
+fn format_left(left: &t9_ipc::session::Renamed) -> String {
+    if left.left == 0 {
+        return String::new();
+    }
+    let old = &left.old;
+    let shown = if left.left_pushed > 0 {
+        format!(", {} of them shown as channel events", left.left_pushed)
+    } else {
+        String::new()
+    };
+    format!(
+        " The old name \"{old}\" still has {} (from {}{shown}); it stays addressed to \
+         \"{old}\" and is not shown under the new name. To read it, call \
+         t9_ipc_set_name(name: \"{old}\"), then t9_ipc_unread, then rename again.",
+        plural(left.left, "unread message"),
+        left.left_from.join(", ")
+    )
 }
 
 #[tool_handler(router = self.tool_router)]

@@ -10,10 +10,10 @@ pub mod board;
 pub mod claims;
 pub mod search;
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions, TryLockError};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Local};
 
@@ -21,17 +21,11 @@ use crate::error::{Error, Result};
 use crate::fsx::{self, sync_dir};
 
 /// How long a writer waits for a folder's lock before it gives up with an error.
-pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+pub const LOCK_WAIT: Duration = fsx::LOCK_WAIT;
 
-/// Makes `dir` (and missing parents) with mode 0700, and sets 0700 on `dir` itself even
-/// when the umask took bits away or it existed with other bits.
+/// Makes `dir` (and missing parents) private ([`fsx::private_dir`]: 0700 whatever the umask).
 pub fn private_dir(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(Error::io("creating", dir))?;
-    fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(Error::io("securing", dir))
+    fsx::private_dir(dir)
 }
 
 /// Writes `bytes` to `dir/name` with the one atomic, durable, private write ([`fsx::write_atomic`]).
@@ -52,9 +46,10 @@ pub fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// An exclusive lock on `<dir>/.lock`, held until dropped.
+/// An exclusive lock on `<dir>/.lock`, held until dropped: the shared bounded lock
+/// ([`fsx::FileLock`]).
 pub struct DirLock {
-    file: File,
+    _lock: fsx::FileLock,
 }
 
 impl DirLock {
@@ -65,42 +60,9 @@ impl DirLock {
     }
 
     pub fn take_within(dir: &Path, wait: Duration) -> Result<DirLock> {
-        let path = dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(Error::io("opening", &path))?;
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(DirLock { file }),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(err)) => return Err(Error::io("locking", &path)(err)),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Refused(format!(
-                    "the lock {} is held by another process and was not freed within {} s; \
-                     try again (or see which process holds it: fuser {})",
-                    path.display(),
-                    wait.as_secs_f32(),
-                    path.display()
-                )));
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        // Closing the file releases the lock too; this makes the order plain.
-        let _ = self.file.unlock();
+        Ok(DirLock {
+            _lock: fsx::FileLock::take(&dir.join(".lock"), wait)?,
+        })
     }
 }
 
@@ -175,6 +137,8 @@ fn parse_stamp(s: &str) -> Option<DateTime<Local>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
 
     #[test]
     fn a_held_lock_gives_up_in_time_naming_its_file() {

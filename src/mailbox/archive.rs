@@ -1,7 +1,7 @@
 //! Archiving: moving finished mail from `inbox/` to `archive/`, and pruning the archive.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 
 use chrono::{DateTime, Local, TimeDelta};
@@ -27,12 +27,16 @@ impl Mailbox {
         }
         // Written again each pass, so its time is the last pass.
         let _ = fs::remove_file(&marker);
-        match OpenOptions::new()
+        match crate::fsx::private_options()
             .write(true)
             .create_new(true)
             .open(&marker)
         {
-            Ok(_) => true,
+            Ok(file) => {
+                // Only the group bits of a shared mailbox are at stake: not worth failing.
+                let _ = crate::fsx::fix_mode(&file, &marker);
+                true
+            }
             // Another server just claimed this pass.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => false,
             Err(err) => {

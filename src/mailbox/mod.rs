@@ -14,9 +14,12 @@ use crate::fsx;
 use crate::message::{self, FrontMatter, MessageId};
 
 mod archive;
+mod private;
 mod read;
 mod scan;
 mod state;
+
+pub use private::{Loose, loose_paths, tighten};
 
 pub use archive::{ArchivePlan, Moved};
 pub use scan::Audit;
@@ -70,7 +73,8 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// Opens the mailbox at `root`, creating its folders if they are missing.
+    /// Opens the mailbox at `root`, creating it and its folders private (0700 whatever the
+    /// umask; [`fsx::private_dir`]) if they are missing.
     pub fn open(root: &Path) -> Result<Mailbox> {
         let mailbox = Mailbox {
             root: root.to_path_buf(),
@@ -80,8 +84,8 @@ impl Mailbox {
             cache: Mutex::new(scan::Cache::default()),
             sealer: crate::seal::Sealer::new(root),
         };
-        for dir in [&mailbox.inbox, &mailbox.archive, &mailbox.state] {
-            fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+        for dir in [root, &mailbox.inbox, &mailbox.archive, &mailbox.state] {
+            fsx::private_dir(dir)?;
         }
         Ok(mailbox)
     }

@@ -1,14 +1,16 @@
 //! Read state: what one session has read and been shown, in `state/<name>.log`.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Local};
 
 use super::{Mailbox, Message, sent_at};
 use crate::error::{Error, Result};
+use crate::fsx;
 use crate::message::MessageId;
 
 impl Mailbox {
@@ -48,8 +50,35 @@ impl Mailbox {
 
     /// Loads (or starts) the read state of `session`.
     pub fn read_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
-        let path = self.state.join(format!("{session}.log"));
-        ReadState::load(path, now, true, || self.first_sent_by(session))
+        self.read_state_within(session, now, fsx::LOCK_WAIT)
+    }
+
+    /// [`Mailbox::read_state`], waiting at most `wait` for the file's lock when it writes.
+    /// When another process holds it longer, the state still loads: its first line is
+    /// written with the next append.
+    pub fn read_state_within(
+        &self,
+        session: &str,
+        now: DateTime<Local>,
+        wait: Duration,
+    ) -> Result<ReadState> {
+        let path = self.state_path(session)?;
+        ReadState::load(path, now, true, wait, || self.first_sent_by(session))
+    }
+
+    /// `state/<name>.log`, for a name that can only name a file directly in `state/`.
+    fn state_path(&self, session: &str) -> Result<PathBuf> {
+        let safe = (1..=64).contains(&session.len())
+            && session
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !safe {
+            return Err(Error::Refused(format!(
+                "{:?} is no session name (letters, digits, '_' and '-')",
+                crate::heartbeat::display(session)
+            )));
+        }
+        Ok(self.state.join(format!("{session}.log")))
     }
 
     /// The time of the oldest message in `inbox/` sent by `name`: proof that the name was
@@ -70,8 +99,10 @@ impl Mailbox {
     /// mail gets an empty state that joined `now` (so only direct messages are its mail).
     /// Marking it read writes the file as [`Mailbox::read_state`] would.
     pub fn peek_state(&self, session: &str, now: DateTime<Local>) -> Result<ReadState> {
-        let path = self.state.join(format!("{session}.log"));
-        ReadState::load(path, now, false, || self.first_sent_by(session))
+        let path = self.state_path(session)?;
+        ReadState::load(path, now, false, fsx::LOCK_WAIT, || {
+            self.first_sent_by(session)
+        })
     }
 }
 
@@ -81,8 +112,10 @@ pub(super) type Seen = (DateTime<Local>, HashSet<String>);
 /// What one session has read and what it has been shown, in `state/<name>.log`.
 ///
 /// The file is append-only, one fact a line, so a crash loses at most the line being
-/// written: `joined <time>` first, then `read <id>`, `pushed <id>` (sent as a channel event)
-/// and `listed <id>` (named in a digest event, body not sent). Appends take the file's lock,
+/// written: `joined <time>` first, then `read <id>`, `pushed <id>` (sent as a channel event),
+/// `listed <id>` (named in a digest event, body not sent) and `folder <absolute path>` (the
+/// working folder the name was used from; the last one counts). Appends take the file's lock
+/// with a bounded wait ([`fsx::lock_within`]),
 /// so several processes (a server, a hook, the CLI) can write one name's state; each picks up
 /// the others' lines with [`ReadState::refresh`]. A line it cannot read is skipped: a damaged
 /// file can make mail unread again, never lose it.
@@ -99,6 +132,12 @@ pub struct ReadState {
     /// Counts the refreshes that took in lines of other processes.
     generation: u64,
     has_joined: bool,
+    /// The working folder this name was last used from, when recorded.
+    folder: Option<String>,
+    /// How long an append waits for the file's lock.
+    lock_wait: Duration,
+    /// Lines not written yet because the lock was busy: written first at the next append.
+    unwritten: String,
 }
 
 impl ReadState {
@@ -108,6 +147,7 @@ impl ReadState {
         path: PathBuf,
         now: DateTime<Local>,
         create: bool,
+        lock_wait: Duration,
         first_seen: impl FnOnce() -> Option<DateTime<Local>>,
     ) -> Result<ReadState> {
         let mut state = ReadState {
@@ -119,6 +159,9 @@ impl ReadState {
             offset: 0,
             generation: 0,
             has_joined: false,
+            folder: None,
+            lock_wait,
+            unwritten: String::new(),
         };
         state.refresh()?;
         if !state.has_joined {
@@ -135,7 +178,14 @@ impl ReadState {
             state.joined = joined;
             state.has_joined = true;
             if create {
-                state.append(&format!("joined {}\n", joined.to_rfc3339()))?;
+                let line = format!("joined {}\n", joined.to_rfc3339());
+                match state.append(&line) {
+                    Err(Error::LockBusy { .. }) => {
+                        tracing::warn!(file = %state.path.display(), "read state is locked by another process; its first line is written later");
+                        state.unwritten.push_str(&line);
+                    }
+                    other => other?,
+                }
             }
         }
         Ok(state)
@@ -192,6 +242,7 @@ impl ReadState {
                 Line::Mark(what, id) => {
                     self.set_of(what).insert(id.to_owned());
                 }
+                Line::Folder(folder) => self.folder = Some(folder.to_owned()),
                 Line::Empty => {}
                 Line::Bad => bad += 1,
             }
@@ -218,6 +269,41 @@ impl ReadState {
             return sent.is_none_or(|sent| sent >= self.joined);
         }
         true
+    }
+
+    /// The working folder this name was last used from; `None` when no process recorded one
+    /// (a name from before folders were recorded, or one never used).
+    pub fn folder(&self) -> Option<&str> {
+        self.folder.as_deref()
+    }
+
+    /// True when the state file holds anything: the name was used before.
+    pub fn on_disk(&self) -> bool {
+        self.offset > 0
+    }
+
+    /// Records that this name is used from `folder` now (nothing when it is the last one
+    /// recorded). A folder whose path holds a control character is not recorded.
+    pub fn note_folder(&mut self, folder: &Path) -> Result<()> {
+        let Some(folder) = folder.to_str().filter(|f| !f.chars().any(char::is_control)) else {
+            return Ok(());
+        };
+        if self.folder.as_deref() == Some(folder) {
+            return Ok(());
+        }
+        let line = format!("folder {folder}\n");
+        match self.append(&line) {
+            // Written with the next append instead.
+            Err(Error::LockBusy { .. }) => self.unwritten.push_str(&line),
+            other => other?,
+        }
+        self.folder = Some(folder.to_owned());
+        Ok(())
+    }
+
+    /// How long later appends wait for the file's lock (start-up loads with a short wait).
+    pub fn set_lock_wait(&mut self, wait: Duration) {
+        self.lock_wait = wait;
     }
 
     pub fn was_read(&self, id: &str) -> bool {
@@ -280,15 +366,18 @@ impl ReadState {
         }
     }
 
-    /// Appends whole lines under the file's lock, in one write, so that concurrent writers
-    /// never interleave.
+    /// Appends whole lines under the file's lock (waited for at most `lock_wait`), in one
+    /// write, so that concurrent writers never interleave. The file is created private.
     fn append(&mut self, lines: &str) -> Result<()> {
-        let mut file = OpenOptions::new()
+        let mut file = fsx::private_options()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(Error::io("opening", &self.path))?;
-        file.lock().map_err(Error::io("locking", &self.path))?;
+        fsx::fix_mode(&file, &self.path)?;
+        fsx::lock_within(&file, &self.path, self.lock_wait)?;
+        let pending = std::mem::take(&mut self.unwritten);
+        let lines = &(pending.clone() + lines);
         // Others' lines first, so ours are not counted as unread bytes next time.
         let before = file
             .metadata()
@@ -297,6 +386,7 @@ impl ReadState {
         if let Err(err) = file.write_all(lines.as_bytes()) {
             // Half a line (a full disk) would spoil the next line written: take it back.
             let _ = file.set_len(before);
+            self.unwritten = pending;
             return Err(Error::io("appending to", &self.path)(err));
         }
         if before == self.offset {
@@ -328,11 +418,13 @@ impl Mark {
 enum Line<'a> {
     Joined(DateTime<Local>),
     Mark(Mark, &'a str),
+    Folder(&'a str),
     Empty,
     Bad,
 }
 
-/// The one reader of state log lines: `joined <rfc3339>`, `read|pushed|listed <id>`.
+/// The one reader of state log lines: `joined <rfc3339>`, `read|pushed|listed <id>`,
+/// `folder <path>`.
 fn parse_line(line: &str) -> Line<'_> {
     if line.is_empty() {
         return Line::Empty;
@@ -346,6 +438,7 @@ fn parse_line(line: &str) -> Line<'_> {
         "read" => Line::Mark(Mark::Read, rest),
         "pushed" => Line::Mark(Mark::Pushed, rest),
         "listed" => Line::Mark(Mark::Listed, rest),
+        "folder" => Line::Folder(rest),
         _ => Line::Bad,
     }
 }

@@ -66,7 +66,10 @@ impl Index {
 
     /// Unread, current, not replaced: the mail the model should get, urgent first, then
     /// oldest first.
-    fn live_mail(&self, now: DateTime<Local>) -> impl Iterator<Item = &Arc<Message>> + '_ {
+    pub(super) fn live_mail(
+        &self,
+        now: DateTime<Local>,
+    ) -> impl Iterator<Item = &Arc<Message>> + '_ {
         self.mine.values().filter(move |m| {
             self.state.is_unread(&self.name, m, now)
                 && self.superseded.get(&m.id) != Some(&m.front.from)
@@ -74,7 +77,7 @@ impl Index {
     }
 
     /// Pushed, or in an event being sent right now.
-    fn was_pushed(&self, shared: &Shared, id: &str) -> bool {
+    pub(super) fn was_pushed(&self, shared: &Shared, id: &str) -> bool {
         self.state.was_pushed(id) || shared.in_flight.contains(id)
     }
 
@@ -170,7 +173,7 @@ impl Session {
         synced.is_some() && synced == self.inbox_mtime()
     }
 
-    fn rebuild(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
+    pub(super) fn rebuild(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
         // Before the listing: a change during it makes the index look stale, not current.
         let mtime = self.inbox_mtime();
         let all = self.mailbox.scan_for(&index.name)?;
@@ -191,7 +194,7 @@ impl Session {
     }
 
     /// Builds the index if no event did yet (a tool called before the first scan).
-    fn ensure_indexed(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
+    pub(super) fn ensure_indexed(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
         index.state.refresh()?;
         if !index.indexed {
             self.rebuild(index, now)?;

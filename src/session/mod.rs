@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process;
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Local};
 
@@ -25,6 +25,28 @@ pub use send::{MAX_TTL, Outgoing, Sent, send_from};
 
 /// The version written into heartbeat entries.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long start-up waits for `heartbeats.lock`: the client waits for the `initialize`
+/// answer meanwhile. A session that cannot register yet starts anyway and registers at its
+/// next heartbeat.
+const START_LOCK_WAIT: Duration = Duration::from_millis(500);
+/// How long start-up waits for its read state's lock: only its first line is at stake, and
+/// that is written with the next append.
+const START_STATE_WAIT: Duration = Duration::from_millis(50);
+/// How long a heartbeat refresh or the removal at the end waits: both are retried (or left
+/// to the next writer, who removes a dead pid's entry), and the end must be quick.
+const QUICK_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// What a rename left behind: the old name's unread mail, which stays addressed to it.
+#[derive(Debug, Clone, Default)]
+pub struct Renamed {
+    pub old: String,
+    /// Unread messages of the old name, and how many of them were pushed as channel events.
+    pub left: usize,
+    pub left_pushed: usize,
+    /// Their senders, first seen first.
+    pub left_from: Vec<String>,
+}
 
 /// A live session as `who` shows it.
 #[derive(Debug, Clone)]
@@ -106,6 +128,8 @@ impl Session {
     /// the default of [`default_name`]. If another live session holds it, the first free
     /// `<name>-2`, `<name>-3`, … is taken.
     pub fn start(config: &Config, now: DateTime<Local>) -> Result<Session> {
+        // Private by default: a mailbox other users can read is tightened, with one warning.
+        crate::mailbox::tighten(&config.data_dir);
         let mailbox = Mailbox::open(&config.data_dir)?;
         let heartbeats = Heartbeats::new(&config.data_dir);
         let requested = config.session_name.as_deref().and_then(|name| {
@@ -120,16 +144,30 @@ impl Session {
             .clone()
             .unwrap_or_else(|| default_name(&config.cwd));
         let pid = process::id();
-        let name = heartbeats.update(now, |table| {
+        let registered = heartbeats.update_within(now, START_LOCK_WAIT, |table| {
             let name = free_name(&base, table, pid);
             let entry = new_entry(pid, &config.cwd, now, "", Push::Unknown, now);
             table.insert(name.clone(), entry);
             name
-        })?;
+        });
+        let name = match registered {
+            Ok(name) => name,
+            Err(err @ Error::LockBusy { .. }) => {
+                // Serve anyway: the next heartbeat registers the name, if still free.
+                let name = free_name(&base, &heartbeats.live(now), pid);
+                tracing::warn!(%err, session = %name, "not listed in heartbeats.json yet; the next heartbeat tries again");
+                name
+            }
+            Err(err) => return Err(err),
+        };
         if requested.is_some_and(|r| r != name) {
             tracing::warn!(requested = %base, taken = %name, "IPC_SESSION_ID is held by another live session");
         }
-        let state = mailbox.read_state(&name, now)?;
+        let mut state = mailbox.read_state_within(&name, now, START_STATE_WAIT)?;
+        if let Err(err) = state.note_folder(&config.cwd) {
+            tracing::warn!(%err, "recording this name's working folder; tried again at the next rename");
+        }
+        state.set_lock_wait(crate::fsx::LOCK_WAIT);
         Ok(Session {
             mailbox,
             heartbeats,
@@ -197,7 +235,7 @@ impl Session {
     /// Writes this session's entry again with the current time (and puts it back if
     /// someone removed it). A name another live process took meanwhile is left to it.
     pub fn refresh(&self, now: DateTime<Local>) -> Result<()> {
-        self.heartbeats.update(now, |table| {
+        self.heartbeats.update_within(now, QUICK_LOCK_WAIT, |table| {
             // Read under the heartbeats lock: an entry read before it could undo a rename or
             // a `working_on` written meanwhile.
             let (name, entry) = {
@@ -218,14 +256,16 @@ impl Session {
     /// Removes this session's entry: the session is over.
     pub fn end(&self, now: DateTime<Local>) -> Result<()> {
         let name = self.name();
-        self.heartbeats.update(now, |table| {
-            if table.get(&name).is_some_and(|e| e.pid == self.pid) {
-                table.remove(&name);
-            }
-        })
+        self.heartbeats
+            .update_within(now, QUICK_LOCK_WAIT, |table| {
+                if table.get(&name).is_some_and(|e| e.pid == self.pid) {
+                    table.remove(&name);
+                }
+            })
     }
 
-    /// The live sessions, this one included, by name.
+    /// The live sessions, this one included, by name. Folders and `working_on` come from a
+    /// file anyone with access can write: they are made single-line and printable here.
     pub fn who(&self, now: DateTime<Local>) -> Vec<Peer> {
         let name = self.name();
         self.heartbeats
@@ -236,29 +276,53 @@ impl Session {
                 name: n,
                 pid: e.pid,
                 last_seen: e.last_seen(),
-                cwd: e.cwd,
-                working_on: e.working_on,
+                cwd: e.cwd.as_deref().map(heartbeat::display),
+                working_on: heartbeat::display(&e.working_on),
             })
             .collect()
     }
 
-    /// Renames this session (and sets what it works on, when given).
+    /// Renames this session (and sets what it works on, when given). Says what unread mail
+    /// the old name keeps.
+    ///
+    /// A name is an identity: a name with unread mail waiting that was last used from
+    /// another working folder (or from an unrecorded one) is refused unless `take_over`,
+    /// so that a session cannot read an offline session's mail by taking its name.
     pub fn set_name(
         &self,
         new: &str,
         working_on: Option<&str>,
+        take_over: bool,
         now: DateTime<Local>,
-    ) -> Result<()> {
+    ) -> Result<Renamed> {
         message::check_name(new).map_err(Error::Refused)?;
         let working_on = working_on.map(message::one_line);
         // The index and read state follow the name: no scan runs for the old name meanwhile.
         let mut index = self.index();
-        let (old, entry) = {
+        let old = self.name();
+        if let Some(holder) = self.heartbeats.live(now).remove(new)
+            && holder.pid != self.pid
+        {
+            return Err(Error::NameTaken {
+                name: new.to_owned(),
+                pid: holder.pid,
+                cwd: holder.cwd,
+            });
+        }
+        if new != old && !take_over {
+            self.check_owner(new, now)?;
+        }
+        let renamed = if new == old {
+            Renamed::default()
+        } else {
+            self.left_behind(&mut index, now)?
+        };
+        let entry = {
             let mut shared = self.shared();
             if let Some(w) = working_on {
                 shared.working_on = w;
             }
-            (shared.name.clone(), self.entry(&shared, now))
+            self.entry(&shared, now)
         };
         self.heartbeats.update(now, |table| {
             if let Some(holder) = table.get(new).filter(|e| e.pid != self.pid) {
@@ -275,14 +339,75 @@ impl Session {
             Ok(())
         })??;
         if new != old {
-            let state = self.mailbox.read_state(new, now)?;
+            let mut state = self.mailbox.read_state(new, now)?;
+            if let Err(err) = state.note_folder(&self.cwd) {
+                tracing::warn!(%err, session = %new, "recording this name's working folder");
+            }
             // The index belongs to the old name; the next look builds the new one.
             *index = index::Index::new(new.to_owned(), state);
             let mut shared = self.shared();
             shared.name = new.to_owned();
             shared.synced_mtime = None;
         }
-        Ok(())
+        Ok(renamed)
+    }
+
+    /// Refuses `name` when it has unread mail and was last used from another folder.
+    fn check_owner(&self, name: &str, now: DateTime<Local>) -> Result<()> {
+        let state = self.mailbox.peek_state(name, now)?;
+        let here = self.cwd.to_str();
+        if !state.on_disk() || (state.folder().is_some() && state.folder() == here) {
+            return Ok(());
+        }
+        let mail: Vec<_> = self
+            .mailbox
+            .scan_for(name)?
+            .into_iter()
+            .filter(|m| state.is_unread(name, m, now))
+            .collect();
+        if mail.is_empty() {
+            return Ok(());
+        }
+        let mut from: Vec<&str> = Vec::new();
+        for m in &mail {
+            if !from.contains(&m.front.from.as_str()) {
+                from.push(&m.front.from);
+            }
+        }
+        let place = match state.folder() {
+            Some(folder) => format!("was last used from another folder ({folder})"),
+            None => "was last used from a folder that was not recorded".to_owned(),
+        };
+        Err(Error::Refused(format!(
+            "the name {name:?} has {} waiting (from {}) and {place}, so it belongs to a \
+             session that is offline now; taking it would read that session's mail. Choose \
+             another name. Only if the user said this session is {name:?}, call \
+             t9_ipc_set_name again with take_over: true",
+            crate::text::plural(mail.len(), "unread message"),
+            from.join(", ")
+        )))
+    }
+
+    /// The old name's unread mail (it stays with that name), from a fresh look at the inbox:
+    /// a message whose file event is still on its way counts too.
+    fn left_behind(&self, index: &mut index::Index, now: DateTime<Local>) -> Result<Renamed> {
+        self.ensure_indexed(index, now)?;
+        self.rebuild(index, now)?;
+        let shared = self.shared();
+        let mut renamed = Renamed {
+            old: shared.name.clone(),
+            ..Renamed::default()
+        };
+        for m in index.live_mail(now) {
+            renamed.left += 1;
+            if index.was_pushed(&shared, &m.id) {
+                renamed.left_pushed += 1;
+            }
+            if !renamed.left_from.contains(&m.front.from) {
+                renamed.left_from.push(m.front.from.clone());
+            }
+        }
+        Ok(renamed)
     }
 
     /// Registers a `t9_ipc_wait`; messages it matches are no longer pushed.
@@ -422,6 +547,7 @@ mod tests {
             archive_after_days: 7,
             telegram: None,
             inside_claude_code: false,
+            share_group: false,
         };
         let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
         let held = session.index();

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Local, TimeDelta};
 use serde::{Deserialize, Serialize};
 
-use super::store::private_dir;
 use crate::error::{Error, Result};
+use crate::fsx::private_dir;
 use crate::fsx::write_atomic;
 
 /// How long a pairing code is good for.

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use super::api::{Api, ApiError};
 use super::service::{Inner, Telegram};
-use super::store::{private, private_dir};
+use super::store::private;
+use crate::fsx::private_dir;
 
 /// The Bot API downloads files up to 20 MB.
 pub const MAX_DOWNLOAD: u64 = 20 * 1024 * 1024;

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::api::{ApiError, backoff};
 use super::render::escape;
 use super::service::{Inner, Telegram, locked};
-use super::store::private_dir;
 use crate::error::Result;
+use crate::fsx::private_dir;
 use crate::fsx::write_atomic;
 use crate::mailbox;
 

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -92,9 +91,17 @@ impl Store {
             delivered: dir.join("delivered.log"),
             replies_lock: dir.join("replies.lock"),
         };
-        for d in [&store.claims, &store.failed, &store.sending] {
-            fs::create_dir_all(d).map_err(io_err("creating", d))?;
+        for d in [&dir, &store.claims, &store.failed, &store.sending] {
+            fsx::private_dir(d)?;
         }
+        // Made here with the mailbox's file mode (a shared mailbox's group must open it too).
+        let poll = private()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&store.poll_lock)
+            .map_err(io_err("creating", &store.poll_lock))?;
+        fsx::fix_mode(&poll, &store.poll_lock)?;
         Ok(store)
     }
 
@@ -143,12 +150,14 @@ impl Store {
         // One short write in append mode: lines of concurrent writers do not mix.
         let mut line = serde_json::to_string(forwarded).expect("plain strings and numbers");
         line.push('\n');
-        let _lock = self.lock_replies()?;
-        private()
+        let _lock = fsx::FileLock::take(&self.replies_lock, fsx::LOCK_WAIT)?;
+        let mut file = private()
             .create(true)
             .append(true)
             .open(&self.replies)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(io_err("opening", &self.replies))?;
+        fsx::fix_mode(&file, &self.replies)?;
+        file.write_all(line.as_bytes())
             .map_err(io_err("appending to", &self.replies))
     }
 
@@ -164,17 +173,6 @@ impl Store {
             .rev()
             .filter_map(|l| serde_json::from_str::<Forwarded>(l).ok())
             .find(|f| f.chat == chat && f.message_id == message_id))
-    }
-
-    fn lock_replies(&self) -> Result<File> {
-        let file = private()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.replies_lock)
-            .map_err(io_err("opening", &self.replies_lock))?;
-        file.lock().map_err(io_err("locking", &self.replies_lock))?;
-        Ok(file)
     }
 
     /// Marks a part of `id` as on its way (before the call) or arrived in `replies.log`.
@@ -298,7 +296,7 @@ impl Store {
                 claims += 1;
             }
         }
-        let _lock = self.lock_replies()?;
+        let _lock = fsx::FileLock::take(&self.replies_lock, fsx::LOCK_WAIT)?;
         let text = match fs::read_to_string(&self.replies) {
             Ok(t) => t,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((claims, 0)),
@@ -358,7 +356,10 @@ fn new_claim_file(path: &Path) -> Result<Option<File>> {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
         Err(err) => return Err(Error::io("creating", path)(err)),
     };
-    file.lock().map_err(io_err("locking", path))?;
+    fsx::fix_mode(&file, path)?;
+    // A file made just now under a private name: nobody else can hold it, but no lock
+    // is ever waited for without a bound.
+    fsx::lock_within(&file, path, fsx::LOCK_WAIT)?;
     file.write_all(stamped("claimed").as_bytes())
         .map_err(io_err("writing", path))?;
     Ok(Some(file))
@@ -416,18 +417,9 @@ fn part_line(line: &str) -> Option<(usize, usize, i64)> {
     Some((i.checked_sub(1)?, n.parse().ok()?, tid.parse().ok()?))
 }
 
-/// Creates `dir` (and its parents) when missing, and makes it private (0700).
-pub(super) fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("securing", dir))
-}
-
 /// Options that create files readable and writable by their owner only (0600).
 pub(super) fn private() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.mode(0o600);
-    options
+    fsx::private_options()
 }
 
 /// A forward that was given up, as `<data>/telegram/failed/<msg_id>.txt` records it.
