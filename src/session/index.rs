@@ -11,7 +11,7 @@ use chrono::{DateTime, Local};
 
 use super::{Session, Shared};
 use crate::channels::Push;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mailbox::{Message, ReadState};
 use crate::message;
 use crate::watch::Changed;
@@ -111,6 +111,9 @@ impl Session {
         let mut index = self.index();
         let generation = index.state.generation();
         index.state.refresh()?;
+        // Before the changes are handled: a file renamed in meanwhile makes the index look
+        // stale (and its event follows), never current without it.
+        let mtime = self.inbox_mtime();
         if changed.rescan || !index.indexed {
             self.rebuild(&mut index, now)?;
             return Ok(Synced {
@@ -147,7 +150,6 @@ impl Session {
             mine.retain(|_, m| state.is_unread(name, m, now));
             mine_changed = true;
         }
-        let mtime = self.inbox_mtime();
         self.shared().synced_mtime = mtime;
         Ok(Synced {
             arrived,
@@ -201,7 +203,22 @@ impl Session {
 
     /// This session's unread mail, at most `limit` bodies; marks the page read when
     /// `mark_read`. With push on, messages already pushed are named, not repeated.
+    ///
+    /// Fails when the inbox folder is gone (deleted): no answer may say "nothing unread"
+    /// about a mailbox that is not there.
     pub fn unread(&self, limit: usize, mark_read: bool, now: DateTime<Local>) -> Result<Unread> {
+        let inbox = self.mailbox.inbox();
+        if !inbox.is_dir() {
+            return Err(Error::Io {
+                op: "reading",
+                path: inbox.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the inbox folder is gone (deleted?); new mail arrives again once it is \
+                     made again (a server starting on this mailbox makes it)",
+                ),
+            });
+        }
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let (fresh, pushed, seen, remaining) = {
