@@ -65,12 +65,18 @@ async fn a_burst_is_folded_rate_limited_and_nothing_is_lost() {
                 .await,
         );
     }
-    // Sent after the burst, by another sender: every event of the burst comes before it.
-    let marker = mb
-        .spawn("marker")
-        .await
-        .send("beta", "marker", "last")
-        .await;
+    // Sent after the burst, by another sender, as the answer to a question of beta's (the
+    // limits never hold an answer): every event of the burst comes before it.
+    let other = mb.spawn("marker").await;
+    let question = beta.send("marker", "question", "q").await;
+    let marker = msg_id_in(
+        &other
+            .ok(
+                "t9_ipc_send",
+                json!({"to": "beta", "subject": "marker", "body": "last", "reply_to": question}),
+            )
+            .await,
+    );
     let (whole, named, events) = drain_until(&mut beta, &marker).await;
     assert!(
         events < 40,

@@ -194,10 +194,14 @@ impl ClientHandler for Events {
 }
 
 /// The message ids an event delivers whole (a single message or a bundle), and those it
-/// only names (a digest).
+/// only names (a digest). A notice of held mail names no id: that mail waits for
+/// `t9_ipc_unread`.
 pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
     let ids: Vec<String> = event
-        .meta("msg_id")
+        .meta
+        .get("msg_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
         .split_whitespace()
         .map(str::to_owned)
         .collect();

@@ -25,6 +25,16 @@ pub fn params(batch: &Batch, me: &str) -> serde_json::Value {
 
 /// One event carrying whole messages: one message as it is, several as a bundle.
 fn event_params(msgs: &[Arc<Message>], held: &[Arc<Message>], me: &str) -> serde_json::Value {
+    if msgs.is_empty() {
+        let (content, from) = held_notice(held);
+        let priority = held.iter().min_by_key(|m| m.front.urgency());
+        return json!({"content": content, "meta": {
+            "from": from.join(","), "to": me, "type": "notice",
+            "subject": format!("{} waiting messages", held.len()),
+            "priority": priority.map_or("normal", |m| m.front.priority_or_normal()),
+            "count": held.len().to_string(),
+        }});
+    }
     let mut params = if let [msg] = msgs {
         channel_params(msg)
     } else {
@@ -101,18 +111,54 @@ fn digest_params(msgs: &[Arc<Message>], me: &str) -> serde_json::Value {
     })
 }
 
-/// Tells the model that some senders' mail waits because of the rate limit.
+/// Tells the model that some senders' mail waits because of the limits.
 fn append_held(params: &mut serde_json::Value, held: &[Arc<Message>]) {
-    let mut senders: Vec<&str> = held.iter().map(|m| m.front.from.as_str()).collect();
-    senders.dedup();
-    let note = format!(
-        "\n\n({} more from {} wait unread (too many at once): call t9_ipc_unread to read them.)",
-        held.len(),
-        senders.join(", ")
-    );
+    let note = format!("\n\n({})", held_notice(held).0);
     if let Some(serde_json::Value::String(content)) = params.get_mut("content") {
         content.push_str(&note);
     }
+}
+
+/// The notice for mail the limits hold back: how many wait, from whom, the subjects of the
+/// first few, that `t9_ipc_unread` returns them and that more this minute is not announced;
+/// with the senders, for the meta.
+pub fn held_notice(held: &[Arc<Message>]) -> (String, Vec<&str>) {
+    const SUBJECTS: usize = 5;
+    let mut senders: Vec<&str> = Vec::new();
+    for m in held {
+        if !senders.contains(&m.front.from.as_str()) {
+            senders.push(&m.front.from);
+        }
+    }
+    let shown = senders
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = senders.len().saturating_sub(10);
+    let mut text = format!(
+        "{} more {} waiting unread (too many at once) from {shown}{}. First subjects:",
+        held.len(),
+        if held.len() == 1 {
+            "message is"
+        } else {
+            "messages are"
+        },
+        if more > 0 {
+            format!(" and {more} other senders")
+        } else {
+            String::new()
+        },
+    );
+    for m in held.iter().take(SUBJECTS) {
+        let _ = write!(text, " \"{}\" ({});", m.front.subject, m.front.from);
+    }
+    text.push_str(
+        " Call t9_ipc_unread to read them all. More mail from these senders this minute is \
+         not announced: t9_ipc_unread returns it too.",
+    );
+    (text, senders)
 }
 
 /// Meta of an event that carries several messages.
