@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use util::{Client, Raw, TempMailbox, delivered_ids, initialize_request};
+use util::{Client, Raw, TempMailbox, delivered_ids, initialize_request, read_all};
 
 /// Channel events count as seen, as under Claude Code started with the channel flag.
 const PUSH_ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
@@ -223,19 +223,6 @@ async fn push_latency_big(report: &mut Report) {
         15.0,
     );
     drop(others);
-}
-
-/// Reads every unread message with bodies, page by page; the ids.
-async fn read_all(client: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    loop {
-        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
-        let got = util::bodies_in(&page);
-        if got.is_empty() {
-            return ids;
-        }
-        ids.extend(got);
-    }
 }
 
 /// What `events` (whole) and `pulled` (unread) delivered of `n` messages: (each exactly

@@ -10,7 +10,7 @@ use serde_json::json;
 use t9_ipc::message::{FrontMatter, TIME_FORMAT, file_stem, render};
 
 use crate::util::{
-    Client, Raw, TempMailbox, bodies_in, delivered_ids, initialize_request, msg_id_in,
+    Client, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all,
 };
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
@@ -66,17 +66,11 @@ async fn nothing_before_answer(
     answer
 }
 
-/// Reads every unread message with bodies, page by page.
-async fn read_all(client: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    loop {
-        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
-        let got = bodies_in(&page);
-        if got.is_empty() {
-            return ids;
-        }
-        ids.extend(got);
-    }
+/// Every unread message `client` reads with bodies, but `answer`.
+async fn read_all_but(client: &Client, answer: &str) -> Vec<String> {
+    let mut ids = read_all(client).await;
+    ids.retain(|id| id != answer);
+    ids
 }
 
 /// Every id of `sent` delivered exactly once by `whole` (events) and `pulled` (unread).
@@ -86,23 +80,18 @@ fn exactly_once(sent: &[String], whole: &[String], pulled: &[String]) {
     for id in whole.iter().chain(pulled) {
         *seen.entry(id.as_str()).or_default() += 1;
     }
-    let lost: Vec<_> = sent
+    let wrong: Vec<_> = sent
         .iter()
-        .filter(|id| !seen.contains_key(id.as_str()))
+        .map(|id| (id, seen.get(id.as_str()).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 1)
         .collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
-        lost.is_empty(),
-        "{} lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
+        wrong.is_empty(),
+        "{} not delivered exactly once (id, times): e.g. {:?}",
+        wrong.len(),
+        wrong.first()
     );
-    assert!(
-        twice.is_empty(),
-        "{} delivered twice, e.g. {:?}",
-        twice.len(),
-        twice.first()
-    );
+    assert_eq!(seen.len(), sent.len(), "delivered beyond what was sent");
 }
 
 #[tokio::test]
@@ -154,11 +143,7 @@ async fn a_sender_past_the_limit_is_named_in_one_notice_then_nothing_that_minute
         sent.push(alpha.send("beta", &format!("n{i}"), "flood").await);
     }
     let answer = nothing_before_answer(&mut beta, "beta", &gamma, "gamma").await;
-    let pulled: Vec<String> = read_all(&beta)
-        .await
-        .into_iter()
-        .filter(|id| *id != answer)
-        .collect();
+    let pulled = read_all_but(&beta, &answer).await;
     exactly_once(&sent, &whole, &pulled);
 }
 
@@ -196,11 +181,7 @@ async fn a_flood_of_files_costs_at_most_ten_events_and_loses_nothing() {
         named.extend(d);
     }
     assert!(events <= 10, "{events} events for a flood");
-    let pulled: Vec<String> = read_all(&beta)
-        .await
-        .into_iter()
-        .filter(|id| *id != answer)
-        .collect();
+    let pulled = read_all_but(&beta, &answer).await;
     exactly_once(&sent, &whole, &pulled);
     assert_eq!(
         whole.len() + pulled.len(),

@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use t9_ipc::message::TIME_FORMAT;
 
-use crate::util::{Client, TempMailbox, bodies_in, delivered_ids, msg_id_in};
+use crate::util::{Client, TempMailbox, bodies_in, delivered_ids, msg_id_in, read_all};
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
 
@@ -27,19 +27,6 @@ async fn drain_until(client: &mut Client, marker: &str) -> (Vec<String>, Vec<Str
         if done {
             return (whole, named, n);
         }
-    }
-}
-
-/// Reads every unread message with bodies, page by page.
-async fn read_all(client: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    loop {
-        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
-        let got = bodies_in(&page);
-        if got.is_empty() {
-            return ids;
-        }
-        ids.extend(got);
     }
 }
 

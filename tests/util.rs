@@ -212,6 +212,19 @@ pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
     }
 }
 
+/// Reads every unread message of `client` with bodies, page by page; their ids.
+pub async fn read_all(client: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
+        let got = bodies_in(&page);
+        if got.is_empty() {
+            return ids;
+        }
+        ids.extend(got);
+    }
+}
+
 /// The ids of the messages a `t9_ipc_unread` or `t9_ipc_wait` result returns with bodies.
 pub fn bodies_in(text: &str) -> Vec<String> {
     text.lines()

@@ -124,12 +124,7 @@ fn append_held(params: &mut serde_json::Value, held: &[Arc<Message>]) {
 /// with the senders, for the meta.
 pub fn held_notice(held: &[Arc<Message>]) -> (String, Vec<&str>) {
     const SUBJECTS: usize = 5;
-    let mut senders: Vec<&str> = Vec::new();
-    for m in held {
-        if !senders.contains(&m.front.from.as_str()) {
-            senders.push(&m.front.from);
-        }
-    }
+    let senders = senders_of(held);
     let shown = senders
         .iter()
         .take(10)
@@ -161,14 +156,20 @@ pub fn held_notice(held: &[Arc<Message>]) -> (String, Vec<&str>) {
     (text, senders)
 }
 
-/// Meta of an event that carries several messages.
-fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> serde_json::Value {
+/// The senders of `msgs`, each once, in order.
+fn senders_of(msgs: &[Arc<Message>]) -> Vec<&str> {
     let mut from: Vec<&str> = Vec::new();
     for m in msgs {
         if !from.contains(&m.front.from.as_str()) {
             from.push(&m.front.from);
         }
     }
+    from
+}
+
+/// Meta of an event that carries several messages.
+fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> serde_json::Value {
+    let from = senders_of(msgs);
     let priority = msgs
         .iter()
         .min_by_key(|m| m.front.urgency())
