@@ -481,11 +481,13 @@ async fn throughput(report: &mut Report) {
     let (_, events, pulled) = drain(&mut rx, Duration::from_millis(500)).await;
     let (all_once, whole, twice) = once(&events, &pulled, SENDERS * EACH);
     // The same sizes on the same disk, the way a send writes them.
-    let size = std::fs::read_dir(mb.inbox())
+    let sizes: Vec<u64> = std::fs::read_dir(mb.inbox())
         .expect("inbox")
         .flatten()
-        .find_map(|e| e.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()))
-        .unwrap_or(400) as usize;
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".md"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .collect();
+    let size = (sizes.iter().sum::<u64>() / sizes.len().max(1) as u64) as usize;
     let scratch = mb.root().join("disk-bound");
     std::fs::create_dir_all(&scratch).expect("scratch");
     let bound = disk_bound(&scratch, SENDERS, EACH, size);
