@@ -56,10 +56,14 @@ pub struct Config {
     /// An environment variable that shows an account without channels (Bedrock, Vertex,
     /// Foundry), when one is set.
     pub account_without_channels: Option<&'static str>,
-    /// `IPC_PUSH_QUIET_MS`: after a push, new mail waits this long and goes out as one event.
+    /// `IPC_PUSH_QUIET_MS`: when the limits first hold mail back, the one notice that names
+    /// it waits this long, to name what the flood brings meanwhile. Mail that is pushed is
+    /// never delayed by it.
     pub push_quiet: Duration,
-    /// `IPC_PUSH_RATE`: at most this many messages of one sender are pushed per minute; the
-    /// rest wait as unread. `None` (0) means no limit.
+    /// `IPC_PUSH_RATE`: at most this many messages of one sender are pushed or named per
+    /// minute, three times as many of all senders together, and at most 10 events go out a
+    /// minute; the rest wait as unread, named in one notice. Answers to this session's own
+    /// messages are outside these limits. `None` (0) means no limit at all.
     pub push_rate: Option<u32>,
     /// `IPC_ARCHIVE_DAYS`: finished mail older than this moves to `archive/` when a server
     /// starts (default 7; 0 archives finished mail at once).

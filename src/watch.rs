@@ -2,9 +2,11 @@
 //!
 //! Events are hints, not facts. A message written the atomic way arrives as a rename into
 //! place; a file written in place (a person's `cp`, another tool) is reported when its writer
-//! closes it, so a half-written file is never read on the hot path. The kernel reports a lost
-//! event (queue overflow) as a rescan, and so does a watcher error: nothing is missed, it is
-//! only found by a whole scan instead.
+//! closes it; a hard link (a second name for a finished file) when it is created. A file
+//! still open for writing is not read (the reader checks); its close follows. The kernel
+//! reports a lost event (queue overflow) as a rescan, and so does a watcher error: nothing is
+//! missed, it is only found by a whole scan instead. The folder above `inbox/` is watched
+//! too, so that an `inbox/` deleted and made again is watched again ([`rewatch`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct Changed {
     pub files: BTreeSet<PathBuf>,
     /// Events were lost or too many: scan the whole folder.
     pub rescan: bool,
+    /// The folder itself was removed, renamed or made: watch it again ([`rewatch`]).
+    pub rewatch: bool,
 }
 
 /// The receiving end of a watch: wait for a hint, then take what changed.
@@ -54,23 +58,33 @@ impl Changes {
     }
 }
 
-/// Watches `dir` (not its subfolders). Dropping the watcher stops the events.
+/// Watches `dir` (not its subfolders), and the folder above it for `dir` itself coming and
+/// going. Dropping the watcher stops the events.
 pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
     let (tx, hints) = mpsc::channel(1);
     let pending = Arc::new(Mutex::new(Changed::default()));
     let shared = pending.clone();
+    let folder = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let mut changed = shared.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             Ok(event) if event.need_rescan() => changed.rescan = true,
             Ok(event) => {
-                if !settles_a_file(&event.kind) {
+                if comes_or_goes(&event.kind) && event.paths.contains(&folder) {
+                    // inbox/ itself came or went: scan it, and watch the new one.
+                    changed.rescan = true;
+                    changed.rewatch = true;
+                } else if !settles_a_file(&event.kind) && !is_a_new_link(&event) {
                     return;
+                }
+                let inside = |p: &PathBuf| p.parent() == Some(folder.as_path());
+                if !changed.rewatch && !event.paths.iter().any(inside) {
+                    return; // the folder above: another of its files
                 }
                 let md = event
                     .paths
                     .into_iter()
-                    .filter(|p| p.extension().is_some_and(|e| e == "md"));
+                    .filter(|p| inside(p) && p.extension().is_some_and(|e| e == "md"));
                 changed.files.extend(md);
                 if changed.files.len() > MAX_PENDING {
                     changed.files.clear();
@@ -87,15 +101,26 @@ pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
         let _ = tx.try_send(());
     })
     .map_err(|e| watch_error(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        watcher
+            .watch(parent, RecursiveMode::NonRecursive)
+            .map_err(|e| watch_error(parent, e))?;
+    }
+    rewatch(&mut watcher, dir)?;
+    Ok((watcher, Changes { hints, pending }))
+}
+
+/// Watches `dir` again, after it was removed and made again. Fails while it is missing;
+/// the watch on the folder above reports when it comes back.
+pub fn rewatch(watcher: &mut RecommendedWatcher, dir: &Path) -> Result<()> {
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| watch_error(dir, e))?;
-    Ok((watcher, Changes { hints, pending }))
+        .map_err(|e| watch_error(dir, e))
 }
 
 /// True for events after which a file is complete or gone: a rename into or out of the
 /// folder, a writer closing it, a removal. A create or a write alone means a writer is still
-/// at work; its close follows.
+/// at work; its close follows (a hard link, which has none, see [`is_a_new_link`]).
 fn settles_a_file(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -107,6 +132,26 @@ fn settles_a_file(kind: &EventKind) -> bool {
         EventKind::Remove(_) => true,
         EventKind::Any | EventKind::Other => true,
     }
+}
+
+/// True for a new name of a file that has others: a hard link (link(2)) to a finished file
+/// is complete when it is made, and no close follows. A file created to be written has one
+/// name; it is read at its close.
+fn is_a_new_link(event: &notify::Event) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    matches!(event.kind, EventKind::Create(_))
+        && event
+            .paths
+            .iter()
+            .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.nlink() > 1))
+}
+
+/// True for events after which a folder may have come or gone (not a look into it).
+fn comes_or_goes(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
 }
 
 fn watch_error(dir: &Path, err: notify::Error) -> Error {

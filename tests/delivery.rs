@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use t9_ipc::message::TIME_FORMAT;
 
-use crate::util::{Client, TempMailbox, bodies_in, delivered_ids, msg_id_in};
+use crate::util::{Client, TempMailbox, bodies_in, delivered_ids, msg_id_in, read_all};
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
 
@@ -27,19 +27,6 @@ async fn drain_until(client: &mut Client, marker: &str) -> (Vec<String>, Vec<Str
         if done {
             return (whole, named, n);
         }
-    }
-}
-
-/// Reads every unread message with bodies, page by page.
-async fn read_all(client: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    loop {
-        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
-        let got = bodies_in(&page);
-        if got.is_empty() {
-            return ids;
-        }
-        ids.extend(got);
     }
 }
 
@@ -65,12 +52,18 @@ async fn a_burst_is_folded_rate_limited_and_nothing_is_lost() {
                 .await,
         );
     }
-    // Sent after the burst, by another sender: every event of the burst comes before it.
-    let marker = mb
-        .spawn("marker")
-        .await
-        .send("beta", "marker", "last")
-        .await;
+    // Sent after the burst, by another sender, as the answer to a question of beta's (the
+    // limits never hold an answer): every event of the burst comes before it.
+    let other = mb.spawn("marker").await;
+    let question = beta.send("marker", "question", "q").await;
+    let marker = msg_id_in(
+        &other
+            .ok(
+                "t9_ipc_send",
+                json!({"to": "beta", "subject": "marker", "body": "last", "reply_to": question}),
+            )
+            .await,
+    );
     let (whole, named, events) = drain_until(&mut beta, &marker).await;
     assert!(
         events < 40,

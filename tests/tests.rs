@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod coord;
+mod defaults;
 mod delivery;
 mod federation;
 mod format;

@@ -194,10 +194,14 @@ impl ClientHandler for Events {
 }
 
 /// The message ids an event delivers whole (a single message or a bundle), and those it
-/// only names (a digest).
+/// only names (a digest). A notice of held mail names no id: that mail waits for
+/// `t9_ipc_unread`.
 pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
     let ids: Vec<String> = event
-        .meta("msg_id")
+        .meta
+        .get("msg_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
         .split_whitespace()
         .map(str::to_owned)
         .collect();
@@ -205,6 +209,19 @@ pub fn delivered_ids(event: &Event) -> (Vec<String>, Vec<String>) {
         (Vec::new(), ids)
     } else {
         (ids, Vec::new())
+    }
+}
+
+/// Reads every unread message of `client` with bodies, page by page; their ids.
+pub async fn read_all(client: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let page = client.ok("t9_ipc_unread", json!({"limit": 1000})).await;
+        let got = bodies_in(&page);
+        if got.is_empty() {
+            return ids;
+        }
+        ids.extend(got);
     }
 }
 

@@ -3,7 +3,7 @@
 //! for the first time, whoever it is for, and asks for a catch-up at each whole look at the
 //! inbox; the send tool publishes what this session has just written.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use t9_ipc::mailbox::Message;
 use t9_ipc::message::{Priority, is_human};
@@ -23,6 +23,11 @@ pub trait Subscriber: Send + Sync {
     /// This session has just written `id` from `out`. A subscriber that must not wait for
     /// the file event may read it back here (this runs on a blocking thread).
     fn sent(&self, session: &Session, out: &Outgoing<'_>, id: &str);
+    /// Whether it wants every new message file, whoever it is for (the index then reads them
+    /// all), or only this session's sends.
+    fn wants_everyone(&self) -> bool {
+        true
+    }
 }
 
 /// Everyone told of arrivals; cheap to clone.
@@ -34,9 +39,10 @@ impl Subscribers {
         Subscribers(Arc::new(list))
     }
 
-    /// True when nobody listens: the index then reads only this session's mail.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// True when someone wants every new message file; otherwise the index reads only this
+    /// session's mail.
+    pub fn everyone(&self) -> bool {
+        self.0.iter().any(|s| s.wants_everyone())
     }
 
     pub fn arrived(&self, msg: &Arc<Message>) {
@@ -69,5 +75,35 @@ impl Subscriber for Escalations {
         // A critical message or one to the user: forwarded now, not at the file event.
         let escalates = out.priority == Priority::Critical || is_human(out.to.trim());
         telegram::offer_sent(Some(&self.0), escalates, session, id);
+    }
+}
+
+/// The ids of the messages this session sent, for the push rules: the first answer to each
+/// goes out at once (see `rules::Gate::asked`). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct OwnSends(Arc<Mutex<Vec<String>>>);
+
+impl OwnSends {
+    /// The ids sent since the last call.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Subscriber for OwnSends {
+    fn arrived(&self, _: &Arc<Message>) {}
+
+    fn rescan(&self) {}
+
+    fn sent(&self, _: &Session, _: &Outgoing<'_>, id: &str) {
+        let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken at each push; bounded all the same, should pushes stop.
+        if ids.len() < 10_000 {
+            ids.push(id.to_owned());
+        }
+    }
+
+    fn wants_everyone(&self) -> bool {
+        false
     }
 }

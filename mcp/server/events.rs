@@ -56,18 +56,21 @@ fn event_params(
     me: &str,
     unverified: Unverified<'_>,
 ) -> Value {
+    if msgs.is_empty() {
+        return notice_params(held, me);
+    }
     if let [msg] = msgs {
         let mut params = channel_params(msg, unverified(msg));
         if let (false, Some(Value::String(content))) = (held.is_empty(), params.get_mut("content"))
         {
-            let _ = write!(content, "\n\n{}", held_note(held));
+            let _ = write!(content, "\n\n({})", held_notice(held).0);
         }
         return params;
     }
     // The note on held mail comes first: after the last body it would read as part of it.
     let mut content = String::new();
     if !held.is_empty() {
-        let _ = write!(content, "{}\n\n", held_note(held));
+        let _ = write!(content, "({})\n\n", held_notice(held).0);
     }
     let boundary = Boundary::new();
     let n = msgs.len();
@@ -155,25 +158,74 @@ fn digest_params(msgs: &[Arc<Message>], me: &str, unverified: Unverified<'_>) ->
     json!({ "content": content.trim_end(), "meta": meta })
 }
 
-/// Tells the model that some senders' mail waits because of the rate limit.
-fn held_note(held: &[Arc<Message>]) -> String {
-    let mut senders: Vec<String> = held.iter().map(|m| one_line(&m.front.from)).collect();
-    senders.dedup();
-    format!(
-        "({} more from {} wait unread (too many at once): call t9_ipc_unread to read them.)",
-        held.len(),
-        senders.join(", ")
-    )
+/// The event that only names mail the limits hold back (no whole message goes with it).
+fn notice_params(held: &[Arc<Message>], me: &str) -> Value {
+    let (content, from) = held_notice(held);
+    let priority = held.iter().min_by_key(|m| m.front.urgency());
+    json!({"content": content, "meta": {
+        "from": from.join(","), "to": me, "type": "notice",
+        "subject": format!("{} waiting messages", held.len()),
+        "priority": priority.map_or("normal", |m| m.front.priority_or_normal()),
+        "count": held.len().to_string(),
+    }})
 }
 
-/// Meta of an event that carries several messages.
-fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> Map<String, Value> {
+/// The notice for mail the limits hold back: how many wait, from whom, the subjects of the
+/// first few, that `t9_ipc_unread` returns them and that more this minute is not announced;
+/// with the senders, for the meta.
+pub fn held_notice(held: &[Arc<Message>]) -> (String, Vec<&str>) {
+    const SUBJECTS: usize = 5;
+    let senders = senders_of(held);
+    let shown = senders
+        .iter()
+        .take(10)
+        .map(|s| one_line(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = senders.len().saturating_sub(10);
+    let mut text = format!(
+        "{} more {} waiting unread (too many at once) from {shown}{}. First subjects:",
+        held.len(),
+        if held.len() == 1 {
+            "message is"
+        } else {
+            "messages are"
+        },
+        if more > 0 {
+            format!(" and {more} other senders")
+        } else {
+            String::new()
+        },
+    );
+    for m in held.iter().take(SUBJECTS) {
+        let _ = write!(
+            text,
+            " \"{}\" ({});",
+            one_line(&m.front.subject),
+            one_line(&m.front.from)
+        );
+    }
+    text.push_str(
+        " Call t9_ipc_unread to read them all. More mail from these senders this minute is \
+         not announced: t9_ipc_unread returns it too.",
+    );
+    (text, senders)
+}
+
+/// The senders of `msgs`, each once, in order.
+fn senders_of(msgs: &[Arc<Message>]) -> Vec<&str> {
     let mut from: Vec<&str> = Vec::new();
     for m in msgs {
         if !from.contains(&m.front.from.as_str()) {
             from.push(&m.front.from);
         }
     }
+    from
+}
+
+/// Meta of an event that carries several messages.
+fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> Map<String, Value> {
+    let from = senders_of(msgs);
     let priority = msgs
         .iter()
         .min_by_key(|m| m.front.urgency())

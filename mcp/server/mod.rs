@@ -17,6 +17,7 @@ mod rules;
 mod tools;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::telegram;
-use arrivals::{Escalations, Subscriber, Subscribers};
-use push::Pusher;
+use arrivals::{Escalations, OwnSends, Subscriber, Subscribers};
+use push::{Counted, Pusher};
 use tools::{Shared, T9};
 
 /// A server archives finished mail at start when no server did for this long.
@@ -67,14 +68,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tg = telegram.as_ref().map(telegram::Running::handle);
     // Federation: this mailbox's bridge, when IPC_NATS_URL is set and this server is elected.
     let federation = t9_ipc::federation::spawn_elected(&config.data_dir, &cancel);
+    let own = OwnSends::default();
     let subscribers = Subscribers::new(
         tg.iter()
             .map(|t| Box::new(Escalations(t.clone())) as Box<dyn Subscriber>)
+            .chain([Box::new(own.clone()) as Box<dyn Subscriber>])
             .collect(),
     );
     let (peer_tx, peer_rx) = peer_watch::channel(None);
     let mail = Arc::new(Notify::new());
-    let pusher = Pusher::new(session.clone(), &config, mail.clone(), subscribers.clone());
+    let written = Arc::new(AtomicU64::new(0));
+    let pusher = Pusher::new(
+        session.clone(),
+        &config,
+        mail.clone(),
+        (subscribers.clone(), own),
+        written.clone(),
+    );
     tasks.spawn(pusher.run(peer_rx, cancel.child_token()));
     let server = T9::new(Shared {
         session: session.clone(),
@@ -85,7 +95,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         subscribers,
         telegram: tg,
     });
-    run_until_end(server, &cancel).await;
+    run_until_end(server, written, &cancel).await;
     cancel.cancel();
     tasks.close();
     tasks.wait().await;
@@ -108,14 +118,17 @@ async fn start_session(config: &Config) -> anyhow::Result<Arc<Session>> {
     Ok(Arc::new(session))
 }
 
-/// Serves MCP on stdio until stdin closes or `cancel` (a signal).
-async fn run_until_end(server: T9, cancel: &CancellationToken) {
-    match server
-        // Pipes (how MCP clients start servers) are read on the reactor, not on a blocking
-        // thread: nothing is left behind when the session ends.
-        .serve_with_ct(rmcp::transport::stdio_pipes(), cancel.child_token())
-        .await
-    {
+/// Serves MCP on stdio until stdin closes or `cancel` (a signal); `written` counts the
+/// channel events written whole.
+async fn run_until_end(server: T9, written: Arc<AtomicU64>, cancel: &CancellationToken) {
+    // Pipes (how MCP clients start servers) are read on the reactor, not on a blocking
+    // thread: nothing is left behind when the session ends.
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let transport = Counted::new(
+        rmcp::transport::async_rw::AsyncRwTransport::new_server(stdin, stdout),
+        written,
+    );
+    match server.serve_with_ct(transport, cancel.child_token()).await {
         Ok(running) => {
             tokio::select! {
                 quit = running.waiting() => {

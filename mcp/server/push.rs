@@ -4,11 +4,14 @@
 //! push is decided by [`super::rules`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Local;
 use notify::RecommendedWatcher;
-use rmcp::model::{CustomNotification, ServerNotification};
+use rmcp::model::{CustomNotification, JsonRpcMessage, ServerNotification};
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
 use rmcp::{Peer, RoleServer};
 use t9_ipc::config::Config;
 use t9_ipc::mailbox::Message;
@@ -18,7 +21,7 @@ use tokio::sync::{Notify, watch as peer_watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::arrivals::Subscribers;
+use super::arrivals::{OwnSends, Subscribers};
 use super::events;
 use super::rules::{Batch, Gate, Plan};
 
@@ -74,6 +77,10 @@ pub struct Pusher {
     dirty: bool,
     /// Told of every new message file, whoever wrote it.
     subscribers: Subscribers,
+    /// What this session sent: the answers to it go out at once.
+    own: OwnSends,
+    /// Channel events the transport has written whole (see [`Counted`]).
+    written: Arc<AtomicU64>,
 }
 
 impl Pusher {
@@ -81,7 +88,8 @@ impl Pusher {
         session: Arc<Session>,
         config: &Config,
         mail: Arc<Notify>,
-        subscribers: Subscribers,
+        (subscribers, own): (Subscribers, OwnSends),
+        written: Arc<AtomicU64>,
     ) -> Pusher {
         Pusher {
             session,
@@ -91,11 +99,13 @@ impl Pusher {
             mail,
             dirty: true,
             subscribers,
+            own,
+            written,
         }
     }
 
     pub async fn run(mut self, mut peer_rx: PeerRx, cancel: CancellationToken) {
-        let (_watcher, mut changes) = self.start_watcher().await;
+        let (mut watcher, mut changes) = self.start_watcher().await;
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the entry was just written
@@ -120,13 +130,19 @@ impl Pusher {
                 () = sleep_until_due(link.grace_ends()) => {
                     if let Link::Grace(p, _) = std::mem::replace(&mut link, Link::Before) {
                         tracing::debug!("channel push enabled");
-                        // Catch-up: what waited for this name while it was away.
+                        // Catch-up: what waited for this name while it was away. It
+                        // does not count against the senders' minute.
                         self.push(&p).await;
+                        self.gate.caught_up();
                         link = Link::Ready(p);
                     }
                 }
                 Some(()) = changes.changed() => {
-                    self.sync(changes.take()).await;
+                    let changed = changes.take();
+                    if changed.rewatch {
+                        self.rewatch(watcher.as_mut());
+                    }
+                    self.sync(changed).await;
                     // Only when this session's mail changed: looking costs as much as its
                     // unread mail, and most files in a busy inbox are someone else's.
                     if let Some(p) = link.ready().filter(|_| self.dirty) {
@@ -161,6 +177,16 @@ impl Pusher {
         (None, watch::Changes::none())
     }
 
+    /// Watches `inbox/` again after it was removed and perhaps made again.
+    fn rewatch(&self, watcher: Option<&mut RecommendedWatcher>) {
+        let inbox = self.session.mailbox().inbox();
+        match watcher.map(|w| watch::rewatch(w, inbox)) {
+            Some(Ok(())) => tracing::info!(dir = %inbox.display(), "watching the inbox again"),
+            Some(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "the inbox is gone"),
+            None => {}
+        }
+    }
+
     /// Refreshes the heartbeat; without a watcher, rescans and pushes too.
     async fn heartbeat(&mut self, peer: Option<&Peer<RoleServer>>) {
         let s = self.session.clone();
@@ -181,11 +207,9 @@ impl Pusher {
 
     /// Updates the index from what changed, then wakes the waits.
     async fn sync(&mut self, changed: Changed) {
-        if changed.rescan {
-            self.subscribers.rescan();
-        }
+        let rescan = changed.rescan;
         let s = self.session.clone();
-        let everyone = !self.subscribers.is_empty();
+        let everyone = self.subscribers.everyone();
         match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
             Ok(Ok(synced)) => {
                 for msg in &synced.arrived {
@@ -195,6 +219,12 @@ impl Pusher {
             }
             Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
             Err(err) => tracing::warn!(%err, "reading the inbox"),
+        }
+        if rescan {
+            // After the index's listing, not before: a file that lands between the two is
+            // in the subscribers' sweep, or is new to the index at its file event. Either
+            // way it is offered.
+            self.subscribers.rescan();
         }
         self.mail.notify_waiters();
     }
@@ -215,6 +245,9 @@ impl Pusher {
                     return;
                 }
             };
+        for id in self.own.take() {
+            self.gate.asked(id);
+        }
         let now = Instant::now();
         match self.gate.plan(pending, now, Local::now()) {
             Plan::Hold { retry_at } => self.flush_at = retry_at.or(self.flush_at),
@@ -222,7 +255,8 @@ impl Pusher {
         }
     }
 
-    /// Sends one event, then records it: at least once, never lost.
+    /// Sends one event, then records it: exactly once when the session ends normally, at
+    /// least once (never lost) when the process dies between the two.
     async fn send(&mut self, peer: &Peer<RoleServer>, batch: Batch, now: Instant) {
         let params = events::params(&batch, &self.session.name(), self.session.mailbox());
         let ids =
@@ -230,13 +264,20 @@ impl Pusher {
         let (pushed, listed) = (ids(&batch.whole), ids(&batch.named));
         self.session.pushing(&pushed);
         let event = CustomNotification::new(CHANNEL_METHOD, Some(params));
+        // One event at a time: if the count moved, this event was written whole.
+        let before = self.written.load(Ordering::SeqCst);
         if let Err(err) = peer
             .send_notification(ServerNotification::CustomNotification(event))
             .await
         {
-            self.session.push_failed(&pushed);
-            tracing::warn!(%err, "push failed; the messages stay unread");
-            return;
+            // When stdin closes, rmcp answers "transport closed" even for an event it had
+            // already written: ask the transport itself.
+            if self.written.load(Ordering::SeqCst) == before {
+                self.session.push_failed(&pushed);
+                tracing::warn!(%err, "push failed; the messages stay unread");
+                return;
+            }
+            tracing::debug!(%err, "the event was written before the transport closed");
         }
         // Recorded after the event left: a crash in between pushes it again at the next
         // start (at least once), never loses it.
@@ -256,6 +297,50 @@ impl Pusher {
             tracing::info!(msg_id = %msg.id, from = %msg.front.from, "pushed");
         }
         self.gate.sent(&batch, now);
+    }
+}
+
+/// A transport that counts the channel events it has written whole: rmcp reports a write
+/// that finished just before stdin closed as failed, and a push must be recorded exactly
+/// when its event went out.
+pub struct Counted<T> {
+    inner: T,
+    written: Arc<AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T, written: Arc<AtomicU64>) -> Counted<T> {
+        Counted { inner, written }
+    }
+}
+
+impl<T: Transport<RoleServer>> Transport<RoleServer> for Counted<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let event = matches!(&item, JsonRpcMessage::Notification(n)
+            if matches!(&n.notification, ServerNotification::CustomNotification(c)
+                if c.method == CHANNEL_METHOD));
+        let write = self.inner.send(item);
+        let written = self.written.clone();
+        async move {
+            let result = write.await;
+            if event && result.is_ok() {
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+            result
+        }
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleServer>>> + Send {
+        self.inner.receive()
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
 

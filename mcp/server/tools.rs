@@ -144,7 +144,12 @@ impl T9 {
             let woken = self.mail.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if self.session.is_current() {
+            // A `stat` of the inbox folder: on a blocking thread, as all file I/O.
+            let s = self.session.clone();
+            if tokio::task::spawn_blocking(move || s.is_current())
+                .await
+                .unwrap_or(false)
+            {
                 return;
             }
             tokio::select! {

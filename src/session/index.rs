@@ -11,7 +11,7 @@ use chrono::{DateTime, Local};
 
 use super::{Session, Shared};
 use crate::channels::Push;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mailbox::{Message, ReadState};
 use crate::message;
 use crate::watch::Changed;
@@ -110,27 +110,40 @@ impl Session {
     ///
     /// Only files whose name allows them to be this name's mail are read, unless `everyone`
     /// (Telegram looks at every new message).
+    ///
+    /// The files are listed and read before the `index` lock is taken, so that the tools
+    /// that read the index keep answering while a flood is read.
     pub fn sync(&self, changed: Changed, everyone: bool, now: DateTime<Local>) -> Result<Synced> {
-        let mut index = self.index();
-        let generation = index.state.generation();
-        index.state.refresh()?;
-        if changed.rescan || !index.indexed {
-            self.rebuild(&mut index, now)?;
+        // Before the changes are handled: a file renamed in meanwhile makes the index look
+        // stale (and its event follows), never current without it.
+        let mtime = self.inbox_mtime();
+        let name = self.name();
+        if changed.rescan || !self.index().indexed {
+            let all = self.mailbox.scan_for(&name)?;
+            let mut index = self.index();
+            index.state.refresh()?;
+            if index.name == name {
+                self.rebuilt(&mut index, all, now, mtime);
+            } // else renamed meanwhile: the next look builds the new name's index
             return Ok(Synced {
                 arrived: Vec::new(),
                 mine_changed: true,
             });
         }
+        let read: Vec<(&str, Option<Arc<Message>>)> = changed
+            .files
+            .iter()
+            .filter_map(|path| path.file_stem().and_then(|s| s.to_str()))
+            .filter(|id| everyone || message::stem_may_be_for(id, &name))
+            .map(|id| (id, self.mailbox.get(id)))
+            .collect();
+        let mut index = self.index();
+        let generation = index.state.generation();
+        index.state.refresh()?;
         let mut mine_changed = false;
         let mut arrived = Vec::new();
-        for path in &changed.files {
-            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if !everyone && !message::stem_may_be_for(id, &index.name) {
-                continue;
-            }
-            match self.mailbox.get(id) {
+        for (id, msg) in read {
+            match msg {
                 Some(msg) => {
                     let (mine, new) = index.take_in(msg, now);
                     mine_changed |= mine;
@@ -150,7 +163,6 @@ impl Session {
             mine.retain(|_, m| state.is_unread(name, m, now));
             mine_changed = true;
         }
-        let mtime = self.inbox_mtime();
         self.shared().synced_mtime = mtime;
         Ok(Synced {
             arrived,
@@ -177,6 +189,18 @@ impl Session {
         // Before the listing: a change during it makes the index look stale, not current.
         let mtime = self.inbox_mtime();
         let all = self.mailbox.scan_for(&index.name)?;
+        self.rebuilt(index, all, now, mtime);
+        Ok(())
+    }
+
+    /// Replaces the index with `all` (a whole scan begun when the inbox had `mtime`).
+    fn rebuilt(
+        &self,
+        index: &mut Index,
+        all: Vec<Arc<Message>>,
+        now: DateTime<Local>,
+        mtime: Option<SystemTime>,
+    ) {
         tracing::debug!(messages = all.len(), "rescanned the inbox");
         index.mine.clear();
         index.superseded.clear();
@@ -190,7 +214,6 @@ impl Session {
         }
         index.indexed = true;
         self.shared().synced_mtime = mtime;
-        Ok(())
     }
 
     /// Builds the index if no event did yet (a tool called before the first scan).
@@ -207,6 +230,9 @@ impl Session {
     /// (no message is cut, and every call makes progress). Marks only the page read when
     /// `mark_read` (and the pushed messages it names). With push on, messages already pushed
     /// are named, not repeated.
+    ///
+    /// Fails when the inbox folder is gone (deleted): no answer may say "nothing unread"
+    /// about a mailbox that is not there.
     pub fn unread(
         &self,
         limit: usize,
@@ -214,6 +240,18 @@ impl Session {
         mark_read: bool,
         now: DateTime<Local>,
     ) -> Result<Unread> {
+        let inbox = self.mailbox.inbox();
+        if !inbox.is_dir() {
+            return Err(Error::Io {
+                op: "reading",
+                path: inbox.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the inbox folder is gone (deleted?); new mail arrives again once it is \
+                     made again (a server starting on this mailbox makes it)",
+                ),
+            });
+        }
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let (fresh, pushed, seen, rest) = {
