@@ -5,7 +5,6 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
-mod permission;
 mod server;
 mod shared;
 mod telegram;

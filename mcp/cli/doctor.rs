@@ -12,7 +12,7 @@ use chrono::Local;
 use t9_ipc::channels::Push;
 use t9_ipc::config::{Config, DataDirSource, TelegramSetting};
 use t9_ipc::fsx;
-use t9_ipc::heartbeat::Heartbeats;
+use t9_ipc::heartbeat::{Health, Heartbeats, Table};
 use t9_ipc::mailbox::Mailbox;
 
 use super::style::{Style, line, plural};
@@ -76,6 +76,25 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
 
     r.section("Sessions (heartbeats.json)");
     let health = Heartbeats::new(root).health(now);
+    check_sessions(&mut r, root, &health);
+    if let Some(mailbox) = mailbox {
+        check_inbox(&mut r, &mailbox, &health.live, now)?;
+    }
+
+    r.section("Telegram");
+    check_telegram(&mut r);
+
+    r.section("Federation");
+    check_federation(&mut r, root);
+
+    r.section("Claude Code");
+    check_channels(&mut r, &health.live);
+
+    Ok(verdict(&r))
+}
+
+/// heartbeats.json: unusable, entries that do not parse, stale entries, live sessions.
+fn check_sessions(r: &mut Report, root: &Path, health: &Health) {
     if let Some(why) = &health.corrupt {
         r.line(
             Level::Problem,
@@ -104,12 +123,11 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if health.corrupt.is_none() {
         r.line(Level::Ok, &plural(health.live.len(), "live session"));
     }
+}
 
-    if let Some(mailbox) = mailbox {
-        check_inbox(&mut r, &mailbox, &health.live, now)?;
-    }
-
-    r.section("Telegram");
+/// Token and chat both set, both unset, or only one of them (which forwards nothing). Never
+/// prints the token.
+fn check_telegram(r: &mut Report) {
     let tg = TelegramSetting::from_env();
     match (tg.token_set, &tg.chat) {
         (true, Some(chat)) => r.line(
@@ -137,8 +155,10 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             "IPC_TG_CHAT is set but IPC_TG_TOKEN is not: nothing can be forwarded; set the token",
         ),
     }
+}
 
-    r.section("Federation");
+/// The federation's own findings, at the same levels.
+fn check_federation(r: &mut Report, root: &Path) {
     for found in t9_ipc::federation::health::check(root) {
         use t9_ipc::federation::health::Level as L;
         let level = match found.level {
@@ -149,16 +169,18 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         };
         r.line(level, &found.text);
     }
+}
 
-    r.section("Claude Code");
+/// How messages reach a session by themselves, and which live sessions are not known to get
+/// channel events.
+fn check_channels(r: &mut Report, live: &Table) {
     r.line(
         Level::Info,
         "messages arrive by themselves only in sessions started with \
          `claude --dangerously-load-development-channels server:t9-ipc` (the name after \
          server: is the one in your mcpServers)",
     );
-    let silent: Vec<&str> = health
-        .live
+    let silent: Vec<&str> = live
         .iter()
         .filter(|(_, e)| e.push_mode() != Push::On)
         .map(|(n, _)| n.as_str())
@@ -173,7 +195,10 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             ),
         );
     }
+}
 
+/// The closing line and the exit code: healthy (0) unless a PROBLEM line was printed (1).
+fn verdict(r: &Report) -> ExitCode {
     println!();
     if r.problems == 0 {
         let warnings = if r.warnings == 0 {
@@ -182,7 +207,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             format!(" ({}, nothing to do now)", plural(r.warnings, "warning"))
         };
         println!("{}", r.style.bold(&format!("Healthy{warnings}.")));
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!(
             "{}",
@@ -191,7 +216,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 plural(r.problems, "problem")
             ))
         );
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
     }
 }
 
@@ -206,6 +231,26 @@ fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mail
              mailboxes and do not see each other; give an absolute path",
         );
     }
+    let meta = root_folder(r, root, set)?;
+    let mode = meta.permissions().mode() & 0o777;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let owner = if meta.uid() == uid {
+        "owned by you".to_owned()
+    } else {
+        format!("owned by uid {}", meta.uid())
+    };
+    r.line(Level::Info, &format!("mode {mode:04o}, {owner}"));
+    check_private(r, root);
+    if !check_writable(r, root) {
+        return None;
+    }
+    open_mailbox(r, root, set)
+}
+
+/// The root's metadata if it is a folder; otherwise says why not (a PROBLEM when
+/// `IPC_DATA_DIR`, `set`, names a folder that is not there).
+fn root_folder(r: &mut Report, root: &Path, set: bool) -> Option<std::fs::Metadata> {
     let meta = match std::fs::metadata(root) {
         Ok(meta) => meta,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && set => {
@@ -235,16 +280,12 @@ fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mail
         );
         return None;
     }
-    let mode = meta.permissions().mode() & 0o777;
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let owner = if meta.uid() == uid {
-        "owned by you".to_owned()
-    } else {
-        format!("owned by uid {}", meta.uid())
-    };
-    r.line(Level::Info, &format!("mode {mode:04o}, {owner}"));
-    check_private(r, root);
+    Some(meta)
+}
+
+/// Whether the root and each of its folders that exist are writable by us; a PROBLEM line for
+/// each that is not.
+fn check_writable(r: &mut Report, root: &Path) -> bool {
     let mut writable = true;
     for sub in ["", "inbox", "archive", "state"] {
         let dir = root.join(sub);
@@ -259,9 +300,11 @@ fn check_root(r: &mut Report, root: &Path, source: DataDirSource) -> Option<Mail
             );
         }
     }
-    if !writable {
-        return None;
-    }
+    writable
+}
+
+/// The mailbox in the root, if it has an `inbox/` and opens.
+fn open_mailbox(r: &mut Report, root: &Path, set: bool) -> Option<Mailbox> {
     if !root.join("inbox").is_dir() {
         r.line(
             Level::Problem,
@@ -372,7 +415,7 @@ fn can_write(dir: &Path) -> bool {
 fn check_inbox(
     r: &mut Report,
     mailbox: &Mailbox,
-    live: &t9_ipc::heartbeat::Table,
+    live: &Table,
     now: chrono::DateTime<Local>,
 ) -> anyhow::Result<()> {
     let audit = mailbox.audit()?;

@@ -4,7 +4,8 @@
 //!
 //! One concern a file: `tools` (handlers and the `initialize` answer), `format` (tool result
 //! text), `push` (the push loop), `rules` (when to push, pure), `events` (event text),
-//! `instructions`, and `arrivals` (the subscribers told of new mail, Telegram among them).
+//! `instructions`, `arrivals` (the subscribers told of new mail, Telegram among them), and
+//! `permission` (the relay of tool-permission prompts to the phone and the verdict back).
 
 mod args;
 mod arrivals;
@@ -12,6 +13,7 @@ mod coord;
 mod events;
 mod format;
 mod instructions;
+mod permission;
 mod push;
 mod rules;
 mod tools;

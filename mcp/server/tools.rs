@@ -483,7 +483,7 @@ impl ServerHandler for T9 {
     fn get_info(&self) -> ServerConfig {
         let mut experimental = ExperimentalCapabilities::new();
         experimental.insert("claude/channel".to_owned(), JsonObject::new());
-        crate::permission::declare(&mut experimental, self.telegram.as_ref()); // permission relay
+        super::permission::declare(&mut experimental, self.telegram.as_ref()); // permission relay
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
@@ -503,14 +503,14 @@ impl ServerHandler for T9 {
         Err(McpError::method_not_found::<DiscoverRequestMethod>())
     }
 
-    /// Claude Code's `permission_request` (see mcp/permission.rs).
+    /// Claude Code's `permission_request` (see server/permission.rs).
     async fn on_custom_notification(
         &self,
         n: CustomNotification,
         cx: NotificationContext<RoleServer>,
     ) {
         let (tg, s, c) = (self.telegram.as_ref(), &self.session, &self.config);
-        crate::permission::on_notification(n, cx.peer, tg, s, c, &self.ending);
+        super::permission::on_notification(n, cx.peer, tg, s, c, &self.ending);
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

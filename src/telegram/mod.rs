@@ -17,8 +17,8 @@
 //!
 //! The files: `render` (markdown to Telegram's HTML, split into parts), `api` (the token,
 //! the Bot API client and its errors), `store` (the files below), `service` (the
-//! [`Telegram`] handle and the forwarder), `inbound` (the reply poller and what a message
-//! from the person becomes), `access` (allowed users, pairing), `permission` (the prompt
+//! [`Telegram`] handle and the forwarder), `inbound` (the reply poller; `inbound::triage`
+//! decides what a message from the person becomes), `access` (allowed users, pairing), `permission` (the prompt
 //! relay), `topics` (one forum topic per session), `files` (files both ways).
 //!
 //! On disk, under `<data>/telegram/` (each file 0600; state is replaced durably):

@@ -36,6 +36,7 @@ use crate::error::Result;
 use crate::fsx::private_dir;
 use crate::fsx::write_atomic;
 use crate::mailbox;
+use crate::watch::Changes;
 
 /// How long a prompt waits for an answer from the phone before it says "answered elsewhere
 /// or expired" (Claude Code does not tell a channel when the terminal answered).
@@ -310,6 +311,28 @@ impl Prompt {
     }
 }
 
+/// A prompt sent to the phone: which request, where it is, and what it shows.
+struct Posted<'a> {
+    id: &'a str,
+    chat: i64,
+    message_id: i64,
+    secrets: &'a Secrets,
+    prompt: Prompt,
+    footer: String,
+}
+
+/// The prompt's buttons: allow and deny (each with its secret), and "See more" when `more`.
+fn keyboard(id: &str, secrets: &Secrets, more: bool) -> Value {
+    let mut rows = vec![json!([
+        {"text": "✅ Allow", "callback_data": format!("pa{id}{}", secrets.allow)},
+        {"text": "❌ Deny", "callback_data": format!("pd{id}{}", secrets.deny)},
+    ])];
+    if more {
+        rows.push(json!([{"text": "See more", "callback_data": format!("pm{id}")}]));
+    }
+    json!({"inline_keyboard": rows})
+}
+
 impl Telegram {
     /// True when tool-permission prompts can be relayed: a chat to send them to, and at
     /// least one Telegram user id named as allowed (`IPC_TG_ALLOW` or a pairing) to answer.
@@ -337,10 +360,51 @@ impl Telegram {
             allow: secret(),
             deny: secret(),
         };
-        // The folders, the watcher and the open request before the prompt goes out, so that
-        // no press can come before them.
+        let (_watcher, mut changes) = self.prepare_request(&id, &asker.session).await?;
+        locked(&self.inner.pending).insert(id.clone(), secrets.clone());
+        let prompt = Prompt::new(&req, &asker);
+        let footer =
+            format!("<i>Answer with the buttons, or type \"yes {id}\" or \"no {id}\".</i>");
+        let mut body = json!({
+            "chat_id": chat,
+            "text": prompt.text(false, &footer),
+            "parse_mode": "HTML",
+            "link_preview_options": {"is_disabled": true},
+            "reply_markup": keyboard(&id, &secrets, prompt.cut),
+        });
+        if let Some(thread) = self.topic_for(&asker.session).await {
+            body["message_thread_id"] = json!(thread);
+        }
+        let Some(message_id) = self.send_retrying(&body, &cancel).await else {
+            self.settle(&id, "unsent").await;
+            return None;
+        };
+        tracing::info!(request_id = %id, tool = %req.tool_name, "permission request sent to Telegram");
+        let posted = Posted {
+            id: &id,
+            chat,
+            message_id,
+            secrets: &secrets,
+            prompt,
+            footer,
+        };
+        let (outcome, shown_whole) = self.wait_verdict(&posted, &mut changes, &cancel).await;
+        locked(&self.inner.pending).remove(&id);
+        let settled = self.close(&posted, outcome.as_ref(), shown_whole).await;
+        let behavior = outcome.map(|(b, _)| b);
+        tracing::info!(request_id = %id, outcome = settled, "permission request settled");
+        behavior
+    }
+
+    /// The folders, the verdict watcher and the open request, made before the prompt goes
+    /// out so that no press can come before them. `None` (logged) when they cannot be made.
+    async fn prepare_request(
+        &self,
+        id: &str,
+        session: &str,
+    ) -> Option<(notify::RecommendedWatcher, Changes)> {
         let setup = {
-            let (id, session) = (id.clone(), asker.session.clone());
+            let (id, session) = (id.to_owned(), session.to_owned());
             self.blocking(move |inner| -> Result<_> {
                 private_dir(&inner.permissions_dir())?;
                 private_dir(&inner.verdicts_dir())?;
@@ -356,50 +420,29 @@ impl Telegram {
             })
             .await?
         };
-        let (_watcher, mut changes) = match setup {
-            Ok(w) => w,
+        match setup {
+            Ok(w) => Some(w),
             Err(err) => {
                 tracing::warn!(request_id = %id, err = %format!("{err:#}"), "cannot relay a permission request");
-                return None;
+                None
             }
-        };
-        locked(&self.inner.pending).insert(id.clone(), secrets.clone());
-        let prompt = Prompt::new(&req, &asker);
-        let footer =
-            format!("<i>Answer with the buttons, or type \"yes {id}\" or \"no {id}\".</i>");
-        let keyboard = |more: bool| {
-            let mut rows = vec![json!([
-                {"text": "✅ Allow", "callback_data": format!("pa{id}{}", secrets.allow)},
-                {"text": "❌ Deny", "callback_data": format!("pd{id}{}", secrets.deny)},
-            ])];
-            if more {
-                rows.push(json!([{"text": "See more", "callback_data": format!("pm{id}")}]));
-            }
-            json!({"inline_keyboard": rows})
-        };
-        let mut body = json!({
-            "chat_id": chat,
-            "text": prompt.text(false, &footer),
-            "parse_mode": "HTML",
-            "link_preview_options": {"is_disabled": true},
-            "reply_markup": keyboard(prompt.cut),
-        });
-        if let Some(thread) = self.topic_for(&asker.session).await {
-            body["message_thread_id"] = json!(thread);
         }
-        let message_id = match self.send_retrying(&body, &cancel).await {
-            Some(m) => m,
-            None => {
-                self.settle(&id, "unsent").await;
-                return None;
-            }
-        };
-        tracing::info!(request_id = %id, tool = %req.tool_name, "permission request sent to Telegram");
+    }
+
+    /// Waits for the verdict, looking again at each change in the verdicts folder, and shows
+    /// the whole preview once "See more" is pressed. `None` when the session ended, the
+    /// prompt expired or the watcher is gone; with whether the whole preview is shown.
+    async fn wait_verdict(
+        &self,
+        posted: &Posted<'_>,
+        changes: &mut Changes,
+        cancel: &CancellationToken,
+    ) -> (Option<(Behavior, String)>, bool) {
         let deadline = tokio::time::Instant::now() + PERMISSION_TIMEOUT;
         let mut shown_whole = false;
         let outcome = loop {
             let taken = {
-                let (id, secrets) = (id.clone(), secrets.clone());
+                let (id, secrets) = (posted.id.to_owned(), posted.secrets.clone());
                 self.blocking(move |inner| inner.take_verdicts(&id, &secrets))
                     .await
             };
@@ -410,12 +453,12 @@ impl Telegram {
                 if more && !shown_whole {
                     shown_whole = true;
                     let edit = json!({
-                        "chat_id": chat, "message_id": message_id,
-                        "text": prompt.text(true, &footer), "parse_mode": "HTML",
-                        "reply_markup": keyboard(false),
+                        "chat_id": posted.chat, "message_id": posted.message_id,
+                        "text": posted.prompt.text(true, &posted.footer), "parse_mode": "HTML",
+                        "reply_markup": keyboard(posted.id, posted.secrets, false),
                     });
                     if let Err(err) = self.inner.api.edit(&edit).await {
-                        tracing::warn!(request_id = %id, %err, "showing the whole preview");
+                        tracing::warn!(request_id = %posted.id, %err, "showing the whole preview");
                     }
                 }
             }
@@ -430,8 +473,19 @@ impl Telegram {
                 }
             }
         };
-        locked(&self.inner.pending).remove(&id);
-        let (line, settled) = match &outcome {
+        (outcome, shown_whole)
+    }
+
+    /// Records the outcome and shows it in the prompt on the phone (in place of the footer);
+    /// returns its name for the log.
+    async fn close(
+        &self,
+        posted: &Posted<'_>,
+        outcome: Option<&(Behavior, String)>,
+        shown_whole: bool,
+    ) -> &'static str {
+        let id = posted.id;
+        let (line, settled) = match outcome {
             Some((Behavior::Allow, by)) => (
                 format!("✅ <b>Allowed from the phone</b>{}", by_line(by)),
                 "allowed",
@@ -442,10 +496,10 @@ impl Telegram {
                 "expired",
             ),
         };
-        self.settle(&id, settled).await;
+        self.settle(id, settled).await;
         let edit = json!({
-            "chat_id": chat, "message_id": message_id,
-            "text": prompt.text(shown_whole, &line), "parse_mode": "HTML",
+            "chat_id": posted.chat, "message_id": posted.message_id,
+            "text": posted.prompt.text(shown_whole, &line), "parse_mode": "HTML",
         });
         // Short: at the end of a session this must not hold the exit up.
         match tokio::time::timeout(Duration::from_secs(5), self.inner.api.edit(&edit)).await {
@@ -455,9 +509,7 @@ impl Telegram {
             }
             Err(_) => tracing::warn!(request_id = %id, "showing the outcome on Telegram timed out"),
         }
-        let behavior = outcome.map(|(b, _)| b);
-        tracing::info!(request_id = %id, outcome = settled, "permission request settled");
-        behavior
+        settled
     }
 
     /// Records the outcome in the open request, so the poller says "already answered".
