@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Local;
 use serde_json::{Value, json};
 use t9_ipc::federation::presence::{self, Remote};
-use t9_ipc::federation::{Settings, bridge};
+use t9_ipc::federation::{Settings, hub};
 
 use super::style::Style;
 use crate::shared::ago;
@@ -32,7 +32,7 @@ pub fn others() -> Option<Others> {
         }
     };
     Some(Others {
-        hub: bridge::redact_url(&settings.url),
+        hub: hub::redact_url(&settings.url),
         found: presence::others_blocking(&settings, HUB_WAIT),
     })
 }

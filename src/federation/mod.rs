@@ -9,6 +9,7 @@
 //! - [`store`]: the bridge's file work: reading a message file's bytes, writing an arrival
 //!   into `inbox/` atomically, keeping refused messages aside in `quarantine/`.
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
+//! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
 //! - [`health`]: what `doctor` reports about all of this; reads only.
@@ -19,6 +20,7 @@
 pub mod bridge;
 pub mod election;
 pub mod health;
+pub mod hub;
 pub mod keys;
 pub mod ledger;
 pub mod presence;
