@@ -457,6 +457,7 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
     let event = beta.next_event().await;
     assert_eq!(event.meta("msg_id"), id);
     assert_eq!(event.meta("from"), "alpha");
+    assert_eq!(event.meta("machine"), "laptop", "the machine it came from");
     assert_eq!(event.content, "see **main**");
     assert_eq!(
         b.bytes(&id),

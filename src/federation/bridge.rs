@@ -610,7 +610,7 @@ fn deliver(
         return Ok(());
     }
     store::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
-        shared.ledger().record_arriving(id)
+        shared.ledger().record_arriving(id, &envelope.machine)
     })?;
     shared.ledger().record_arrived(id)?;
     tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
