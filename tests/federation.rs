@@ -457,6 +457,7 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
     let event = beta.next_event().await;
     assert_eq!(event.meta("msg_id"), id);
     assert_eq!(event.meta("from"), "alpha");
+    assert_eq!(event.meta("machine"), "laptop", "the machine it came from");
     assert_eq!(event.content, "see **main**");
     assert_eq!(
         b.bytes(&id),
@@ -904,6 +905,29 @@ async fn who_lists_the_live_sessions_of_the_other_machines() {
         .find(|s| s["name"] == "alpha")
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(remote["machine"], "laptop");
+    // The tool says the same, through the same code: the session, with its machine.
+    let beta = b.serve("beta", &nats.url()).await;
+    let said = beta.ok("t9_ipc_who", json!({})).await;
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("- alpha "))
+        .unwrap_or_else(|| panic!("no alpha line: {said}"));
+    assert!(
+        line.contains("machine laptop") && line.contains(&format!("pid {}", alpha.pid)),
+        "{said}"
+    );
+    assert!(said.contains("1 live session on other machines"), "{said}");
+    beta.quit().await;
+    // A hub that cannot be reached is said, not left out.
+    let lost = TempMailbox::new();
+    let envs = [
+        ("IPC_NATS_URL", "nats://127.0.0.1:1"),
+        ("IPC_MACHINE", "lost"),
+    ];
+    let gamma = lost.spawn_env("gamma", &envs, None).await;
+    let said = gamma.ok("t9_ipc_who", json!({})).await;
+    assert!(said.contains("Other machines: unreachable ("), "{said}");
+    gamma.quit().await;
 
     // A session that ends leaves the other machines' lists.
     let empty = a.log.count("presence published sessions=0");

@@ -1,41 +1,12 @@
 //! The command line's view of the other machines (`who`), when federation is on.
 
-use std::time::Duration;
-
 use chrono::Local;
 use serde_json::{Value, json};
-use t9_ipc::federation::presence::{self, Remote};
-use t9_ipc::federation::{Settings, bridge};
 
 use super::style::Style;
 use crate::shared::ago;
-
-/// How long `who` waits for the hub.
-const HUB_WAIT: Duration = Duration::from_secs(3);
-
-/// The other machines' live sessions: `None` when federation is off.
-pub struct Others {
-    hub: String,
-    found: Result<Vec<Remote>, String>,
-}
-
-/// Asks the hub who is live elsewhere; `None` when `IPC_NATS_URL` is not set.
-pub fn others() -> Option<Others> {
-    let settings = match Settings::from_env() {
-        Ok(Some(settings)) => settings,
-        Ok(None) => return None,
-        Err(err) => {
-            return Some(Others {
-                hub: "?".to_owned(),
-                found: Err(err.to_string()),
-            });
-        }
-    };
-    Some(Others {
-        hub: bridge::redact_url(&settings.url),
-        found: presence::others_blocking(&settings, HUB_WAIT),
-    })
-}
+pub use crate::shared::federation::{Others, others_blocking as others};
+use crate::shared::federation::{none_elsewhere, unreachable};
 
 /// `who --json`: one object a remote session, with `machine`.
 pub fn json(others: &Option<Others>) -> Vec<Value> {
@@ -57,17 +28,13 @@ pub fn print(others: &Option<Others>, style: &Style) {
         Ok(list) => list,
         Err(err) => {
             println!(); // stdout-ok
-            println!(
-                // stdout-ok
-                "Other machines: unreachable ({err}). Mail to their sessions waits here and \
-                 crosses when the hub is back."
-            );
+            println!("{}", unreachable(err)); // stdout-ok
             return;
         }
     };
     println!(); // stdout-ok
     if list.is_empty() {
-        println!("No live session on other machines (hub {}).", others.hub); // stdout-ok
+        println!("{}", none_elsewhere(&others.hub)); // stdout-ok
         return;
     }
     let now = Local::now();

@@ -32,6 +32,12 @@ pub fn params(batch: &Batch, me: &str, mailbox: &Mailbox) -> Value {
         event_params(&batch.whole, &batch.named, me, &unverified)
     };
     if let Some(Value::Object(meta)) = params.get_mut("meta") {
+        // A message that came from another machine says which (federation).
+        if let ([msg], false) = (batch.whole.as_slice(), batch.digest)
+            && let Some(machine) = t9_ipc::federation::origins::machine_of(mailbox.root(), &msg.id)
+        {
+            meta.insert("machine".to_owned(), Value::String(machine));
+        }
         for value in meta.values_mut() {
             if let Value::String(s) = value {
                 *s = meta_value(s);

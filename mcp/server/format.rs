@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::shared::ago;
+use crate::shared::federation::{self, Others};
 use chrono::{DateTime, Local};
 use t9_ipc::coord::claims::Claim;
 use t9_ipc::mailbox::Message;
@@ -19,9 +20,11 @@ pub fn format_who(
     peers: &[LivePeer],
     me: &str,
     claims: &t9_ipc::Result<BTreeMap<String, Vec<Claim>>>,
+    elsewhere: Option<&Others>,
     now: DateTime<Local>,
 ) -> String {
-    let others = peers.iter().filter(|p| !p.you).count();
+    let remote = elsewhere.map_or(0, |e| e.found.as_ref().map_or(0, Vec::len));
+    let others = peers.iter().filter(|p| !p.you).count() + remote;
     let mut out = String::new();
     if others == 0 {
         let _ = writeln!(
@@ -58,6 +61,9 @@ pub fn format_who(
     }
     if let Err(err) = claims {
         let _ = writeln!(out, "(file claims could not be read: {err})");
+    }
+    if let Some(elsewhere) = elsewhere {
+        let _ = writeln!(out, "{}", federation::lines(elsewhere, now));
     }
     if others > 0 {
         out.push_str("Message one with t9_ipc_send(to: \"<name>\", subject, body).");

@@ -256,6 +256,8 @@ is marked (you). Use it to find the name to send to.",
         input_schema = args::WHO_SCHEMA.clone()
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
+        // The other machines (federation on), from the hub, at most a few seconds.
+        let elsewhere = crate::shared::federation::others().await;
         let result = self
             .blocking(
                 // Telegram forwards given up in the last day are shown too.
@@ -268,7 +270,9 @@ is marked (you). Use it to find the name to send to.",
                         Claims::new(s.mailbox().root()).by_session(now),
                     ))
                 },
-                |(peers, me, note, claims)| format_who(&peers, &me, &claims, Local::now()) + &note,
+                |(peers, me, note, claims)| {
+                    format_who(&peers, &me, &claims, elsewhere.as_ref(), Local::now()) + &note
+                },
             )
             .await;
         self.remind(result).await

@@ -2,6 +2,7 @@
 //! (`server`) use, so that the two say the same things the same way.
 
 pub mod coord;
+pub mod federation;
 
 use chrono::{DateTime, Local};
 use clap::ValueEnum;

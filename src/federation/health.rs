@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use super::keys::Pins;
-use super::{Paths, STREAM, Settings, bridge, election, store, wire};
+use super::{Paths, STREAM, Settings, election, hub, store, wire};
 
 /// How long the hub may take to answer all of doctor's questions.
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,7 +57,7 @@ pub fn check(data_dir: &Path) -> Vec<Finding> {
         format!(
             "machine {}, hub {}",
             settings.machine,
-            bridge::redact_url(&settings.url)
+            hub::redact_url(&settings.url)
         ),
     )];
     let key = local(&paths, &mut out);
@@ -67,7 +67,7 @@ pub fn check(data_dir: &Path) -> Vec<Finding> {
     match runtime {
         Ok(runtime) => {
             let hub = runtime.block_on(async {
-                tokio::time::timeout(HUB_TIMEOUT, hub(&settings, key.as_deref())).await
+                tokio::time::timeout(HUB_TIMEOUT, at_hub(&settings, key.as_deref())).await
             });
             match hub {
                 Ok(found) => out.extend(found),
@@ -185,9 +185,9 @@ fn kept_aside(held: &store::Held) -> String {
 }
 
 /// The hub's side: reachable, the stream, this machine's consumer and name claim.
-async fn hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
+async fn at_hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let client = match bridge::options(settings).await {
+    let client = match hub::options(settings).await {
         Ok(options) => match options.connect(settings.url.as_str()).await {
             Ok(client) => client,
             Err(err) => {
@@ -225,60 +225,67 @@ async fn hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
             return out;
         }
     }
-    let name = bridge::consumer_name(&settings.machine);
+    out.push(consumer(&js, &settings.machine).await);
+    out.push(name_claim(&js, &settings.machine, key).await);
+    out
+}
+
+/// This machine's durable consumer: how much it has to take.
+async fn consumer(js: &jetstream::Context, machine: &str) -> Finding {
+    let name = hub::consumer_name(machine);
     match js.get_stream(STREAM).await {
         Ok(stream) => match stream.consumer_info(&name).await {
-            Ok(info) => out.push(finding(
+            Ok(info) => finding(
                 Level::Ok,
                 format!(
                     "consumer {name}: {} to take, {} taken and not yet acknowledged",
                     count(info.num_pending as usize, "message"),
                     info.num_ack_pending
                 ),
-            )),
-            Err(err) => out.push(finding(
+            ),
+            Err(err) => finding(
                 Level::Info,
                 format!("consumer {name}: {err}; this machine's bridge creates it"),
-            )),
+            ),
         },
-        Err(err) => out.push(finding(Level::Warn, format!("stream {STREAM}: {err}"))),
+        Err(err) => finding(Level::Warn, format!("stream {STREAM}: {err}")),
     }
-    match js.get_key_value(bridge::MACHINES_BUCKET).await {
-        Ok(bucket) => match (bucket.get(&settings.machine).await, key) {
-            (Ok(Some(held)), Some(key)) if held.as_ref() == key.as_bytes() => out.push(finding(
+}
+
+/// Whether this mailbox holds its machine name in the hub.
+async fn name_claim(js: &jetstream::Context, machine: &str, key: Option<&str>) -> Finding {
+    match js.get_key_value(hub::MACHINES_BUCKET).await {
+        Ok(bucket) => match (bucket.get(machine).await, key) {
+            (Ok(Some(held)), Some(key)) if held.as_ref() == key.as_bytes() => finding(
                 Level::Ok,
-                format!("the name {} is claimed by this mailbox", settings.machine),
-            )),
-            (Ok(Some(held)), _) => out.push(finding(
+                format!("the name {} is claimed by this mailbox", machine),
+            ),
+            (Ok(Some(held)), _) => finding(
                 Level::Problem,
                 format!(
                     "the name {} is held by another mailbox (key {}): this one's bridge does \
                      not start; give it its own IPC_MACHINE",
-                    settings.machine,
+                    machine,
                     String::from_utf8_lossy(&held)
                 ),
-            )),
-            (Ok(None), _) => out.push(finding(
+            ),
+            (Ok(None), _) => finding(
                 Level::Info,
                 format!(
                     "the name {} is not claimed yet; the bridge claims it",
-                    settings.machine
+                    machine
                 ),
-            )),
-            (Err(err), _) => out.push(finding(
-                Level::Warn,
-                format!("{}: {err}", bridge::MACHINES_BUCKET),
-            )),
+            ),
+            (Err(err), _) => finding(Level::Warn, format!("{}: {err}", hub::MACHINES_BUCKET)),
         },
-        Err(err) => out.push(finding(
+        Err(err) => finding(
             Level::Info,
             format!(
                 "{}: {err}; the first bridge creates it",
-                bridge::MACHINES_BUCKET
+                hub::MACHINES_BUCKET
             ),
-        )),
+        ),
     }
-    out
 }
 
 /// "1 message", "2 messages".

@@ -4,7 +4,7 @@
 //! - `published.log`: one id a line, written after the stream acknowledged the message. A
 //!   line lost in a crash means one more publish of that id, which the stream's
 //!   de-duplication and the receivers' "already on disk" check absorb.
-//! - `arrived.log`: `arriving <id>`, flushed to disk before an arrived file is renamed into
+//! - `arrived.log`: `arriving <id>\t<machine>` (the origin; older logs lack it), flushed to disk before an arrived file is renamed into
 //!   `inbox/`, and `arrived <id>` after the rename. So a file in `inbox/` that came from
 //!   another machine is always known as such (it is never published as this machine's), and
 //!   an arrival that was cut short is written again when the message comes again.
@@ -47,7 +47,11 @@ impl Ledger {
             arrived: HashSet::new(),
         };
         for line in complete_lines(&arrived_text) {
-            match line.split_once(' ') {
+            // The id, without the machine after a tab (ids hold no control character).
+            let split = line
+                .split_once(' ')
+                .map(|(k, rest)| (k, rest.split('\t').next().unwrap_or(rest)));
+            match split {
                 Some(("arriving", id)) => {
                     ledger.arriving.insert(id.to_owned());
                 }
@@ -88,9 +92,9 @@ impl Ledger {
         Ok(())
     }
 
-    /// Notes, on disk, that `id` is about to be renamed into `inbox/` from elsewhere.
-    pub fn record_arriving(&mut self, id: &str) -> Result<()> {
-        let line = format!("arriving {id}");
+    /// Notes, on disk, that `id` is about to be renamed into `inbox/` from `machine`.
+    pub fn record_arriving(&mut self, id: &str, machine: &str) -> Result<()> {
+        let line = format!("arriving {id}\t{machine}");
         append(&mut self.arrived_file, &self.arrived_path, &line, true)?;
         self.arriving.insert(id.to_owned());
         Ok(())
@@ -168,8 +172,8 @@ mod tests {
         );
         let mut ledger = Ledger::open(&p, &a).unwrap();
         ledger.record_published("one").unwrap();
-        ledger.record_arriving("two words").unwrap();
-        ledger.record_arriving("three").unwrap();
+        ledger.record_arriving("two words", "laptop").unwrap();
+        ledger.record_arriving("three", "laptop").unwrap();
         ledger.record_arrived("three").unwrap();
         drop(ledger);
         let ledger = Ledger::open(&p, &a).unwrap();

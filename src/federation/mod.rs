@@ -9,6 +9,8 @@
 //! - [`store`]: the bridge's file work: reading a message file's bytes, writing an arrival
 //!   into `inbox/` atomically, keeping refused messages aside in `quarantine/`.
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
+//! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
+//! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
 //! - [`health`]: what `doctor` reports about all of this; reads only.
@@ -19,8 +21,10 @@
 pub mod bridge;
 pub mod election;
 pub mod health;
+pub mod hub;
 pub mod keys;
 pub mod ledger;
+pub mod origins;
 pub mod presence;
 pub mod store;
 pub mod wire;
@@ -220,7 +224,7 @@ impl Paths {
         self.dir.join("published.log")
     }
 
-    /// Ids that arrived from other machines: `arriving <id>` before the file is renamed into
+    /// Ids that arrived from other machines: `arriving <id>\t<machine>` before the file is renamed into
     /// `inbox/`, `arrived <id>` after.
     pub fn arrived(&self) -> PathBuf {
         self.dir.join("arrived.log")

@@ -11,7 +11,7 @@ use chrono::Local;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use super::{Settings, bridge};
+use super::{Settings, hub};
 use crate::heartbeat::{Entry, Heartbeats};
 
 /// The bucket of live sessions on every machine.
@@ -161,12 +161,12 @@ pub(crate) fn watch_heartbeats(
 /// an error says why the hub could not be asked (the caller says the machines are
 /// unreachable).
 pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
-    let client = bridge::options(settings)
+    let client = hub::options(settings)
         .await
         .map_err(|e| e.to_string())?
         .connect(settings.url.as_str())
         .await
-        .map_err(|e| format!("the hub {}: {e}", bridge::redact_url(&settings.url)))?;
+        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
     let js = jetstream::new(client);
     let store = match js.get_key_value(BUCKET).await {
         Ok(store) => store,

@@ -1,0 +1,107 @@
+//! The other machines' live sessions, as both `t9-ipc who` and the `t9_ipc_who` tool ask for
+//! them and say them, when federation is on.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, Local};
+use t9_ipc::federation::presence::{self, Remote};
+use t9_ipc::federation::{Settings, hub};
+
+use super::ago;
+
+/// How long `who` waits for the hub.
+const HUB_WAIT: Duration = Duration::from_secs(3);
+
+/// What the hub said about the other machines.
+pub struct Others {
+    /// The hub's URL without credentials.
+    pub hub: String,
+    /// Their live sessions, by machine and name, or why the hub could not be asked.
+    pub found: Result<Vec<Remote>, String>,
+}
+
+/// The settings, or `None` when `IPC_NATS_URL` is not set, or an `Others` saying why not.
+fn settings() -> Result<Option<Settings>, Others> {
+    Settings::from_env().map_err(|err| Others {
+        hub: "?".to_owned(),
+        found: Err(err.to_string()),
+    })
+}
+
+/// Asks the hub who is live elsewhere, waiting at most a few seconds; `None` when
+/// `IPC_NATS_URL` is not set.
+pub async fn others() -> Option<Others> {
+    let settings = match settings() {
+        Ok(Some(settings)) => settings,
+        Ok(None) => return None,
+        Err(others) => return Some(others),
+    };
+    let found = tokio::time::timeout(HUB_WAIT, presence::others(&settings))
+        .await
+        .unwrap_or_else(|_| Err(no_answer()));
+    Some(Others {
+        hub: hub::redact_url(&settings.url),
+        found,
+    })
+}
+
+/// [`others`] outside an async runtime (the command line).
+pub fn others_blocking() -> Option<Others> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(others()),
+        Err(err) => Some(Others {
+            hub: "?".to_owned(),
+            found: Err(err.to_string()),
+        }),
+    }
+}
+
+fn no_answer() -> String {
+    format!("the hub did not answer within {} s", HUB_WAIT.as_secs())
+}
+
+/// The sentence for other machines the hub could not tell about.
+pub fn unreachable(err: &str) -> String {
+    format!(
+        "Other machines: unreachable ({err}). Mail to their sessions waits here and crosses \
+         when the hub is back."
+    )
+}
+
+/// The sentence for a hub that knows no live session elsewhere.
+pub fn none_elsewhere(hub: &str) -> String {
+    format!("No live session on other machines (hub {hub}).")
+}
+
+/// The other machines' sessions for the `t9_ipc_who` tool: one line each, with its machine.
+pub fn lines(others: &Others, now: DateTime<Local>) -> String {
+    let list = match &others.found {
+        Ok(list) if list.is_empty() => return none_elsewhere(&others.hub),
+        Ok(list) => list,
+        Err(err) => return unreachable(err),
+    };
+    let mut out = format!(
+        "{} on other machines (mail to them crosses):\n",
+        t9_ipc::text::plural(list.len(), "live session")
+    );
+    for r in list {
+        let _ = write!(
+            out,
+            "- {} · machine {} · pid {} · {} · seen {}",
+            r.name,
+            r.machine,
+            r.pid,
+            r.cwd.as_deref().unwrap_or("folder unknown"),
+            ago(r.last_seen(), now),
+        );
+        if !r.working_on.is_empty() {
+            let _ = write!(out, " · working on: {}", r.working_on);
+        }
+        out.push('\n');
+    }
+    out.trim_end().to_owned()
+}
