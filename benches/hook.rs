@@ -105,7 +105,7 @@ fn time(mb: &TempMailbox, log: &str, expect_output: bool) -> Vec<Duration> {
         times.push(start.elapsed());
         let text = String::from_utf8_lossy(&out.stdout);
         let printed = if expect_output {
-            text.contains(&format!("{UNREAD} new messages"))
+            text.contains(&format!("{UNREAD} messages shown below"))
         } else {
             text.is_empty()
         };
