@@ -18,6 +18,7 @@ use ring::hmac;
 
 use crate::error::{Error, Result};
 use crate::message::FrontMatter;
+use crate::text::{from_hex, hex};
 
 /// The front-matter key that holds the seal.
 pub const SEAL_KEY: &str = "seal";
@@ -99,7 +100,7 @@ impl Sealer {
             .extra
             .get(SEAL_KEY)
             .and_then(|v| v.trim().strip_prefix(V1))
-            .and_then(unhex)
+            .and_then(from_hex)
             .zip(self.key())
             .is_some_and(|(tag, key)| {
                 hmac::verify(&key, &canonical(id, front, body), &tag).is_ok()
@@ -194,7 +195,7 @@ fn read_key(path: &Path) -> Result<Vec<u8>> {
         .take(256)
         .read_to_string(&mut text)
         .map_err(Error::io("reading", path))?;
-    match unhex(text.trim()) {
+    match from_hex(text.trim()) {
         Some(bytes) if bytes.len() == 32 => Ok(bytes),
         _ => refuse("does not hold 64 hex digits"),
     }
@@ -231,20 +232,6 @@ fn make_key(path: &Path) -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(err) => Err(Error::io("creating", path)(err)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use chrono::Local;
 use serde_json::{Value, json};
 
-use super::style::Style;
+use super::style::{self, Style};
 use crate::shared::ago;
 pub use crate::shared::federation::{Others, others_blocking as others};
 use crate::shared::federation::{none_elsewhere, unreachable};
@@ -27,14 +27,14 @@ pub fn print(others: &Option<Others>, style: &Style) {
     let list = match &others.found {
         Ok(list) => list,
         Err(err) => {
-            println!(); // stdout-ok
-            println!("{}", unreachable(err)); // stdout-ok
+            println!();
+            println!("{}", unreachable(err));
             return;
         }
     };
-    println!(); // stdout-ok
+    println!();
     if list.is_empty() {
-        println!("{}", none_elsewhere(&others.hub)); // stdout-ok
+        println!("{}", none_elsewhere(&others.hub));
         return;
     }
     let now = Local::now();
@@ -51,26 +51,9 @@ pub fn print(others: &Option<Others>, style: &Style) {
             ]
         })
         .collect();
-    let header = ["MACHINE", "NAME", "PID", "SEEN", "FOLDER", "WORKING ON"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == cells.len() - 1 {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_owned()
-    };
-    println!("{}", style.bold(&line(header))); // stdout-ok
-    for row in &rows {
-        println!("{}", line(row.each_ref().map(String::as_str))); // stdout-ok
-    }
+    style::print_table(
+        *style,
+        ["MACHINE", "NAME", "PID", "SEEN", "FOLDER", "WORKING ON"],
+        &rows,
+    );
 }

@@ -79,11 +79,10 @@ fn trust_key(paths: &Paths, trust: &[String]) -> anyhow::Result<()> {
         Some(old) => println!(
             "{machine}: trusted {} (was {old})",
             wire::hex(key.as_bytes())
-        ), // stdout-ok
-        None => println!("{machine}: trusted {}", wire::hex(key.as_bytes())), // stdout-ok
+        ),
+        None => println!("{machine}: trusted {}", wire::hex(key.as_bytes())),
     }
     println!(
-        // stdout-ok
         "Messages kept aside before stay in {}; new ones from {machine} are delivered.",
         paths.quarantine().display()
     );

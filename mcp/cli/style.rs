@@ -139,6 +139,36 @@ pub fn line(s: &str) -> Cow<'_, str> {
     escape(s, false)
 }
 
+/// Prints a table: the header in bold, then the rows, each column as wide as its widest cell
+/// (the last one not padded), every cell on one safe line (see [`line`]).
+pub fn print_table<const N: usize>(style: Style, header: [&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| line(cell).into_owned()))
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let joined = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    println!("{}", style.bold(&joined(header)));
+    for row in &rows {
+        println!("{}", joined(row.each_ref().map(String::as_str)));
+    }
+}
+
 /// A body, safe to print: see [`escape`]; newlines and tabs stay as they are.
 pub fn text(s: &str) -> Cow<'_, str> {
     escape(s, true)

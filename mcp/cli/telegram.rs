@@ -61,12 +61,11 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
     let telegram = telegram(config)?;
     let access = access(config)?;
     let bot = telegram.bot_name().await.unwrap_or_else(|e| {
-        eprintln!("t9-ipc: getMe failed ({e}); pairing goes on"); // stdout-ok: stderr
+        eprintln!("t9-ipc: getMe failed ({e}); pairing goes on");
         "your bot".to_owned()
     });
     let (code, expires) = access.new_code(Local::now())?;
     println!(
-        // stdout-ok
         "Send this code to {bot} from the Telegram account to allow (in a group: /pair {code}):\n\n    {code}\n\nIt expires at {} (in {} minutes). Waiting for it…",
         expires.format("%H:%M:%S"),
         t9_ipc::telegram::PAIR_CODE_LIFE.num_minutes()
@@ -92,7 +91,6 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
         paired_at: Local::now().to_rfc3339(),
     })?;
     println!(
-        // stdout-ok
         "Saved in {}: user {} ({}) may write to sessions and approve tool calls; chat {}.",
         config.data_dir.join("telegram/paired.json").display(),
         arrival.user_id,
@@ -105,17 +103,15 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
     );
     match config.telegram.as_ref().and_then(|t| t.chat) {
         Some(chat) if chat != arrival.chat_id => println!(
-            // stdout-ok
             "IPC_TG_CHAT is {chat}: escalations keep going there; this user is heard there."
         ),
         Some(_) => {}
         None => println!(
-            // stdout-ok
             "IPC_TG_CHAT is not set: escalations go to chat {} now.",
             arrival.chat_id
         ),
     }
-    println!("Sessions started from now on relay tool-permission prompts to Telegram."); // stdout-ok
+    println!("Sessions started from now on relay tool-permission prompts to Telegram.");
     Ok(())
 }
 
@@ -153,42 +149,41 @@ async fn status(config: &Config) -> anyhow::Result<()> {
         .map(|t| t.allow.clone())
         .unwrap_or_default();
     match config.telegram.as_ref() {
-        None => println!("bot: none (IPC_TG_TOKEN is not set)"), // stdout-ok
+        None => println!("bot: none (IPC_TG_TOKEN is not set)"),
         Some(_) => {
             let telegram = telegram(config)?;
             match telegram.bot_name().await {
-                Ok(name) => println!("bot: {name}"),          // stdout-ok
-                Err(e) => println!("bot: getMe failed: {e}"), // stdout-ok
+                Ok(name) => println!("bot: {name}"),
+                Err(e) => println!("bot: getMe failed: {e}"),
             }
             match (
                 config.telegram.as_ref().and_then(|t| t.chat),
                 telegram.chat(),
             ) {
-                (Some(chat), _) => println!("chat: {chat} (IPC_TG_CHAT)"), // stdout-ok
-                (None, Some(chat)) => println!("chat: {chat} (from the latest pairing)"), // stdout-ok
-                (None, None) => println!("chat: none (set IPC_TG_CHAT, or pair)"), // stdout-ok
+                (Some(chat), _) => println!("chat: {chat} (IPC_TG_CHAT)"),
+                (None, Some(chat)) => println!("chat: {chat} (from the latest pairing)"),
+                (None, None) => println!("chat: none (set IPC_TG_CHAT, or pair)"),
             }
             if let Some(chat) = telegram.chat() {
                 let topics = topics_of(&config.data_dir, chat);
                 if topics.is_empty() {
-                    println!("topics: none"); // stdout-ok
+                    println!("topics: none");
                 }
                 for (session, thread) in topics {
-                    println!("topic: {session} (thread {thread})"); // stdout-ok
+                    println!("topic: {session} (thread {thread})");
                 }
             }
         }
     }
     let paired = access.paired();
     if env_allow.is_empty() && paired.is_empty() {
-        println!("allowed users: none named: tool-permission prompts are not relayed"); // stdout-ok
+        println!("allowed users: none named: tool-permission prompts are not relayed");
     }
     for id in &env_allow {
-        println!("allowed: {id} (IPC_TG_ALLOW)"); // stdout-ok
+        println!("allowed: {id} (IPC_TG_ALLOW)");
     }
     for u in &paired {
         println!(
-            // stdout-ok
             "allowed: {} {} (paired {}, chat {})",
             u.user_id,
             u.name,
@@ -201,7 +196,7 @@ async fn status(config: &Config) -> anyhow::Result<()> {
 
 fn unpair(config: &Config, id: i64) -> anyhow::Result<()> {
     if access(config)?.unpair(id)? {
-        println!("Removed user {id}: they may no longer write to sessions or approve tool calls."); // stdout-ok
+        println!("Removed user {id}: they may no longer write to sessions or approve tool calls.");
         Ok(())
     } else {
         bail!("user {id} is not paired (`t9-ipc telegram status` lists who is)")

@@ -85,28 +85,11 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let header = ["NAME", "PID", "PUSH", "SEEN", "FOLDER", "WORKING ON"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == cells.len() - 1 {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_owned()
-    };
-    println!("{}", style.bold(&line(header)));
-    for row in &rows {
-        println!("{}", line(row.each_ref().map(String::as_str)));
-    }
+    style::print_table(
+        style,
+        ["NAME", "PID", "PUSH", "SEEN", "FOLDER", "WORKING ON"],
+        &rows,
+    );
     super::federation::print(&others, &style);
     let held: Vec<String> = live.keys().flat_map(|name| claims_of(name)).collect();
     if !held.is_empty() {
