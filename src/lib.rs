@@ -1,4 +1,4 @@
-//! t9-ipc: a shared mailbox for Claude Code sessions on one machine.
+//! t9-ipc: a shared mailbox for Claude Code sessions, on one machine or (through NATS) several.
 //!
 //! Code map:
 //! - [`channels`]: whether channel events reach the model (evidence about the client).
