@@ -107,26 +107,28 @@ impl Claim {
     }
 }
 
-/// True while a live session in `heartbeats.json` has this pid, and the process is not a
-/// zombie (killed, not yet reaped: its session is over).
+/// True while a live session in `heartbeats.json` has this pid, and the process still runs
+/// now: not gone and not a zombie (killed, not yet reaped: its session is over). The table
+/// was read a moment ago, when a zombie still counted as running; it may be reaped since.
 fn session_alive(live: &Table, pid: u32) -> bool {
-    live.values().any(|e| e.pid == pid) && !is_zombie(pid)
+    live.values().any(|e| e.pid == pid) && still_running(pid)
 }
 
+/// One look at `/proc/<pid>/stat`: the process exists and is not a zombie.
 #[cfg(target_os = "linux")]
-fn is_zombie(pid: u32) -> bool {
+fn still_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let state = s.get(s.rfind(')')? + 1..)?.trim_start().chars().next()?;
-            Some(state == 'Z')
+            Some(state != 'Z')
         })
         .unwrap_or(false)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn is_zombie(_pid: u32) -> bool {
-    false
+fn still_running(pid: u32) -> bool {
+    crate::process::pid_running(pid)
 }
 
 /// What a granted claim did.
