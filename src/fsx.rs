@@ -208,7 +208,7 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 /// Creates `path` (which must not exist) with [`file_mode`], writes `bytes` and flushes them.
-fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let file = write_new(path, bytes)?;
     file.sync_all().map_err(Error::io("flushing", path))
 }

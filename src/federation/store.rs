@@ -69,14 +69,7 @@ pub fn write_arrival(
     let path = inbox.join(format!("{id}.md"));
     let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(Error::io("creating", &tmp))?;
-        file.write_all(bytes).map_err(Error::io("writing", &tmp))?;
-        file.sync_all().map_err(Error::io("flushing", &tmp))?;
+        crate::fsx::write_new_synced(&tmp, bytes)?;
         before_rename()?;
         // A rename, so that watchers see the file arrive whole (a link shows only as a
         // create); one that never replaces a file already there.
