@@ -29,6 +29,11 @@ mod util;
 #[path = "hook.rs"]
 mod hook;
 
+#[path = "coord.rs"]
+mod coord;
+#[path = "federation.rs"]
+mod federation;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -676,6 +681,8 @@ fn main() {
         if wanted("catch_up") {
             catch_up(&mut report).await;
         }
+        coord::figures(&mut report, &wanted).await;
+        federation::figures(&mut report, &wanted).await;
     });
     if wanted("hook") {
         hook_figure(&mut report);

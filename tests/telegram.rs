@@ -1236,11 +1236,11 @@ async fn a_tool_permission_is_answered_from_the_phone_by_allowed_users_only() {
 
     // No local way: a verdict file written by hand (without the secret) is ignored.
     let verdicts = mb.root().join("telegram/verdicts");
-    std::fs::write(
-        verdicts.join("fghij.forged.json"),
-        r#"{"kind":"press","secret":"00"}"#,
-    )
-    .unwrap();
+    // Written whole and renamed in, as a verdict writer does: a file seen half-written is
+    // unreadable and refused for that reason instead.
+    let forged = mb.root().join("fghij.forged.json");
+    std::fs::write(&forged, r#"{"kind":"press","secret":"00"}"#).unwrap();
+    std::fs::rename(&forged, verdicts.join("fghij.forged.json")).unwrap();
     wait_file(&log_b, "the forged verdict refused", |t| {
         t.contains("without this request's secret")
     })
