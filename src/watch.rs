@@ -5,8 +5,9 @@
 //! closes it; a hard link (a second name for a finished file) when it is created. A file
 //! still open for writing is not read (the reader checks); its close follows. The kernel
 //! reports a lost event (queue overflow) as a rescan, and so does a watcher error: nothing is
-//! missed, it is only found by a whole scan instead. The folder above `inbox/` is watched
-//! too, so that an `inbox/` deleted and made again is watched again ([`rewatch`]).
+//! missed, it is only found by a whole scan instead. The two folders above `inbox/` are
+//! watched too, so that an `inbox/`, or the whole mailbox, deleted and made again is watched
+//! again ([`rewatch`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -58,28 +59,31 @@ impl Changes {
     }
 }
 
-/// Watches `dir` (not its subfolders), and the folder above it for `dir` itself coming and
-/// going. Dropping the watcher stops the events.
+/// Watches `dir` (not its subfolders), and the two folders above it for `dir` or its
+/// mailbox coming and going. Dropping the watcher stops the events.
 pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
     let (tx, hints) = mpsc::channel(1);
     let pending = Arc::new(Mutex::new(Changed::default()));
     let shared = pending.clone();
     let folder = dir.to_path_buf();
+    let above = dir.parent().map(Path::to_path_buf);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let mut changed = shared.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             Ok(event) if event.need_rescan() => changed.rescan = true,
             Ok(event) => {
-                if comes_or_goes(&event.kind) && event.paths.contains(&folder) {
-                    // inbox/ itself came or went: scan it, and watch the new one.
+                let inside = |p: &PathBuf| p.parent() == Some(folder.as_path());
+                let is_folder = |p: &PathBuf| *p == folder || above.as_ref() == Some(p);
+                if comes_or_goes(&event.kind) && event.paths.iter().any(is_folder) {
+                    // inbox/ or the mailbox itself came or went: scan it, and watch the new one.
                     changed.rescan = true;
                     changed.rewatch = true;
+                } else if !event.paths.iter().any(inside) {
+                    if !changed.rewatch {
+                        return; // a folder above: another of its files
+                    }
                 } else if !settles_a_file(&event.kind) && !is_a_new_link(&event) {
                     return;
-                }
-                let inside = |p: &PathBuf| p.parent() == Some(folder.as_path());
-                if !changed.rewatch && !event.paths.iter().any(inside) {
-                    return; // the folder above: another of its files
                 }
                 let md = event
                     .paths
@@ -101,21 +105,26 @@ pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
         let _ = tx.try_send(());
     })
     .map_err(|e| watch_error(dir, e))?;
-    if let Some(parent) = dir.parent() {
-        watcher
-            .watch(parent, RecursiveMode::NonRecursive)
-            .map_err(|e| watch_error(parent, e))?;
+    // The folder two above reports the mailbox itself made again; best effort (it may be
+    // one a user cannot watch), since the mailbox is rarely deleted whole.
+    if let Some(top) = dir.parent().and_then(Path::parent) {
+        if let Err(err) = watcher.watch(top, RecursiveMode::NonRecursive) {
+            tracing::debug!(%err, dir = %top.display(), "not watching the folder above the mailbox");
+        }
     }
     rewatch(&mut watcher, dir)?;
     Ok((watcher, Changes { hints, pending }))
 }
 
-/// Watches `dir` again, after it was removed and made again. Fails while it is missing;
-/// the watch on the folder above reports when it comes back.
+/// Watches `dir` and the folder above it again, after either was removed and made again.
+/// Fails while one is missing; a watch further up reports when it comes back.
 pub fn rewatch(watcher: &mut RecommendedWatcher, dir: &Path) -> Result<()> {
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| watch_error(dir, e))
+    for folder in dir.parent().into_iter().chain([dir]) {
+        watcher
+            .watch(folder, RecursiveMode::NonRecursive)
+            .map_err(|e| watch_error(folder, e))?;
+    }
+    Ok(())
 }
 
 /// True for events after which a file is complete or gone: a rename into or out of the

@@ -10,7 +10,7 @@ use serde_json::json;
 use t9_ipc::message::{FrontMatter, TIME_FORMAT, file_stem, render};
 
 use crate::util::{
-    Client, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all,
+    Client, EVENT_WAIT, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all,
 };
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
@@ -268,6 +268,32 @@ async fn an_inbox_deleted_and_made_again_is_watched_again_and_unread_says_it_was
     std::fs::remove_dir_all(mb.inbox()).expect("remove inbox");
     let reply = beta.call("t9_ipc_unread", json!({})).await;
     assert!(reply.is_error && reply.text.contains("gone"), "{reply:?}");
+    make_private_dir(&mb.inbox());
+    let after = alpha.send("beta", "after", "b").await;
+    assert_eq!(beta.next_event().await.meta("msg_id"), after);
+}
+
+#[tokio::test]
+async fn a_whole_mailbox_deleted_and_made_again_is_watched_again() {
+    let mb = TempMailbox::new();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("beta.log");
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = mb.spawn_env("beta", ON, Some(&log)).await;
+    beta.next_event_or_none().await;
+    let first = alpha.send("beta", "before", "b").await;
+    assert_eq!(beta.next_event().await.meta("msg_id"), first);
+    std::fs::remove_dir_all(mb.root()).expect("remove the mailbox");
+    // Made again only after beta saw it go, so that its old watches are surely dead.
+    let deadline = std::time::Instant::now() + EVENT_WAIT;
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("the inbox is gone")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "beta never saw the mailbox go"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    make_private_dir(mb.root());
     make_private_dir(&mb.inbox());
     let after = alpha.send("beta", "after", "b").await;
     assert_eq!(beta.next_event().await.meta("msg_id"), after);

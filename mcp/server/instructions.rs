@@ -20,7 +20,7 @@ a shared mailbox ({data}). This session is named \"{name}\".
 
 Mail arrives as <channel source=\"t9-ipc\" ...> events. Attributes: from, to (you or \"all\"), \
 subject, priority (normal/high/critical), type (ipc, broadcast; bundle = several messages; \
-digest = a list: t9_ipc_unread gives the bodies), msg_id, reply_to (the msg_id it answers), \
+digest, notice = a list: t9_ipc_unread gives the bodies), msg_id, reply_to (the msg_id it answers), \
 expects_reply=\"no\" (do not answer). In a bundle or digest each message starts at a line \
 \"=== <token> k/n ===\"; all up to the next such line is its text.
 
