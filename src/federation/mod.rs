@@ -6,8 +6,8 @@
 //!   and the file's bytes.
 //! - [`ledger`]: `published.log` and `arrived.log`, append-only, so a restarted bridge
 //!   publishes exactly what is missing and never republishes what arrived.
-//! - [`store`]: the bridge's file work: reading a message file's bytes, writing an arrival
-//!   into `inbox/` atomically, keeping refused messages aside in `quarantine/`.
+//! - [`store`]: the bridge's own files: private folders, refused messages kept aside in
+//!   `quarantine/` (message files are read and written by `mailbox`).
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
 //! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
