@@ -4,6 +4,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::federation::{self, Settings as FederationSettings};
 use crate::telegram::Token;
 
 /// The mailbox of the checkout this binary was built from (`<checkout>/data/ipc`).
@@ -77,6 +78,10 @@ pub struct Config {
     /// files 0660 instead of 0700 and 0600). Every member of the group can then read all
     /// mail and write messages under any name.
     pub share_group: bool,
+    /// `IPC_NATS_URL`, `IPC_NATS_CREDS`, `IPC_NATS_CA`, `IPC_MACHINE`: the federation
+    /// settings. `Ok(None)` when `IPC_NATS_URL` is unset or empty (federation off); `Err`
+    /// says why they are refused (`IPC_MACHINE` set but no valid name).
+    pub federation: Result<Option<FederationSettings>, String>,
 }
 
 /// The default of `IPC_TG_API_BASE`.
@@ -169,8 +174,8 @@ pub const DEFAULT_PUSH_QUIET: Duration = Duration::from_millis(100);
 pub const DEFAULT_PUSH_RATE: u32 = 20;
 
 impl Config {
-    /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID`, the working folder, and the `IPC_TG_*`
-    /// Telegram variables.
+    /// Reads `IPC_DATA_DIR`, `IPC_SESSION_ID`, the working folder, the `IPC_TG_*`
+    /// Telegram variables and the federation's `IPC_NATS_*` and `IPC_MACHINE`.
     pub fn from_env() -> Config {
         let cwd = env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let (data_dir, data_dir_source) = match env::var_os("IPC_DATA_DIR") {
@@ -207,6 +212,7 @@ impl Config {
             inside_claude_code: env::var("CLAUDECODE")
                 .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false")),
             share_group: flag("IPC_SHARE_GROUP"),
+            federation: federation_from_env(),
             push_quiet: number("IPC_PUSH_QUIET_MS")
                 .map_or(DEFAULT_PUSH_QUIET, Duration::from_millis),
             archive_after_days: number("IPC_ARCHIVE_DAYS").unwrap_or(7),
@@ -217,6 +223,29 @@ impl Config {
             },
         }
     }
+}
+
+/// The federation settings: `None` when `IPC_NATS_URL` is unset or empty (federation off);
+/// refused when `IPC_MACHINE` is set but no valid name.
+fn federation_from_env() -> Result<Option<FederationSettings>, String> {
+    let var = |name| env::var(name).ok().map(|v| v.trim().to_owned());
+    let Some(url) = var("IPC_NATS_URL").filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let path = |name| var(name).filter(|p| !p.is_empty()).map(PathBuf::from);
+    let machine = match var("IPC_MACHINE").filter(|m| !m.is_empty()) {
+        Some(name) => {
+            federation::check_machine(&name).map_err(|e| format!("IPC_MACHINE: {e}"))?;
+            name
+        }
+        None => federation::default_machine(),
+    };
+    Ok(Some(FederationSettings {
+        url,
+        creds: path("IPC_NATS_CREDS"),
+        ca: path("IPC_NATS_CA"),
+        machine,
+    }))
 }
 
 /// `IPC_DATA_DIR` as given. A relative path is made absolute against `cwd` now, with a

@@ -34,9 +34,8 @@
 //! The MCP server, the CLI and everything that speaks JSON-RPC live in the binary (`mcp/`).
 //!
 //! Invariants, stated as absences:
-//! - Nothing outside `mailbox` writes or deletes a message file (but `federation::store`,
-//!   which writes arrivals from other machines byte for byte); nothing deletes a file it
-//!   cannot parse.
+//! - Nothing outside `mailbox` writes or deletes a message file (arrivals from other
+//!   machines too, written byte for byte); nothing deletes a file it cannot parse.
 //! - Nothing outside `heartbeat` writes `heartbeats.json`, and nothing writes it without
 //!   holding the lock on `heartbeats.lock`.
 //! - No file is replaced other than by [`fsx::write_atomic`] (or, for `heartbeats.json`,

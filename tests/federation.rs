@@ -505,6 +505,47 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
 }
 
 #[tokio::test]
+async fn a_bundle_says_the_machine_of_each_message_from_another_machine() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    // Sent while beta is not live yet: beta catches them up in one bundle.
+    let mut remote = Vec::new();
+    for subject in ["first", "second"] {
+        let id = a.cli(&["send", "beta", subject, "--from", "alpha"]).await;
+        b.log.arrived(&id).await;
+        remote.push(id);
+    }
+    let local = b.cli(&["send", "beta", "here", "--from", "gamma"]).await;
+    let mut beta = b.mb.spawn("beta").await;
+    let event = beta.next_event().await;
+    assert_eq!(event.meta("type"), "bundle", "{event:?}");
+    assert_eq!(event.meta("count"), "3", "{event:?}");
+    let header = |id: &str| {
+        let start = format!("msg_id: {id} · ");
+        event
+            .content
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("no header of {id} in {}", event.content))
+            .to_owned()
+    };
+    for id in &remote {
+        assert!(
+            header(id).contains("· from: alpha · machine: laptop · "),
+            "{}",
+            event.content
+        );
+    }
+    assert!(
+        !header(&local).contains("machine:"),
+        "a message written on this machine names none: {}",
+        event.content
+    );
+    beta.quit().await;
+}
+
+#[tokio::test]
 async fn a_broadcast_reaches_every_machine() {
     let nats = Nats::start().await;
     let a = Machine::start("laptop", &nats).await;

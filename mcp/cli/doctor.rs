@@ -85,7 +85,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     check_telegram(&mut r);
 
     r.section("Federation");
-    check_federation(&mut r, root);
+    check_federation(&mut r, config);
 
     r.section("Claude Code");
     check_channels(&mut r, &health.live);
@@ -158,8 +158,8 @@ fn check_telegram(r: &mut Report) {
 }
 
 /// The federation's own findings, at the same levels.
-fn check_federation(r: &mut Report, root: &Path) {
-    for found in t9_ipc::federation::health::check(root) {
+fn check_federation(r: &mut Report, config: &Config) {
+    for found in t9_ipc::federation::health::check(&config.data_dir, &config.federation) {
         use t9_ipc::federation::health::Level as L;
         let level = match found.level {
             L::Ok => Level::Ok,

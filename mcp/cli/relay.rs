@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::federation::keys::Pins;
-use t9_ipc::federation::{self, Paths, Settings, wire};
+use t9_ipc::federation::{self, Paths, wire};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,7 @@ pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
     if let Some(trust) = args.trust {
         return trust_key(&paths, &trust);
     }
-    let Some(settings) = Settings::from_env()? else {
+    let Some(settings) = config.federation.clone().map_err(anyhow::Error::msg)? else {
         return Err(UsageError(
             "IPC_NATS_URL is not set; set it to the NATS server of your machines \
              (e.g. nats://hub.example:4222)"

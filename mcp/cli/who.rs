@@ -45,7 +45,7 @@ pub fn run(args: WhoArgs, config: &Config) -> anyhow::Result<()> {
     // Heartbeats of a mailbox that does not exist would read as "nobody": say so instead.
     super::mailbox_exists(config)?;
     let live = Heartbeats::new(&config.data_dir).live(now);
-    let others = super::federation::others();
+    let others = super::federation::others(&config.federation);
     let claims = claims(config, now);
     let claims_of = |name: &str| -> Vec<String> { claims.get(name).cloned().unwrap_or_default() };
     if args.json {

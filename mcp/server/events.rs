@@ -26,10 +26,11 @@ const DIGEST_MAX: usize = 20;
 /// checks the seals of reserved senders.
 pub fn params(batch: &Batch, me: &str, mailbox: &Mailbox) -> Value {
     let unverified = |m: &Message| mailbox.sender(m) == Sender::Unverified;
+    let machine = |m: &Message| t9_ipc::federation::origins::machine_of(mailbox.root(), &m.id);
     let mut params = if batch.digest {
         digest_params(&batch.named, me, &unverified)
     } else {
-        event_params(&batch.whole, &batch.named, me, &unverified)
+        event_params(&batch.whole, &batch.named, me, (&unverified, &machine))
     };
     if let Some(Value::Object(meta)) = params.get_mut("meta") {
         // A message that came from another machine says which (federation).
@@ -54,13 +55,15 @@ pub fn params(batch: &Batch, me: &str, mailbox: &Mailbox) -> Value {
 
 /// Whether a message's sender is a reserved name without a valid seal.
 type Unverified<'a> = &'a dyn Fn(&Message) -> bool;
+/// The other machine a message arrived from (federation); `None` for one written here.
+type Machine<'a> = &'a dyn Fn(&Message) -> Option<String>;
 
 /// One event carrying whole messages: one message as it is, several as a bundle.
 fn event_params(
     msgs: &[Arc<Message>],
     held: &[Arc<Message>],
     me: &str,
-    unverified: Unverified<'_>,
+    (unverified, machine): (Unverified<'_>, Machine<'_>),
 ) -> Value {
     if msgs.is_empty() {
         return notice_params(held, me);
@@ -83,7 +86,7 @@ fn event_params(
     let _ = writeln!(content, "{}", boundary.preamble(n));
     for (k, msg) in msgs.iter().enumerate() {
         let _ = writeln!(content, "\n{}", boundary.open(k + 1, n));
-        write_bundled(&mut content, msg, unverified(msg));
+        write_bundled(&mut content, msg, unverified(msg), machine(msg).as_deref());
     }
     let mut meta = group_meta(msgs, me, "bundle", format!("{n} messages"));
     if msgs.iter().any(|m| unverified(m)) {
@@ -92,15 +95,17 @@ fn event_params(
     json!({ "content": content.trim_end(), "meta": meta })
 }
 
-/// One message of a bundle, after its boundary line: a header line, then its body.
-fn write_bundled(content: &mut String, msg: &Message, unverified: bool) {
+/// One message of a bundle, after its boundary line: a header line (with the machine it
+/// came from, when another), then its body.
+fn write_bundled(content: &mut String, msg: &Message, unverified: bool, machine: Option<&str>) {
     let f = &msg.front;
     let _ = writeln!(
         content,
-        "msg_id: {} · from: {}{} · priority: {} · subject: {}",
+        "msg_id: {} · from: {}{}{} · priority: {} · subject: {}",
         one_line(&msg.id),
         one_line(&f.from),
         if unverified { " (unverified)" } else { "" },
+        machine.map_or(String::new(), |m| format!(" · machine: {}", one_line(m))),
         one_line(f.priority_or_normal()),
         one_line(&f.subject)
     );

@@ -69,7 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let telegram = telegram::start(&config, &cancel);
     let tg = telegram.as_ref().map(telegram::Running::handle);
     // Federation: this mailbox's bridge, when IPC_NATS_URL is set and this server is elected.
-    let federation = t9_ipc::federation::spawn_elected(&config.data_dir, &cancel);
+    let federation = t9_ipc::federation::spawn_elected(&config, &cancel);
     let own = OwnSends::default();
     let subscribers = Subscribers::new(
         tg.iter()

@@ -257,7 +257,7 @@ is marked (you). Use it to find the name to send to.",
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
         // The other machines (federation on), from the hub, at most a few seconds.
-        let elsewhere = crate::shared::federation::others().await;
+        let elsewhere = crate::shared::federation::others(&self.config.federation).await;
         let result = self
             .blocking(
                 // Telegram forwards given up in the last day are shown too.

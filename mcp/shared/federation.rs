@@ -21,23 +21,20 @@ pub struct Others {
     pub found: Result<Vec<Remote>, String>,
 }
 
-/// The settings, or `None` when `IPC_NATS_URL` is not set, or an `Others` saying why not.
-fn settings() -> Result<Option<Settings>, Others> {
-    Settings::from_env().map_err(|err| Others {
-        hub: "?".to_owned(),
-        found: Err(err.to_string()),
-    })
-}
-
-/// Asks the hub who is live elsewhere, waiting at most a few seconds; `None` when
-/// `IPC_NATS_URL` is not set.
-pub async fn others() -> Option<Others> {
-    let settings = match settings() {
+/// Asks the hub who is live elsewhere, waiting at most a few seconds, with the `settings` of
+/// `Config::federation`; `None` when `IPC_NATS_URL` is not set.
+pub async fn others(settings: &Result<Option<Settings>, String>) -> Option<Others> {
+    let settings = match settings {
         Ok(Some(settings)) => settings,
         Ok(None) => return None,
-        Err(others) => return Some(others),
+        Err(err) => {
+            return Some(Others {
+                hub: "?".to_owned(),
+                found: Err(err.clone()),
+            });
+        }
     };
-    let found = tokio::time::timeout(HUB_WAIT, presence::others(&settings))
+    let found = tokio::time::timeout(HUB_WAIT, presence::others(settings))
         .await
         .unwrap_or_else(|_| Err(no_answer()));
     Some(Others {
@@ -47,12 +44,12 @@ pub async fn others() -> Option<Others> {
 }
 
 /// [`others`] outside an async runtime (the command line).
-pub fn others_blocking() -> Option<Others> {
+pub fn others_blocking(settings: &Result<Option<Settings>, String>) -> Option<Others> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(others()),
+        Ok(runtime) => runtime.block_on(others(settings)),
         Err(err) => Some(Others {
             hub: "?".to_owned(),
             found: Err(err.to_string()),

@@ -421,7 +421,7 @@ async fn seal(shared: &Arc<Shared>, id: &str) -> Option<Envelope> {
             }
         }
         shared.mailbox.get(&id)?;
-        match store::read_bytes(shared.mailbox.inbox(), &id) {
+        match crate::mailbox::read_bytes(shared.mailbox.inbox(), &id) {
             Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, &id, bytes)),
             Ok(None) => None,
             Err(err) => {
@@ -609,7 +609,7 @@ fn deliver(
         tracing::debug!(msg_id = %id, "federation: already on disk");
         return Ok(());
     }
-    store::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
+    crate::mailbox::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
         shared.ledger().record_arriving(id, &envelope.machine)
     })?;
     shared.ledger().record_arrived(id)?;

@@ -37,10 +37,11 @@ fn finding(level: Level, text: impl Into<String>) -> Finding {
     }
 }
 
-/// Checks the federation of the mailbox at `data_dir`. Blocks for at most a few seconds
-/// (the hub's answers); runs its own small async runtime, so call it outside one.
-pub fn check(data_dir: &Path) -> Vec<Finding> {
-    let settings = match Settings::from_env() {
+/// Checks the federation of the mailbox at `data_dir`, with the `settings` of
+/// [`crate::config::Config::federation`]. Blocks for at most a few seconds (the hub's
+/// answers); runs its own small async runtime, so call it outside one.
+pub fn check(data_dir: &Path, settings: &Result<Option<Settings>, String>) -> Vec<Finding> {
+    let settings = match settings {
         Ok(Some(settings)) => settings,
         Ok(None) => {
             return vec![finding(
@@ -49,7 +50,7 @@ pub fn check(data_dir: &Path) -> Vec<Finding> {
                  machines; docs/FEDERATION.md)",
             )];
         }
-        Err(err) => return vec![finding(Level::Problem, err.to_string())],
+        Err(err) => return vec![finding(Level::Problem, err.clone())],
     };
     let paths = Paths::new(data_dir);
     let mut out = vec![finding(
@@ -67,7 +68,7 @@ pub fn check(data_dir: &Path) -> Vec<Finding> {
     match runtime {
         Ok(runtime) => {
             let hub = runtime.block_on(async {
-                tokio::time::timeout(HUB_TIMEOUT, at_hub(&settings, key.as_deref())).await
+                tokio::time::timeout(HUB_TIMEOUT, at_hub(settings, key.as_deref())).await
             });
             match hub {
                 Ok(found) => out.extend(found),

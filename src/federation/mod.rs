@@ -6,8 +6,8 @@
 //!   and the file's bytes.
 //! - [`ledger`]: `published.log` and `arrived.log`, append-only, so a restarted bridge
 //!   publishes exactly what is missing and never republishes what arrived.
-//! - [`store`]: the bridge's file work: reading a message file's bytes, writing an arrival
-//!   into `inbox/` atomically, keeping refused messages aside in `quarantine/`.
+//! - [`store`]: the bridge's own files: private folders, refused messages kept aside in
+//!   `quarantine/` (message files are read and written by `mailbox`).
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
 //! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
@@ -29,12 +29,12 @@ pub mod presence;
 pub mod store;
 pub mod wire;
 
-use std::env;
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::error::Result;
 
 /// The stream every machine publishes to.
 pub const STREAM: &str = "T9IPC";
@@ -46,10 +46,7 @@ pub fn subject_of(machine: &str) -> String {
     format!("{SUBJECT_PREFIX}.{machine}")
 }
 
-/// The federation settings, read from the environment.
-///
-/// TODO(coordinator): fold into `config::Config` (the only reader of the environment);
-/// until then this is the one other place that reads `IPC_NATS_*` and `IPC_MACHINE`.
+/// The federation settings (read by [`crate::config::Config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `IPC_NATS_URL`: e.g. `nats://hub.example:4222` or `tls://…`; user and password may be
@@ -64,53 +61,23 @@ pub struct Settings {
     pub machine: String,
 }
 
-impl Settings {
-    /// `None` when `IPC_NATS_URL` is unset or empty (federation off); an error when
-    /// `IPC_MACHINE` is set but no valid name.
-    pub fn from_env() -> Result<Option<Settings>> {
-        let var = |name| env::var(name).ok().map(|v| v.trim().to_owned());
-        let Some(url) = var("IPC_NATS_URL").filter(|u| !u.is_empty()) else {
-            return Ok(None);
-        };
-        let creds = var("IPC_NATS_CREDS")
-            .filter(|c| !c.is_empty())
-            .map(PathBuf::from);
-        let ca = var("IPC_NATS_CA")
-            .filter(|c| !c.is_empty())
-            .map(PathBuf::from);
-        let machine = match var("IPC_MACHINE").filter(|m| !m.is_empty()) {
-            Some(name) => {
-                check_machine(&name).map_err(|e| Error::Refused(format!("IPC_MACHINE: {e}")))?;
-                name
-            }
-            None => default_machine(),
-        };
-        Ok(Some(Settings {
-            url,
-            creds,
-            ca,
-            machine,
-        }))
-    }
-}
-
 /// Takes part in the election for this mailbox's bridge and runs the bridge while elected,
 /// until `cancel`: what a server does when federation is on (`t9-ipc relay` does the same in
 /// the foreground). `None` when `IPC_NATS_URL` is unset, or the settings are refused
 /// (warned about). The task ends soon after `cancel`.
 pub fn spawn_elected(
-    data_dir: &Path,
+    config: &Config,
     cancel: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let settings = match Settings::from_env() {
-        Ok(Some(settings)) => settings,
+    let settings = match &config.federation {
+        Ok(Some(settings)) => settings.clone(),
         Ok(None) => return None,
         Err(err) => {
             tracing::warn!(%err, "federation is off");
             return None;
         }
     };
-    let data_dir = data_dir.to_path_buf();
+    let data_dir = config.data_dir.clone();
     let cancel = cancel.child_token();
     Some(tokio::spawn(async move {
         if let Err(err) = run_elected(settings, &data_dir, cancel).await {

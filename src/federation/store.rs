@@ -1,18 +1,14 @@
-//! The bridge's file work: a message file's bytes read as they are, an arrived message
-//! written into `inbox/` byte for byte (temporary file, flush, rename, folder flush, 0600),
-//! and refused messages kept aside in `quarantine/`.
-//!
-//! TODO(coordinator): `write_arrival` and `read_bytes` belong in `mailbox` (the only code
-//! that touches message files); they live here until the mailbox restructuring lands.
+//! The bridge's own files: private folders, and refused messages kept aside in
+//! `quarantine/`. Message files in `inbox/` are read and written by
+//! [`crate::mailbox::read_bytes`] and [`crate::mailbox::write_arrival`].
 
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fsx::{random_uid, sync_dir};
-use crate::mailbox::MAX_FILE_BYTES;
 
 /// Creates `dir` (and its parents) with mode 0700 when it is missing.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
@@ -20,101 +16,6 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io("creating", dir)(e)),
     }
-}
-
-/// The bytes of `inbox/<id>.md`: only a regular file (no link followed, no FIFO opened
-/// blocking), at most [`MAX_FILE_BYTES`]. `None` when it is gone.
-pub fn read_bytes(inbox: &Path, id: &str) -> Result<Option<Vec<u8>>> {
-    let path = inbox.join(format!("{id}.md"));
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("opening", &path)(e)),
-    };
-    let meta = file.metadata().map_err(Error::io("reading", &path))?;
-    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-        return Err(Error::Refused(format!(
-            "{} is no regular file of at most {MAX_FILE_BYTES} bytes",
-            path.display()
-        )));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    (&file)
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Error::io("reading", &path))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::Refused(format!(
-            "{} grew past {MAX_FILE_BYTES} bytes",
-            path.display()
-        )));
-    }
-    Ok(Some(bytes))
-}
-
-/// Writes `bytes` as `inbox/<id>.md` the atomic way: a temporary file (0600, a dot name
-/// that readers skip), flushed; then `before_rename` (the caller notes the arrival on disk);
-/// the rename; the folder flushed. An existing `<id>.md` is left as it is (the first
-/// writer's bytes stay) and counts as written.
-pub fn write_arrival(
-    inbox: &Path,
-    id: &str,
-    bytes: &[u8],
-    before_rename: impl FnOnce() -> Result<()>,
-) -> Result<()> {
-    let path = inbox.join(format!("{id}.md"));
-    let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
-    let result = (|| {
-        crate::fsx::write_new_synced(&tmp, bytes)?;
-        before_rename()?;
-        // A rename, so that watchers see the file arrive whole (a link shows only as a
-        // create); one that never replaces a file already there.
-        rename_no_replace(&tmp, &path).map_err(Error::io("renaming", &tmp))
-    })();
-    let _ = fs::remove_file(&tmp);
-    result?;
-    sync_dir(inbox)
-}
-
-/// Renames `from` to `to` unless `to` exists (then `from` stays and this is no error).
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)
-        };
-        let (cfrom, cto) = (c(from)?, c(to)?);
-        // SAFETY: two valid C strings; the call reads them and nothing else.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                cfrom.as_ptr(),
-                libc::AT_FDCWD,
-                cto.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EEXIST) => return Ok(()),
-            // A file system without RENAME_NOREPLACE: fall back below.
-            Some(libc::EINVAL | libc::ENOSYS) => {}
-            _ => return Err(err),
-        }
-    }
-    if fs::symlink_metadata(to).is_ok() {
-        return Ok(());
-    }
-    fs::rename(from, to)
 }
 
 /// Keeps a refused message in `quarantine/` as `<name>.md` (its bytes) and `<name>.why`
@@ -189,54 +90,6 @@ pub fn is_private(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_arrival_is_written_whole_private_and_never_over_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let inbox = dir.path();
-        let mut noted = false;
-        write_arrival(inbox, "id-1", b"first", || {
-            noted = true;
-            Ok(())
-        })
-        .unwrap();
-        assert!(noted);
-        assert_eq!(fs::read(inbox.join("id-1.md")).unwrap(), b"first");
-        assert!(is_private(&inbox.join("id-1.md")));
-        write_arrival(inbox, "id-1", b"second", || Ok(())).unwrap();
-        assert_eq!(fs::read(inbox.join("id-1.md")).unwrap(), b"first");
-        // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(inbox)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["id-1.md"]);
-        assert_eq!(read_bytes(inbox, "id-1").unwrap().unwrap(), b"first");
-        assert_eq!(read_bytes(inbox, "gone").unwrap(), None);
-    }
-
-    #[test]
-    fn an_arrival_whose_note_fails_is_not_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = write_arrival(dir.path(), "id-1", b"x", || {
-            Err(Error::Refused("disk full".into()))
-        });
-        assert!(err.is_err());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn a_link_or_fifo_is_not_read() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("target"), "secret").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("link.md")).unwrap();
-        assert!(read_bytes(dir.path(), "link").is_err());
-        let fifo = dir.path().join("fifo.md");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid C string and mode.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(read_bytes(dir.path(), "fifo").is_err());
-    }
 
     #[test]
     fn quarantine_keeps_each_refused_message_once_with_its_reason() {

@@ -1,6 +1,7 @@
 //! The only code that touches message files and read state. This file: the mailbox's
 //! folders, the message types, writing one message and finding one by id. Listing the inbox
-//! is in `scan`, reading one file in `read`, read state in `state`, archiving in `archive`.
+//! is in `scan`, reading one file in `read`, read state in `state`, archiving in `archive`,
+//! message files as bytes (for other machines) in `bytes`.
 
 use std::fs;
 use std::io;
@@ -14,6 +15,7 @@ use crate::fsx;
 use crate::message::{self, FrontMatter, MessageId};
 
 mod archive;
+mod bytes;
 mod private;
 mod read;
 mod scan;
@@ -22,6 +24,7 @@ mod state;
 pub use private::{Loose, loose_paths, tighten};
 
 pub use archive::{ArchivePlan, Moved};
+pub use bytes::{read_bytes, write_arrival};
 pub use scan::Audit;
 pub use state::ReadState;
 

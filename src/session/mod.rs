@@ -548,6 +548,7 @@ mod tests {
             telegram: None,
             inside_claude_code: false,
             share_group: false,
+            federation: Ok(None),
         };
         let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
         let held = session.index();
