@@ -413,9 +413,14 @@ impl ReadState {
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut file| file.write_all(timed.as_bytes()));
+            .map_err(Error::io("opening", &path))
+            .and_then(|file| fsx::fix_mode(&file, &path).map(|()| file))
+            .and_then(|mut file| {
+                file.write_all(timed.as_bytes())
+                    .map_err(Error::io("appending to", &path))
+            });
         if let Err(err) = written {
-            tracing::warn!(file = %path.display(), %err, "the times of read and pushed marks were not recorded");
+            tracing::warn!(%err, "the times of read and pushed marks were not recorded");
         }
     }
 
