@@ -345,9 +345,21 @@ async fn search_finds_archived_mail_and_receipts_say_read_then_answered() {
         .unwrap_or_else(|| panic!("no receipt: {found}"));
     assert!(!receipt.contains(": read"), "{receipt}");
 
+    let before = chrono::Local::now() - chrono::TimeDelta::seconds(1);
     b.ok("t9_ipc_unread", json!({})).await;
+    let after = chrono::Local::now() + chrono::TimeDelta::seconds(1);
     let found = a.ok("t9_ipc_search", json!({"with": "beta"})).await;
-    assert!(found.contains("receipt: beta: read"), "{found}");
+    // The receipt says when it was read: `read <YYYY-MM-DD HH:MM:SS>`, between the calls.
+    let when = found
+        .lines()
+        .find_map(|l| l.strip_prefix("receipt: beta: read "))
+        .unwrap_or_else(|| panic!("no read time: {found}"));
+    let when = chrono::NaiveDateTime::parse_from_str(when, "%Y-%m-%d %H:%M:%S")
+        .unwrap_or_else(|e| panic!("{when:?}: {e}"));
+    assert!(
+        before.naive_local() <= when && when <= after.naive_local(),
+        "read at {when}, between {before} and {after}"
+    );
 
     let out = cli(&mb, mb.root(), &["archive", "--older-than", "0"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -389,6 +401,11 @@ async fn search_finds_archived_mail_and_receipts_say_read_then_answered() {
     assert_eq!(sent["msg_id"], id.as_str());
     assert_eq!(sent["archived"], true);
     assert_eq!(sent["receipts"][0]["read"], true);
+    assert_eq!(
+        sent["receipts"][0]["read_at"],
+        when.format("%Y-%m-%d %H:%M:%S").to_string().as_str(),
+        "{v}"
+    );
     assert_eq!(sent["receipts"][0]["answered"]["msg_id"], reply_id.as_str());
     a.quit().await;
     b.quit().await;

@@ -72,6 +72,7 @@ pub fn run(args: SearchArgs, config: &Config) -> anyhow::Result<()> {
                     "body": h.message.body,
                     "receipts": h.receipts.iter().map(|r| serde_json::json!({
                         "to": r.to, "pushed": r.pushed, "read": r.read,
+                        "pushed_at": r.pushed_at, "read_at": r.read_at,
                         "answered": r.answered.as_ref().map(|(id, at)| serde_json::json!({"msg_id": id, "created": at})),
                         "status": r.describe(),
                     })).collect::<Vec<_>>(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Local};
 
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, Message, ReadState};
+use crate::mailbox::{Mailbox, MarkTimes, Message, ReadState};
 use crate::message::{self, check_name, file_stem_part};
 
 /// Results returned when no limit is given, and at most.
@@ -34,17 +34,23 @@ pub struct Receipt {
     pub to: String,
     pub pushed: bool,
     pub read: bool,
+    /// When it was pushed and read (`created`'s format), where `state/<name>.times` says;
+    /// marks written before that file was kept have no time.
+    pub pushed_at: Option<String>,
+    pub read_at: Option<String>,
     /// The first reply from the recipient: its id and `created` time.
     pub answered: Option<(String, String)>,
 }
 
 impl Receipt {
-    /// `answered <time> (<id>)`, `read`, `pushed, not read`, or `not read yet`.
+    /// `answered <time> (<id>)`, `read <time>`, `pushed <time>, not read`, or `not read
+    /// yet` (a time only where one was recorded).
     pub fn describe(&self) -> String {
+        let at = |t: &Option<String>| t.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
         match (&self.answered, self.read, self.pushed) {
             (Some((id, at)), _, _) => format!("answered {at} ({id})"),
-            (None, true, _) => "read".to_owned(),
-            (None, false, true) => "pushed, not read".to_owned(),
+            (None, true, _) => format!("read{}", at(&self.read_at)),
+            (None, false, true) => format!("pushed{}, not read", at(&self.pushed_at)),
             (None, false, false) => "not read yet".to_owned(),
         }
     }
@@ -206,10 +212,15 @@ fn receipts(sent: &Message, mine: &[(Arc<Message>, bool)], states: &mut States) 
         let (pushed, read) = states.of(to).map_or((false, false), |s| {
             (s.was_pushed(&sent.id), s.was_read(&sent.id))
         });
+        let times = states.times(to, &sent.id);
+        let shown =
+            |t: Option<DateTime<Local>>| t.map(|t| t.format(message::TIME_FORMAT).to_string());
         Receipt {
             to: to.to_owned(),
             pushed,
             read,
+            pushed_at: shown(times.pushed.filter(|_| pushed)),
+            read_at: shown(times.read.filter(|_| read)),
             answered: answer_from(to),
         }
     };
@@ -231,6 +242,7 @@ struct States<'a> {
     mailbox: &'a Mailbox,
     now: DateTime<Local>,
     loaded: HashMap<String, Option<ReadState>>,
+    times: HashMap<String, HashMap<String, MarkTimes>>,
 }
 
 impl<'a> States<'a> {
@@ -239,7 +251,19 @@ impl<'a> States<'a> {
             mailbox,
             now,
             loaded: HashMap::new(),
+            times: HashMap::new(),
         }
+    }
+
+    /// When `name` had `id` pushed and read, where its times file says (read once).
+    fn times(&mut self, name: &str, id: &str) -> MarkTimes {
+        let mailbox = self.mailbox;
+        self.times
+            .entry(name.to_owned())
+            .or_insert_with(|| mailbox.mark_times(name).unwrap_or_default())
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The names that have a state log.

@@ -106,6 +106,47 @@ impl Mailbox {
     }
 }
 
+/// When one message was pushed to a name and when it was read, from `state/<name>.times`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarkTimes {
+    pub pushed: Option<DateTime<Local>>,
+    pub read: Option<DateTime<Local>>,
+}
+
+impl Mailbox {
+    /// Every `pushed` and `read` time of `session` by id (the first of each kept), from
+    /// `state/<name>.times` (`<word> <id> <rfc3339>` a line); empty when there is none.
+    /// Lines that do not read are skipped.
+    pub fn mark_times(&self, session: &str) -> Result<HashMap<String, MarkTimes>> {
+        let path = self.state_path(session)?.with_extension("times");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(Error::io("reading", &path)(err)),
+        };
+        let mut out: HashMap<String, MarkTimes> = HashMap::new();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let mut parts = line.split(' ');
+            let (Some(word), Some(id), Some(at), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(at) = DateTime::parse_from_rfc3339(at) else {
+                continue;
+            };
+            let times = out.entry(id.to_owned()).or_default();
+            let slot = match word {
+                "pushed" => &mut times.pushed,
+                "read" => &mut times.read,
+                _ => continue,
+            };
+            slot.get_or_insert(at.with_timezone(&Local));
+        }
+        Ok(out)
+    }
+}
+
 /// A name's `joined` time and the ids it read.
 pub(super) type Seen = (DateTime<Local>, HashSet<String>);
 
@@ -349,6 +390,9 @@ impl ReadState {
             return Ok(());
         }
         let written = self.append(&lines);
+        if written.is_ok() {
+            self.note_times(&lines);
+        }
         // Read only once it is on disk: when the write fails (a full disk) the caller fails
         // and the model got nothing, so the mail stays unread rather than hidden until the
         // next start. A pushed or listed event did leave: not again from this process.
@@ -356,6 +400,28 @@ impl ReadState {
             self.set_of(what).extend(new.into_iter().map(str::to_owned));
         }
         written
+    }
+
+    /// Appends `lines` (`<word> <id>`), each with the time now, to `state/<name>.times`: when
+    /// a message was pushed or read, for receipts. A file of its own, so that readers of the
+    /// log (older versions too) read the log unchanged. Only informs: a failure is a warning.
+    fn note_times(&self, lines: &str) {
+        let now = Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let timed: String = lines.lines().map(|l| format!("{l} {now}\n")).collect();
+        let path = self.path.with_extension("times");
+        let written = fsx::private_options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io("opening", &path))
+            .and_then(|file| fsx::fix_mode(&file, &path).map(|()| file))
+            .and_then(|mut file| {
+                file.write_all(timed.as_bytes())
+                    .map_err(Error::io("appending to", &path))
+            });
+        if let Err(err) = written {
+            tracing::warn!(%err, "the times of read and pushed marks were not recorded");
+        }
     }
 
     fn set_of(&mut self, what: Mark) -> &mut HashSet<String> {
