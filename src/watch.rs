@@ -107,10 +107,10 @@ pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
     .map_err(|e| watch_error(dir, e))?;
     // The folder two above reports the mailbox itself made again; best effort (it may be
     // one a user cannot watch), since the mailbox is rarely deleted whole.
-    if let Some(top) = dir.parent().and_then(Path::parent) {
-        if let Err(err) = watcher.watch(top, RecursiveMode::NonRecursive) {
-            tracing::debug!(%err, dir = %top.display(), "not watching the folder above the mailbox");
-        }
+    if let Some(top) = dir.parent().and_then(Path::parent)
+        && let Err(err) = watcher.watch(top, RecursiveMode::NonRecursive)
+    {
+        tracing::debug!(%err, dir = %top.display(), "not watching the folder above the mailbox");
     }
     rewatch(&mut watcher, dir)?;
     Ok((watcher, Changes { hints, pending }))
