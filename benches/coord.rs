@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::util::{BIN, Raw, TempMailbox, initialize_request};
+use super::util::{BIN, TempMailbox, listing};
 use super::{Report, ms, percentile, plant};
 
 pub(crate) async fn figures(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
@@ -190,21 +190,9 @@ async fn search(report: &mut Report) {
 }
 
 async fn tools_list(report: &mut Report) {
-    let mb = TempMailbox::new();
-    let mut raw = Raw::spawn(mb.root(), "alpha");
-    raw.send(initialize_request(1)).await;
-    let init = raw.response(json!(1)).await;
-    raw.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
-        .await;
-    raw.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
-        .await;
-    let tools = raw.response(json!(2)).await;
-    raw.finish().await;
-    let size = serde_json::to_string(&tools["result"])
-        .expect("json")
-        .chars()
-        .count();
-    let count = tools["result"]["tools"].as_array().map_or(0, Vec::len);
+    let (tools, init) = listing(&TempMailbox::new()).await;
+    let size = serde_json::to_string(&tools).expect("json").chars().count();
+    let count = tools["tools"].as_array().map_or(0, Vec::len);
     report.add(
         "size of the whole `tools/list` result (every tool schema)",
         "≤ 6,000 characters (about 1,500 tokens)",
@@ -214,7 +202,7 @@ async fn tools_list(report: &mut Report) {
         ),
         Some(size <= 6_000),
     );
-    let instructions = init["result"]["instructions"]
+    let instructions = init["instructions"]
         .as_str()
         .map_or(0, |i| i.chars().count());
     report.add(

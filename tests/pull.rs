@@ -10,8 +10,7 @@ use tokio::process::Command;
 use tokio::time::timeout;
 
 use crate::util::{
-    BIN, Client, EVENT_WAIT, Raw, TempMailbox, bodies_in, boundary_of, initialize_request,
-    without_telegram,
+    BIN, Client, EVENT_WAIT, TempMailbox, bodies_in, boundary_of, listing, without_telegram,
 };
 
 /// The most one `t9_ipc_unread` result may hold: the bound, or one message alone when a
@@ -256,20 +255,6 @@ async fn a_body_cannot_forge_a_header_in_unread_or_search_results() {
     assert!(found.contains("1 message follows."), "{found}");
     forged_lines_are_inside(&found, &ids[..1], &forger);
     beta.quit().await;
-}
-
-/// The `tools/list` result and the `initialize` result, as a raw client reads them.
-async fn listing(mb: &TempMailbox) -> (Value, Value) {
-    let mut raw = Raw::spawn(mb.root(), "alpha");
-    raw.send(initialize_request(1)).await;
-    let init = raw.response(json!(1)).await;
-    raw.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
-        .await;
-    raw.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
-        .await;
-    let tools = raw.response(json!(2)).await;
-    raw.finish().await;
-    (tools["result"].clone(), init["result"].clone())
 }
 
 fn tool<'a>(list: &'a Value, name: &str) -> &'a Value {

@@ -550,3 +550,17 @@ pub fn initialize_request(id: u64) -> Value {
         "clientInfo": {"name": "claude-code", "version": "2.1.330"}
     }})
 }
+
+/// The `tools/list` result and the `initialize` result, as a raw client reads them.
+pub async fn listing(mb: &TempMailbox) -> (Value, Value) {
+    let mut raw = Raw::spawn(mb.root(), "alpha");
+    raw.send(initialize_request(1)).await;
+    let init = raw.response(json!(1)).await;
+    raw.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+        .await;
+    raw.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
+        .await;
+    let tools = raw.response(json!(2)).await;
+    raw.finish().await;
+    (tools["result"].clone(), init["result"].clone())
+}
