@@ -3,7 +3,7 @@
 //! released, its time runs out, or its session ends (its pid is no longer a live session in
 //! `heartbeats.json`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use chrono::{DateTime, Local, TimeDelta};
@@ -74,9 +74,10 @@ impl Claim {
         parse_stamp(&self.expires)
     }
 
-    /// True while the time has not run out and its session is alive.
-    pub fn is_live(&self, live: &Table, now: DateTime<Local>) -> bool {
-        self.expires_at().is_some_and(|t| t > now) && session_alive(live, self.pid)
+    /// True while the time has not run out and its session is alive (its pid is one of
+    /// [`running_sessions`]).
+    pub fn is_live(&self, running: &HashSet<u32>, now: DateTime<Local>) -> bool {
+        self.expires_at().is_some_and(|t| t > now) && running.contains(&self.pid)
     }
 
     /// The path or glob of this claim that covers `path` (absolute), if any.
@@ -107,11 +108,15 @@ impl Claim {
     }
 }
 
-/// True while a live session in `heartbeats.json` has this pid, and the process still runs
-/// now: not gone and not a zombie (killed, not yet reaped: its session is over). The table
-/// was read a moment ago, when a zombie still counted as running; it may be reaped since.
-fn session_alive(live: &Table, pid: u32) -> bool {
-    live.values().any(|e| e.pid == pid) && still_running(pid)
+/// The pids of the live sessions in `heartbeats.json` whose process still runs now: not
+/// gone and not a zombie (killed, not yet reaped: its session is over). The table was read a
+/// moment ago, when a zombie still counted as running; it may be reaped since. One look at
+/// each session, however many claims it holds.
+fn running_sessions(live: &Table) -> HashSet<u32> {
+    live.values()
+        .map(|e| e.pid)
+        .filter(|&pid| still_running(pid))
+        .collect()
 }
 
 /// One look at `/proc/<pid>/stat`: the process exists and is not a zombie.
@@ -263,11 +268,11 @@ impl Claims {
 
     /// Every live claim, oldest first. Reads only; nothing is removed.
     pub fn live(&self, now: DateTime<Local>) -> Result<Vec<Claim>> {
-        let live = self.heartbeats.live(now);
+        let running = running_sessions(&self.heartbeats.live(now));
         Ok(self
             .read_all()?
             .into_iter()
-            .filter(|c| c.is_live(&live, now))
+            .filter(|c| c.is_live(&running, now))
             .collect())
     }
 
@@ -305,9 +310,10 @@ impl Claims {
     /// The live claims; the files of dead or expired ones are removed (the caller holds the
     /// lock).
     fn sweep(&self, live: &Table, now: DateTime<Local>) -> Result<Vec<Claim>> {
+        let running = running_sessions(live);
         let mut kept = Vec::new();
         for claim in self.read_all()? {
-            if claim.is_live(live, now) {
+            if claim.is_live(&running, now) {
                 kept.push(claim);
             } else {
                 tracing::debug!(claim = %claim.id, session = %claim.session, "removed an ended claim");
