@@ -390,7 +390,8 @@ impl ReadState {
             return Ok(());
         }
         let written = self.append(&lines);
-        if written.is_ok() {
+        // Receipts show when mail was pushed or read; nothing reads a listed time.
+        if written.is_ok() && !matches!(what, Mark::Listed) {
             self.note_times(&lines);
         }
         // Read only once it is on disk: when the write fails (a full disk) the caller fails
