@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -22,6 +23,48 @@ use crate::error::{Error, Result};
 /// More changed files than this waiting at once become one rescan.
 const MAX_PENDING: usize = 4096;
 
+/// How old a folder's modification time must be, when it is read, to vouch for a listing or
+/// for the events taken right after: older than the coarse clock that stamps folders (a
+/// jiffy, at most 10 ms) and than the delivery of an event to the watcher's thread. A younger
+/// time may hide a change made within the same tick, or one whose event is still on its way
+/// (the rule git's index uses for "racy" files).
+pub const SETTLE: Duration = Duration::from_millis(25);
+
+/// A folder's modification time as read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FolderTime {
+    /// Older than [`SETTLE`] when read: while the folder still has it, nothing was added to
+    /// or removed from it since, beyond what was listed or taken with it.
+    Settled(SystemTime),
+    /// Too recent to vouch for anything yet: look again after [`SETTLE`].
+    Young,
+    /// Not read (the folder is missing, or nobody looked).
+    #[default]
+    Unknown,
+}
+
+impl FolderTime {
+    /// `dir`'s modification time now.
+    pub fn of(dir: &Path) -> FolderTime {
+        let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
+            return FolderTime::Unknown;
+        };
+        match SystemTime::now().duration_since(mtime) {
+            Ok(age) if age >= SETTLE => FolderTime::Settled(mtime),
+            // Younger, or in the future (a clock set back): vouches for nothing.
+            _ => FolderTime::Young,
+        }
+    }
+
+    /// The time, when it vouches.
+    pub fn settled(self) -> Option<SystemTime> {
+        match self {
+            FolderTime::Settled(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// What changed since the last [`Changes::take`].
 #[derive(Debug, Default)]
 pub struct Changed {
@@ -31,12 +74,15 @@ pub struct Changed {
     pub rescan: bool,
     /// The folder itself was removed, renamed or made: watch it again ([`rewatch`]).
     pub rewatch: bool,
+    /// The folder's time, read just before these changes were taken.
+    pub time: FolderTime,
 }
 
 /// The receiving end of a watch: wait for a hint, then take what changed.
 pub struct Changes {
     hints: mpsc::Receiver<()>,
     pending: Arc<Mutex<Changed>>,
+    folder: PathBuf,
 }
 
 impl Changes {
@@ -45,6 +91,7 @@ impl Changes {
         Changes {
             hints: mpsc::channel(1).1,
             pending: Arc::default(),
+            folder: PathBuf::new(),
         }
     }
 
@@ -53,9 +100,15 @@ impl Changes {
         self.hints.recv().await
     }
 
-    /// Takes everything that changed so far.
+    /// Takes everything that changed so far, with the folder's time read just before (one
+    /// `stat`, answered from the kernel's cache): a settled time vouches that every change
+    /// up to it is among these or earlier ones.
     pub fn take(&self) -> Changed {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        let time = FolderTime::of(&self.folder);
+        let mut changed =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        changed.time = time;
+        changed
     }
 }
 
@@ -113,7 +166,14 @@ pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
         tracing::debug!(%err, dir = %top.display(), "not watching the folder above the mailbox");
     }
     rewatch(&mut watcher, dir)?;
-    Ok((watcher, Changes { hints, pending }))
+    Ok((
+        watcher,
+        Changes {
+            hints,
+            pending,
+            folder: dir.to_path_buf(),
+        },
+    ))
 }
 
 /// Watches `dir` and the folder above it again, after either was removed and made again.
@@ -168,5 +228,31 @@ fn watch_error(dir: &Path, err: notify::Error) -> Error {
         op: "watching",
         path: dir.to_path_buf(),
         source: std::io::Error::other(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_time_vouches_only_once_it_is_older_than_the_settling_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // Made a moment ago.
+        assert_eq!(FolderTime::of(dir.path()), FolderTime::Young);
+        let then = SystemTime::now() - Duration::from_secs(1);
+        std::fs::File::open(dir.path())
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        assert_eq!(FolderTime::of(dir.path()), FolderTime::Settled(then));
+        // A file renamed in changes the time, and a new time is young again.
+        std::fs::write(dir.path().join("a.tmp"), "x").unwrap();
+        std::fs::rename(dir.path().join("a.tmp"), dir.path().join("a.md")).unwrap();
+        assert_eq!(FolderTime::of(dir.path()), FolderTime::Young);
+        assert_eq!(
+            FolderTime::of(&dir.path().join("gone")),
+            FolderTime::Unknown
+        );
     }
 }

@@ -177,10 +177,20 @@ async fn a_flood_of_files_costs_at_most_ten_events_and_loses_nothing() {
             break;
         }
         events += 1;
+        // A sender per file: the meta names ten and counts the rest.
+        let from = e.meta("from").split(" (+").next().unwrap_or_default();
+        assert!(from.split(',').count() <= 10, "from = {:?}", e.meta("from"));
         whole.extend(w);
         named.extend(d);
     }
     assert!(events <= 10, "{events} events for a flood");
+    // The reminder on tool results likewise: one short line, not two thousand names.
+    let who = beta.ok("t9_ipc_who", json!({})).await;
+    let reminder = who.lines().last().unwrap_or_default();
+    assert!(
+        reminder.ends_with(" others): call t9_ipc_unread.") && reminder.len() < 200,
+        "{reminder}"
+    );
     let pulled = read_all_but(&beta, &answer).await;
     exactly_once(&sent, &whole, &pulled);
     assert_eq!(

@@ -174,7 +174,7 @@ fn notice_params(held: &[Arc<Message>], me: &str) -> Value {
     let (content, from) = held_notice(held);
     let priority = held.iter().min_by_key(|m| m.front.urgency());
     json!({"content": content, "meta": {
-        "from": from.join(","), "to": me, "type": "notice",
+        "from": from_meta(&from), "to": me, "type": "notice",
         "subject": format!("{} waiting messages", held.len()),
         "priority": priority.map_or("normal", |m| m.front.priority_or_normal()),
         "count": held.len().to_string(),
@@ -225,13 +225,18 @@ pub fn held_notice(held: &[Arc<Message>]) -> (String, Vec<&str>) {
 
 /// The senders of `msgs`, each once, in order.
 fn senders_of(msgs: &[Arc<Message>]) -> Vec<&str> {
-    let mut from: Vec<&str> = Vec::new();
-    for m in msgs {
-        if !from.contains(&m.front.from.as_str()) {
-            from.push(&m.front.from);
-        }
+    t9_ipc::mailbox::senders(msgs)
+}
+
+/// The `from` meta of an event for several senders: the first ten, comma-separated, and how
+/// many others (a flood can have a sender per message; the content names them as needed).
+fn from_meta(senders: &[&str]) -> String {
+    const NAMED: usize = 10;
+    let named = senders[..senders.len().min(NAMED)].join(",");
+    match senders.len().saturating_sub(NAMED) {
+        0 => named,
+        more => format!("{named} (+{more} more)"),
     }
-    from
 }
 
 /// Meta of an event that carries several messages.
@@ -243,7 +248,7 @@ fn group_meta(msgs: &[Arc<Message>], me: &str, kind: &str, subject: String) -> M
         .map_or("normal", |m| m.front.priority_or_normal());
     let ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
     let meta = json!({
-        "from": from.join(","),
+        "from": from_meta(&from),
         "to": me,
         "subject": subject,
         "priority": priority,

@@ -71,6 +71,9 @@ pub struct Pusher {
     rescan_on_tick: bool,
     /// A push held back by the quiet window or the rate limit is due then.
     flush_at: Option<Instant>,
+    /// The inbox changed too recently for its time to vouch for the index: look again then
+    /// ([`watch::SETTLE`]), so that `t9_ipc_unread` can trust the index without a rescan.
+    settle_at: Option<Instant>,
     /// Woken after every look at the inbox, for `t9_ipc_wait`.
     mail: Arc<Notify>,
     /// This session's unread mail changed since the last look for pushes.
@@ -96,6 +99,7 @@ impl Pusher {
             gate: Gate::new(config.push_quiet, config.push_rate),
             rescan_on_tick: false,
             flush_at: None,
+            settle_at: None,
             mail,
             dirty: true,
             subscribers,
@@ -114,7 +118,7 @@ impl Pusher {
         self.sync(rescan()).await;
         let mut link = Link::Before;
         loop {
-            let due = self.flush_at;
+            let (due, settle) = (self.flush_at, self.settle_at);
             tokio::select! {
                 () = cancel.cancelled() => break,
                 changed = peer_rx.changed(), if matches!(link, Link::Before) => {
@@ -137,7 +141,15 @@ impl Pusher {
                         link = Link::Ready(p);
                     }
                 }
-                Some(()) = changes.changed() => {
+                // A change or the end of a young inbox time: take what changed (perhaps
+                // nothing) with the folder's time.
+                Some(()) = async {
+                    tokio::select! {
+                        changed = changes.changed() => changed,
+                        () = sleep_until_due(settle) => Some(()),
+                    }
+                } => {
+                    self.settle_at = None;
                     let changed = changes.take();
                     if changed.rewatch {
                         self.rewatch(watcher.as_mut());
@@ -212,6 +224,9 @@ impl Pusher {
         let everyone = self.subscribers.everyone();
         match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
             Ok(Ok(synced)) => {
+                if synced.young {
+                    self.settle_at.get_or_insert(Instant::now() + watch::SETTLE);
+                }
                 for msg in &synced.arrived {
                     self.subscribers.arrived(msg);
                 }

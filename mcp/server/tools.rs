@@ -184,7 +184,7 @@ impl T9 {
             Ok(Ok((n, senders))) => format!(
                 "{} (from {}): call t9_ipc_unread.",
                 plural(n, "unread message"),
-                senders.join(", ")
+                t9_ipc::text::some_names(&senders, 10)
             ),
             _ => return result,
         };
@@ -478,7 +478,7 @@ fn format_left(left: &t9_ipc::session::Renamed) -> String {
          \"{old}\" and is not shown under the new name. To read it, call \
          t9_ipc_set_name(name: \"{old}\"), then t9_ipc_unread, then rename again.",
         plural(left.left, "unread message"),
-        left.left_from.join(", ")
+        t9_ipc::text::some_names(&left.left_from, 10)
     )
 }
 

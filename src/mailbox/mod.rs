@@ -43,6 +43,18 @@ pub struct Message {
     pub body: String,
 }
 
+/// The senders of `msgs`, each once, in the order they first appear. Linear: a flood has as
+/// many senders as messages.
+pub fn senders<'a, M: std::borrow::Borrow<Message> + 'a>(
+    msgs: impl IntoIterator<Item = &'a M>,
+) -> Vec<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    msgs.into_iter()
+        .map(|m| m.borrow().front.from.as_str())
+        .filter(|from| seen.insert(*from))
+        .collect()
+}
+
 /// What a sender asks to be written; the mailbox adds the id and the time.
 #[derive(Debug, Clone, Default)]
 pub struct Draft<'a> {

@@ -3,9 +3,7 @@
 //! lock (see [`Session`]); async callers run them on a blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use chrono::{DateTime, Local};
 
@@ -14,7 +12,7 @@ use crate::channels::Push;
 use crate::error::{Error, Result};
 use crate::mailbox::{Message, ReadState};
 use crate::message;
-use crate::watch::Changed;
+use crate::watch::{Changed, FolderTime};
 
 /// A page of unread mail, urgent first, then oldest first.
 #[derive(Debug, Clone)]
@@ -37,6 +35,10 @@ pub struct Synced {
     pub arrived: Vec<Arc<Message>>,
     /// This name's unread mail may have changed: worth looking for pushes.
     pub mine_changed: bool,
+    /// The inbox changed a moment ago, too recently for its time to vouch that the index
+    /// is current ([`FolderTime::Young`]): sync again after [`crate::watch::SETTLE`], even
+    /// with no event, so that [`Session::is_current`] can say yes.
+    pub young: bool,
 }
 
 /// What the `index` lock guards.
@@ -114,20 +116,21 @@ impl Session {
     /// The files are listed and read before the `index` lock is taken, so that the tools
     /// that read the index keep answering while a flood is read.
     pub fn sync(&self, changed: Changed, everyone: bool, now: DateTime<Local>) -> Result<Synced> {
-        // Before the changes are handled: a file renamed in meanwhile makes the index look
-        // stale (and its event follows), never current without it.
-        let mtime = self.inbox_mtime();
         let name = self.name();
         if changed.rescan || !self.index().indexed {
+            // Before the listing: a file renamed in meanwhile makes the index look stale,
+            // never current without it.
+            let time = FolderTime::of(self.mailbox.inbox());
             let all = self.mailbox.scan_for(&name)?;
             let mut index = self.index();
             index.state.refresh()?;
             if index.name == name {
-                self.rebuilt(&mut index, all, now, mtime);
+                self.rebuilt(&mut index, all, now, time);
             } // else renamed meanwhile: the next look builds the new name's index
             return Ok(Synced {
                 arrived: Vec::new(),
                 mine_changed: true,
+                young: time == FolderTime::Young,
             });
         }
         let read: Vec<(&str, Option<Arc<Message>>)> = changed
@@ -163,43 +166,39 @@ impl Session {
             mine.retain(|_, m| state.is_unread(name, m, now));
             mine_changed = true;
         }
-        self.shared().synced_mtime = mtime;
+        self.shared().synced_mtime = changed.time.settled();
         Ok(Synced {
             arrived,
             mine_changed,
+            young: changed.time == FolderTime::Young,
         })
     }
 
-    fn inbox_mtime(&self) -> Option<SystemTime> {
-        fs::metadata(self.mailbox.inbox())
-            .and_then(|m| m.modified())
-            .ok()
-    }
-
     /// True when no file was added to or removed from the inbox since the index was last
-    /// brought up to date. When false, a file event is on its way (or was lost): wait for
-    /// the next sync, or call [`Session::sync`] with a rescan. Takes no I/O lock; does one
-    /// `stat` of the inbox folder.
+    /// brought up to date: the inbox still has the settled time its last listing or file
+    /// events were taken with ([`FolderTime`]). When false, a file event is on its way (or
+    /// was lost), or mail came a moment ago: wait for the next sync, or call
+    /// [`Session::sync`] with a rescan. Takes no I/O lock; does one `stat` of the inbox.
     pub fn is_current(&self) -> bool {
         let synced = self.shared().synced_mtime;
-        synced.is_some() && synced == self.inbox_mtime()
+        synced.is_some() && synced == FolderTime::of(self.mailbox.inbox()).settled()
     }
 
     pub(super) fn rebuild(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
         // Before the listing: a change during it makes the index look stale, not current.
-        let mtime = self.inbox_mtime();
+        let time = FolderTime::of(self.mailbox.inbox());
         let all = self.mailbox.scan_for(&index.name)?;
-        self.rebuilt(index, all, now, mtime);
+        self.rebuilt(index, all, now, time);
         Ok(())
     }
 
-    /// Replaces the index with `all` (a whole scan begun when the inbox had `mtime`).
+    /// Replaces the index with `all` (a whole scan begun when the inbox had `time`).
     fn rebuilt(
         &self,
         index: &mut Index,
         all: Vec<Arc<Message>>,
         now: DateTime<Local>,
-        mtime: Option<SystemTime>,
+        time: FolderTime,
     ) {
         tracing::debug!(messages = all.len(), "rescanned the inbox");
         index.mine.clear();
@@ -213,7 +212,7 @@ impl Session {
             }
         }
         index.indexed = true;
-        self.shared().synced_mtime = mtime;
+        self.shared().synced_mtime = time.settled();
     }
 
     /// Builds the index if no event did yet (a tool called before the first scan).
@@ -290,25 +289,22 @@ impl Session {
         })
     }
 
-    /// How many unread messages the model has not seen, and from whom: the reminder added
-    /// to tool results. With push on, pushed messages count as seen.
+    /// How many unread messages the model has not seen, and their senders (each once): the
+    /// reminder added to tool results. With push on, pushed messages count as seen.
     pub fn unseen(&self, now: DateTime<Local>) -> Result<(usize, Vec<String>)> {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
         let push_on = shared.push == Push::On;
-        let mut senders = Vec::new();
-        let mut n = 0;
-        for m in index.live_mail(now) {
-            if push_on && index.was_pushed(&shared, &m.id) {
-                continue;
-            }
-            n += 1;
-            if !senders.contains(&m.front.from) {
-                senders.push(m.front.from.clone());
-            }
-        }
-        Ok((n, senders))
+        let unseen: Vec<&Arc<Message>> = index
+            .live_mail(now)
+            .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)))
+            .collect();
+        let senders = crate::mailbox::senders(unseen.iter().copied());
+        Ok((
+            unseen.len(),
+            senders.into_iter().map(str::to_owned).collect(),
+        ))
     }
 
     /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those

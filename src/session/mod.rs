@@ -368,12 +368,7 @@ impl Session {
         if mail.is_empty() {
             return Ok(());
         }
-        let mut from: Vec<&str> = Vec::new();
-        for m in &mail {
-            if !from.contains(&m.front.from.as_str()) {
-                from.push(&m.front.from);
-            }
-        }
+        let from = crate::mailbox::senders(&mail);
         let place = match state.folder() {
             Some(folder) => format!("was last used from another folder ({folder})"),
             None => "was last used from a folder that was not recorded".to_owned(),
@@ -384,7 +379,7 @@ impl Session {
              another name. Only if the user said this session is {name:?}, call \
              t9_ipc_set_name again with take_over: true",
             crate::text::plural(mail.len(), "unread message"),
-            from.join(", ")
+            crate::text::some_names(&from, 10)
         )))
     }
 
@@ -398,15 +393,16 @@ impl Session {
             old: shared.name.clone(),
             ..Renamed::default()
         };
-        for m in index.live_mail(now) {
-            renamed.left += 1;
-            if index.was_pushed(&shared, &m.id) {
-                renamed.left_pushed += 1;
-            }
-            if !renamed.left_from.contains(&m.front.from) {
-                renamed.left_from.push(m.front.from.clone());
-            }
-        }
+        let left: Vec<&std::sync::Arc<Message>> = index.live_mail(now).collect();
+        renamed.left = left.len();
+        renamed.left_pushed = left
+            .iter()
+            .filter(|m| index.was_pushed(&shared, &m.id))
+            .count();
+        renamed.left_from = crate::mailbox::senders(left)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(renamed)
     }
 
