@@ -55,8 +55,13 @@ impl Session {
         message::check_name(&from)
             .map_err(|why| Error::Refused(format!("this session cannot send: {why}")))?;
         let sent = send_from(&self.mailbox, &self.heartbeats, &from, out, now)?;
-        let saw_push = sent.reply_to.as_deref().is_some_and(|id| self.answered(id));
-        if saw_push && let Err(err) = self.refresh(now) {
+        let (saw_push, switched) = sent
+            .reply_to
+            .as_deref()
+            .map_or((false, false), |id| self.answered(id));
+        // The heartbeat says whether push is on: written again only when it just turned on
+        // (one rewrite of heartbeats.json less on every reply to an event).
+        if switched && let Err(err) = self.refresh(now) {
             tracing::warn!(%err, "writing the heartbeat");
         }
         Ok(Sent { saw_push, ..sent })
