@@ -154,6 +154,14 @@ impl Pusher {
                     if changed.rewatch {
                         self.rewatch(watcher.as_mut());
                     }
+                    if !self.subscribers.everyone() && self.session.pass_over(&changed) {
+                        // Only others' mail: nothing to read, and no push to look for.
+                        if changed.time == watch::FolderTime::Young {
+                            self.settle_at = Some(Instant::now() + watch::SETTLE);
+                        }
+                        self.mail.notify_waiters();
+                        continue;
+                    }
                     self.sync(changed).await;
                     // Only when this session's mail changed: looking costs as much as its
                     // unread mail, and most files in a busy inbox are someone else's.

@@ -212,7 +212,35 @@ impl Session {
             }
         }
         index.indexed = true;
-        self.shared().synced_mtime = time.settled();
+        let mut shared = self.shared();
+        shared.synced_mtime = time.settled();
+        shared.index_built = true;
+    }
+
+    /// Takes in changes that name no file that can be this name's mail, without I/O: the
+    /// index stays as it is and only the inbox time it is current for moves on. False when
+    /// they need a [`Session::sync`]: a rescan, a file that may be this name's mail, or no
+    /// index built yet. (A subscriber that reads every new file needs the sync anyway.)
+    ///
+    /// In a shared inbox most files are someone else's: each server sees every send, and
+    /// this spares it a trip to a blocking thread for each.
+    pub fn pass_over(&self, changed: &Changed) -> bool {
+        if changed.rescan {
+            return false;
+        }
+        let mut shared = self.shared();
+        let may_be_mine = changed
+            .files
+            .iter()
+            .filter_map(|path| path.file_stem().and_then(|s| s.to_str()))
+            .any(|id| message::stem_may_be_for(id, &shared.name));
+        if !shared.index_built || may_be_mine {
+            return false;
+        }
+        // A settled time vouches for every change up to it: they were in these changes or
+        // in earlier ones, all taken in.
+        shared.synced_mtime = changed.time.settled();
+        true
     }
 
     /// Builds the index if no event did yet (a tool called before the first scan).
@@ -357,10 +385,11 @@ impl Session {
         Ok(found)
     }
 
-    /// Notes that this session answered message `id`: it is read now. Returns true when
-    /// only a channel event could have told the model this id (it was pushed, not read):
-    /// proof that events reach the model, which turns push on.
-    pub(super) fn answered(&self, id: &str) -> bool {
+    /// Notes that this session answered message `id`: it is read now. Returns whether only
+    /// a channel event could have told the model this id (it was pushed, not read): proof
+    /// that events reach the model, which turns push on; and whether push was turned on
+    /// just now (the heartbeat then says so).
+    pub(super) fn answered(&self, id: &str) -> (bool, bool) {
         let mut index = self.index();
         let saw_push = index.state.was_pushed(id) && !index.state.was_read(id);
         // The answer is written already: a failure here (a full disk) must not report the
@@ -369,11 +398,12 @@ impl Session {
             tracing::warn!(err = %format!("{err:#}"), msg_id = %id, "marking an answered message read");
         }
         let mut shared = self.shared();
-        if saw_push && shared.push != Push::On {
+        let switched = saw_push && shared.push != Push::On;
+        if switched {
             tracing::info!(msg_id = %id, "a reply to a pushed message: channel events reach the model");
             shared.push = Push::On;
         }
-        saw_push
+        (saw_push, switched)
     }
 }
 

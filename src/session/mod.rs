@@ -92,6 +92,8 @@ struct Shared {
     /// The inbox folder's modification time when the index was last brought up to date
     /// (every file added, renamed or removed changes it); `None` while there is no index.
     synced_mtime: Option<SystemTime>,
+    /// The index is built for `name`: changes that cannot concern it leave it current.
+    index_built: bool,
 }
 
 /// One running session.
@@ -183,6 +185,7 @@ impl Session {
                 waiters: BTreeMap::new(),
                 next_waiter: 0,
                 synced_mtime: None,
+                index_built: false,
             }),
         })
     }
@@ -348,6 +351,7 @@ impl Session {
             let mut shared = self.shared();
             shared.name = new.to_owned();
             shared.synced_mtime = None;
+            shared.index_built = false;
         }
         Ok(renamed)
     }
