@@ -64,6 +64,10 @@ impl Link {
     }
 }
 
+/// Replies kept for a push that looks only for answers; past this, the next push looks at
+/// everything instead.
+const REPLIES_KEPT: usize = 1024;
+
 pub struct Pusher {
     session: Arc<Session>,
     gate: Gate,
@@ -78,6 +82,11 @@ pub struct Pusher {
     mail: Arc<Notify>,
     /// This session's unread mail changed since the last look for pushes.
     dirty: bool,
+    /// Replies that arrived since the last look for pushes: while the limits let only
+    /// answers go, they are all a push looks at.
+    replies: Vec<Arc<Message>>,
+    /// A whole scan found mail since the last look: look at everything that waits.
+    whole_look: bool,
     /// Told of every new message file, whoever wrote it.
     subscribers: Subscribers,
     /// What this session sent: the answers to it go out at once.
@@ -102,6 +111,8 @@ impl Pusher {
             settle_at: None,
             mail,
             dirty: true,
+            replies: Vec::new(),
+            whole_look: true,
             subscribers,
             own,
             written,
@@ -238,12 +249,22 @@ impl Pusher {
                 for msg in &synced.arrived {
                     self.subscribers.arrived(msg);
                 }
+                // The replies among them, for a push that looks only for answers.
+                let replies = synced.arrived.iter().filter(|m| m.front.reply_to.is_some());
+                self.replies.extend(replies.cloned());
+                if self.replies.len() > REPLIES_KEPT {
+                    // No push for a long while (push off): a whole look instead, later.
+                    self.replies.clear();
+                    self.whole_look = true;
+                }
                 self.dirty |= synced.mine_changed;
             }
             Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
             Err(err) => tracing::warn!(%err, "reading the inbox"),
         }
         if rescan {
+            // What the scan found is in no arrival: the next push looks at everything.
+            self.whole_look = true;
             // After the index's listing, not before: a file that lands between the two is
             // in the subscribers' sweep, or is new to the index at its file event. Either
             // way it is offered.
@@ -255,23 +276,41 @@ impl Pusher {
     /// Pushes what is pending, unless the quiet window or the rate limit says later.
     async fn push(&mut self, peer: &Peer<RoleServer>) {
         self.dirty = false;
-        let s = self.session.clone();
-        let pending =
-            match tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await {
-                Ok(Ok(pending)) => pending,
-                Ok(Err(err)) => {
-                    tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "reading the inbox");
-                    return;
-                }
-            };
         for id in self.own.take() {
             self.gate.asked(id);
         }
+        let replies = std::mem::take(&mut self.replies);
+        let whole_look = std::mem::take(&mut self.whole_look);
         let now = Instant::now();
+        let s = self.session.clone();
+        let pending = match self.gate.closed_until(now).filter(|_| !whole_look) {
+            // Only answers can go until the limits free: look at the replies that just
+            // arrived, not at everything that waits (a flood would make each look cost
+            // what the flood is).
+            Some(until) => {
+                self.flush_at = Some(self.flush_at.map_or(until, |at| at.min(until)));
+                let answers: Vec<_> = replies
+                    .into_iter()
+                    .filter(|m| self.gate.is_answer(m))
+                    .collect();
+                if answers.is_empty() {
+                    return;
+                }
+                tokio::task::spawn_blocking(move || s.pending_among(&answers, Local::now())).await
+            }
+            None => tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await,
+        };
+        let pending = match pending {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(err)) => {
+                tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "reading the inbox");
+                return;
+            }
+        };
         match self.gate.plan(pending, now, Local::now()) {
             Plan::Hold { retry_at } => self.flush_at = retry_at.or(self.flush_at),
             Plan::Send(batch) => self.send(peer, batch, now).await,

@@ -113,7 +113,21 @@ impl Gate {
         }
     }
 
-    fn is_answer(&self, msg: &Message) -> bool {
+    /// When only answers to this session's own messages can go out until a limit frees:
+    /// no event is left this minute but the one kept for a notice, and the notice of the
+    /// minute was given (or no event is left at all). Until then the caller need only look
+    /// at newly arrived mail for answers, not at everything that waits; `None` when other
+    /// mail may go now.
+    pub fn closed_until(&mut self, now: Instant) -> Option<Instant> {
+        let rate = self.rate?;
+        self.prune(now);
+        let session_full = self.total.len() >= (rate * SESSION_RATE_FACTOR) as usize;
+        let closed = self.events_left() == 0
+            || (!self.may_notice(now) && (self.events_left() <= 1 || session_full));
+        closed.then(|| self.frees_at(now)).flatten()
+    }
+
+    pub fn is_answer(&self, msg: &Message) -> bool {
         msg.front
             .reply_to
             .as_ref()
@@ -431,6 +445,41 @@ mod tests {
             (vec!["1", "2"], vec!["3"])
         );
         assert!(batch.notice);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_closed_only_answers_go_and_the_gate_opens_when_a_limit_frees() {
+        let clock = Clock::new();
+        let mut gate = Gate::new(QUIET, Some(20));
+        gate.asked("q".to_owned());
+        let mut closed_at = None;
+        // A flood with a new `from` on every file: whenever the gate says closed, the plan
+        // for more of it must hold (so a push may skip looking at what waits).
+        for n in 0..3000 {
+            let now = Instant::now();
+            let closed = gate.closed_until(now);
+            let plan = clock.push(&mut gate, from(&format!("s{n}"), &[&n.to_string()]));
+            if let Some(until) = closed {
+                assert!(until > now);
+                assert!(matches!(plan, Plan::Hold { .. }), "closed, yet {plan:?}");
+                closed_at.get_or_insert(now);
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        let closed_at = closed_at.expect("a flood closes the gate");
+        assert!(gate.closed_until(Instant::now()).is_some(), "still closed");
+        // An answer still goes.
+        let batch = sent(clock.push(&mut gate, vec![answer("a1", "q")]));
+        assert_eq!(ids(&batch.whole), ["a1"]);
+        // Each time it names, a window frees; the gate opens once the flood's minute passed.
+        let mut looks = 0;
+        while let Some(until) = gate.closed_until(Instant::now()) {
+            assert!(until > Instant::now());
+            tokio::time::advance(until - Instant::now()).await;
+            looks += 1;
+            assert!(looks < 50, "never opens");
+        }
+        assert!(Instant::now() <= closed_at + 2 * MINUTE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,7 +2,7 @@
 //! unread pages, reminders, pushes, waits. Every method here does I/O under the `index`
 //! lock (see [`Session`]); async callers run them on a blocking thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Local};
@@ -72,10 +72,20 @@ impl Index {
         &self,
         now: DateTime<Local>,
     ) -> impl Iterator<Item = &Arc<Message>> + '_ {
-        self.mine.values().filter(move |m| {
-            self.state.is_unread(&self.name, m, now)
-                && self.superseded.get(&m.id) != Some(&m.front.from)
-        })
+        self.mine.values().filter(move |m| self.is_live(m, now))
+    }
+
+    /// Unread, current, not replaced by its sender.
+    fn is_live(&self, m: &Message, now: DateTime<Local>) -> bool {
+        self.state.is_unread(&self.name, m, now)
+            && self.superseded.get(&m.id) != Some(&m.front.from)
+    }
+
+    /// Neither pushed, named in an event, nor waited for by a `t9_ipc_wait`.
+    fn may_push(&self, shared: &Shared, m: &Message) -> bool {
+        !self.was_pushed(shared, &m.id)
+            && !self.state.was_listed(&m.id)
+            && !shared.waiters.values().any(|w| w.matches(m))
     }
 
     /// Pushed, or in an event being sent right now.
@@ -343,8 +353,30 @@ impl Session {
         let shared = self.shared();
         Ok(index
             .live_mail(now)
-            .filter(|m| !index.was_pushed(&shared, &m.id) && !index.state.was_listed(&m.id))
-            .filter(|m| !shared.waiters.values().any(|w| w.matches(m)))
+            .filter(|m| index.may_push(&shared, m))
+            .cloned()
+            .collect())
+    }
+
+    /// [`Session::pending_pushes`] among `candidates` only (say, the mail that just
+    /// arrived), in their order: a look that costs what they are, not what waits.
+    pub fn pending_among(
+        &self,
+        candidates: &[Arc<Message>],
+        now: DateTime<Local>,
+    ) -> Result<Vec<Arc<Message>>> {
+        let mut index = self.index();
+        self.ensure_indexed(&mut index, now)?;
+        let shared = self.shared();
+        let live: HashSet<&str> = candidates
+            .iter()
+            .filter_map(|m| index.mine.get(&m.id))
+            .filter(|m| index.is_live(m, now) && index.may_push(&shared, m))
+            .map(|m| m.id.as_str())
+            .collect();
+        Ok(candidates
+            .iter()
+            .filter(|m| live.contains(m.id.as_str()))
             .cloned()
             .collect())
     }
