@@ -13,9 +13,10 @@
 //! - [`message`]: a message file's front matter and body, parsed and rendered; pure, no I/O.
 //! - [`mailbox`]: the only code that touches message files and read state: `mod` (folders,
 //!   writing one message, finding one by id), `read` (reading one file safely), `scan`
-//!   (listing the inbox through the parse cache, the audit), `state` (read state logs),
-//!   `archive` (moving finished mail to `archive/`, pruning it), `private` (which paths other
-//!   users can read; tightening them at start).
+//!   (listing the inbox through the parse cache, a session's mail in `inbox/` and
+//!   `archive/` for search through the same cache and kept folder listings, the audit),
+//!   `state` (read state logs), `archive` (moving finished mail to `archive/`, pruning it),
+//!   `private` (which paths other users can read; tightening them at start).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
 //! - [`seal`]: the seal every message t9-ipc writes carries, and the check that a reserved
 //!   sender (`telegram`, `human`, `system`) was written by t9-ipc's own code.

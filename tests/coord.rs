@@ -329,6 +329,55 @@ async fn the_board_takes_one_of_two_writers_and_keeps_values_across_restarts() {
     );
 }
 
+/// Dates the mailbox's folders an hour back, as after a quiet hour: a search then keeps its
+/// listing of them for the next search, until they change.
+fn quiet_for_an_hour(mb: &TempMailbox) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for dir in ["inbox", "archive"] {
+        let folder = std::fs::File::open(mb.root().join(dir)).expect("a folder");
+        folder.set_modified(then).expect("date a folder");
+    }
+}
+
+#[tokio::test]
+async fn search_finds_a_message_sent_a_moment_ago() {
+    let mb = TempMailbox::new();
+    let a = mb.spawn("alpha").await;
+    let b = mb.spawn("beta").await;
+    let first = a.send("beta", "quokka one", "the first").await;
+    quiet_for_an_hour(&mb);
+    let found = b.ok("t9_ipc_search", json!({"words": "quokka"})).await;
+    assert!(found.contains(&first), "{found}");
+    let second = a.send("beta", "quokka two", "the second").await;
+    let found = b.ok("t9_ipc_search", json!({"words": "quokka"})).await;
+    assert!(found.contains(&first) && found.contains(&second), "{found}");
+    a.quit().await;
+    b.quit().await;
+}
+
+#[tokio::test]
+async fn search_finds_a_message_archived_between_two_searches() {
+    let mb = TempMailbox::new();
+    let a = mb.spawn("alpha").await;
+    let b = mb.spawn("beta").await;
+    let id = a.send("beta", "wombat", "read, then archived").await;
+    b.ok("t9_ipc_unread", json!({})).await;
+    quiet_for_an_hour(&mb);
+    let found = a.ok("t9_ipc_search", json!({"words": "wombat"})).await;
+    assert!(
+        found.contains(&id) && !found.contains("(archived)"),
+        "{found}"
+    );
+    let out = cli(&mb, mb.root(), &["archive", "--older-than", "0"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(mb.root().join(format!("archive/{id}.md")).is_file());
+    let found = a.ok("t9_ipc_search", json!({"words": "wombat"})).await;
+    assert!(found.contains(&format!("{id} (archived)")), "{found}");
+    assert_eq!(found.matches(id.as_str()).count(), 1, "{found}");
+    a.quit().await;
+    b.quit().await;
+}
+
 #[tokio::test]
 async fn search_finds_archived_mail_and_receipts_say_read_then_answered() {
     let mb = TempMailbox::new();

@@ -3,13 +3,16 @@
 //! released, its time runs out, or its session ends (its pid is no longer a live session in
 //! `heartbeats.json`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Local, TimeDelta};
 use serde::{Deserialize, Serialize};
 
-use super::{DirLock, md_files, parse_stamp, private_dir, read_small, remove, split_front, stamp};
+use super::{
+    DirLock, md_files, parse_stamp, private_dir, read_small_with_meta, remove, split_front, stamp,
+};
 use crate::error::{Error, Result};
 use crate::heartbeat::{Heartbeats, Table};
 use crate::mailbox::random_uid;
@@ -323,30 +326,79 @@ impl Claims {
         Ok(kept)
     }
 
-    /// Every claim file that parses, oldest first; others are skipped with a warning and
-    /// left alone.
+    /// Every claim file that parses, oldest first; others are skipped with a warning (once
+    /// while they stay as they are) and left alone. A file parsed before is parsed again only
+    /// when it changed ([`PARSED`]).
     fn read_all(&self) -> Result<Vec<Claim>> {
         let files = md_files(&self.dir)?;
         if files.len() > MAX_FILES {
             tracing::warn!(dir = %self.dir.display(), count = files.len(), "too many claim files; reading the first {MAX_FILES}");
         }
+        // Taken out while files are read, so no lock is held across I/O; a call meanwhile
+        // parses what it reads itself.
+        let mut known = with_parsed(|p| p.remove(&self.dir)).unwrap_or_default();
+        let mut kept = HashMap::with_capacity(files.len().min(MAX_FILES));
         let mut out = Vec::new();
         for (name, path) in files.into_iter().take(MAX_FILES) {
-            let Some(text) = read_small(&path, MAX_FILE_BYTES) else {
+            let same = known.remove(&name).filter(|(seen, _)| {
+                std::fs::symlink_metadata(&path).is_ok_and(|meta| FileStamp::of(&meta) == *seen)
+            });
+            let Some((stamp, claim)) = same.or_else(|| read_claim(&path, &name)) else {
                 continue;
             };
-            match parse(&text) {
-                Some(mut claim) => {
-                    claim.id = name.trim_end_matches(".md").to_owned();
-                    out.push(claim);
-                }
-                None => {
-                    tracing::warn!(file = %path.display(), "skipped: not a claim file");
-                }
-            }
+            out.extend(claim.clone());
+            kept.insert(name, (stamp, claim));
         }
+        with_parsed(|p| p.insert(self.dir.clone(), kept));
         Ok(out)
     }
+}
+
+/// A claim file's identity, from the `stat` of the file read. Claim files are never changed
+/// in place, only written whole under a new inode ([`super::write_atomic`]) or removed, so a
+/// coarse clock cannot hide a change; size and time tell files changed by other means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// The claim files this process parsed, by folder and file name (`None`: not a claim), as
+/// they were when read; only the files of the folder's last listing are kept.
+type Parsed = HashMap<PathBuf, HashMap<String, (FileStamp, Option<Claim>)>>;
+
+static PARSED: Mutex<Option<Parsed>> = Mutex::new(None);
+
+fn with_parsed<R>(f: impl FnOnce(&mut Parsed) -> R) -> R {
+    // Plain data: a panic elsewhere leaves it usable.
+    let mut parsed = PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    f(parsed.get_or_insert_with(HashMap::new))
+}
+
+/// Reads and parses one claim file, with the stamp of the file read; the claim is `None`
+/// (with a warning) when it is no claim, all is `None` when it cannot be read.
+fn read_claim(path: &Path, name: &str) -> Option<(FileStamp, Option<Claim>)> {
+    let (text, meta) = read_small_with_meta(path, MAX_FILE_BYTES)?;
+    let claim = parse(&text).map(|mut claim| {
+        claim.id = name.trim_end_matches(".md").to_owned();
+        claim
+    });
+    if claim.is_none() {
+        tracing::warn!(file = %path.display(), "skipped: not a claim file");
+    }
+    Some((FileStamp::of(&meta), claim))
 }
 
 fn render(claim: &Claim) -> String {
@@ -519,6 +571,41 @@ mod tests {
         assert!(overlap("/r/src/**", "/r/src/parser/*.rs"));
         assert!(!overlap("/r/src/parser/**", "/r/docs/*.md"));
         assert!(!overlap("/r/a.rs", "/r/b.rs"));
+    }
+
+    #[test]
+    fn a_claim_file_written_again_or_removed_is_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        let claims = Claims::new(root.path());
+        let holder = Holder {
+            name: "alpha",
+            pid: std::process::id(),
+            cwd: Path::new("/w"),
+        };
+        let req = Request {
+            paths: &["a.rs".to_owned()],
+            note: "first",
+            ..Request::default()
+        };
+        let a = claims.claim(&holder, &req, Local::now()).unwrap().claim.id;
+        let file = |id: &str| claims.dir().join(format!("{id}.md"));
+        let text = std::fs::read_to_string(file(&a)).unwrap();
+        let b = format!("{a}b");
+        super::super::write_atomic(claims.dir(), &format!("{b}.md"), text.as_bytes()).unwrap();
+        let notes = || -> Vec<(String, String)> {
+            let all = claims.read_all().unwrap();
+            all.into_iter().map(|c| (c.id, c.note)).collect()
+        };
+        let first = || "first".to_owned();
+        assert_eq!(notes(), [(a.clone(), first()), (b.clone(), first())]);
+        // The same size and (as on a coarse clock) the same time: told apart by the inode.
+        let then = std::fs::metadata(file(&a)).unwrap().modified().unwrap();
+        let again = text.replace("note: first", "note: again");
+        super::super::write_atomic(claims.dir(), &format!("{a}.md"), again.as_bytes()).unwrap();
+        let written = std::fs::File::options().write(true).open(file(&a)).unwrap();
+        written.set_modified(then).unwrap();
+        remove(&file(&b)).unwrap();
+        assert_eq!(notes(), [(a, "again".to_owned())]);
     }
 
     #[test]

@@ -93,6 +93,11 @@ fn md_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// Reads a small regular file without following a link or blocking on a FIFO; `None` (with a
 /// warning) when it is not one, is larger than `max`, or is not UTF-8.
 fn read_small(path: &Path, max: u64) -> Option<String> {
+    read_small_with_meta(path, max).map(|(text, _)| text)
+}
+
+/// [`read_small`], with what `stat` said of the very file read.
+fn read_small_with_meta(path: &Path, max: u64) -> Option<(String, fs::Metadata)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -106,7 +111,7 @@ fn read_small(path: &Path, max: u64) -> Option<String> {
     let mut text = String::new();
     use std::io::Read;
     match file.take(max).read_to_string(&mut text) {
-        Ok(_) => Some(text),
+        Ok(_) => Some((text, meta)),
         Err(err) => {
             tracing::warn!(file = %path.display(), %err, "skipped: unreadable");
             None

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Local};
 
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, MarkTimes, Message, ReadState};
-use crate::message::{self, check_name, file_stem_part};
+use crate::mailbox::{Filed, Mailbox, MarkTimes, Message, ReadState};
+use crate::message::{self, check_name};
 
 /// Results returned when no limit is given, and at most.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -96,19 +96,20 @@ pub fn search(mailbox: &Mailbox, name: &str, query: &Query, now: DateTime<Local>
     let thread: Option<HashSet<String>> = query.thread.as_deref().map(|id| {
         let parent: HashMap<&str, &str> = mine
             .iter()
-            .filter_map(|(m, _)| Some((m.id.as_str(), m.front.reply_to.as_deref()?)))
+            .filter_map(|f| Some((f.message.id.as_str(), f.message.front.reply_to.as_deref()?)))
             .collect();
         let root_of = |id: &str| root_of(&parent, id);
         let root = root_of(id.trim());
         let mut ids: HashSet<String> = mine
             .iter()
-            .filter(|(m, _)| root_of(&m.id) == root)
-            .map(|(m, _)| m.id.clone())
+            .filter(|f| root_of(&f.message.id) == root)
+            .map(|f| f.message.id.clone())
             .collect();
         ids.insert(root);
         ids
     });
-    let matches = |m: &Message| -> bool {
+    let matches = |f: &Filed| -> bool {
+        let m = &f.message;
         if let Some(with) = query.with.as_deref()
             && m.front.from != with
             && m.front.to != with
@@ -120,31 +121,25 @@ pub fn search(mailbox: &Mailbox, name: &str, query: &Query, now: DateTime<Local>
         {
             return false;
         }
-        if !words.is_empty() {
-            let text = format!("{}\n{}", m.front.subject, m.body).to_lowercase();
-            if !words.iter().all(|w| text.contains(w.as_str())) {
-                return false;
-            }
-        }
-        true
+        words.iter().all(|w| f.text.contains(w.as_str()))
     };
-    let mut found: Vec<&(Arc<Message>, bool)> = mine.iter().filter(|(m, _)| matches(m)).collect();
+    let mut found: Vec<&Filed> = mine.iter().filter(|f| matches(f)).collect();
     // Newest first: ids start with their time stamp.
-    found.sort_by(|a, b| b.0.id.cmp(&a.0.id));
+    found.sort_by(|a, b| b.message.id.cmp(&a.message.id));
     let more = found.len().saturating_sub(limit);
     found.truncate(limit);
     let mut states = States::new(mailbox, now);
     let hits = found
         .into_iter()
-        .map(|(m, archived)| {
-            let receipts = if m.front.from == name {
-                receipts(m, &mine, &mut states)
+        .map(|f| {
+            let receipts = if f.message.front.from == name {
+                receipts(&f.message, &mine, &mut states)
             } else {
                 Vec::new()
             };
             Hit {
-                message: m.clone(),
-                archived: *archived,
+                message: f.message.clone(),
+                archived: f.archived,
                 receipts,
             }
         })
@@ -167,46 +162,21 @@ fn root_of(parent: &HashMap<&str, &str>, id: &str) -> String {
 }
 
 /// Every good message in `inbox/` and `archive/` that `name` sent or received, with whether
-/// it is archived. File names that cannot be `name`'s mail are not read.
-fn mail_of(mailbox: &Mailbox, name: &str) -> Result<Vec<(Arc<Message>, bool)>> {
-    let part = file_stem_part(name);
-    let may_be_mine = |stem: &str| {
-        !message::stem_is_shaped(stem)
-            || stem.contains(part.as_str())
-            || message::stem_may_address_everyone(stem)
-    };
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for (dir, archived) in [
-        (mailbox.inbox().to_path_buf(), false),
-        (mailbox.root().join("archive"), true),
-    ] {
-        for (file, _) in super::md_files(&dir)? {
-            let id = file.trim_end_matches(".md");
-            if !may_be_mine(id) || seen.contains(id) {
-                continue;
-            }
-            let msg = if archived {
-                mailbox.get_archived(id)
-            } else {
-                mailbox.get(id)
-            };
-            let Some(msg) = msg else { continue };
-            if msg.front.from == name || msg.front.is_for(name) {
-                seen.insert(msg.id.clone());
-                out.push((msg, archived));
-            }
-        }
-    }
-    Ok(out)
+/// it is archived ([`Mailbox::mail_of`]: files whose name shows they are not `name`'s mail
+/// are not read).
+fn mail_of(mailbox: &Mailbox, name: &str) -> Result<Vec<Filed>> {
+    let mut mail = mailbox.mail_of(name)?;
+    mail.retain(|f| f.message.front.from == name || f.message.front.is_for(name));
+    Ok(mail)
 }
 
-fn receipts(sent: &Message, mine: &[(Arc<Message>, bool)], states: &mut States) -> Vec<Receipt> {
+fn receipts(sent: &Message, mine: &[Filed], states: &mut States) -> Vec<Receipt> {
     let answer_from = |who: &str| {
         mine.iter()
-            .filter(|(m, _)| m.front.from == who && m.front.reply_to.as_deref() == Some(&sent.id))
-            .min_by(|a, b| a.0.id.cmp(&b.0.id))
-            .map(|(m, _)| (m.id.clone(), m.front.created.clone()))
+            .map(|f| &f.message)
+            .filter(|m| m.front.from == who && m.front.reply_to.as_deref() == Some(&sent.id))
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .map(|m| (m.id.clone(), m.front.created.clone()))
     };
     let receipt = |to: &str, states: &mut States| {
         let (pushed, read) = states.of(to).map_or((false, false), |s| {

@@ -25,7 +25,7 @@ pub use private::{Loose, loose_paths, tighten};
 
 pub use archive::{ArchivePlan, Moved};
 pub use bytes::{read_bytes, write_arrival};
-pub use scan::Audit;
+pub use scan::{Audit, Filed};
 pub use state::{MarkTimes, ReadState};
 
 pub(crate) use crate::fsx::random_uid;

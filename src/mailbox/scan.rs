@@ -1,34 +1,78 @@
-//! Listing the inbox: whole and filtered scans through the parse cache, the one-shot
+//! Listing the inbox: whole and filtered scans through the parse cache, a session's mail in
+//! `inbox/` and `archive/` for search (kept folder listings, the same cache), the one-shot
 //! reader of a name's unread mail, and the audit a person asks for.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Local};
 
 use super::read::{Skip, read_checked, read_entry, stat_failed};
 use super::{Mailbox, Message, ReadState, file_name, messages_in};
 use crate::error::{Error, Result};
-use crate::message::{self, MessageId};
+use crate::message::{self, MessageId, file_stem_part};
 
 /// A file's identity for the parse cache: a changed file is read again.
 type Stamp = (u64, Option<SystemTime>);
 
 enum Cached {
-    Good(Stamp, Arc<Message>),
+    /// A message, and its text for search once [`Mailbox::mail_of`] asked for it.
+    Good(Stamp, Arc<Message>, Option<Arc<str>>),
     Bad(Stamp),
 }
 
-/// What [`Mailbox`] remembers about the files in `inbox/`.
+/// A folder's listing is used again only while the folder stays as it was, and only when,
+/// as it was listed, its last change was at least this old: a file system with a coarse
+/// clock (a second; two on some) gives a change made in the same tick the same time, so a
+/// listing taken right after one change could miss the next (git's "racy" entries).
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// A folder as `stat` saw it: which folder, and when its entries last changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FolderStamp {
+    dev: u64,
+    ino: u64,
+    modified: Option<SystemTime>,
+}
+
+/// The files of one folder that may be one name's mail, as [`Mailbox::mail_of`] listed them.
+struct Listing {
+    folder: FolderStamp,
+    /// The folder had not changed for [`SETTLED`] when it was listed: the listing holds while
+    /// the folder stays as it was. Otherwise the next call lists it again.
+    settled: bool,
+    name: String,
+    /// `*.md` regular files whose name allows them to be `name`'s mail.
+    files: Arc<[String]>,
+}
+
+/// One message of a session's mail ([`Mailbox::mail_of`]).
+#[derive(Debug, Clone)]
+pub struct Filed {
+    pub message: Arc<Message>,
+    /// True when it is in `archive/`.
+    pub archived: bool,
+    /// `"<subject>\n<body>"` in lowercase, for a search that ignores case: made once per
+    /// version of the file.
+    pub text: Arc<str>,
+}
+
+/// What [`Mailbox`] remembers about the files in `inbox/` and `archive/`.
 #[derive(Default)]
 pub(super) struct Cache {
-    /// Parsed files by file name.
+    /// Parsed files of `inbox/` by file name.
     files: HashMap<String, Cached>,
+    /// Parsed files of `archive/` by file name, those [`Mailbox::mail_of`] read.
+    archived: HashMap<String, Cached>,
     /// Names that are not UTF-8: warned about once, while they stay.
     odd_names: HashSet<OsString>,
+    /// The last listing [`Mailbox::mail_of`] made of `inbox/` and of `archive/`.
+    listings: [Option<Listing>; 2],
 }
 
 impl Mailbox {
@@ -122,42 +166,164 @@ impl Mailbox {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `inbox/<name>` unless the cache holds it at the same size and time. A bad file
-    /// is warned about once; a file that is gone or still being written is left for later,
-    /// quietly.
+    /// Reads `inbox/<name>` unless the cache holds it at the same size and time
+    /// ([`load_in`]).
     pub(super) fn load(
         &self,
         cache: &mut Cache,
         name: &str,
         meta: &fs::Metadata,
     ) -> Option<Arc<Message>> {
-        let stamp: Stamp = (meta.len(), meta.modified().ok());
-        match cache.files.get(name) {
-            Some(Cached::Good(s, msg)) if *s == stamp => return Some(msg.clone()),
-            Some(Cached::Bad(s)) if *s == stamp => return None,
-            _ => {}
+        load_in(&self.inbox, &mut cache.files, name, meta).map(|(msg, _)| msg.clone())
+    }
+
+    /// Every good message in `inbox/` and `archive/` that `name` may have sent or received, as
+    /// its file name tells (the caller checks `from` and
+    /// [`FrontMatter::is_for`](crate::message::FrontMatter::is_for)), in no order; a message
+    /// in both folders is given once, from `inbox/`.
+    ///
+    /// Each call costs a `stat` of each folder. A folder that changed (or had changed just
+    /// before its last listing, see [`SETTLED`]) is listed again and each of these files
+    /// looked at, read again only when it changed; a folder that did not change holds the
+    /// files it held, and those read then are not looked at again: message files are never
+    /// changed in place, only written whole under a name of their own and renamed into a
+    /// folder, or moved out of it ([`crate::fsx::write_atomic`]), which changes the folder.
+    pub fn mail_of(&self, name: &str) -> Result<Vec<Filed>> {
+        let mut mail = self.mail_in(false, name, |_| false)?;
+        let archived = {
+            let inbox = std::cell::OnceCell::new();
+            let in_inbox = |id: &str| {
+                inbox
+                    .get_or_init(|| {
+                        mail.iter()
+                            .map(|f| f.message.id.as_str())
+                            .collect::<HashSet<_>>()
+                    })
+                    .contains(id)
+            };
+            self.mail_in(true, name, in_inbox)?
+        };
+        mail.extend(archived);
+        Ok(mail)
+    }
+
+    /// [`Mailbox::mail_of`] in one folder, but for the ids `skip` names.
+    fn mail_in(
+        &self,
+        archived: bool,
+        name: &str,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Filed>> {
+        let dir = if archived { &self.archive } else { &self.inbox };
+        let (files, kept) = self.listing(archived, name)?;
+        let mut mail = Vec::with_capacity(files.len());
+        let wanted = files
+            .iter()
+            .filter(|file| file.strip_suffix(".md").is_some_and(|id| !skip(id)));
+        // Of a folder that did not change, the files read before are as they were.
+        let mut unsure = Vec::new();
+        if kept {
+            let mut cache = self.cache();
+            let known = cache.folder(archived);
+            for file in wanted {
+                match known.get_mut(file.as_str()) {
+                    Some(Cached::Good(_, message, text)) => {
+                        mail.push(filed(message, text, archived));
+                    }
+                    _ => unsure.push(file),
+                }
+            }
+        } else {
+            unsure.extend(wanted);
         }
-        let id = name.strip_suffix(".md")?;
-        let path = self.inbox.join(name);
-        match read_checked(&path, meta, id) {
-            Ok(msg) => {
-                let msg = Arc::new(msg);
-                cache
-                    .files
-                    .insert(name.to_owned(), Cached::Good(stamp, msg.clone()));
-                Some(msg)
-            }
-            Err(Skip::Bad(reason)) => {
-                tracing::warn!(file = %path.display(), %reason, "skipped a file in the inbox");
-                cache.files.insert(name.to_owned(), Cached::Bad(stamp));
-                None
-            }
-            Err(skip) => {
-                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
-                cache.files.remove(name);
-                None
+        for file in unsure {
+            let meta = match fs::symlink_metadata(dir.join(file)) {
+                Ok(meta) => meta,
+                Err(err) => {
+                    stat_failed(file, &err);
+                    continue;
+                }
+            };
+            let mut cache = self.cache();
+            if let Some((message, text)) = load_in(dir, cache.folder(archived), file, &meta) {
+                mail.push(filed(message, text, archived));
             }
         }
+        Ok(mail)
+    }
+
+    /// The `*.md` regular files of `inbox/` (or `archive/`) whose name allows them to be
+    /// `name`'s mail: from the last listing while the folder is as it was then and that
+    /// listing was [`SETTLED`], else listed now. A new listing forgets the parsed files it
+    /// no longer holds.
+    fn listing(&self, archived: bool, name: &str) -> Result<(Arc<[String]>, bool)> {
+        let dir = if archived { &self.archive } else { &self.inbox };
+        // The folder's time is read before it is listed: a change after this shows.
+        let meta = match fs::metadata(dir) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Arc::from([]), false));
+            }
+            Err(err) => return Err(Error::io("listing", dir)(err)),
+        };
+        let folder = FolderStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            modified: meta.modified().ok(),
+        };
+        let slot = usize::from(archived);
+        if let Some(last) = &self.cache().listings[slot]
+            && last.settled
+            && last.folder == folder
+            && last.name == name
+        {
+            return Ok((last.files.clone(), true));
+        }
+        let settled = folder
+            .modified
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age >= SETTLED);
+        let part = file_stem_part(name);
+        let may_be_mine = |stem: &str| {
+            !message::stem_is_shaped(stem)
+                || stem.contains(part.as_str())
+                || message::stem_may_address_everyone(stem)
+        };
+        let entries = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(file) = entry.file_name().into_string() else {
+                continue;
+            };
+            let wanted = file
+                .strip_suffix(".md")
+                .is_some_and(|stem| !stem.starts_with('.') && may_be_mine(stem));
+            // DirEntry::file_type does not follow links.
+            if wanted && entry.file_type().is_ok_and(|t| t.is_file()) {
+                files.push(file);
+            }
+        }
+        let listed: HashSet<&str> = files.iter().map(String::as_str).collect();
+        let mut cache = self.cache();
+        if archived {
+            cache
+                .archived
+                .retain(|file, _| listed.contains(file.as_str()));
+        } else {
+            // Files read for other names are left to the scans that read them.
+            cache.files.retain(|file, _| {
+                listed.contains(file.as_str()) || !file.strip_suffix(".md").is_some_and(may_be_mine)
+            });
+        }
+        drop(listed);
+        let files: Arc<[String]> = files.into();
+        cache.listings[slot] = Some(Listing {
+            folder,
+            settled,
+            name: name.to_owned(),
+            files: files.clone(),
+        });
+        Ok((files, false))
     }
 
     /// The good messages in `inbox/` whose file name stamp is `since` or later, oldest
@@ -267,6 +433,70 @@ impl Mailbox {
     }
 }
 
+impl Cache {
+    /// The parsed files of `archive/`, or of `inbox/`.
+    fn folder(&mut self, archived: bool) -> &mut HashMap<String, Cached> {
+        if archived {
+            &mut self.archived
+        } else {
+            &mut self.files
+        }
+    }
+}
+
+/// A message for [`Mailbox::mail_of`], its search text made on first use.
+fn filed(message: &Arc<Message>, text: &mut Option<Arc<str>>, archived: bool) -> Filed {
+    let text = text.get_or_insert_with(|| {
+        let text = format!("{}\n{}", message.front.subject, message.body);
+        text.to_lowercase().into()
+    });
+    Filed {
+        message: message.clone(),
+        archived,
+        text: text.clone(),
+    }
+}
+
+/// Reads `<dir>/<name>` unless `files` holds it at the same size and time; the message and
+/// the slot of its search text. A bad file is warned about once; a file that is gone or
+/// still being written is left for later, quietly.
+fn load_in<'c>(
+    dir: &Path,
+    files: &'c mut HashMap<String, Cached>,
+    name: &str,
+    meta: &fs::Metadata,
+) -> Option<(&'c Arc<Message>, &'c mut Option<Arc<str>>)> {
+    let stamp: Stamp = (meta.len(), meta.modified().ok());
+    let known = match files.get(name) {
+        Some(Cached::Good(s, ..)) => *s == stamp,
+        Some(Cached::Bad(s)) if *s == stamp => return None,
+        _ => false,
+    };
+    if !known {
+        let id = name.strip_suffix(".md")?;
+        let path = dir.join(name);
+        match read_checked(&path, meta, id) {
+            Ok(msg) => {
+                files.insert(name.to_owned(), Cached::Good(stamp, Arc::new(msg), None));
+            }
+            Err(Skip::Bad(reason)) => {
+                tracing::warn!(file = %path.display(), %reason, "skipped a message file");
+                files.insert(name.to_owned(), Cached::Bad(stamp));
+                return None;
+            }
+            Err(skip) => {
+                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
+                files.remove(name);
+                return None;
+            }
+        }
+    }
+    match files.get_mut(name) {
+        Some(Cached::Good(_, msg, text)) => Some((msg, text)),
+        _ => None,
+    }
+}
+
 /// What [`Mailbox::audit`] found.
 #[derive(Debug, Default)]
 pub struct Audit {
@@ -308,6 +538,55 @@ fn stem_recipient(id: &str, session: &str) -> Option<Recipient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_is_kept_only_while_its_folder_stays_as_it_was_and_had_settled() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let mb = Mailbox::open(dir.path()).unwrap();
+        let send = |subject: &str| {
+            let draft = super::super::Draft {
+                from: "alpha",
+                to: "beta",
+                kind: "ipc",
+                subject,
+                priority: "normal",
+                body: "b",
+                ..Default::default()
+            };
+            mb.write(&draft, Local::now()).unwrap()
+        };
+        let ids = || {
+            let mut ids: Vec<String> = mb
+                .mail_of("beta")
+                .unwrap()
+                .iter()
+                .map(|f| f.message.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let inbox = fs::File::open(mb.inbox()).unwrap();
+        // A folder time not yet SETTLED in the past (here ahead of this clock): a change in
+        // the same tick, which leaves the time as it was, is still seen.
+        let recent = SystemTime::now() + Duration::from_secs(60);
+        let one = send("one");
+        inbox.set_modified(recent).unwrap();
+        assert_eq!(ids(), std::slice::from_ref(&one));
+        let two = send("two");
+        inbox.set_modified(recent).unwrap();
+        assert_eq!(ids(), [one.clone(), two.clone()]);
+        // Quiet for an hour: the listing is kept while the folder's time stays...
+        let quiet = SystemTime::now() - Duration::from_secs(3600);
+        inbox.set_modified(quiet).unwrap();
+        assert_eq!(ids(), [one.clone(), two.clone()]);
+        let three = send("three");
+        inbox.set_modified(quiet).unwrap();
+        assert_eq!(ids(), [one.clone(), two.clone()], "the kept listing");
+        // ... and a change that shows is seen.
+        let four = send("four");
+        assert_eq!(ids(), [one, two, three, four]);
+    }
 
     proptest::proptest! {
         #[test]
