@@ -30,14 +30,37 @@ const MAX_PENDING: usize = 4096;
 /// (the rule git's index uses for "racy" files).
 pub const SETTLE: Duration = Duration::from_millis(25);
 
+/// The same on a file system that keeps times to the second (ext3, HFS+) or two (FAT): taken
+/// to be one when a time has no fraction of a second.
+pub const SETTLE_COARSE: Duration = Duration::from_secs(2);
+
+/// How old `mtime` must be to vouch: [`SETTLE`], or [`SETTLE_COARSE`] for a time that looks
+/// kept to the second.
+pub fn settle_for(mtime: SystemTime) -> Duration {
+    let whole_second = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|d| d.subsec_nanos() == 0);
+    if whole_second { SETTLE_COARSE } else { SETTLE }
+}
+
+/// The time `mtime` still needs to vouch, read `now`: zero once it does. A time in the
+/// future (a clock set back) needs its whole way back plus the settling time.
+pub fn unsettled_for(mtime: SystemTime, now: SystemTime) -> Duration {
+    let settle = settle_for(mtime);
+    match now.duration_since(mtime) {
+        Ok(age) => settle.saturating_sub(age),
+        Err(ahead) => ahead.duration() + settle,
+    }
+}
+
 /// A folder's modification time as read at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FolderTime {
     /// Older than [`SETTLE`] when read: while the folder still has it, nothing was added to
     /// or removed from it since, beyond what was listed or taken with it.
     Settled(SystemTime),
-    /// Too recent to vouch for anything yet: look again after [`SETTLE`].
-    Young,
+    /// Too recent to vouch for anything yet: look again after this long.
+    Young(Duration),
     /// Not read (the folder is missing, or nobody looked).
     #[default]
     Unknown,
@@ -49,10 +72,17 @@ impl FolderTime {
         let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
             return FolderTime::Unknown;
         };
-        match SystemTime::now().duration_since(mtime) {
-            Ok(age) if age >= SETTLE => FolderTime::Settled(mtime),
-            // Younger, or in the future (a clock set back): vouches for nothing.
-            _ => FolderTime::Young,
+        match unsettled_for(mtime, SystemTime::now()) {
+            Duration::ZERO => FolderTime::Settled(mtime),
+            left => FolderTime::Young(left),
+        }
+    }
+
+    /// How long until it may vouch, when it is young.
+    pub fn young(self) -> Option<Duration> {
+        match self {
+            FolderTime::Young(left) => Some(left),
+            _ => None,
         }
     }
 
@@ -239,8 +269,8 @@ mod tests {
     fn a_folder_time_vouches_only_once_it_is_older_than_the_settling_time() {
         let dir = tempfile::tempdir().unwrap();
         // Made a moment ago.
-        assert_eq!(FolderTime::of(dir.path()), FolderTime::Young);
-        let then = SystemTime::now() - Duration::from_secs(1);
+        assert!(FolderTime::of(dir.path()).young().is_some());
+        let then = SystemTime::now() - Duration::from_millis(1500);
         std::fs::File::open(dir.path())
             .unwrap()
             .set_modified(then)
@@ -249,10 +279,23 @@ mod tests {
         // A file renamed in changes the time, and a new time is young again.
         std::fs::write(dir.path().join("a.tmp"), "x").unwrap();
         std::fs::rename(dir.path().join("a.tmp"), dir.path().join("a.md")).unwrap();
-        assert_eq!(FolderTime::of(dir.path()), FolderTime::Young);
+        assert!(FolderTime::of(dir.path()).young().is_some());
         assert_eq!(
             FolderTime::of(&dir.path().join("gone")),
             FolderTime::Unknown
         );
+    }
+
+    #[test]
+    fn a_time_kept_to_the_second_settles_only_after_two_seconds() {
+        let fine = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let coarse = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ms = Duration::from_millis;
+        assert_eq!(unsettled_for(fine, fine + ms(10)), ms(15));
+        assert_eq!(unsettled_for(fine, fine + ms(25)), Duration::ZERO);
+        assert_eq!(unsettled_for(coarse, coarse + ms(500)), ms(1500));
+        assert_eq!(unsettled_for(coarse, coarse + ms(2000)), Duration::ZERO);
+        // A time ahead of the clock vouches for nothing until the clock has passed it.
+        assert_eq!(unsettled_for(fine + ms(100), fine), ms(125));
     }
 }

@@ -76,7 +76,7 @@ pub struct Pusher {
     /// A push held back by the quiet window or the rate limit is due then.
     flush_at: Option<Instant>,
     /// The inbox changed too recently for its time to vouch for the index: look again then
-    /// ([`watch::SETTLE`]), so that `t9_ipc_unread` can trust the index without a rescan.
+    /// ([`watch::FolderTime`]), so that `t9_ipc_unread` can trust the index without a rescan.
     settle_at: Option<Instant>,
     /// Woken after every look at the inbox, for `t9_ipc_wait`.
     mail: Arc<Notify>,
@@ -167,8 +167,8 @@ impl Pusher {
                     }
                     if !self.subscribers.everyone() && self.session.pass_over(&changed) {
                         // Only others' mail: nothing to read, and no push to look for.
-                        if changed.time == watch::FolderTime::Young {
-                            self.settle_at = Some(Instant::now() + watch::SETTLE);
+                        if let Some(left) = changed.time.young() {
+                            self.settle_at = Some(Instant::now() + left);
                         }
                         self.mail.notify_waiters();
                         continue;
@@ -243,8 +243,8 @@ impl Pusher {
         let everyone = self.subscribers.everyone();
         match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
             Ok(Ok(synced)) => {
-                if synced.young {
-                    self.settle_at.get_or_insert(Instant::now() + watch::SETTLE);
+                if let Some(left) = synced.young {
+                    self.settle_at.get_or_insert(Instant::now() + left);
                 }
                 for msg in &synced.arrived {
                     self.subscribers.arrived(msg);
@@ -300,7 +300,7 @@ impl Pusher {
             }
             None => tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await,
         };
-        let pending = match pending {
+        let (pending, looked) = match pending {
             Ok(Ok(pending)) => pending,
             Ok(Err(err)) => {
                 tracing::warn!(err = %format!("{err:#}"), "reading the inbox");
@@ -313,18 +313,24 @@ impl Pusher {
         };
         match self.gate.plan(pending, now, Local::now()) {
             Plan::Hold { retry_at } => self.flush_at = retry_at.or(self.flush_at),
-            Plan::Send(batch) => self.send(peer, batch, now).await,
+            Plan::Send(batch) => self.send(peer, batch, now, looked).await,
         }
     }
 
     /// Sends one event, then records it: exactly once when the session ends normally, at
     /// least once (never lost) when the process dies between the two.
-    async fn send(&mut self, peer: &Peer<RoleServer>, batch: Batch, now: Instant) {
+    async fn send(&mut self, peer: &Peer<RoleServer>, batch: Batch, now: Instant, looked: u64) {
         let params = events::params(&batch, &self.session.name(), self.session.mailbox());
         let ids =
             |msgs: &[Arc<Message>]| -> Vec<String> { msgs.iter().map(|m| m.id.clone()).collect() };
         let (pushed, listed) = (ids(&batch.whole), ids(&batch.named));
-        self.session.pushing(&pushed);
+        if !self.session.pushing(&pushed, looked) {
+            // The model read mail meanwhile (an unread page, a wait): plan again, at once,
+            // from a whole look, without it.
+            self.whole_look = true;
+            self.flush_at = Some(Instant::now());
+            return;
+        }
         let event = CustomNotification::new(CHANNEL_METHOD, Some(params));
         // One event at a time: if the count moved, this event was written whole.
         let before = self.written.load(Ordering::SeqCst);

@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use chrono::{DateTime, Local};
 
@@ -26,12 +26,6 @@ enum Cached {
     Bad(Stamp),
 }
 
-/// A folder's listing is used again only while the folder stays as it was, and only when,
-/// as it was listed, its last change was at least this old: a file system with a coarse
-/// clock (a second; two on some) gives a change made in the same tick the same time, so a
-/// listing taken right after one change could miss the next (git's "racy" entries).
-const SETTLED: Duration = Duration::from_secs(2);
-
 /// A folder as `stat` saw it: which folder, and when its entries last changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FolderStamp {
@@ -43,7 +37,7 @@ struct FolderStamp {
 /// The files of one folder that may be one name's mail, as [`Mailbox::mail_of`] listed them.
 struct Listing {
     folder: FolderStamp,
-    /// The folder had not changed for [`SETTLED`] when it was listed: the listing holds while
+    /// The folder's time was settled ([`crate::watch::settle_for`]) when it was listed: the listing holds while
     /// the folder stays as it was. Otherwise the next call lists it again.
     settled: bool,
     name: String,
@@ -183,7 +177,7 @@ impl Mailbox {
     /// in both folders is given once, from `inbox/`.
     ///
     /// Each call costs a `stat` of each folder. A folder that changed (or had changed just
-    /// before its last listing, see [`SETTLED`]) is listed again and each of these files
+    /// before its last listing, see [`crate::watch::settle_for`]) is listed again and each of these files
     /// looked at, read again only when it changed; a folder that did not change holds the
     /// files it held, and those read then are not looked at again: message files are never
     /// changed in place, only written whole under a name of their own and renamed into a
@@ -254,7 +248,7 @@ impl Mailbox {
 
     /// The `*.md` regular files of `inbox/` (or `archive/`) whose name allows them to be
     /// `name`'s mail: from the last listing while the folder is as it was then and that
-    /// listing was [`SETTLED`], else listed now. A new listing forgets the parsed files it
+    /// listing was settled ([`crate::watch::settle_for`]), else listed now. A new listing forgets the parsed files it
     /// no longer holds.
     fn listing(&self, archived: bool, name: &str) -> Result<(Arc<[String]>, bool)> {
         let dir = if archived { &self.archive } else { &self.inbox };
@@ -279,10 +273,12 @@ impl Mailbox {
         {
             return Ok((last.files.clone(), true));
         }
+        // Kept only when, as it is listed, the folder's last change is old enough that a
+        // change made in the same clock tick could not share its time (git's "racy" rule;
+        // the same rule as the server's index, [`crate::watch::settle_for`]).
         let settled = folder
             .modified
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age >= SETTLED);
+            .is_some_and(|t| crate::watch::unsettled_for(t, SystemTime::now()).is_zero());
         let part = file_stem_part(name);
         let may_be_mine = |stem: &str| {
             !message::stem_is_shaped(stem)
@@ -567,7 +563,7 @@ mod tests {
             ids
         };
         let inbox = fs::File::open(mb.inbox()).unwrap();
-        // A folder time not yet SETTLED in the past (here ahead of this clock): a change in
+        // A folder time not yet settled in the past (here ahead of this clock): a change in
         // the same tick, which leaves the time as it was, is still seen.
         let recent = SystemTime::now() + Duration::from_secs(60);
         let one = send("one");

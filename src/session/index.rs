@@ -36,9 +36,9 @@ pub struct Synced {
     /// This name's unread mail may have changed: worth looking for pushes.
     pub mine_changed: bool,
     /// The inbox changed a moment ago, too recently for its time to vouch that the index
-    /// is current ([`FolderTime::Young`]): sync again after [`crate::watch::SETTLE`], even
-    /// with no event, so that [`Session::is_current`] can say yes.
-    pub young: bool,
+    /// is current ([`FolderTime::Young`]): sync again after this long, even with no
+    /// event, so that [`Session::is_current`] can say yes.
+    pub young: Option<std::time::Duration>,
 }
 
 /// What the `index` lock guards.
@@ -140,7 +140,7 @@ impl Session {
             return Ok(Synced {
                 arrived: Vec::new(),
                 mine_changed: true,
-                young: time == FolderTime::Young,
+                young: time.young(),
             });
         }
         let read: Vec<(&str, Option<Arc<Message>>)> = changed
@@ -180,7 +180,7 @@ impl Session {
         Ok(Synced {
             arrived,
             mine_changed,
-            young: changed.time == FolderTime::Young,
+            young: changed.time.young(),
         })
     }
 
@@ -292,7 +292,13 @@ impl Session {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let (fresh, pushed, seen, rest) = {
-            let shared = self.shared();
+            let mut shared = self.shared();
+            // In the same hold of the lock as the look at pushes in flight: a push planned
+            // before this page either is in flight now (and named here as seen) or is
+            // planned again without what this page returns.
+            if mark_read {
+                shared.handed += 1;
+            }
             let push_on = shared.push == Push::On;
             let (mut fresh, seen): (Vec<_>, Vec<_>) = index
                 .live_mail(now)
@@ -347,15 +353,17 @@ impl Session {
 
     /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those
     /// a running `t9_ipc_wait` is waiting for.
-    pub fn pending_pushes(&self, now: DateTime<Local>) -> Result<Vec<Arc<Message>>> {
+    /// With the count of hand-overs at this look, for [`Session::pushing`].
+    pub fn pending_pushes(&self, now: DateTime<Local>) -> Result<(Vec<Arc<Message>>, u64)> {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
-        Ok(index
+        let pending = index
             .live_mail(now)
             .filter(|m| index.may_push(&shared, m))
             .cloned()
-            .collect())
+            .collect();
+        Ok((pending, shared.handed))
     }
 
     /// [`Session::pending_pushes`] among `candidates` only (say, the mail that just
@@ -364,7 +372,7 @@ impl Session {
         &self,
         candidates: &[Arc<Message>],
         now: DateTime<Local>,
-    ) -> Result<Vec<Arc<Message>>> {
+    ) -> Result<(Vec<Arc<Message>>, u64)> {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
@@ -374,11 +382,12 @@ impl Session {
             .filter(|m| index.is_live(m, now) && index.may_push(&shared, m))
             .map(|m| m.id.as_str())
             .collect();
-        Ok(candidates
+        let pending = candidates
             .iter()
             .filter(|m| live.contains(m.id.as_str()))
             .cloned()
-            .collect())
+            .collect();
+        Ok((pending, shared.handed))
     }
 
     /// Records messages sent as channel events (bodies included).
@@ -410,6 +419,7 @@ impl Session {
         let Some(filter) = self.shared().waiters.get(&waiter).cloned() else {
             return Ok(None);
         };
+        // (Its waiter was counted as a hand-over when it began: no push takes its mail.)
         let found = index.live_mail(now).find(|m| filter.matches(m)).cloned();
         if let Some(msg) = &found {
             index.mark_read([msg.id.as_str()])?;

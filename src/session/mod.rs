@@ -94,6 +94,10 @@ struct Shared {
     synced_mtime: Option<SystemTime>,
     /// The index is built for `name`: changes that cannot concern it leave it current.
     index_built: bool,
+    /// Counts the moments mail may have reached the model other than by a push (an unread
+    /// page, a wait): a push planned before one must look again, or it could repeat what
+    /// the model just read.
+    handed: u64,
 }
 
 /// One running session.
@@ -186,6 +190,7 @@ impl Session {
                 next_waiter: 0,
                 synced_mtime: None,
                 index_built: false,
+                handed: 0,
             }),
         })
     }
@@ -413,6 +418,7 @@ impl Session {
     /// Registers a `t9_ipc_wait`; messages it matches are no longer pushed.
     pub fn wait_begin(&self, filter: WaitFor) -> u64 {
         let mut shared = self.shared();
+        shared.handed += 1; // what it matches is no longer pushed
         shared.next_waiter += 1;
         let id = shared.next_waiter;
         shared.waiters.insert(id, filter);
@@ -424,9 +430,15 @@ impl Session {
     }
 
     /// Notes messages about to be sent as channel events: from now on they count as
-    /// pushed. Follow with [`Session::mark_pushed`] once sent, or [`Session::push_failed`].
-    pub fn pushing(&self, ids: &[String]) {
-        self.shared().in_flight.extend(ids.iter().cloned());
+    /// pushed. Refused (false, nothing noted) when mail was handed to the model since the
+    /// look that planned them ([`Session::pending_pushes`] gave `looked`): plan again.
+    pub fn pushing(&self, ids: &[String], looked: u64) -> bool {
+        let mut shared = self.shared();
+        if shared.handed != looked {
+            return false;
+        }
+        shared.in_flight.extend(ids.iter().cloned());
+        true
     }
 
     pub fn push_failed(&self, ids: &[String]) {
@@ -530,16 +542,13 @@ mod tests {
         );
     }
 
-    /// The methods the async side calls answer while the index lock is held by I/O (a
-    /// scan, a read-state append under flock): they never wait for it.
-    #[test]
-    fn the_async_side_never_waits_for_the_index_lock() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A session "alpha" on a fresh mailbox, push and limits off.
+    fn alpha(dir: &Path) -> Session {
         let config = Config {
-            data_dir: dir.path().join("data"),
+            data_dir: dir.join("data"),
             data_dir_source: crate::config::DataDirSource::Env,
             session_name: Some("alpha".into()),
-            cwd: dir.path().to_path_buf(),
+            cwd: dir.to_path_buf(),
             push: None,
             account_without_channels: None,
             push_quiet: std::time::Duration::ZERO,
@@ -550,7 +559,43 @@ mod tests {
             share_group: false,
             federation: Ok(None),
         };
-        let session = std::sync::Arc::new(Session::start(&config, Local::now()).unwrap());
+        Session::start(&config, Local::now()).unwrap()
+    }
+
+    /// A push planned before an unread page that returned its mail is refused: the model
+    /// would get it twice.
+    #[test]
+    fn a_push_planned_before_an_unread_page_is_planned_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = alpha(dir.path());
+        s.set_push(Push::On);
+        let draft = crate::mailbox::Draft {
+            from: "beta",
+            to: "alpha",
+            kind: "ipc",
+            subject: "hi",
+            priority: "normal",
+            body: "b",
+            ..Default::default()
+        };
+        let id = s.mailbox.write(&draft, Local::now()).unwrap();
+        let (pending, looked) = s.pending_pushes(Local::now()).unwrap();
+        assert_eq!(pending.len(), 1);
+        let page = s.unread(10, 40_000, true, Local::now()).unwrap();
+        assert_eq!(page.messages.len(), 1, "not in flight yet: returned");
+        assert!(!s.pushing(std::slice::from_ref(&id), looked));
+        let (pending, looked) = s.pending_pushes(Local::now()).unwrap();
+        assert!(pending.is_empty());
+        // With nothing read in between, a push goes.
+        assert!(s.pushing(&[], looked));
+    }
+
+    /// The methods the async side calls answer while the index lock is held by I/O (a
+    /// scan, a read-state append under flock): they never wait for it.
+    #[test]
+    fn the_async_side_never_waits_for_the_index_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = std::sync::Arc::new(alpha(dir.path()));
         let held = session.index();
         let (tx, rx) = std::sync::mpsc::channel();
         let s = session.clone();
@@ -558,7 +603,7 @@ mod tests {
             let name = s.name();
             s.set_push(Push::On);
             let waiter = s.wait_begin(WaitFor::default());
-            s.pushing(&["x".to_owned()]);
+            assert!(s.pushing(&["x".to_owned()], 1));
             s.push_failed(&["x".to_owned()]);
             s.wait_end(waiter);
             let current = s.is_current();
