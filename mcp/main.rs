@@ -152,12 +152,23 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr only: stdout carries JSON-RPC. `RUST_LOG` sets the level. Logs carry
 /// no message bodies: rmcp's debug and trace output (whole JSON-RPC messages) is cut to
 /// `rmcp=info` whatever `RUST_LOG` says, unless `IPC_LOG_WIRE=1` asks for it.
+///
+/// `RUST_LOG` is read as `target=level` directives (`Targets`), not with `EnvFilter`, whose
+/// span and field filters (unused here) cost about 100 KiB of code: a regex DFA builder.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_new(t9_ipc::config::log_filter())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(t9_ipc::config::DEFAULT_LOG));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = t9_ipc::config::log_filter()
+        .parse::<Targets>()
+        .or_else(|_| t9_ipc::config::DEFAULT_LOG.parse())
+        .unwrap_or_default();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(filter)
         .init();
 }
