@@ -79,8 +79,8 @@ impl Claim {
 
     /// True while the time has not run out and its session is alive (its pid is one of
     /// [`running_sessions`]).
-    pub fn is_live(&self, running: &HashSet<u32>, now: DateTime<Local>) -> bool {
-        self.expires_at().is_some_and(|t| t > now) && running.contains(&self.pid)
+    pub fn is_live(&self, running: &Running, now: DateTime<Local>) -> bool {
+        self.expires_at().is_some_and(|t| t > now) && running.runs(self.pid)
     }
 
     /// The path or glob of this claim that covers `path` (absolute), if any.
@@ -111,15 +111,32 @@ impl Claim {
     }
 }
 
-/// The pids of the live sessions in `heartbeats.json` whose process still runs now: not
-/// gone and not a zombie (killed, not yet reaped: its session is over). The table was read a
-/// moment ago, when a zombie still counted as running; it may be reaped since. One look at
-/// each session, however many claims it holds.
-fn running_sessions(live: &Table) -> HashSet<u32> {
-    live.values()
-        .map(|e| e.pid)
-        .filter(|&pid| still_running(pid))
-        .collect()
+/// Which sessions' processes still run: listed live in `heartbeats.json` and, looked at
+/// once each when a claim asks (not for every live session: `t9_ipc_who` with 200 sessions
+/// and no claim looks at none), not gone and not a zombie (killed, not yet reaped: its
+/// session is over). The table was read a moment ago, when a zombie still counted as
+/// running; it may be reaped since.
+pub struct Running {
+    live: HashSet<u32>,
+    looked: std::cell::RefCell<HashMap<u32, bool>>,
+}
+
+impl Running {
+    fn of(live: &Table) -> Running {
+        Running {
+            live: live.values().map(|e| e.pid).collect(),
+            looked: Default::default(),
+        }
+    }
+
+    fn runs(&self, pid: u32) -> bool {
+        self.live.contains(&pid)
+            && *self
+                .looked
+                .borrow_mut()
+                .entry(pid)
+                .or_insert_with(|| still_running(pid))
+    }
 }
 
 /// One look at `/proc/<pid>/stat`: the process exists and is not a zombie.
@@ -271,9 +288,12 @@ impl Claims {
 
     /// Every live claim, oldest first. Reads only; nothing is removed.
     pub fn live(&self, now: DateTime<Local>) -> Result<Vec<Claim>> {
-        let running = running_sessions(&self.heartbeats.live(now));
-        Ok(self
-            .read_all()?
+        let claims = self.read_all()?;
+        if claims.is_empty() {
+            return Ok(claims); // no need to read heartbeats.json
+        }
+        let running = Running::of(&self.heartbeats.live(now));
+        Ok(claims
             .into_iter()
             .filter(|c| c.is_live(&running, now))
             .collect())
@@ -313,7 +333,7 @@ impl Claims {
     /// The live claims; the files of dead or expired ones are removed (the caller holds the
     /// lock).
     fn sweep(&self, live: &Table, now: DateTime<Local>) -> Result<Vec<Claim>> {
-        let running = running_sessions(live);
+        let running = Running::of(live);
         let mut kept = Vec::new();
         for claim in self.read_all()? {
             if claim.is_live(&running, now) {
