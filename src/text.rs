@@ -9,8 +9,14 @@ pub fn plural(n: usize, word: &str) -> String {
 /// At most `most` names, comma-separated, and how many others: `a, b and 3 others`. For
 /// the senders of a flood, which can be as many as its messages.
 pub fn some_names<S: AsRef<str>>(names: &[S], most: usize) -> String {
-    let shown: Vec<&str> = names.iter().take(most).map(AsRef::as_ref).collect();
-    match names.len().saturating_sub(most) {
+    let shown = &names[..names.len().min(most)];
+    names_and_others(shown, names.len() - shown.len())
+}
+
+/// `a, b and 3 others`: the names shown, and how many others there are.
+pub fn names_and_others<S: AsRef<str>>(shown: &[S], others: usize) -> String {
+    let shown: Vec<&str> = shown.iter().map(AsRef::as_ref).collect();
+    match others {
         0 => shown.join(", "),
         others => format!("{} and {}", shown.join(", "), plural(others, "other")),
     }

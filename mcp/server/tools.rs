@@ -179,12 +179,12 @@ impl T9 {
         // The index as the file events keep it: a message that landed this very millisecond
         // is named at the next call (waiting here would slow every send under load).
         let s = self.session.clone();
-        let line = match tokio::task::spawn_blocking(move || s.unseen(Local::now())).await {
-            Ok(Ok((0, _))) => return result,
-            Ok(Ok((n, senders))) => format!(
+        let line = match tokio::task::spawn_blocking(move || s.unseen(10, Local::now())).await {
+            Ok(Ok((0, _, _))) => return result,
+            Ok(Ok((n, senders, others))) => format!(
                 "{} (from {}): call t9_ipc_unread.",
                 plural(n, "unread message"),
-                t9_ipc::text::some_names(&senders, 10)
+                t9_ipc::text::names_and_others(&senders, others)
             ),
             _ => return result,
         };
@@ -429,7 +429,11 @@ it, marked read. Use it after asking another session something.",
                 let now = Local::now();
                 let msg = s.wait_take(waiter, now)?;
                 // What else waits, said in the result rather than after it.
-                let more = if msg.is_some() { s.unseen(now)?.0 } else { 0 };
+                let more = if msg.is_some() {
+                    s.unseen(0, now)?.0
+                } else {
+                    0
+                };
                 Ok::<_, Error>(msg.map(|m| (m, more)))
             };
             match tokio::task::spawn_blocking(took).await {

@@ -333,22 +333,33 @@ impl Session {
         })
     }
 
-    /// How many unread messages the model has not seen, and their senders (each once): the
-    /// reminder added to tool results. With push on, pushed messages count as seen.
-    pub fn unseen(&self, now: DateTime<Local>) -> Result<(usize, Vec<String>)> {
+    /// How many unread messages the model has not seen, the first `named` of their senders
+    /// (each once) and how many other senders there are: the reminder added to tool
+    /// results. With push on, pushed messages count as seen. Costs no allocation for each
+    /// message: it runs on every tool call, under a flood too.
+    pub fn unseen(
+        &self,
+        named: usize,
+        now: DateTime<Local>,
+    ) -> Result<(usize, Vec<String>, usize)> {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
         let push_on = shared.push == Push::On;
-        let unseen: Vec<&Arc<Message>> = index
+        let unseen = index
             .live_mail(now)
-            .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)))
-            .collect();
-        let senders = crate::mailbox::senders(unseen.iter().copied());
-        Ok((
-            unseen.len(),
-            senders.into_iter().map(str::to_owned).collect(),
-        ))
+            .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)));
+        let mut count = 0;
+        let mut senders = HashSet::new();
+        let mut shown = Vec::new();
+        for m in unseen {
+            count += 1;
+            if senders.insert(m.front.from.as_str()) && shown.len() < named {
+                shown.push(m.front.from.clone());
+            }
+        }
+        let others = senders.len() - shown.len();
+        Ok((count, shown, others))
     }
 
     /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those
