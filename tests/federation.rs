@@ -497,6 +497,9 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
         "ok       the name buildbox is claimed by this mailbox",
         "ok       a bridge runs for this mailbox",
         "info     keys pinned for: laptop",
+        // beta's presence, put by buildbox's bridge with its own clock's time beside the
+        // hub's: the same clock here.
+        "ok       the clock of buildbox is ",
     ] {
         assert!(report.contains(expected), "{expected:?} not in:\n{report}");
     }

@@ -228,7 +228,77 @@ async fn at_hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
     }
     out.push(consumer(&js, &settings.machine).await);
     out.push(name_claim(&js, &settings.machine, key).await);
+    out.extend(clocks(&js).await);
     out
+}
+
+/// Clocks further apart than this make `created`, expiry and liveness across machines
+/// misleading: a warning.
+const SKEW_WARN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// Past this, a live session of that machine can look dead here (or a dead one live).
+const SKEW_PROBLEM: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// How far each machine's clock is from the hub's: each presence entry carries the time its
+/// bridge put it by its own clock, and the hub stamps the put with its own (the network's
+/// delay, milliseconds, is within the figure). One finding per machine seen.
+async fn clocks(js: &jetstream::Context) -> Vec<Finding> {
+    let Ok(bucket) = js.get_key_value(super::presence::BUCKET).await else {
+        return vec![finding(
+            Level::Info,
+            "clocks: no presence yet (the bridges put it), so not compared",
+        )];
+    };
+    let mut skews: std::collections::BTreeMap<String, chrono::TimeDelta> = Default::default();
+    let Ok(mut keys) = bucket.keys().await else {
+        return Vec::new();
+    };
+    while let Some(Ok(key)) = futures_util::StreamExt::next(&mut keys).await {
+        let Ok(Some(entry)) = bucket.entry(&key).await else {
+            continue;
+        };
+        let Ok(remote) = serde_json::from_slice::<super::presence::Remote>(&entry.value) else {
+            continue;
+        };
+        let Some(put_at) = remote
+            .put_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        let hub = chrono::DateTime::from_timestamp_nanos(
+            i64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+        );
+        let skew = put_at.with_timezone(&chrono::Utc) - hub;
+        let worst = skews.entry(remote.machine).or_default();
+        if skew.abs() > worst.abs() {
+            *worst = skew;
+        }
+    }
+    skews
+        .into_iter()
+        .map(|(machine, skew)| clock_finding(&machine, skew))
+        .collect()
+}
+
+/// What `skew` (this machine's clock minus the hub's) means for `machine`.
+fn clock_finding(machine: &str, skew: chrono::TimeDelta) -> Finding {
+    let how = match skew.num_milliseconds() {
+        0 => "within a millisecond of the hub's".to_owned(),
+        ms if ms > 0 => format!("{ms} ms ahead of the hub's"),
+        ms => format!("{} ms behind the hub's", -ms),
+    };
+    let level = match skew.abs() {
+        s if s > SKEW_PROBLEM => Level::Problem,
+        s if s > SKEW_WARN => Level::Warn,
+        _ => Level::Ok,
+    };
+    let advice = if level == Level::Ok {
+        ""
+    } else {
+        "; set its clock by NTP (times in messages, expiry and who is live compare clocks)"
+    };
+    finding(level, format!("the clock of {machine} is {how}{advice}"))
 }
 
 /// This machine's durable consumer: how much it has to take.
@@ -292,4 +362,29 @@ async fn name_claim(js: &jetstream::Context, machine: &str, key: Option<&str>) -
 /// "1 message", "2 messages".
 fn count(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn clocks_apart_warn_then_are_a_problem() {
+        let at = |ms| clock_finding("vm", TimeDelta::milliseconds(ms));
+        let ok = at(-3);
+        assert_eq!(ok.level, Level::Ok);
+        assert_eq!(ok.text, "the clock of vm is 3 ms behind the hub's");
+        assert_eq!(
+            at(0).text,
+            "the clock of vm is within a millisecond of the hub's"
+        );
+        let warn = at(3_000);
+        assert_eq!(warn.level, Level::Warn);
+        assert!(
+            warn.text
+                .starts_with("the clock of vm is 3000 ms ahead of the hub's; set")
+        );
+        assert_eq!(at(-45_000).level, Level::Problem);
+    }
 }

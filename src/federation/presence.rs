@@ -35,6 +35,11 @@ pub struct Remote {
     pub timestamp: String,
     #[serde(default)]
     pub push: String,
+    /// When its machine's bridge put this entry, by that machine's clock (RFC 3339, ms):
+    /// beside the hub's own time of the put, it shows how far the clocks are apart
+    /// (`t9-ipc doctor`). Absent from entries of older versions.
+    #[serde(default)]
+    pub put_at: Option<String>,
 }
 
 impl Remote {
@@ -56,6 +61,7 @@ impl Remote {
             working_on: entry.working_on.clone(),
             timestamp: entry.timestamp.clone(),
             push: entry.push().to_owned(),
+            put_at: Some(Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
         }
     }
 }
