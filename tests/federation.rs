@@ -635,6 +635,7 @@ async fn a_bad_signature_and_a_changed_key_are_kept_aside_not_delivered() {
     publish(&js, subject, &envelope, |_| {}).await;
     // 3. A valid signature by another key than the pinned one.
     let (rekeyed, bytes) = message_file("mallory", "beta", "rekeyed", "new key");
+    let rekeyed_bytes = bytes.clone();
     publish(
         &js,
         subject,
@@ -717,6 +718,50 @@ async fn a_bad_signature_and_a_changed_key_are_kept_aside_not_delivered() {
         );
     }
     assert!(report.contains("t9-ipc relay --trust"), "{report}");
+
+    // The person trusts the new key: what that key signed is released and pushed, the
+    // rest stays kept aside, and nothing released is published as this machine's.
+    let said = b
+        .cli(&[
+            "relay",
+            "--trust",
+            "intruder",
+            &wire::hex(other_key.public().as_bytes()),
+        ])
+        .await;
+    assert!(said.contains("1 message kept aside"), "{said}");
+    let event = beta.next_event().await;
+    assert_eq!(
+        crate::util::delivered_ids(&event).0,
+        std::slice::from_ref(&rekeyed)
+    );
+    assert_eq!(b.bytes(&rekeyed), rekeyed_bytes, "the bytes as signed");
+    let left: Vec<String> = b
+        .quarantined()
+        .iter()
+        .map(|h| h.path.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.iter().any(|p| p.contains(&rekeyed)), "{left:?}");
+    // A new message signed by the trusted key is delivered by the running bridge.
+    let (after, bytes) = message_file("mallory", "beta", "after trust", "new key again");
+    publish(
+        &js,
+        subject,
+        &Envelope::seal(&other_key, "intruder", &after, bytes),
+        |_| {},
+    )
+    .await;
+    let event = beta.next_event().await;
+    assert_eq!(
+        crate::util::delivered_ids(&event).0,
+        std::slice::from_ref(&after)
+    );
+    assert!(
+        !b.published().contains(&rekeyed) && !b.published().contains(&after),
+        "{:?}",
+        b.published()
+    );
     beta.quit().await;
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use t9_ipc::config::Config;
 use t9_ipc::federation::keys::Pins;
-use t9_ipc::federation::{self, Paths, wire};
+use t9_ipc::federation::{self, Paths, store, wire};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +23,9 @@ use super::UsageError;
 Example, trusting the new key of a machine that was reinstalled:
   t9-ipc relay --trust buildbox 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29")]
 pub struct RelayArgs {
-    /// Pin KEY (hex) for MACHINE, replacing the key pinned before, and exit. Do this only
-    /// when you know that machine made a new key.
+    /// Pin KEY (hex) for MACHINE, replacing the key pinned before, deliver what MACHINE sent
+    /// signed by KEY that was kept aside, and exit. Do this only when you know that machine
+    /// made a new key.
     #[arg(long, num_args = 2, value_names = ["MACHINE", "KEY"])]
     pub trust: Option<Vec<String>>,
 }
@@ -35,7 +36,7 @@ pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
         .create()
         .with_context(|| format!("creating {}", paths.dir.display()))?;
     if let Some(trust) = args.trust {
-        return trust_key(&paths, &trust);
+        return trust_key(&paths, &config.data_dir, &trust);
     }
     let Some(settings) = config.federation.clone().map_err(anyhow::Error::msg)? else {
         return Err(UsageError(
@@ -65,7 +66,7 @@ pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
 }
 
 /// `--trust MACHINE KEY`.
-fn trust_key(paths: &Paths, trust: &[String]) -> anyhow::Result<()> {
+fn trust_key(paths: &Paths, data_dir: &std::path::Path, trust: &[String]) -> anyhow::Result<()> {
     let [machine, key] = trust else {
         bail!("--trust takes a machine name and a key");
     };
@@ -82,8 +83,12 @@ fn trust_key(paths: &Paths, trust: &[String]) -> anyhow::Result<()> {
         ),
         None => println!("{machine}: trusted {}", wire::hex(key.as_bytes())),
     }
+    let mailbox = t9_ipc::mailbox::Mailbox::open(data_dir)?;
+    let released = store::release(paths, &mailbox, machine, &key)?;
     println!(
-        "Messages kept aside before stay in {}; new ones from {machine} are delivered.",
+        "{} kept aside from {machine} with this key, now delivered; new ones from {machine} \
+         are delivered. Anything else kept aside stays in {}.",
+        t9_ipc::text::plural(released.len(), "message"),
         paths.quarantine().display()
     );
     Ok(())

@@ -420,6 +420,11 @@ async fn seal(shared: &Arc<Shared>, id: &str) -> Option<Envelope> {
                 return None;
             }
         }
+        // Written by another process as an arrival (`relay --trust` releasing kept-aside
+        // mail notes it in arrived.log, which this bridge read at its start): not ours.
+        if super::origins::machine_of(shared.mailbox.root(), &id).is_some() {
+            return None;
+        }
         shared.mailbox.get(&id)?;
         match crate::mailbox::read_bytes(shared.mailbox.inbox(), &id) {
             Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, &id, bytes)),

@@ -190,27 +190,22 @@ impl Pins {
 
     /// Compares `key` with the one pinned for `machine`, pinning it when there is none.
     pub fn check(&mut self, machine: &str, key: &VerifyingKey) -> Result<Pin> {
-        if let Some(pinned) = self.keys.get(machine) {
-            return Ok(if pinned == key {
-                Pin::Same
-            } else {
-                Pin::Changed { pinned: *pinned }
-            });
+        if self.keys.get(machine) == Some(key) {
+            return Ok(Pin::Same);
         }
-        // Another process (a person's `trust`) may have pinned it meanwhile: read again under
-        // the lock, then append.
+        // Not pinned, or pinned to another key: another process (a person's `trust`) may
+        // have changed the pins meanwhile. Read again under the lock, then append if new.
         let file = self.open_locked()?;
         self.reload()?;
-        if let Some(pinned) = self.keys.get(machine) {
-            return Ok(if pinned == key {
-                Pin::Same
-            } else {
-                Pin::Changed { pinned: *pinned }
-            });
+        match self.keys.get(machine) {
+            Some(pinned) if pinned == key => Ok(Pin::Same),
+            Some(pinned) => Ok(Pin::Changed { pinned: *pinned }),
+            None => {
+                append_pin(&file, &self.path, machine, key)?;
+                self.keys.insert(machine.to_owned(), *key);
+                Ok(Pin::New)
+            }
         }
-        append_pin(&file, &self.path, machine, key)?;
-        self.keys.insert(machine.to_owned(), *key);
-        Ok(Pin::New)
     }
 
     /// Pins `key` for `machine`, replacing any key pinned before (a person decided to trust

@@ -82,6 +82,66 @@ pub fn quarantined(dir: &Path) -> Result<Vec<Held>> {
     Ok(held)
 }
 
+/// Releases what `machine` sent while its key was not trusted: each message kept aside
+/// whose `.why` names `machine` and `key` (just trusted), checked again against the key and
+/// its signature, is written into `inbox/` the way every arrival is (noted in
+/// `arrived.log` first, so it is never published as this machine's) and leaves
+/// `quarantine/`. Anything else stays kept aside. Returns the ids released.
+pub fn release(
+    paths: &super::Paths,
+    mailbox: &crate::mailbox::Mailbox,
+    machine: &str,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Vec<String>> {
+    use super::wire;
+    let key_hex = wire::hex(key.as_bytes());
+    let mut ledger = None;
+    let mut released = Vec::new();
+    for held in quarantined(&paths.quarantine())? {
+        let field = |name: &str| {
+            held.why
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        if field("machine: ") != Some(machine) || field("key: ") != Some(key_hex.as_str()) {
+            continue;
+        }
+        let Some(id) = field("id: ").filter(|id| wire::id_may_cross(id)) else {
+            continue;
+        };
+        let signature = field("signature: ")
+            .and_then(wire::from_hex)
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| ed25519_dalek::Signature::from_bytes(&b));
+        let bytes = fs::read(&held.path).map_err(Error::io("reading", &held.path))?;
+        if !signature.is_some_and(|sig| super::keys::verify(key, &sig, machine, id, &bytes)) {
+            continue;
+        }
+        if ledger.is_none() {
+            ledger = Some(super::ledger::Ledger::open(
+                &paths.published(),
+                &paths.arrived(),
+            )?);
+        }
+        let ledger = ledger.as_mut().expect("opened above");
+        if !ledger.has_arrived(id) && !mailbox.exists(id) {
+            crate::mailbox::write_arrival(mailbox.inbox(), id, &bytes, || {
+                ledger.record_arriving(id, machine)
+            })?;
+            ledger.record_arrived(id)?;
+        }
+        for path in [held.path.clone(), held.path.with_extension("why")] {
+            fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+        }
+        released.push(id.to_owned());
+    }
+    if !released.is_empty() {
+        sync_dir(&paths.quarantine())?;
+    }
+    Ok(released)
+}
+
 /// True when `path` is private to its owner (no group or other bits).
 pub fn is_private(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
