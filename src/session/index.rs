@@ -387,15 +387,14 @@ impl Session {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
-        let live: HashSet<&str> = candidates
-            .iter()
-            .filter_map(|m| index.mine.get(&m.id))
-            .filter(|m| index.is_live(m, now) && index.may_push(&shared, m))
-            .map(|m| m.id.as_str())
-            .collect();
         let pending = candidates
             .iter()
-            .filter(|m| live.contains(m.id.as_str()))
+            .filter(|m| {
+                index
+                    .mine
+                    .get(&m.id)
+                    .is_some_and(|m| index.is_live(m, now) && index.may_push(&shared, m))
+            })
             .cloned()
             .collect();
         Ok((pending, shared.handed))
