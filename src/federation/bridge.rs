@@ -121,10 +121,12 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         connected.clone(),
         cancel.child_token(),
     ));
+    let compaction = tokio::spawn(compact_daily(shared.clone(), cancel.child_token()));
     outbound(shared, js, changes, connected, cancel.clone()).await;
     cancel.cancel();
     let _ = inbound.await;
     let _ = presence.await;
+    let _ = compaction.await;
     // Acks and publishes already handed to the client go out before the end.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     tracing::info!("federation bridge stopped");
@@ -194,6 +196,29 @@ async fn pause(
         tokio::select! {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Compacts `published.log` and `arrived.log` ([`Ledger::compact`]) at start and once a
+/// day: a relay may run for months.
+async fn compact_daily(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = daily.tick() => {}
+        }
+        let shared = shared.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut ledger = shared.ledger();
+            ledger.compact(Local::now(), |id| shared.mailbox.exists(id))
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "federation: compacting the logs"),
+            Err(err) => tracing::warn!(%err, "federation: compacting the logs"),
         }
     }
 }

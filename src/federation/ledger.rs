@@ -10,6 +10,11 @@
 //!   an arrival that was cut short is written again when the message comes again.
 //!
 //! A line without its newline (a crash mid-write) is dropped when the log is opened.
+//!
+//! Both logs grow by a line a message, so [`Ledger::compact`] rewrites them without the ids
+//! that can no longer matter: older by the stamp in their name than the stream keeps
+//! anything ([`FORGET_AFTER`]), so the hub cannot bring them again, and in neither `inbox/`
+//! nor `archive/`, so no scan can find them to publish.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -17,7 +22,19 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Local};
+
+use super::hub::STREAM_MAX_AGE;
 use crate::error::{Error, Result};
+use crate::fsx;
+
+/// How old an id must be (by the stamp in its name) before the logs may forget it: the
+/// stream's age limit and a day for clocks that differ between machines.
+pub const FORGET_AFTER: std::time::Duration =
+    STREAM_MAX_AGE.saturating_add(std::time::Duration::from_secs(24 * 3600));
+
+/// The logs are rewritten only when this many lines would go, or half of them.
+const COMPACT_AT: usize = 1000;
 
 /// The two logs, and what they say, in memory.
 #[derive(Debug)]
@@ -47,11 +64,7 @@ impl Ledger {
             arrived: HashSet::new(),
         };
         for line in complete_lines(&arrived_text) {
-            // The id, without the machine after a tab (ids hold no control character).
-            let split = line
-                .split_once(' ')
-                .map(|(k, rest)| (k, rest.split('\t').next().unwrap_or(rest)));
-            match split {
+            match arrived_line(line) {
                 Some(("arriving", id)) => {
                     ledger.arriving.insert(id.to_owned());
                 }
@@ -63,6 +76,32 @@ impl Ledger {
             }
         }
         Ok(ledger)
+    }
+
+    /// Rewrites both logs (each atomically: a reader sees the old log or the new one)
+    /// without the ids that `forgettable` at `now` with `on_disk` says may go, when at least
+    /// [`COMPACT_AT`] lines or half of a log's lines would go. Returns the lines dropped.
+    /// The caller is the only writer (it holds the bridge's election lock).
+    pub fn compact(
+        &mut self,
+        now: DateTime<Local>,
+        on_disk: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
+        let gone = |id: &str| forgettable(id, now) && !on_disk(id);
+        let published = rewrite(&self.published_path, |line| gone(line))?;
+        let arrived = rewrite(&self.arrived_path, |line| {
+            arrived_line(line).is_none_or(|(_, id)| gone(id))
+        })?;
+        if published > 0 {
+            self.published_file = open_log(&self.published_path)?.0;
+            self.published.retain(|id| !gone(id));
+        }
+        if arrived > 0 {
+            self.arrived_file = open_log(&self.arrived_path)?.0;
+            self.arriving.retain(|id| !gone(id));
+            self.arrived.retain(|id| !gone(id));
+        }
+        Ok(published + arrived)
     }
 
     /// True when the id was published by this machine.
@@ -107,6 +146,43 @@ impl Ledger {
         self.arrived.insert(id.to_owned());
         Ok(())
     }
+}
+
+/// The word and the id of an `arrived.log` line, without the machine after a tab (ids hold
+/// no control character).
+fn arrived_line(line: &str) -> Option<(&str, &str)> {
+    line.split_once(' ')
+        .map(|(word, rest)| (word, rest.split('\t').next().unwrap_or(rest)))
+}
+
+/// True when `id`'s stamp says it is older than [`FORGET_AFTER`] at `now`. An id of another
+/// shape has no known age and is kept.
+fn forgettable(id: &str, now: DateTime<Local>) -> bool {
+    crate::id::stem_time(id).is_some_and(|t| {
+        now.signed_duration_since(t)
+            .to_std()
+            .is_ok_and(|age| age > FORGET_AFTER)
+    })
+}
+
+/// Rewrites the log at `path` without its lines that `drop` picks, when there are enough of
+/// them ([`COMPACT_AT`] or half); returns how many went (0 when it was left as it is).
+fn rewrite(path: &Path, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    let text = fs::read_to_string(path).map_err(Error::io("reading", path))?;
+    let lines: Vec<&str> = complete_lines(&text).collect();
+    let kept: Vec<&str> = lines.iter().copied().filter(|l| !drop(l)).collect();
+    let gone = lines.len() - kept.len();
+    if gone == 0 || (gone < COMPACT_AT && gone * 2 < lines.len()) {
+        return Ok(0);
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in kept {
+        out.push_str(line);
+        out.push('\n');
+    }
+    fsx::write_atomic(path, out.as_bytes())?;
+    tracing::info!(file = %path.display(), dropped = gone, "compacted");
+    Ok(gone)
 }
 
 /// Opens a log for appending (0600), reading what it holds, and drops a torn last line.
@@ -208,5 +284,73 @@ mod tests {
         let ledger = Ledger::open(&p, &a).unwrap();
         assert!(ledger.is_published("two"));
         assert_eq!(ledger.published_count(), 2);
+    }
+
+    #[test]
+    fn compaction_forgets_only_old_ids_that_left_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, a) = (
+            dir.path().join("published.log"),
+            dir.path().join("arrived.log"),
+        );
+        let now = Local::now();
+        let stem = |days: i64, n: usize| {
+            crate::id::file_stem(
+                now - chrono::TimeDelta::days(days),
+                &format!("{n:08x}"),
+                "a",
+                "b",
+                "s",
+            )
+        };
+        let old: Vec<String> = (0..6).map(|n| stem(40, n)).collect();
+        let young = stem(2, 9);
+        let mut ledger = Ledger::open(&p, &a).unwrap();
+        for id in &old {
+            ledger.record_published(id).unwrap();
+            ledger.record_arriving(id, "laptop").unwrap();
+            ledger.record_arrived(id).unwrap();
+        }
+        ledger.record_published(&young).unwrap();
+        ledger.record_published("hand-named").unwrap();
+        ledger.record_arriving(&young, "laptop").unwrap();
+        // The first old id is still in the archive: kept.
+        let on_disk = |id: &str| id == old[0];
+        assert_eq!(ledger.compact(now, on_disk).unwrap(), 5 + 10);
+        // Nothing more to drop: the logs are left as they are.
+        assert_eq!(ledger.compact(now, on_disk).unwrap(), 0);
+        ledger.record_published("after").unwrap();
+        for l in [&ledger, &Ledger::open(&p, &a).unwrap()] {
+            assert!(l.is_published(&old[0]) && l.has_arrived(&old[0]));
+            assert!(!l.is_published(&old[1]) && !l.came_from_elsewhere(&old[1]));
+            assert!(l.is_published(&young) && l.came_from_elsewhere(&young));
+            assert!(l.is_published("hand-named") && l.is_published("after"));
+        }
+        assert_eq!(
+            read_published(&p).unwrap(),
+            [old[0].as_str(), &young, "hand-named", "after"]
+        );
+        let mode = fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_few_old_lines_among_many_are_left_until_there_are_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("published.log");
+        let old = crate::id::file_stem(
+            Local::now() - chrono::TimeDelta::days(60),
+            "00000001",
+            "a",
+            "b",
+            "s",
+        );
+        let mut text = format!("{old}\n");
+        for n in 0..3 {
+            text.push_str(&format!("young{n}\n"));
+        }
+        fs::write(&p, &text).unwrap();
+        assert_eq!(rewrite(&p, |l| l == old).unwrap(), 0);
+        assert_eq!(fs::read_to_string(&p).unwrap(), text);
     }
 }
