@@ -26,12 +26,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{
-    ACK_WAIT, Claim, claim_machine, consumer_name, ensure_stream, options, redact_url,
+    Claim, claim_machine, consumer_name, ensure_consumer, ensure_stream, options, redact_url,
 };
 use super::keys::{MachineKey, Pin, Pins};
 use super::ledger::Ledger;
 use super::wire::{self, Envelope, Refusal};
-use super::{Paths, SUBJECT_PREFIX, Settings, store, subject_of};
+use super::{Paths, Settings, store, subject_of};
 use crate::error::{Error, Result};
 use crate::mailbox::Mailbox;
 
@@ -478,22 +478,7 @@ async fn inbound(
     while !cancel.is_cancelled() {
         let messages = async {
             let stream = ensure_stream(&js).await?;
-            let config = consumer::pull::Config {
-                durable_name: Some(consumer_name(&shared.machine)),
-                description: Some(format!("t9-ipc: messages for machine {}", shared.machine)),
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::All,
-                filter_subject: format!("{SUBJECT_PREFIX}.>"),
-                // A message delivered just before the hub died and never acknowledged comes
-                // again after this; found on disk then, it costs only the wait.
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 1000,
-                ..Default::default()
-            };
-            let consumer = stream
-                .get_or_create_consumer(&consumer_name(&shared.machine), config)
-                .await
-                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))?;
+            let consumer = ensure_consumer(&stream, &shared.machine).await?;
             consumer
                 .messages()
                 .await

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, stream};
 
 use super::keys::MachineKey;
 use super::{STREAM, SUBJECT_PREFIX, Settings, wire};
@@ -17,6 +17,8 @@ pub const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
 /// How long the hub waits for an ack before it delivers a message again.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How many messages the hub hands a machine before it has acknowledged them.
+pub const MAX_ACK_PENDING: i64 = 1000;
 
 /// The connection options of `settings`: name, credentials (from the URL or a `.creds`
 /// file), and the certificate authority.
@@ -84,9 +86,11 @@ pub fn redact_url(url: &str) -> String {
         .join(",")
 }
 
-/// The stream, created when it is missing (an existing one is used as it is).
-pub(crate) async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
-    let config = stream::Config {
+/// The stream's settings that t9-ipc owns: its subjects, how long it keeps a message and
+/// its de-duplication window. Everything else (replicas, size limits, placement) is the hub
+/// operator's.
+fn stream_config() -> stream::Config {
+    stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![format!("{SUBJECT_PREFIX}.>")],
         storage: stream::StorageType::File,
@@ -95,10 +99,89 @@ pub(crate) async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Str
         duplicate_window: DUPLICATE_WINDOW,
         description: Some("t9-ipc: message files crossing between machines".to_owned()),
         ..Default::default()
-    };
-    js.get_or_create_stream(config)
+    }
+}
+
+/// The hub's stream settings with ours put in, or `None` when they already agree: a
+/// stream made by an older version (or changed by hand) gets this version's settings.
+fn stream_update(current: &stream::Config) -> Option<stream::Config> {
+    let ours = stream_config();
+    let agrees = current.subjects == ours.subjects
+        && current.max_age == ours.max_age
+        && current.duplicate_window == ours.duplicate_window;
+    (!agrees).then(|| stream::Config {
+        subjects: ours.subjects,
+        max_age: ours.max_age,
+        duplicate_window: ours.duplicate_window,
+        ..current.clone()
+    })
+}
+
+/// The stream, created when it is missing, and given this version's settings when they
+/// differ ([`stream_update`]; a hub that refuses the update is warned about and used as it
+/// is).
+pub(crate) async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    let stream = js
+        .get_or_create_stream(stream_config())
         .await
-        .map_err(|e| format!("stream {STREAM}: {e}"))
+        .map_err(|e| format!("stream {STREAM}: {e}"))?;
+    if let Some(update) = stream_update(&stream.cached_info().config) {
+        match js.update_stream(&update).await {
+            Ok(_) => tracing::info!("federation: gave the stream {STREAM} this version's settings"),
+            Err(e) => tracing::warn!(err = %e, "federation: cannot update the stream {STREAM}'s settings; using them as they are"),
+        }
+    }
+    Ok(stream)
+}
+
+/// The settings of machine `machine`'s durable consumer.
+fn consumer_config(machine: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(consumer_name(machine)),
+        description: Some(format!("t9-ipc: messages for machine {machine}")),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        filter_subject: format!("{SUBJECT_PREFIX}.>"),
+        // A message delivered just before the hub died and never acknowledged comes again
+        // after this; found on disk then, it costs only the wait.
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    }
+}
+
+/// True when an existing consumer's settings differ from ours in what can be changed (how
+/// messages are delivered from the start cannot, and needs no change).
+fn consumer_differs(current: &consumer::Config, ours: &consumer::pull::Config) -> bool {
+    current.ack_wait != ours.ack_wait
+        || current.max_ack_pending != ours.max_ack_pending
+        || current.filter_subject != ours.filter_subject
+        || current.description != ours.description
+}
+
+/// Machine `machine`'s durable consumer on `stream`, created when missing and given this
+/// version's settings when they differ (a hub that refuses is warned about, and the
+/// consumer used as it is).
+pub(crate) async fn ensure_consumer(
+    stream: &stream::Stream,
+    machine: &str,
+) -> Result<consumer::PullConsumer, String> {
+    let name = consumer_name(machine);
+    let ours = consumer_config(machine);
+    let mut consumer = stream
+        .get_or_create_consumer(&name, ours.clone())
+        .await
+        .map_err(|e| format!("consumer {name}: {e}"))?;
+    if consumer_differs(&consumer.cached_info().config, &ours) {
+        match stream.create_consumer(ours).await {
+            Ok(updated) => {
+                tracing::info!(consumer = %name, "federation: gave the consumer this version's settings");
+                consumer = updated;
+            }
+            Err(e) => tracing::warn!(consumer = %name, err = %e, "federation: cannot update the consumer's settings; using them as they are"),
+        }
+    }
+    Ok(consumer)
 }
 
 /// The key-value bucket that maps each machine name to the key of the mailbox holding it.
@@ -185,5 +268,37 @@ mod tests {
             Some(("s3cr3t".to_owned(), None))
         );
         assert_eq!(url_credentials("nats://hub:4222"), None);
+    }
+
+    #[test]
+    fn a_stream_with_other_settings_gets_ours_and_keeps_the_operators() {
+        assert!(stream_update(&stream_config()).is_none());
+        let older = stream::Config {
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: 3,
+            max_bytes: 1 << 30,
+            ..stream_config()
+        };
+        let update = stream_update(&older).expect("an update");
+        assert_eq!(update.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!((update.num_replicas, update.max_bytes), (3, 1 << 30));
+        let shorter = stream::Config {
+            max_age: Duration::from_secs(3600),
+            ..stream_config()
+        };
+        assert_eq!(stream_update(&shorter).unwrap().max_age, STREAM_MAX_AGE);
+    }
+
+    #[test]
+    fn a_consumer_with_another_ack_wait_differs() {
+        use async_nats::jetstream::consumer::IntoConsumerConfig;
+        let ours = consumer_config("laptop");
+        let same = ours.clone().into_consumer_config();
+        assert!(!consumer_differs(&same, &ours));
+        let older = consumer::Config {
+            ack_wait: Duration::from_secs(30),
+            ..same
+        };
+        assert!(consumer_differs(&older, &ours));
     }
 }
