@@ -1042,3 +1042,59 @@ async fn who_lists_the_live_sessions_of_the_other_machines() {
         "{publishes} presence publishes: a feedback loop"
     );
 }
+
+/// `t9-ipc relay --reclaim` on this machine: its exit code, stdout and stderr.
+async fn reclaim(machine: &Machine, url: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    without_telegram(&mut cmd);
+    cmd.args(["relay", "--reclaim"])
+        .args(extra)
+        .env("IPC_DATA_DIR", machine.mb.root())
+        .env("IPC_NATS_URL", url)
+        .env("IPC_MACHINE", &machine.name)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("relay --reclaim ends in time")
+        .expect("run t9-ipc");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn a_reinstalled_machine_takes_its_name_back_after_saying_so() {
+    let nats = Nats::start().await;
+    let mut old = Machine::start("laptop", &nats).await;
+    old.kill_relay().await;
+    let mut new = Machine::without_relay("laptop");
+    // Not asked (no terminal) and not told --yes: nothing is taken.
+    let (code, out, err) = reclaim(&new, &nats.url(), &[]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("held in the hub by another mailbox"), "{out}");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, err) = reclaim(&new, &nats.url(), &["--yes"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("is this mailbox's name in the hub now"),
+        "{out}"
+    );
+    assert!(out.contains("t9-ipc relay --trust laptop "), "{out}");
+    // Its bridge starts now, and a second --reclaim has nothing to do.
+    new.start_relay(&nats.url()).await;
+    let (code, out, _) = reclaim(&new, &nats.url(), &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already this mailbox's name"), "{out}");
+    // The old mailbox is the one refused now.
+    old.spawn_relay(&nats.url());
+    old.log
+        .wait("the old mailbox's refusal", |log| {
+            log.text().contains("is held in the hub by another mailbox")
+        })
+        .await;
+}

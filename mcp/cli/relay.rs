@@ -6,6 +6,7 @@
 use anyhow::{Context as _, bail};
 use clap::Args;
 use t9_ipc::config::Config;
+use t9_ipc::federation::hub::MachineName;
 use t9_ipc::federation::keys::Pins;
 use t9_ipc::federation::{self, Paths, store, wire};
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,13 +22,23 @@ use super::UsageError;
   IPC_MACHINE     this machine's name (default: the host name)
 
 Example, trusting the new key of a machine that was reinstalled:
-  t9-ipc relay --trust buildbox 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29")]
+  t9-ipc relay --trust buildbox 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
+and, on the reinstalled machine itself, taking its name back in the hub:
+  t9-ipc relay --reclaim")]
 pub struct RelayArgs {
     /// Pin KEY (hex) for MACHINE, replacing the key pinned before, deliver what MACHINE sent
     /// signed by KEY that was kept aside, and exit. Do this only when you know that machine
     /// made a new key.
     #[arg(long, num_args = 2, value_names = ["MACHINE", "KEY"])]
     pub trust: Option<Vec<String>>,
+    /// Take this machine's name (IPC_MACHINE) over in the hub for this mailbox, after
+    /// asking, when another mailbox holds it (this machine was reinstalled and made a new
+    /// key), and exit.
+    #[arg(long, conflicts_with = "trust")]
+    pub reclaim: bool,
+    /// With --reclaim: do not ask.
+    #[arg(long, requires = "reclaim")]
+    pub yes: bool,
 }
 
 pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
@@ -46,6 +57,9 @@ pub async fn run(args: RelayArgs, config: &Config) -> anyhow::Result<()> {
         )
         .into());
     };
+    if args.reclaim {
+        return reclaim(&settings, &paths, args.yes).await;
+    }
 
     let cancel = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
@@ -91,5 +105,64 @@ fn trust_key(paths: &Paths, data_dir: &std::path::Path, trust: &[String]) -> any
         t9_ipc::text::plural(released.len(), "message"),
         paths.quarantine().display()
     );
+    Ok(())
+}
+
+/// `--reclaim`: takes this machine's name over in the hub, after asking unless `yes`.
+async fn reclaim(settings: &federation::Settings, paths: &Paths, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let key = t9_ipc::federation::keys::MachineKey::load_or_create(&paths.key())?;
+    let wait = std::time::Duration::from_secs(10);
+    let name = tokio::time::timeout(wait, MachineName::look(settings, &key))
+        .await
+        .map_err(|_| anyhow::anyhow!("the hub did not answer within {} s", wait.as_secs()))?
+        .map_err(anyhow::Error::msg)?;
+    let machine = &name.machine;
+    if name.is_ours() {
+        println!(
+            "{machine} is already this mailbox's name in the hub (key {}). Nothing to do.",
+            name.ours
+        );
+        return Ok(());
+    }
+    if let Some((other, _)) = &name.held {
+        println!(
+            "The machine name {machine} is held in the hub by another mailbox (key {other}).\n\
+             This mailbox's key is {}.\n\
+             Take the name over only if that mailbox is gone for good (this machine was \
+             reinstalled, or its data folder replaced). If it still runs, give this one its own \
+             name with IPC_MACHINE instead.",
+            name.ours
+        );
+        if !yes {
+            if !std::io::stdin().is_terminal() {
+                return Err(UsageError(
+                    "--reclaim asks before it takes a name over: run it in a terminal, or add --yes"
+                        .to_owned(),
+                )
+                .into());
+            }
+            print!("Take over {machine}? [y/N] ");
+            std::io::stdout().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                println!("Left as it is.");
+                return Ok(());
+            }
+        }
+    }
+    tokio::time::timeout(wait, name.take())
+        .await
+        .map_err(|_| anyhow::anyhow!("the hub did not answer within {} s", wait.as_secs()))?
+        .map_err(anyhow::Error::msg)?;
+    println!("{machine} is this mailbox's name in the hub now; its bridge can start.");
+    if name.held.is_some() {
+        println!(
+            "The other machines keep this mailbox's messages aside until each runs:\n  \
+             t9-ipc relay --trust {machine} {}",
+            name.ours
+        );
+    }
     Ok(())
 }

@@ -128,7 +128,9 @@ pub(crate) async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Str
     if let Some(update) = stream_update(&stream.cached_info().config) {
         match js.update_stream(&update).await {
             Ok(_) => tracing::info!("federation: gave the stream {STREAM} this version's settings"),
-            Err(e) => tracing::warn!(err = %e, "federation: cannot update the stream {STREAM}'s settings; using them as they are"),
+            Err(e) => {
+                tracing::warn!(err = %e, "federation: cannot update the stream {STREAM}'s settings; using them as they are")
+            }
         }
     }
     Ok(stream)
@@ -178,7 +180,9 @@ pub(crate) async fn ensure_consumer(
                 tracing::info!(consumer = %name, "federation: gave the consumer this version's settings");
                 consumer = updated;
             }
-            Err(e) => tracing::warn!(consumer = %name, err = %e, "federation: cannot update the consumer's settings; using them as they are"),
+            Err(e) => {
+                tracing::warn!(consumer = %name, err = %e, "federation: cannot update the consumer's settings; using them as they are")
+            }
         }
     }
     Ok(consumer)
@@ -194,6 +198,23 @@ pub(crate) enum Claim {
     Taken(String),
 }
 
+/// The bucket of machine-name claims, created when missing.
+async fn machines_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    use jetstream::kv;
+    if let Ok(bucket) = js.get_key_value(MACHINES_BUCKET).await {
+        return Ok(bucket);
+    }
+    js.create_key_value(kv::Config {
+        bucket: MACHINES_BUCKET.to_owned(),
+        description: "t9-ipc: machine name -> the key of the mailbox holding it".to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("bucket {MACHINES_BUCKET}: {e}"))
+}
+
 /// Claims `machine` for this mailbox's key with create-if-absent: two mailboxes (on one host,
 /// or a copied configuration) never share a name, and so never split one consumer's
 /// messages between them.
@@ -204,19 +225,7 @@ pub(crate) async fn claim_machine(
 ) -> Result<Claim, String> {
     use jetstream::kv;
     let ours = wire::hex(key.public().as_bytes());
-    let bucket = match js.get_key_value(MACHINES_BUCKET).await {
-        Ok(bucket) => bucket,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: MACHINES_BUCKET.to_owned(),
-                description: "t9-ipc: machine name -> the key of the mailbox holding it".to_owned(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("bucket {MACHINES_BUCKET}: {e}"))?,
-    };
+    let bucket = machines_bucket(js).await?;
     match bucket.create(machine, ours.clone().into()).await {
         Ok(_) => {
             tracing::info!(machine, "federation: claimed this machine's name");
@@ -232,6 +241,77 @@ pub(crate) async fn claim_machine(
             "claiming {machine}: the claim vanished; trying again"
         )),
         Err(e) => Err(format!("claiming {machine}: {e}")),
+    }
+}
+
+/// Who holds this machine's name in the hub, for `t9-ipc relay --reclaim`: looked at by
+/// [`MachineName::look`], taken over by [`MachineName::take`] once the person agreed.
+pub struct MachineName {
+    bucket: jetstream::kv::Store,
+    pub machine: String,
+    /// This mailbox's key (hex).
+    pub ours: String,
+    /// The key (hex) that holds the name and the claim's revision; `None` when nobody does.
+    pub held: Option<(String, u64)>,
+}
+
+impl MachineName {
+    /// Connects to the hub and reads the claim of `settings.machine`.
+    pub async fn look(settings: &Settings, key: &MachineKey) -> Result<MachineName, String> {
+        let client = options(settings)
+            .await
+            .map_err(|e| e.to_string())?
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|e| format!("the hub {}: {e}", redact_url(&settings.url)))?;
+        let bucket = machines_bucket(&jetstream::new(client)).await?;
+        let machine = settings.machine.clone();
+        let held = match bucket.entry(&machine).await {
+            Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => Some((
+                String::from_utf8_lossy(&entry.value).into_owned(),
+                entry.revision,
+            )),
+            Ok(_) => None,
+            Err(e) => return Err(format!("reading the claim of {machine}: {e}")),
+        };
+        Ok(MachineName {
+            bucket,
+            machine,
+            ours: wire::hex(key.public().as_bytes()),
+            held,
+        })
+    }
+
+    /// True when this mailbox holds the name already.
+    pub fn is_ours(&self) -> bool {
+        self.held.as_ref().is_some_and(|(key, _)| *key == self.ours)
+    }
+
+    /// Makes the name this mailbox's: replaces the claim that was looked at (only if it is
+    /// still the same: a claim changed meanwhile is refused), or creates it when there was
+    /// none.
+    pub async fn take(&self) -> Result<(), String> {
+        let value = self.ours.clone().into();
+        let done = match &self.held {
+            Some((_, revision)) => self
+                .bucket
+                .update(&self.machine, value, *revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => self
+                .bucket
+                .create(&self.machine, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        done.map_err(|e| {
+            format!(
+                "taking over {}: {e} (the claim changed meanwhile; look again)",
+                self.machine
+            )
+        })
     }
 }
 
