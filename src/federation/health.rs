@@ -335,7 +335,9 @@ async fn name_claim(js: &jetstream::Context, machine: &str, key: Option<&str>) -
                 Level::Problem,
                 format!(
                     "the name {} is held by another mailbox (key {}): this one's bridge does \
-                     not start; give it its own IPC_MACHINE",
+                     not start; give it its own IPC_MACHINE, or, if this machine was \
+                     reinstalled and that mailbox is gone, take the name back with: \
+                     t9-ipc relay --reclaim",
                     machine,
                     String::from_utf8_lossy(&held)
                 ),
