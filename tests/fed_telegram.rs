@@ -4,11 +4,12 @@
 //! reaches the escalating session on the other.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::federation::{Machine, Nats};
-use crate::telegram::{CHAT, FakeBot, envs, read, text_of, wait_file};
+use crate::telegram::{CHAT, Call, FakeBot, envs, read, text_of, wait_file};
 use crate::util::{Client, msg_id_in};
 
 /// Starts `t9-ipc serve` named `name` on `machine`, with Telegram pointed at `bot` and
@@ -27,6 +28,37 @@ fn logged(path: &Path, words: &[&str]) -> bool {
     read(path)
         .lines()
         .any(|l| words.iter().all(|w| l.contains(w)))
+}
+
+/// Waits until both machines handled escalation `id`: one forwarded it, the other found it
+/// claimed in the hub. True when A (`log_a`) forwarded it.
+async fn handled_once(log_a: &Path, log_b: &Path, id: &str, wait: Duration) -> bool {
+    let forwarded = |log: &Path| logged(log, &["forwarded to Telegram", id]);
+    let elsewhere = |log: &Path| logged(log, &["another machine forwards it", id]);
+    let deadline = Instant::now() + wait;
+    loop {
+        if forwarded(log_a) && elsewhere(log_b) {
+            return true;
+        }
+        if forwarded(log_b) && elsewhere(log_a) {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both machines did not handle {id}:\nA:\n{}\nB:\n{}",
+            read(log_a),
+            read(log_b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sendMessage calls whose text holds `subject`.
+fn sends_of(bot: &FakeBot, subject: &str) -> Vec<Call> {
+    bot.sends()
+        .into_iter()
+        .filter(|c| text_of(c).contains(subject))
+        .collect()
 }
 
 #[tokio::test]
@@ -55,27 +87,10 @@ async fn an_escalation_with_tokens_on_two_machines_reaches_telegram_once_and_the
         )
         .await;
     let id = msg_id_in(&sent);
-    // Both machines handle it: one forwards it, the other finds it claimed in the hub.
-    let forwarded = |log: &Path| logged(log, &["forwarded to Telegram", &id]);
-    let elsewhere = |log: &Path| logged(log, &["another machine forwards it", &id]);
-    let deadline = std::time::Instant::now() + crate::util::EVENT_WAIT;
-    while !(forwarded(&log_a) && elsewhere(&log_b) || forwarded(&log_b) && elsewhere(&log_a)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "both machines did not handle {id}:\nA:\n{}\nB:\n{}",
-            read(&log_a),
-            read(&log_b)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let calls = bot.sends();
-    let ours: Vec<_> = calls
-        .iter()
-        .filter(|c| text_of(c).contains("disk full"))
-        .collect();
-    assert_eq!(ours.len(), 1, "sent {} times: {calls:?}", ours.len());
+    let by_a = handled_once(&log_a, &log_b, &id, crate::util::EVENT_WAIT).await;
+    let ours = sends_of(&bot, "disk full");
+    assert_eq!(ours.len(), 1, "sent {} times: {ours:?}", ours.len());
     let telegram_id = ours[0].message_id.expect("answered");
-    let by_a = forwarded(&log_a);
     eprintln!("forwarded by {}", if by_a { "A" } else { "B" });
     // The machine that gave way wrote it down, so it never offers it again.
     let (gave_way, winner) = if by_a {
@@ -126,4 +141,49 @@ async fn an_escalation_with_tokens_on_two_machines_reaches_telegram_once_and_the
     let event = alpha.next_event().await;
     assert_eq!(event.content, "still there?");
     alpha.quit().await;
+}
+
+#[tokio::test]
+async fn while_the_hub_is_down_escalations_wait_and_then_go_out_once() {
+    let mut nats = Nats::start().await;
+    let bot = FakeBot::start();
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let (alpha, log_a) = serve(&a, "alpha", &nats, &bot).await;
+    let (beta, log_b) = serve(&b, "beta", &nats, &bot).await;
+    // Both are in touch with the hub: one polls, the other stands by.
+    for log in [&log_a, &log_b] {
+        wait_file(log, "the poller lease settled", |t| {
+            t.contains("holds the poller lease")
+                || t.contains("another machine reads the replies from Telegram")
+        })
+        .await;
+    }
+
+    nats.kill().await;
+    let sent = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "hub away", "body": "wait for it", "priority": "critical"}),
+        )
+        .await;
+    let id = msg_id_in(&sent);
+    // A does not send it without the hub's claim: B could send it too.
+    wait_file(&log_a, "A to say escalations wait for the hub", |t| {
+        t.contains("escalations wait for it")
+    })
+    .await;
+    assert!(
+        sends_of(&bot, "hub away").is_empty(),
+        "sent without the claim"
+    );
+
+    nats.restart().await;
+    // Nothing is lost: A claims it once the hub answers, B finds it claimed.
+    // (Whichever claims first: B may outrun A's next try once the message crosses.)
+    handled_once(&log_a, &log_b, &id, Duration::from_secs(60)).await;
+    let ours = sends_of(&bot, "hub away");
+    assert_eq!(ours.len(), 1, "sent {} times: {ours:?}", ours.len());
+    alpha.quit().await;
+    beta.quit().await;
 }

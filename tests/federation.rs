@@ -178,14 +178,14 @@ impl Nats {
     }
 
     /// SIGKILL, and wait until it is gone.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
         child.start_kill().expect("kill nats-server");
         child.wait().await.expect("wait nats-server");
     }
 
     /// Starts it again on the same port and storage.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.run().await;
     }
 }
