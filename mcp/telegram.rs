@@ -31,6 +31,10 @@ pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
             return None;
         }
     };
+    // Federation on: the hub decides which machine forwards and which one polls.
+    if let Ok(Some(federation)) = &config.federation {
+        telegram.federate(federation);
+    }
     tracing::info!(
         chat = ?settings.chat,
         api = %settings.token.scrub(&settings.api_base),

@@ -124,7 +124,7 @@ fn find_binary(dir: &Path) -> Option<PathBuf> {
 
 /// A `nats-server` with JetStream on 127.0.0.1, its storage in a temp folder that outlives
 /// kills and restarts.
-struct Nats {
+pub(crate) struct Nats {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
@@ -132,7 +132,7 @@ struct Nats {
 }
 
 impl Nats {
-    async fn start() -> Nats {
+    pub(crate) async fn start() -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -173,19 +173,19 @@ impl Nats {
             .await;
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL, and wait until it is gone.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
         child.start_kill().expect("kill nats-server");
         child.wait().await.expect("wait nats-server");
     }
 
     /// Starts it again on the same port and storage.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.run().await;
     }
 }
@@ -195,7 +195,7 @@ impl Nats {
 
 /// Every stderr line of the processes it follows, and a wake-up for each new one.
 #[derive(Clone, Default)]
-struct Log {
+pub(crate) struct Log {
     lines: Arc<Mutex<Vec<String>>>,
     grew: Arc<Notify>,
 }
@@ -253,9 +253,9 @@ impl Log {
 // Machines
 
 /// One "machine": a mailbox with its relay.
-struct Machine {
-    name: String,
-    mb: TempMailbox,
+pub(crate) struct Machine {
+    pub(crate) name: String,
+    pub(crate) mb: TempMailbox,
     relay: Option<Child>,
     /// The relay's stderr, across restarts.
     log: Log,
@@ -263,7 +263,7 @@ struct Machine {
 
 impl Machine {
     /// A machine whose bridge runs in `t9-ipc relay`.
-    async fn start(name: &str, nats: &Nats) -> Machine {
+    pub(crate) async fn start(name: &str, nats: &Nats) -> Machine {
         let mut machine = Machine::without_relay(name);
         machine.start_relay(&nats.url()).await;
         machine
@@ -391,7 +391,7 @@ impl Machine {
         (out.status.code().unwrap(), section.join("\n"))
     }
 
-    fn file(&self, id: &str) -> PathBuf {
+    pub(crate) fn file(&self, id: &str) -> PathBuf {
         self.mb.inbox().join(format!("{id}.md"))
     }
 

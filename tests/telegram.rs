@@ -30,11 +30,11 @@ enum Answer {
 
 /// One sendMessage the fake received.
 #[derive(Debug, Clone)]
-struct Call {
-    body: Value,
+pub(crate) struct Call {
+    pub(crate) body: Value,
     at: Instant,
     /// The message_id the fake answered with, once it has.
-    message_id: Option<i64>,
+    pub(crate) message_id: Option<i64>,
 }
 
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl FakeBot {
         self.shared.notify();
     }
 
-    fn sends(&self) -> Vec<Call> {
+    pub(crate) fn sends(&self) -> Vec<Call> {
         self.shared.lock().sends.clone()
     }
 
@@ -229,7 +229,7 @@ impl FakeBot {
     }
 
     /// Waits for at least `n` sendMessage calls and returns them all.
-    async fn wait_sends(&self, n: usize) -> Vec<Call> {
+    pub(crate) async fn wait_sends(&self, n: usize) -> Vec<Call> {
         self.wait(&format!("{n} sendMessage calls"), |s| s.sends.len() >= n)
             .await;
         self.sends()
@@ -514,11 +514,11 @@ pub(crate) fn envs<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-fn text_of(call: &Call) -> &str {
+pub(crate) fn text_of(call: &Call) -> &str {
     call.body["text"].as_str().expect("text")
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
@@ -526,7 +526,7 @@ fn read(path: &Path) -> String {
 
 /// Waits until the file at `path` satisfies `done`; polls the file, since nothing signals a
 /// write to it, with [`EVENT_WAIT`] as the bound.
-async fn wait_file(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn wait_file(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + EVENT_WAIT;
     loop {
         let text = read(path);

@@ -12,6 +12,8 @@
 //! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
+//! - [`claims`]: Telegram across machines: who forwards each escalation, which machine
+//!   polls `getUpdates` (a lease), and where a reply to a forwarded part goes.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
 //! - [`health`]: what `doctor` reports about all of this; reads only.
 //!
@@ -19,6 +21,7 @@
 //! files 0600). Nothing in it is deleted by the program.
 
 pub mod bridge;
+pub mod claims;
 pub mod election;
 pub mod health;
 pub mod hub;

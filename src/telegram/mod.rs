@@ -19,7 +19,9 @@
 //! the Bot API client and its errors), `store` (the files below), `service` (the
 //! [`Telegram`] handle and the forwarder), `inbound` (the reply poller; `inbound::triage`
 //! decides what a message from the person becomes), `access` (allowed users, pairing), `permission` (the prompt
-//! relay), `topics` (one forum topic per session), `files` (files both ways).
+//! relay), `topics` (one forum topic per session), `files` (files both ways), `federated`
+//! (with federation on: the hub's claim before a forward, the poller's lease, replies'
+//! routes across machines; see `federation::claims`).
 //!
 //! On disk, under `<data>/telegram/` (each file 0600; state is replaced durably):
 //!
@@ -45,6 +47,7 @@
 
 mod access;
 mod api;
+mod federated;
 mod files;
 mod inbound;
 mod permission;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use chrono::{Local, TimeDelta};
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Access, Allowed};
 use super::api::{Api, ApiError, backoff};
+use super::federated::Federated;
 use super::files::{listed_files, send_file};
 use super::permission::Pending;
 use super::render::{Part, render};
@@ -52,6 +53,9 @@ pub(super) struct Inner {
     offered: Mutex<HashSet<String>>,
     queue: mpsc::UnboundedSender<Arc<Message>>,
     queued: Mutex<Option<mpsc::UnboundedReceiver<Arc<Message>>>>,
+    /// The hub's part in forwarding and polling, when federation is on
+    /// ([`Telegram::federate`]).
+    pub(super) federated: OnceLock<Federated>,
 }
 
 pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +87,7 @@ impl Telegram {
                 offered: Mutex::new(HashSet::new()),
                 queue,
                 queued: Mutex::new(Some(queued)),
+                federated: OnceLock::new(),
             }),
         })
     }
@@ -201,7 +206,10 @@ impl Telegram {
 
     /// Claims, renders and sends one escalation, then records the outcome beside its claim.
     async fn forward_one(&self, chat: i64, msg: Arc<Message>, cancel: &CancellationToken) {
-        let Some(mut claim) = self.claim(&msg.id).await else {
+        let Some(claim) = self.claim(&msg.id).await else {
+            return;
+        };
+        let Some(mut claim) = self.claim_in_hub(&msg.id, claim, cancel).await else {
             return;
         };
         let thread = self.topic_for(&msg.front.from).await;
@@ -356,6 +364,7 @@ impl Telegram {
             from: msg.front.from.clone(),
             subject: msg.front.subject.clone(),
         };
+        let shared = forwarded.clone();
         let (claim, remembered, recorded) = self
             .blocking(move |inner| {
                 let remembered = inner.store.remember(&forwarded);
@@ -369,6 +378,7 @@ impl Telegram {
         if let Err(err) = recorded {
             tracing::warn!(msg_id = %msg.id, %err, "recording a sent part");
         }
+        self.share_route(&shared).await;
         Some(claim)
     }
 

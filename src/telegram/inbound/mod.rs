@@ -103,11 +103,16 @@ impl Telegram {
         let Some(_lock) = self.elected(&cancel).await else {
             return;
         };
-        tracing::info!(chat = ?self.inner.chat(), "this server now reads the replies from Telegram");
-        let mut offset = self
+        self.poll_leased(&cancel).await;
+    }
+
+    /// Long-polls `getUpdates` until `cancel`, from the stored offset on.
+    pub(super) async fn poll(&self, cancel: &CancellationToken) {
+        let local = self
             .blocking(|inner| inner.store.load_offset())
             .await
             .flatten();
+        let mut offset = self.shared_offset(local).await;
         let mut errors = PollErrors::default();
         loop {
             let got = tokio::select! {
@@ -117,7 +122,11 @@ impl Telegram {
             match got {
                 Ok(updates) => {
                     errors = PollErrors::default();
-                    offset = self.take(updates, offset).await;
+                    let next = self.take(updates, offset).await;
+                    if next != offset {
+                        self.share_offset(next).await;
+                    }
+                    offset = next;
                 }
                 Err(err) => {
                     let delay = errors.delay(&err);
@@ -179,6 +188,7 @@ impl Telegram {
             return offset;
         }
         let files = self.fetch_files(&updates).await;
+        self.fetch_routes(&updates).await;
         let taken = self
             .blocking(move |inner| inner.take_updates(updates, offset, files))
             .await;

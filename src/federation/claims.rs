@@ -1,0 +1,266 @@
+//! Telegram's exactly-once across machines, kept in the hub: who forwards each escalation
+//! (create-if-absent in [`CLAIMS_BUCKET`]), which machine's poller reads `getUpdates` (a lease
+//! in [`LEASES_BUCKET`], expired by the hub's clock), and what a reply to a forwarded part
+//! answers. Connects lazily: nothing here touches the network before the first call.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use tokio::sync::OnceCell;
+
+use super::{Settings, hub};
+
+/// Forward claims, reply routes and the shared `getUpdates` offset.
+pub const CLAIMS_BUCKET: &str = "T9IPC_CLAIMS";
+/// How long a claim lives: well past the 24 hours in which a server catches up on
+/// escalations, so a claim never expires while an escalation may still be offered.
+pub const CLAIMS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The poller's lease.
+pub const LEASES_BUCKET: &str = "T9IPC_LEASES";
+/// A lease not renewed for this long is gone (the hub drops it by its own clock).
+pub const LEASE_TTL: Duration = Duration::from_secs(20);
+/// How often the holder renews the lease, and a waiting machine tries to take it.
+pub const LEASE_REFRESH: Duration = Duration::from_secs(5);
+/// The key of the Telegram poller's lease.
+pub const POLLER_KEY: &str = "tg.poller";
+/// The key of the `getUpdates` offset the latest poller reached.
+pub const OFFSET_KEY: &str = "tg.offset";
+/// How long one request to the hub may take before it counts as unreachable.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+
+/// The key that claims the forward of escalation `id`.
+pub fn forward_key(id: &str) -> String {
+    format!("tg.fwd.{}", key_token(id))
+}
+
+/// The key that routes a reply to Telegram message `message_id` in `chat`.
+pub fn reply_key(chat: i64, message_id: i64) -> String {
+    format!("tg.reply.{chat}.{message_id}")
+}
+
+/// `text` as one token of a key-value key (`[A-Za-z0-9_-]` and `=XX` for every other byte):
+/// keys allow only `[-/_=.A-Za-z0-9]`, and `.` separates tokens.
+fn key_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// Who forwards an escalation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// This machine (claimed now, or by one of its servers before).
+    Ours,
+    /// The machine named.
+    Taken(String),
+}
+
+/// The hub, seen from Telegram on one machine. Cheap to keep; connects on first use, and
+/// again on the next call after a failed connect.
+pub struct Claims {
+    settings: Settings,
+    buckets: OnceCell<Buckets>,
+}
+
+struct Buckets {
+    claims: kv::Store,
+    leases: kv::Store,
+}
+
+impl Claims {
+    pub fn new(settings: Settings) -> Claims {
+        Claims {
+            settings,
+            buckets: OnceCell::new(),
+        }
+    }
+
+    /// This machine's name.
+    pub fn machine(&self) -> &str {
+        &self.settings.machine
+    }
+
+    async fn buckets(&self) -> Result<&Buckets, String> {
+        self.buckets
+            .get_or_try_init(|| async {
+                bounded("connecting", connect(&self.settings))
+                    .await
+                    .and_then(|connected| connected)
+            })
+            .await
+    }
+
+    /// Claims the forward of escalation `id` for this machine with create-if-absent.
+    pub async fn claim_forward(&self, id: &str) -> Result<Forward, String> {
+        let claims = &self.buckets().await?.claims;
+        let key = forward_key(id);
+        let created = bounded(
+            "claiming",
+            claims.create(&key, self.machine().to_owned().into()),
+        )
+        .await?;
+        match created {
+            Ok(_) => return Ok(Forward::Ours),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+        }
+        match bounded("reading a claim", claims.get(&key)).await? {
+            Ok(Some(holder)) if holder.as_ref() == self.machine().as_bytes() => Ok(Forward::Ours),
+            Ok(Some(holder)) => Ok(Forward::Taken(
+                String::from_utf8_lossy(&holder).into_owned(),
+            )),
+            Ok(None) => Err(format!("{CLAIMS_BUCKET} {key}: the claim vanished")),
+            Err(e) => Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+        }
+    }
+
+    /// Puts `value` under `key` in [`CLAIMS_BUCKET`] (a reply route, the offset).
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let claims = &self.buckets().await?.claims;
+        bounded("writing", claims.put(key, value.into()))
+            .await?
+            .map(|_| ())
+            .map_err(|e| format!("{CLAIMS_BUCKET} {key}: {e}"))
+    }
+
+    /// The value under `key` in [`CLAIMS_BUCKET`], if any.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let claims = &self.buckets().await?.claims;
+        bounded("reading", claims.get(key))
+            .await?
+            .map(|value| value.map(|v| v.to_vec()))
+            .map_err(|e| format!("{CLAIMS_BUCKET} {key}: {e}"))
+    }
+
+    /// Takes the poller's lease for `holder` (this machine and process); `Some(revision)`
+    /// when it is held now, `None` when another holds it.
+    pub async fn take_lease(&self, holder: &str) -> Result<Option<u64>, String> {
+        let leases = &self.buckets().await?.leases;
+        let created = leases.create(POLLER_KEY, holder.to_owned().into());
+        match bounded("taking the lease", created).await? {
+            Ok(revision) => return Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{LEASES_BUCKET} {POLLER_KEY}: {e}")),
+        }
+        // Ours already (a renewal that timed out but reached the hub): renew it.
+        match bounded("reading the lease", leases.entry(POLLER_KEY)).await? {
+            Ok(Some(entry))
+                if entry.operation == kv::Operation::Put
+                    && entry.value.as_ref() == holder.as_bytes() =>
+            {
+                self.renew_lease(holder, entry.revision).await
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(format!("{LEASES_BUCKET} {POLLER_KEY}: {e}")),
+        }
+    }
+
+    /// Renews the lease held at `revision`; `Some(new revision)`, or `None` when it is no
+    /// longer ours (expired and taken by another).
+    pub async fn renew_lease(&self, holder: &str, revision: u64) -> Result<Option<u64>, String> {
+        let leases = &self.buckets().await?.leases;
+        let updated = leases.update(POLLER_KEY, holder.to_owned().into(), revision);
+        match bounded("renewing the lease", updated).await? {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(format!("{LEASES_BUCKET} {POLLER_KEY}: {e}")),
+        }
+    }
+
+    /// Gives the lease held at `revision` up, so another machine takes it at its next try.
+    pub async fn release_lease(&self, revision: u64) -> Result<(), String> {
+        let leases = &self.buckets().await?.leases;
+        bounded(
+            "releasing the lease",
+            leases.delete_expect_revision(POLLER_KEY, Some(revision)),
+        )
+        .await?
+        .map_err(|e| format!("{LEASES_BUCKET} {POLLER_KEY}: {e}"))
+    }
+}
+
+/// Connects to the hub and opens (or creates) the two buckets.
+async fn connect(settings: &Settings) -> Result<Buckets, String> {
+    let client = hub::options(settings)
+        .await
+        .map_err(|e| e.to_string())?
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
+    let js = jetstream::new(client);
+    Ok(Buckets {
+        claims: bucket(&js, CLAIMS_BUCKET, CLAIMS_MAX_AGE).await?,
+        leases: bucket(&js, LEASES_BUCKET, LEASE_TTL).await?,
+    })
+}
+
+/// `work`, or an error when the hub does not answer within [`REQUEST_WAIT`].
+async fn bounded<T>(what: &str, work: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(REQUEST_WAIT, work)
+        .await
+        .map_err(|_| format!("{what}: the hub did not answer within {REQUEST_WAIT:?}"))
+}
+
+/// The bucket `name`, created when missing (an existing one is used as it is).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        description: "t9-ipc: Telegram forwards, replies and the poller's lease".to_owned(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("bucket {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_and_distinct() {
+        let ids = [
+            "20261206T231500123456-00000001-alpha-beta-disk_full",
+            "a.b",
+            "a=2Eb",
+            "a b/c%",
+        ];
+        let keys: Vec<String> = ids.iter().map(|id| forward_key(id)).collect();
+        for key in &keys {
+            let token = key.strip_prefix("tg.fwd.").unwrap();
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-=".contains(&b)),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            keys[0],
+            format!("tg.fwd.{}", ids[0]),
+            "ids t9-ipc makes stay as they are"
+        );
+        assert_eq!(keys[1], "tg.fwd.a=2Eb");
+        assert_eq!(
+            keys[2], "tg.fwd.a=3D2Eb",
+            "`=` is escaped too, so no two ids meet"
+        );
+        assert_eq!(keys[3], "tg.fwd.a=20b=2Fc=25");
+        assert_eq!(reply_key(-100_123, 45), "tg.reply.-100123.45");
+    }
+}

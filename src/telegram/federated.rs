@@ -1,0 +1,317 @@
+//! Telegram with federation on: the hub decides which machine forwards each escalation and
+//! which machine's server polls `getUpdates`, and carries the routes of replies between
+//! machines (`federation::claims`). With federation off nothing here runs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::api::backoff;
+use super::service::Telegram;
+use super::store::{Claim, Forwarded};
+use crate::federation::Settings;
+use crate::federation::claims::{self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY};
+
+/// This process's view of the hub, made when federation is on; connects on first use.
+pub(super) struct Federated {
+    claims: Claims,
+    /// Who holds the poller's lease when this process does: machine, pid and a random uid.
+    holder: String,
+    /// The last request to the hub failed: warned once until it answers again.
+    unreachable: AtomicBool,
+}
+
+/// What the hub says about an escalation's forward.
+enum HubClaim {
+    Ours,
+    Elsewhere(String),
+    Cancelled,
+}
+
+impl Federated {
+    pub(super) fn new(settings: &Settings) -> Federated {
+        let holder = format!(
+            "{} {} {}",
+            settings.machine,
+            std::process::id(),
+            crate::fsx::random_uid()
+        );
+        Federated {
+            claims: Claims::new(settings.clone()),
+            holder,
+            unreachable: AtomicBool::new(false),
+        }
+    }
+
+    fn failed(&self, err: &str, what: &'static str) {
+        if self.unreachable.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%err, what, "federation: the hub is still unreachable");
+        } else {
+            tracing::warn!(%err, what, "federation: the hub is unreachable; escalations wait for it before they go to Telegram (so that no two machines send one), and replies are read by a machine that holds the poller lease");
+        }
+    }
+
+    fn answered(&self) {
+        if self.unreachable.swap(false, Ordering::Relaxed) {
+            tracing::info!("federation: the hub answers again; Telegram goes on");
+        }
+    }
+
+    /// Claims the forward of `id` in the hub; while the hub does not answer, tries again
+    /// with a growing pause until it does or `cancel`.
+    async fn claim_forward(&self, id: &str, cancel: &CancellationToken) -> HubClaim {
+        let mut failures = 0;
+        loop {
+            match self.claims.claim_forward(id).await {
+                Ok(Forward::Ours) => {
+                    self.answered();
+                    return HubClaim::Ours;
+                }
+                Ok(Forward::Taken(machine)) => {
+                    self.answered();
+                    return HubClaim::Elsewhere(machine);
+                }
+                Err(err) => self.failed(&err, "claiming an escalation's forward"),
+            }
+            failures += 1;
+            tokio::select! {
+                () = cancel.cancelled() => return HubClaim::Cancelled,
+                () = tokio::time::sleep(backoff(failures - 1)) => {}
+            }
+        }
+    }
+
+    /// Waits until this process holds the poller's lease; its revision, or `None` at
+    /// `cancel`. A lease expires [`claims::LEASE_TTL`] after its last renewal by the hub's
+    /// clock, so the next try after that takes it.
+    async fn wait_for_lease(&self, cancel: &CancellationToken) -> Option<u64> {
+        let mut said = false;
+        loop {
+            match self.claims.take_lease(&self.holder).await {
+                Ok(Some(revision)) => {
+                    self.answered();
+                    return Some(revision);
+                }
+                Ok(None) => {
+                    self.answered();
+                    if !said {
+                        tracing::info!(
+                            "another machine reads the replies from Telegram; this one stands by"
+                        );
+                        said = true;
+                    }
+                }
+                Err(err) => self.failed(&err, "taking the Telegram poller lease"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(LEASE_REFRESH) => {}
+            }
+        }
+    }
+
+    /// Renews the lease held at `revision` until `held` is cancelled (then gives it up when
+    /// `cancel` was, the server ending) or the lease is lost (then cancels `held`: polling
+    /// stops, and the server waits for the lease again).
+    async fn keep(&self, mut revision: u64, held: &CancellationToken, cancel: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = held.cancelled() => break,
+                () = tokio::time::sleep(LEASE_REFRESH) => {}
+            }
+            match self.claims.renew_lease(&self.holder, revision).await {
+                Ok(Some(next)) => revision = next,
+                Ok(None) => {
+                    tracing::warn!(
+                        "the Telegram poller lease went to another machine; this one stops reading replies"
+                    );
+                    held.cancel();
+                    return;
+                }
+                Err(err) => {
+                    // Unrenewed, it expires and another machine may poll: stop first.
+                    self.failed(&err, "renewing the Telegram poller lease");
+                    held.cancel();
+                    return;
+                }
+            }
+        }
+        if cancel.is_cancelled()
+            && let Err(err) = self.claims.release_lease(revision).await
+        {
+            tracing::debug!(%err, "giving the Telegram poller lease up; it expires by itself");
+        }
+    }
+
+    /// The `getUpdates` offset the latest poller of any machine reached.
+    async fn offset(&self) -> Option<i64> {
+        match self.claims.get(OFFSET_KEY).await {
+            Ok(value) => value.and_then(|v| String::from_utf8(v).ok()?.trim().parse().ok()),
+            Err(err) => {
+                tracing::debug!(%err, "reading the shared Telegram offset");
+                None
+            }
+        }
+    }
+
+    async fn put_offset(&self, offset: i64) {
+        if let Err(err) = self
+            .claims
+            .put(OFFSET_KEY, offset.to_string().into_bytes())
+            .await
+        {
+            tracing::warn!(%err, "sharing the Telegram offset; another machine taking over may deliver a reply twice");
+        }
+    }
+
+    /// Puts where a reply to a forwarded part goes, for the machine that polls.
+    async fn put_route(&self, forwarded: &Forwarded) {
+        let key = claims::reply_key(forwarded.chat, forwarded.message_id);
+        let value = serde_json::to_vec(forwarded).expect("plain strings and numbers");
+        if let Err(err) = self.claims.put(&key, value).await {
+            tracing::warn!(msg_id = %forwarded.msg_id, %err, "a reply polled on another machine will not find this escalation");
+        }
+    }
+
+    async fn route(&self, chat: i64, message_id: i64) -> Option<Forwarded> {
+        match self.claims.get(&claims::reply_key(chat, message_id)).await {
+            Ok(value) => serde_json::from_slice(&value?).ok(),
+            Err(err) => {
+                tracing::warn!(%err, "looking up a reply's escalation in the hub");
+                None
+            }
+        }
+    }
+}
+
+impl Telegram {
+    /// Turns federation on for Telegram: escalations are claimed in the hub before they are
+    /// sent, one machine's server polls `getUpdates` at a time, and replies find their
+    /// escalation whichever machine forwarded it. Call it before [`Telegram::forward`] and
+    /// [`Telegram::answer`]; no network traffic until then.
+    pub fn federate(&self, settings: &Settings) {
+        let _ = self.inner.federated.set(Federated::new(settings));
+    }
+
+    /// Claims the forward of `id` in the hub (federation on) after this server claimed it on
+    /// its machine. `None` when it is not this machine's to send: another machine took it
+    /// (written in the local claim as `done elsewhere <machine>`, so it is not offered
+    /// again), or `cancel` came while the hub did not answer (the claim stays without an
+    /// outcome, and the next server takes it over).
+    pub(super) async fn claim_in_hub(
+        &self,
+        id: &str,
+        claim: Claim,
+        cancel: &CancellationToken,
+    ) -> Option<Claim> {
+        let Some(fed) = self.inner.federated.get() else {
+            return Some(claim);
+        };
+        match fed.claim_forward(id, cancel).await {
+            HubClaim::Ours => Some(claim),
+            HubClaim::Cancelled => None,
+            HubClaim::Elsewhere(machine) => {
+                tracing::info!(msg_id = %id, %machine, "another machine forwards it to Telegram");
+                let outcome = format!("elsewhere {machine}");
+                let finished = self.blocking(move |_| claim.finish(&outcome)).await;
+                if let Some(Err(err)) = finished {
+                    tracing::warn!(msg_id = %id, %err, "recording that another machine forwards it");
+                }
+                None
+            }
+        }
+    }
+
+    /// Shares a sent part's route (federation on).
+    pub(super) async fn share_route(&self, forwarded: &Forwarded) {
+        if let Some(fed) = self.inner.federated.get() {
+            fed.put_route(forwarded).await;
+        }
+    }
+
+    /// Polls until `cancel`; with federation on, only while this process holds the lease
+    /// (waiting for it first, and again after losing it).
+    pub(super) async fn poll_leased(&self, cancel: &CancellationToken) {
+        let Some(fed) = self.inner.federated.get() else {
+            tracing::info!(chat = ?self.inner.chat(), "this server now reads the replies from Telegram");
+            return self.poll(cancel).await;
+        };
+        while let Some(revision) = fed.wait_for_lease(cancel).await {
+            tracing::info!(chat = ?self.inner.chat(), machine = %fed.claims.machine(), "this server now reads the replies from Telegram (it holds the poller lease)");
+            let held = cancel.child_token();
+            tokio::join!(self.poll(&held), fed.keep(revision, &held, cancel));
+        }
+    }
+
+    /// The offset to poll from: this machine's, or the one the latest poller of any machine
+    /// reached when later.
+    pub(super) async fn shared_offset(&self, local: Option<i64>) -> Option<i64> {
+        match self.inner.federated.get() {
+            Some(fed) => local.max(fed.offset().await),
+            None => local,
+        }
+    }
+
+    /// Shares the offset after a batch (federation on).
+    pub(super) async fn share_offset(&self, offset: Option<i64>) {
+        if let (Some(fed), Some(offset)) = (self.inner.federated.get(), offset) {
+            fed.put_offset(offset).await;
+        }
+    }
+
+    /// Before a batch is taken: each reply to a message this machine did not forward finds
+    /// its route in the hub, written into `replies.log` here (federation on).
+    pub(super) async fn fetch_routes(&self, updates: &[Value]) {
+        let Some(fed) = self.inner.federated.get() else {
+            return;
+        };
+        for (chat, message_id) in updates.iter().filter_map(replied_to) {
+            let known = self
+                .blocking(move |inner| inner.store.lookup(chat, message_id))
+                .await;
+            if !matches!(known, Some(Ok(None))) {
+                continue;
+            }
+            let Some(forwarded) = fed.route(chat, message_id).await else {
+                continue;
+            };
+            let remembered = self
+                .blocking(move |inner| inner.store.remember(&forwarded))
+                .await;
+            if let Some(Err(err)) = remembered {
+                tracing::warn!(err = %format!("{err:#}"), "writing a reply's route from the hub");
+            }
+        }
+    }
+}
+
+/// The chat and Telegram message id an update's message replies to.
+fn replied_to(update: &Value) -> Option<(i64, i64)> {
+    let message = update.get("message")?;
+    let chat = message.get("chat")?.get("id")?.as_i64()?;
+    let replied = message
+        .get("reply_to_message")?
+        .get("message_id")?
+        .as_i64()?;
+    Some((chat, replied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_names_what_it_answers() {
+        let reply = serde_json::json!({"update_id": 1, "message": {
+            "message_id": 9, "chat": {"id": -1_005}, "text": "ok",
+            "reply_to_message": {"message_id": 5001, "chat": {"id": -1_005}}
+        }});
+        assert_eq!(replied_to(&reply), Some((-1005, 5001)));
+        let plain = serde_json::json!({"update_id": 2, "message": {
+            "message_id": 10, "chat": {"id": 7}, "text": "@alpha hi"
+        }});
+        assert_eq!(replied_to(&plain), None);
+        assert_eq!(replied_to(&serde_json::json!({"update_id": 3})), None);
+    }
+}
