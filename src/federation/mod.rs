@@ -12,6 +12,8 @@
 //! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
+//! - [`names`]: session names claimed across machines (create-if-absent), so none is held
+//!   by two machines.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
 //! - [`health`]: what `doctor` reports about all of this; reads only.
 //!
@@ -24,6 +26,7 @@ pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod ledger;
+pub mod names;
 pub mod origins;
 pub mod presence;
 pub mod store;
