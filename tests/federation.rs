@@ -124,7 +124,7 @@ fn find_binary(dir: &Path) -> Option<PathBuf> {
 
 /// A `nats-server` with JetStream on 127.0.0.1, its storage in a temp folder that outlives
 /// kills and restarts.
-struct Nats {
+pub(crate) struct Nats {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
@@ -132,7 +132,7 @@ struct Nats {
 }
 
 impl Nats {
-    async fn start() -> Nats {
+    pub(crate) async fn start() -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -173,7 +173,7 @@ impl Nats {
             .await;
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -195,7 +195,7 @@ impl Nats {
 
 /// Every stderr line of the processes it follows, and a wake-up for each new one.
 #[derive(Clone, Default)]
-struct Log {
+pub(crate) struct Log {
     lines: Arc<Mutex<Vec<String>>>,
     grew: Arc<Notify>,
 }
@@ -212,7 +212,7 @@ impl Log {
         });
     }
 
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.lines
             .lock()
             .unwrap()
@@ -226,7 +226,7 @@ impl Log {
     }
 
     /// Waits until `done` holds, woken by each new line; panics with the log after [`WAIT`].
-    async fn wait(&self, what: &str, done: impl Fn(&Log) -> bool) {
+    pub(crate) async fn wait(&self, what: &str, done: impl Fn(&Log) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let grew = self.grew.notified();
@@ -253,17 +253,17 @@ impl Log {
 // Machines
 
 /// One "machine": a mailbox with its relay.
-struct Machine {
-    name: String,
-    mb: TempMailbox,
+pub(crate) struct Machine {
+    pub(crate) name: String,
+    pub(crate) mb: TempMailbox,
     relay: Option<Child>,
     /// The relay's stderr, across restarts.
-    log: Log,
+    pub(crate) log: Log,
 }
 
 impl Machine {
     /// A machine whose bridge runs in `t9-ipc relay`.
-    async fn start(name: &str, nats: &Nats) -> Machine {
+    pub(crate) async fn start(name: &str, nats: &Nats) -> Machine {
         let mut machine = Machine::without_relay(name);
         machine.start_relay(&nats.url()).await;
         machine
@@ -309,7 +309,7 @@ impl Machine {
     }
 
     /// Starts `t9-ipc serve` named `name` with the federation settings of this machine.
-    async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
+    pub(crate) async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
         let envs = [
             ("IPC_NATS_URL", url),
             ("IPC_MACHINE", self.name.as_str()),
