@@ -386,7 +386,9 @@ it at start; a name with unread mail last used from another folder needs take_ov
         let name = args.name.trim().to_owned();
         let shown = name.clone();
         let take_over = args.take_over.unwrap_or(false);
-        // The local checks first; then, with federation on, the hub's claim for this machine.
+        // The local checks first; then, with federation on, the hub's claim for this machine
+        // (not for the name it has: the bridge keeps that one's claim, and a status update
+        // needs no round trip).
         let asked = name.clone();
         let checked = self
             .blocking(
@@ -397,7 +399,12 @@ it at start; a name with unread mail last used from another folder needs take_ov
         if checked.as_ref().map_or(true, |r| r.is_error == Some(true)) {
             return self.remind(checked).await;
         }
-        let across = match federation::claim_name(&self.config.federation, &name).await {
+        let claimed = if name != self.session.name() {
+            federation::claim_name(&self.config.federation, &name).await
+        } else {
+            NameClaim::Off
+        };
+        let across = match claimed {
             NameClaim::Off | NameClaim::Ours => String::new(),
             NameClaim::Taken(machine) => {
                 return self

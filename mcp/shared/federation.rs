@@ -61,7 +61,7 @@ pub fn others_blocking(settings: &Result<Option<Settings>, String>) -> Option<Ot
 
 /// What the hub said to a rename's claim of a session name.
 pub enum NameClaim {
-    /// Federation is off: names are local.
+    /// Nothing was asked: federation is off (names are local).
     Off,
     /// This machine holds the name now.
     Ours,
