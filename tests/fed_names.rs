@@ -61,6 +61,16 @@ async fn a_name_live_on_another_machine_is_refused_until_its_session_ends() {
         who.contains("Your name \"alpha\" is held by machine laptop"),
         "{who}"
     );
+    let (code, section) = b.doctor(&nats.url()).await;
+    assert_eq!(code, 1, "{section}");
+    let line = section
+        .lines()
+        .find(|l| l.contains("PROBLEM"))
+        .unwrap_or_else(|| panic!("no problem said: {section}"));
+    assert!(
+        line.contains("\"alpha\" is live on this machine (buildbox) and on machine laptop"),
+        "{section}"
+    );
     // B's bridge leaves A's claim alone when its own "alpha" ends (its next publish has only
     // beta, and every earlier one is done by then).
     let beta_only = b.log.count("presence published sessions=1");

@@ -366,7 +366,7 @@ impl Machine {
 
     /// `t9-ipc doctor` with this machine's federation settings: its exit code and the
     /// lines of its Federation section.
-    async fn doctor(&self, url: &str) -> (i32, String) {
+    pub(crate) async fn doctor(&self, url: &str) -> (i32, String) {
         let mut cmd = Command::new(BIN);
         without_telegram(&mut cmd);
         cmd.arg("doctor")

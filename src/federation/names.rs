@@ -117,6 +117,27 @@ pub(crate) async fn release(store: &kv::Store, name: &str, machine: &str) -> Res
     }
 }
 
+/// Of `names` (this machine's live sessions), those whose claim another machine holds, with
+/// that machine; reads only (for `doctor`).
+pub(crate) async fn held_elsewhere(
+    js: &jetstream::Context,
+    machine: &str,
+    names: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let Ok(store) = js.get_key_value(BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in names {
+        if let Some((value, _)) = held(&store, name).await?
+            && value != machine.as_bytes()
+        {
+            out.push((name.clone(), String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// The warning for a name live here whose claim another machine holds.
 pub fn clash(name: &str, here: &str, holder: &str) -> String {
     format!(
