@@ -212,7 +212,7 @@ impl Log {
         });
     }
 
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.lines
             .lock()
             .unwrap()
@@ -226,7 +226,7 @@ impl Log {
     }
 
     /// Waits until `done` holds, woken by each new line; panics with the log after [`WAIT`].
-    async fn wait(&self, what: &str, done: impl Fn(&Log) -> bool) {
+    pub(crate) async fn wait(&self, what: &str, done: impl Fn(&Log) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let grew = self.grew.notified();
@@ -258,7 +258,7 @@ pub(crate) struct Machine {
     pub(crate) mb: TempMailbox,
     relay: Option<Child>,
     /// The relay's stderr, across restarts.
-    log: Log,
+    pub(crate) log: Log,
 }
 
 impl Machine {
@@ -309,7 +309,7 @@ impl Machine {
     }
 
     /// Starts `t9-ipc serve` named `name` with the federation settings of this machine.
-    async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
+    pub(crate) async fn serve(&self, name: &str, url: &str) -> crate::util::Client {
         let envs = [
             ("IPC_NATS_URL", url),
             ("IPC_MACHINE", self.name.as_str()),
@@ -366,7 +366,7 @@ impl Machine {
 
     /// `t9-ipc doctor` with this machine's federation settings: its exit code and the
     /// lines of its Federation section.
-    async fn doctor(&self, url: &str) -> (i32, String) {
+    pub(crate) async fn doctor(&self, url: &str) -> (i32, String) {
         let mut cmd = Command::new(BIN);
         without_telegram(&mut cmd);
         cmd.arg("doctor")

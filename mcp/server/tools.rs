@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::args::{self, SendArgs, UnreadArgs, WaitArgs, parse};
 use super::arrivals::Subscribers;
 use super::format::{describe_wait, format_sent, format_unread, format_waited, format_who};
+use crate::shared::federation::{self, NameClaim};
 use crate::telegram;
 
 /// Unread messages returned by one `t9_ipc_unread` call when no limit is given.
@@ -257,7 +258,16 @@ is marked (you). Use it to find the name to send to.",
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
         // The other machines (federation on), from the hub, at most a few seconds.
-        let elsewhere = crate::shared::federation::others(&self.config.federation).await;
+        let elsewhere = federation::others(&self.config.federation).await;
+        // This session's name live on another machine too (taken at start): said, with who
+        // holds it.
+        let clash = match &elsewhere {
+            Some(others) => {
+                let me = self.session.name();
+                federation::same_name(&self.config.federation, others, &me).await
+            }
+            None => None,
+        };
         let result = self
             .blocking(
                 // Telegram forwards given up in the last day are shown too.
@@ -271,7 +281,12 @@ is marked (you). Use it to find the name to send to.",
                     ))
                 },
                 |(peers, me, note, claims)| {
-                    format_who(&peers, &me, &claims, elsewhere.as_ref(), Local::now()) + &note
+                    let mut said =
+                        format_who(&peers, &me, &claims, elsewhere.as_ref(), Local::now());
+                    if let Some(clash) = clash {
+                        said = format!("{said}\n{clash}");
+                    }
+                    said + &note
                 },
             )
             .await;
@@ -371,11 +386,43 @@ it at start; a name with unread mail last used from another folder needs take_ov
         let name = args.name.trim().to_owned();
         let shown = name.clone();
         let take_over = args.take_over.unwrap_or(false);
+        // The local checks first; then, with federation on, the hub's claim for this machine
+        // (not for the name it has: the bridge keeps that one's claim, and a status update
+        // needs no round trip).
+        let asked = name.clone();
+        let checked = self
+            .blocking(
+                move |s| s.may_take(&asked, take_over, Local::now()),
+                |()| String::new(),
+            )
+            .await;
+        if checked.as_ref().map_or(true, |r| r.is_error == Some(true)) {
+            return self.remind(checked).await;
+        }
+        let claimed = if name != self.session.name() {
+            federation::claim_name(&self.config.federation, &name).await
+        } else {
+            NameClaim::Off
+        };
+        let across = match claimed {
+            NameClaim::Off | NameClaim::Ours => String::new(),
+            NameClaim::Taken(machine) => {
+                return self
+                    .remind(refused(federation::taken_elsewhere(&name, &machine)))
+                    .await;
+            }
+            NameClaim::Unreachable(err) => {
+                tracing::warn!(%err, session = %name, "federation: the name is not claimed across machines yet");
+                " The hub could not be asked, so other machines are not checked yet; the \
+                 bridge claims the name when the hub is back."
+                    .to_owned()
+            }
+        };
         let result = self.blocking(
             move |s| s.set_name(&name, args.working_on.as_deref(), take_over, Local::now()),
             move |left| {
                 format!(
-                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\").{}",
+                    "This session is now \"{shown}\". Others reach it with t9_ipc_send(to: \"{shown}\").{across}{}",
                     format_left(&left)
                 )
             },

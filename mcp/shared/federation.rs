@@ -1,10 +1,12 @@
 //! The other machines' live sessions, as both `t9-ipc who` and the `t9_ipc_who` tool ask for
-//! them and say them, when federation is on.
+//! them and say them, and a rename's claim of its name across machines, when federation is
+//! on.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Local};
+use t9_ipc::federation::names::{self, Claim};
 use t9_ipc::federation::presence::{self, Remote};
 use t9_ipc::federation::{Settings, hub};
 
@@ -55,6 +57,86 @@ pub fn others_blocking(settings: &Result<Option<Settings>, String>) -> Option<Ot
             found: Err(err.to_string()),
         }),
     }
+}
+
+/// What the hub said to a rename's claim of a session name.
+pub enum NameClaim {
+    /// Nothing was asked: federation is off (names are local).
+    Off,
+    /// This machine holds the name now.
+    Ours,
+    /// Another machine (this one) holds it.
+    Taken(String),
+    /// The hub could not be asked (why).
+    Unreachable(String),
+}
+
+/// Claims `name` for this machine in the hub before a rename takes it, waiting at most a
+/// few seconds, with the `settings` of `Config::federation`.
+pub async fn claim_name(settings: &Result<Option<Settings>, String>, name: &str) -> NameClaim {
+    let settings = match settings {
+        Ok(Some(settings)) => settings,
+        Ok(None) => return NameClaim::Off,
+        Err(err) => return NameClaim::Unreachable(err.clone()),
+    };
+    match tokio::time::timeout(HUB_WAIT, names::claim_now(settings, name)).await {
+        Ok(Ok(Claim::Ours)) => NameClaim::Ours,
+        Ok(Ok(Claim::Taken(machine))) => NameClaim::Taken(machine),
+        Ok(Err(err)) => NameClaim::Unreachable(err),
+        Err(_) => NameClaim::Unreachable(no_answer()),
+    }
+}
+
+/// The refusal of a name another machine holds.
+pub fn taken_elsewhere(name: &str, machine: &str) -> String {
+    format!(
+        "Refused: \"{name}\" is taken by a live session on machine {machine}; choose another \
+         name (t9_ipc_who lists the names in use)."
+    )
+}
+
+/// A line for `who` when this session's name `me` is live on another machine too (a name
+/// taken at start, before the hub was asked): which machine holds it, and who should rename.
+pub async fn same_name(
+    settings: &Result<Option<Settings>, String>,
+    others: &Others,
+    me: &str,
+) -> Option<String> {
+    let Ok(Some(settings)) = settings else {
+        return None;
+    };
+    let also: Vec<&str> = others
+        .found
+        .as_ref()
+        .ok()?
+        .iter()
+        .filter(|r| r.name == me)
+        .map(|r| r.machine.as_str())
+        .collect();
+    if also.is_empty() {
+        return None;
+    }
+    let also = also.join(", ");
+    let holder = tokio::time::timeout(HUB_WAIT, names::holder_now(settings, me))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    Some(match holder {
+        Some(h) if h == settings.machine => format!(
+            "Your name \"{me}\" is also live on machine {also}; this machine holds it, so \
+             that session is asked to rename."
+        ),
+        Some(h) => format!(
+            "Your name \"{me}\" is held by machine {h}, where a session of that name is live \
+             too: mail to \"{me}\" reaches both. Choose another name with t9_ipc_set_name."
+        ),
+        None => format!(
+            "Your name \"{me}\" is also live on machine {also}: mail to \"{me}\" reaches \
+             both. Names must be unique across machines; one of you should rename \
+             (t9_ipc_set_name)."
+        ),
+    })
 }
 
 fn no_answer() -> String {

@@ -261,7 +261,7 @@ async fn presence(
             continue;
         }
         if store.is_none() {
-            match presence::bucket(&js).await {
+            match presence::buckets(&js).await {
                 Ok(s) => store = Some(s),
                 Err(err) => {
                     tracing::warn!(%err, "federation: presence");

@@ -1,7 +1,7 @@
 //! What `t9-ipc doctor` says about the federation: the settings, this machine's key, the
 //! keys pinned for others, messages kept aside, whether a bridge runs, and the hub (the
-//! connection, the stream, this machine's consumer and name claim). Reads only; changes
-//! nothing here or in the hub.
+//! connection, the stream, this machine's consumer and name claim, the claims of its
+//! sessions' names). Reads only; changes nothing here or in the hub.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,13 +62,17 @@ pub fn check(data_dir: &Path, settings: &Result<Option<Settings>, String>) -> Ve
         ),
     )];
     let key = local(&paths, &mut out);
+    let live: Vec<String> = crate::heartbeat::Heartbeats::new(data_dir)
+        .live(chrono::Local::now())
+        .into_keys()
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     match runtime {
         Ok(runtime) => {
             let hub = runtime.block_on(async {
-                tokio::time::timeout(HUB_TIMEOUT, at_hub(settings, key.as_deref())).await
+                tokio::time::timeout(HUB_TIMEOUT, at_hub(settings, key.as_deref(), &live)).await
             });
             match hub {
                 Ok(found) => out.extend(found),
@@ -185,8 +189,9 @@ fn kept_aside(held: &store::Held) -> String {
     )
 }
 
-/// The hub's side: reachable, the stream, this machine's consumer and name claim.
-async fn at_hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
+/// The hub's side: reachable, the stream, this machine's consumer and name claim, and the
+/// claims of the names of its `live` sessions.
+async fn at_hub(settings: &Settings, key: Option<&str>, live: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     let client = match hub::options(settings).await {
         Ok(options) => match options.connect(settings.url.as_str()).await {
@@ -228,6 +233,7 @@ async fn at_hub(settings: &Settings, key: Option<&str>) -> Vec<Finding> {
     }
     out.push(consumer(&js, &settings.machine).await);
     out.push(name_claim(&js, &settings.machine, key).await);
+    out.extend(session_names(&js, &settings.machine, live).await);
     out.extend(clocks(&js).await);
     out
 }
@@ -358,6 +364,30 @@ async fn name_claim(js: &jetstream::Context, machine: &str, key: Option<&str>) -
                 hub::MACHINES_BUCKET
             ),
         ),
+    }
+}
+
+/// Whether another machine holds the name of a session live here (one that started under
+/// it while the other machine had it): a problem each, since mail to it reaches both.
+async fn session_names(js: &jetstream::Context, machine: &str, live: &[String]) -> Vec<Finding> {
+    if live.is_empty() {
+        return Vec::new();
+    }
+    match super::names::held_elsewhere(js, machine, live).await {
+        Ok(clashes) if clashes.is_empty() => vec![finding(
+            Level::Ok,
+            format!(
+                "session names: {} here, none held by another machine",
+                count(live.len(), "live session")
+            ),
+        )],
+        Ok(clashes) => clashes
+            .iter()
+            .map(|(name, holder)| {
+                finding(Level::Problem, super::names::clash(name, machine, holder))
+            })
+            .collect(),
+        Err(err) => vec![finding(Level::Warn, err)],
     }
 }
 

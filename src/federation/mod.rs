@@ -9,16 +9,19 @@
 //! - [`store`]: the bridge's own files: private folders, refused messages kept aside in
 //!   `quarantine/` (message files are read and written by `mailbox`).
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
-//! - [`hub`]: connection options, the stream, the consumer's name, the machine-name claim.
+//! - [`hub`]: connection options, the stream and the consumer (and their settings), the
+//!   machine-name claim and its takeover (`relay --reclaim`).
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
 //! - [`claims`]: Telegram across machines: who forwards each escalation, which machine
 //!   polls `getUpdates` (a lease), and where a reply to a forwarded part goes.
+//! - [`names`]: session names claimed across machines (create-if-absent), so none is held
+//!   by two machines.
 //! - [`election`]: which process of a machine runs the bridge (`bridge.lock`).
 //! - [`health`]: what `doctor` reports about all of this; reads only.
 //!
 //! Everything the federation keeps on disk lives in `<data>/federation/` (folder 0700,
-//! files 0600). Nothing in it is deleted by the program.
+//! files 0600). Nothing in it is deleted by the program; the two logs are compacted.
 
 pub mod bridge;
 pub mod claims;
@@ -27,6 +30,7 @@ pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod ledger;
+pub mod names;
 pub mod origins;
 pub mod presence;
 pub mod store;

@@ -1,7 +1,8 @@
 //! Who is live on the other machines: each bridge puts its machine's live sessions into the
 //! key-value bucket [`BUCKET`] (key `<machine>.<session>`) at start and at every heartbeat,
 //! and deletes the ones that ended. Entries live [`TTL`]: a machine that goes away (or its
-//! bridge) disappears from the others' `who` within it, without anyone deleting it.
+//! bridge) disappears from the others' `who` within it, without anyone deleting it. Each put
+//! also claims the session's name across machines ([`names`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use chrono::Local;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use super::{Settings, hub};
+use super::{Settings, hub, names};
 use crate::heartbeat::{Entry, Heartbeats};
 
 /// The bucket of live sessions on every machine.
@@ -67,7 +68,7 @@ impl Remote {
 }
 
 /// The bucket, created when missing.
-pub(crate) async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
     if let Ok(store) = js.get_key_value(BUCKET).await {
         return Ok(store);
     }
@@ -83,15 +84,41 @@ pub(crate) async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String>
     .map_err(|e| format!("bucket {BUCKET}: {e}"))
 }
 
-/// Puts this machine's live sessions (`live`, from `heartbeats.json`) and deletes its entries
-/// of sessions that ended.
+/// The buckets the bridge keeps its machine's sessions in: who is live, and their names.
+pub(crate) struct Buckets {
+    presence: kv::Store,
+    names: kv::Store,
+}
+
+/// Both buckets, created when missing.
+pub(crate) async fn buckets(js: &jetstream::Context) -> Result<Buckets, String> {
+    Ok(Buckets {
+        presence: bucket(js).await?,
+        names: names::bucket(js).await?,
+    })
+}
+
+/// Claims the name of each of this machine's live sessions (`live`, from `heartbeats.json`)
+/// and puts its entry, then deletes the entries (and releases the names) of its sessions
+/// that ended. A name another machine holds is warned about, naming both machines; the
+/// session stays listed (it is live, and mail to its name crosses all the same).
 pub(crate) async fn publish(
-    store: &kv::Store,
+    buckets: &Buckets,
     machine: &str,
     live: &crate::heartbeat::Table,
 ) -> Result<usize, String> {
+    let store = &buckets.presence;
     let mut current = BTreeSet::new();
     for (name, entry) in live {
+        match names::claim(&buckets.names, name, machine).await {
+            Ok(names::Claim::Ours) => {}
+            Ok(names::Claim::Taken(holder)) => {
+                tracing::warn!(session = %name, %holder, "federation: {}", names::clash(name, machine, &holder));
+            }
+            Err(err) => {
+                tracing::warn!(session = %name, %err, "federation: claiming a session name")
+            }
+        }
         let key = format!("{machine}.{name}");
         let value =
             serde_json::to_vec(&Remote::of(machine, name, entry)).map_err(|e| e.to_string())?;
@@ -115,6 +142,12 @@ pub(crate) async fn publish(
             .delete(&key)
             .await
             .map_err(|e| format!("{BUCKET} {key}: {e}"))?;
+        // The presence entry said this machine had the name: its claim, if still ours, goes.
+        let name = &key[prefix.len()..];
+        if let Err(err) = names::release(&buckets.names, name, machine).await {
+            // It expires with its time to live.
+            tracing::warn!(session = %name, %err, "federation: releasing a session name");
+        }
     }
     Ok(live.len())
 }
@@ -167,13 +200,7 @@ pub(crate) fn watch_heartbeats(
 /// an error says why the hub could not be asked (the caller says the machines are
 /// unreachable).
 pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
-    let client = hub::options(settings)
-        .await
-        .map_err(|e| e.to_string())?
-        .connect(settings.url.as_str())
-        .await
-        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
-    let js = jetstream::new(client);
+    let js = connect(settings).await?;
     let store = match js.get_key_value(BUCKET).await {
         Ok(store) => store,
         // No bridge has put anything yet.
@@ -198,6 +225,18 @@ pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
     }
     out.sort_by(|a, b| (&a.machine, &a.name).cmp(&(&b.machine, &b.name)));
     Ok(out)
+}
+
+/// A connection of its own to the hub, for a question asked once (`who`, a rename); an
+/// error says why the hub could not be reached.
+pub(crate) async fn connect(settings: &Settings) -> Result<jetstream::Context, String> {
+    let client = hub::options(settings)
+        .await
+        .map_err(|e| e.to_string())?
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
+    Ok(jetstream::new(client))
 }
 
 /// [`others`] for callers outside an async runtime (the command line); at most `wait`.

@@ -303,23 +303,11 @@ impl Session {
         take_over: bool,
         now: DateTime<Local>,
     ) -> Result<Renamed> {
-        message::check_name(new).map_err(Error::Refused)?;
         let working_on = working_on.map(message::one_line);
         // The index and read state follow the name: no scan runs for the old name meanwhile.
         let mut index = self.index();
         let old = self.name();
-        if let Some(holder) = self.heartbeats.live(now).remove(new)
-            && holder.pid != self.pid
-        {
-            return Err(Error::NameTaken {
-                name: new.to_owned(),
-                pid: holder.pid,
-                cwd: holder.cwd,
-            });
-        }
-        if new != old && !take_over {
-            self.check_owner(new, now)?;
-        }
+        self.may_take(new, take_over, now)?;
         let renamed = if new == old {
             Renamed::default()
         } else {
@@ -359,6 +347,26 @@ impl Session {
             shared.index_built = false;
         }
         Ok(renamed)
+    }
+
+    /// The local checks of [`Session::set_name`], without taking the name: a valid name, held
+    /// by no other live session here, and (unless `take_over`) not an offline session's
+    /// identity. A caller that must ask elsewhere too (the hub) asks after these pass.
+    pub fn may_take(&self, new: &str, take_over: bool, now: DateTime<Local>) -> Result<()> {
+        message::check_name(new).map_err(Error::Refused)?;
+        if let Some(holder) = self.heartbeats.live(now).remove(new)
+            && holder.pid != self.pid
+        {
+            return Err(Error::NameTaken {
+                name: new.to_owned(),
+                pid: holder.pid,
+                cwd: holder.cwd,
+            });
+        }
+        if new != self.name() && !take_over {
+            self.check_owner(new, now)?;
+        }
+        Ok(())
     }
 
     /// Refuses `name` when it has unread mail and was last used from another folder.
