@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use tokio::sync::OnceCell;
 
 use super::{Settings, hub};
@@ -187,13 +187,7 @@ impl Claims {
 
 /// Connects to the hub and opens (or creates) the two buckets.
 async fn connect(settings: &Settings) -> Result<Buckets, String> {
-    let client = hub::options(settings)
-        .await
-        .map_err(|e| e.to_string())?
-        .connect(settings.url.as_str())
-        .await
-        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
-    let js = jetstream::new(client);
+    let js = hub::connect(settings).await?;
     Ok(Buckets {
         claims: bucket(&js, CLAIMS_BUCKET, CLAIMS_MAX_AGE).await?,
         leases: bucket(&js, LEASES_BUCKET, LEASE_TTL).await?,
@@ -213,19 +207,8 @@ async fn bucket(
     name: &str,
     max_age: Duration,
 ) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.to_owned(),
-        description: "t9-ipc: Telegram forwards, replies and the poller's lease".to_owned(),
-        history: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("bucket {name}: {e}"))
+    let about = "Telegram forwards, replies and the poller's lease";
+    super::hub::kv_bucket(js, name, about, max_age).await
 }
 
 #[cfg(test)]

@@ -73,6 +73,18 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A connection of its own to the hub, for a question asked once (`who`, a rename, a
+/// Telegram claim, `relay --reclaim`); an error says why the hub could not be reached.
+pub(crate) async fn connect(settings: &Settings) -> Result<jetstream::Context, String> {
+    let client = options(settings)
+        .await
+        .map_err(|e| e.to_string())?
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| format!("the hub {}: {e}", redact_url(&settings.url)))?;
+    Ok(jetstream::new(client))
+}
+
 /// The URL with any password replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -198,21 +210,33 @@ pub(crate) enum Claim {
     Taken(String),
 }
 
-/// The bucket of machine-name claims, created when missing.
-async fn machines_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
-    use jetstream::kv;
-    if let Ok(bucket) = js.get_key_value(MACHINES_BUCKET).await {
-        return Ok(bucket);
+/// The key-value bucket `name` (history 1, file storage, entries kept `max_age`, zero for
+/// ever), created when missing; an existing one is used as it is.
+pub(crate) async fn kv_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: MACHINES_BUCKET.to_owned(),
-        description: "t9-ipc: machine name -> the key of the mailbox holding it".to_owned(),
+    js.create_key_value(jetstream::kv::Config {
+        bucket: name.to_owned(),
+        description: format!("t9-ipc: {description}"),
         history: 1,
+        max_age,
         storage: stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("bucket {MACHINES_BUCKET}: {e}"))
+    .map_err(|e| format!("bucket {name}: {e}"))
+}
+
+/// The bucket of machine-name claims, created when missing.
+async fn machines_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    let about = "machine name -> the key of the mailbox holding it";
+    kv_bucket(js, MACHINES_BUCKET, about, Duration::ZERO).await
 }
 
 /// Claims `machine` for this mailbox's key with create-if-absent: two mailboxes (on one host,
@@ -258,13 +282,7 @@ pub struct MachineName {
 impl MachineName {
     /// Connects to the hub and reads the claim of `settings.machine`.
     pub async fn look(settings: &Settings, key: &MachineKey) -> Result<MachineName, String> {
-        let client = options(settings)
-            .await
-            .map_err(|e| e.to_string())?
-            .connect(settings.url.as_str())
-            .await
-            .map_err(|e| format!("the hub {}: {e}", redact_url(&settings.url)))?;
-        let bucket = machines_bucket(&jetstream::new(client)).await?;
+        let bucket = machines_bucket(&connect(settings).await?).await?;
         let machine = settings.machine.clone();
         let held = match bucket.entry(&machine).await {
             Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => Some((

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 
 use super::{Settings, presence};
 
@@ -48,19 +48,8 @@ fn step(held: Option<(&[u8], u64)>, machine: &str) -> Step {
 
 /// The bucket, created when missing.
 pub(crate) async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: BUCKET.to_owned(),
-        description: "t9-ipc: session name -> the machine holding it".to_owned(),
-        history: 1,
-        max_age: TTL,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("bucket {BUCKET}: {e}"))
+    let about = "session name -> the machine holding it";
+    super::hub::kv_bucket(js, BUCKET, about, TTL).await
 }
 
 /// The live claim on `name`: its value and revision; `None` when there is none.
@@ -150,13 +139,13 @@ pub fn clash(name: &str, here: &str, holder: &str) -> String {
 /// Claims `name` for this machine (`settings.machine`) on its own connection to the hub, as
 /// a rename does before it takes the name; an error says why the hub could not be asked.
 pub async fn claim_now(settings: &Settings, name: &str) -> Result<Claim, String> {
-    let store = bucket(&presence::connect(settings).await?).await?;
+    let store = bucket(&super::hub::connect(settings).await?).await?;
     claim(&store, name, &settings.machine).await
 }
 
 /// The machine whose claim on `name` is live in the hub, if any.
 pub async fn holder_now(settings: &Settings, name: &str) -> Result<Option<String>, String> {
-    let Ok(store) = presence::connect(settings)
+    let Ok(store) = super::hub::connect(settings)
         .await?
         .get_key_value(BUCKET)
         .await

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use chrono::Local;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -69,19 +69,7 @@ impl Remote {
 
 /// The bucket, created when missing.
 async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: BUCKET.to_owned(),
-        description: "t9-ipc: live sessions of every machine".to_owned(),
-        history: 1,
-        max_age: TTL,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("bucket {BUCKET}: {e}"))
+    hub::kv_bucket(js, BUCKET, "live sessions of every machine", TTL).await
 }
 
 /// The buckets the bridge keeps its machine's sessions in: who is live, and their names.
@@ -200,7 +188,7 @@ pub(crate) fn watch_heartbeats(
 /// an error says why the hub could not be asked (the caller says the machines are
 /// unreachable).
 pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
-    let js = connect(settings).await?;
+    let js = hub::connect(settings).await?;
     let store = match js.get_key_value(BUCKET).await {
         Ok(store) => store,
         // No bridge has put anything yet.
@@ -225,18 +213,6 @@ pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
     }
     out.sort_by(|a, b| (&a.machine, &a.name).cmp(&(&b.machine, &b.name)));
     Ok(out)
-}
-
-/// A connection of its own to the hub, for a question asked once (`who`, a rename); an
-/// error says why the hub could not be reached.
-pub(crate) async fn connect(settings: &Settings) -> Result<jetstream::Context, String> {
-    let client = hub::options(settings)
-        .await
-        .map_err(|e| e.to_string())?
-        .connect(settings.url.as_str())
-        .await
-        .map_err(|e| format!("the hub {}: {e}", hub::redact_url(&settings.url)))?;
-    Ok(jetstream::new(client))
 }
 
 /// [`others`] for callers outside an async runtime (the command line); at most `wait`.
