@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Local;
-use notify::RecommendedWatcher;
 use rmcp::model::{CustomNotification, JsonRpcMessage, ServerNotification};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
@@ -194,7 +193,7 @@ impl Pusher {
     /// Starts the file watcher. Started here, not before `initialize`: setting up inotify
     /// takes milliseconds that the client would otherwise wait for. The index is built after
     /// it, so no file falls between the two.
-    async fn start_watcher(&mut self) -> (Option<RecommendedWatcher>, watch::Changes) {
+    async fn start_watcher(&mut self) -> (Option<watch::Watcher>, watch::Changes) {
         let inbox = self.session.mailbox().inbox().to_path_buf();
         let err = match tokio::task::spawn_blocking(move || watch::watch(&inbox)).await {
             Ok(Ok((watcher, changes))) => return (Some(watcher), changes),
@@ -209,9 +208,9 @@ impl Pusher {
     }
 
     /// Watches `inbox/` again after it was removed and perhaps made again.
-    fn rewatch(&self, watcher: Option<&mut RecommendedWatcher>) {
+    fn rewatch(&self, watcher: Option<&mut watch::Watcher>) {
         let inbox = self.session.mailbox().inbox();
-        match watcher.map(|w| watch::rewatch(w, inbox)) {
+        match watcher.map(|w| w.rewatch(inbox)) {
             Some(Ok(())) => tracing::info!(dir = %inbox.display(), "watching the inbox again"),
             Some(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "the inbox is gone"),
             None => {}

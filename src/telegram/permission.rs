@@ -402,7 +402,7 @@ impl Telegram {
         &self,
         id: &str,
         session: &str,
-    ) -> Option<(notify::RecommendedWatcher, Changes)> {
+    ) -> Option<(crate::watch::Watcher, Changes)> {
         let setup = {
             let (id, session) = (id.to_owned(), session.to_owned());
             self.blocking(move |inner| -> Result<_> {

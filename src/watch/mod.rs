@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+#[cfg(not(target_os = "linux"))]
+use notify::EventKind;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+
+#[cfg(target_os = "linux")]
+mod kernel;
 
 /// More changed files than this waiting at once become one rescan.
 const MAX_PENDING: usize = 4096;
@@ -142,60 +145,111 @@ impl Changes {
     }
 }
 
-/// Watches `dir` (not its subfolders), and the two folders above it for `dir` or its
-/// mailbox coming and going. Dropping the watcher stops the events.
-pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
-    let (tx, hints) = mpsc::channel(1);
-    let pending = Arc::new(Mutex::new(Changed::default()));
-    let shared = pending.clone();
-    let folder = dir.to_path_buf();
-    let above = dir.parent().map(Path::to_path_buf);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let mut changed = shared.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
-            Ok(event) if event.need_rescan() => changed.rescan = true,
-            Ok(event) => {
-                let inside = |p: &PathBuf| p.parent() == Some(folder.as_path());
-                let is_folder = |p: &PathBuf| *p == folder || above.as_ref() == Some(p);
-                if comes_or_goes(&event.kind) && event.paths.iter().any(is_folder) {
-                    // inbox/ or the mailbox itself came or went: scan it, and watch the new one.
-                    changed.rescan = true;
-                    changed.rewatch = true;
-                } else if !event.paths.iter().any(inside) {
-                    if !changed.rewatch {
-                        return; // a folder above: another of its files
-                    }
-                } else if !settles_a_file(&event.kind) && !is_a_new_link(&event) {
-                    return;
-                }
-                let md = event
-                    .paths
-                    .into_iter()
-                    .filter(|p| inside(p) && p.extension().is_some_and(|e| e == "md"));
-                changed.files.extend(md);
-                if changed.files.len() > MAX_PENDING {
-                    changed.files.clear();
-                    changed.rescan = true;
-                }
+/// A running watch; dropping it stops the events. On Linux the kernel's inotify, asked only
+/// for what can settle a file or move a folder (no opens, no writes in progress: with ten
+/// servers on one mailbox, each message would otherwise wake every one of them seven
+/// times); elsewhere the `notify` crate's watcher.
+pub struct Watcher {
+    #[cfg(target_os = "linux")]
+    inner: kernel::Kernel,
+    #[cfg(not(target_os = "linux"))]
+    inner: notify::RecommendedWatcher,
+}
+
+/// What an event says about a path, whichever backend saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Made: a folder came, or a file a writer is still at (its close follows), or a hard
+    /// link to a finished file (no close follows; see [`is_a_new_link`]).
+    Created,
+    /// Renamed in or out, or removed: a file settled or gone, or a folder came or went.
+    Moved,
+    /// Closed after writing (or an event the backend could not name): look at the file.
+    Settled,
+    /// A look, or a write in progress: nothing to do.
+    Other,
+}
+
+/// Where a watch's events go: the changes waiting to be taken, and the hint.
+#[derive(Clone)]
+struct Sink {
+    pending: Arc<Mutex<Changed>>,
+    hint: mpsc::Sender<()>,
+    /// The watched folder, and the folder above it.
+    folder: PathBuf,
+    above: Option<PathBuf>,
+}
+
+impl Sink {
+    fn changed(&self) -> std::sync::MutexGuard<'_, Changed> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Events were lost, or the watcher failed: everything is looked at again.
+    fn rescan(&self) {
+        self.changed().rescan = true;
+        // Full means a hint is already waiting; it will take this change too.
+        let _ = self.hint.try_send(());
+    }
+
+    /// Notes one event about `paths`, and hints when there is something to take.
+    fn note(&self, seen: Seen, paths: &[PathBuf]) {
+        let folder = self.folder.as_path();
+        let inside = |p: &PathBuf| p.parent() == Some(folder);
+        let is_folder = |p: &PathBuf| *p == folder || self.above.as_deref() == Some(p.as_path());
+        let mut changed = self.changed();
+        let comes_or_goes = matches!(seen, Seen::Created | Seen::Moved);
+        if comes_or_goes && paths.iter().any(is_folder) {
+            // inbox/ or the mailbox itself came or went: scan it, and watch the new one.
+            changed.rescan = true;
+            changed.rewatch = true;
+        } else if !paths.iter().any(inside) {
+            if !changed.rewatch {
+                return; // a folder above: another of its files
             }
-            Err(err) => {
-                tracing::warn!(%err, "file watcher error; rescanning");
-                changed.rescan = true;
+        } else {
+            let settles = match seen {
+                Seen::Moved | Seen::Settled => true,
+                Seen::Created => is_a_new_link(paths),
+                Seen::Other => false,
+            };
+            if !settles {
+                return;
             }
         }
+        let md = paths
+            .iter()
+            .filter(|p| inside(p) && p.extension().is_some_and(|e| e == "md"));
+        changed.files.extend(md.cloned());
+        if changed.files.len() > MAX_PENDING {
+            changed.files.clear();
+            changed.rescan = true;
+        }
         drop(changed);
-        // Full means a hint is already waiting; it will take this change too.
-        let _ = tx.try_send(());
-    })
-    .map_err(|e| watch_error(dir, e))?;
+        let _ = self.hint.try_send(());
+    }
+}
+
+/// Watches `dir` (not its subfolders), and the two folders above it for `dir` or its
+/// mailbox coming and going. Dropping the watcher stops the events.
+pub fn watch(dir: &Path) -> Result<(Watcher, Changes)> {
+    let (hint, hints) = mpsc::channel(1);
+    let pending = Arc::new(Mutex::new(Changed::default()));
+    let sink = Sink {
+        pending: pending.clone(),
+        hint,
+        folder: dir.to_path_buf(),
+        above: dir.parent().map(Path::to_path_buf),
+    };
+    let mut watcher = Watcher::start(sink, dir)?;
     // The folder two above reports the mailbox itself made again; best effort (it may be
     // one a user cannot watch), since the mailbox is rarely deleted whole.
     if let Some(top) = dir.parent().and_then(Path::parent)
-        && let Err(err) = watcher.watch(top, RecursiveMode::NonRecursive)
+        && let Err(err) = watcher.add(top, false)
     {
         tracing::debug!(%err, dir = %top.display(), "not watching the folder above the mailbox");
     }
-    rewatch(&mut watcher, dir)?;
+    watcher.rewatch(dir)?;
     Ok((
         watcher,
         Changes {
@@ -206,53 +260,82 @@ pub fn watch(dir: &Path) -> Result<(RecommendedWatcher, Changes)> {
     ))
 }
 
-/// Watches `dir` and the folder above it again, after either was removed and made again.
-/// Fails while one is missing; a watch further up reports when it comes back.
-pub fn rewatch(watcher: &mut RecommendedWatcher, dir: &Path) -> Result<()> {
-    for folder in dir.parent().into_iter().chain([dir]) {
-        watcher
-            .watch(folder, RecursiveMode::NonRecursive)
-            .map_err(|e| watch_error(folder, e))?;
+impl Watcher {
+    /// Watches `dir` and the folder above it again, after either was removed and made
+    /// again. Fails while one is missing; a watch further up reports when it comes back.
+    pub fn rewatch(&mut self, dir: &Path) -> Result<()> {
+        if let Some(above) = dir.parent() {
+            self.add(above, false)?;
+        }
+        self.add(dir, true)
     }
-    Ok(())
-}
 
-/// True for events after which a file is complete or gone: a rename into or out of the
-/// folder, a writer closing it, a removal. A create or a write alone means a writer is still
-/// at work; its close follows (a hard link, which has none, see [`is_a_new_link`]).
-fn settles_a_file(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Name(
-            RenameMode::To | RenameMode::From | RenameMode::Both | RenameMode::Any,
-        )) => true,
-        EventKind::Modify(_) | EventKind::Create(_) => false,
-        EventKind::Remove(_) => true,
-        EventKind::Any | EventKind::Other => true,
+    #[cfg(target_os = "linux")]
+    fn start(sink: Sink, dir: &Path) -> Result<Watcher> {
+        let inner = kernel::Kernel::start(sink).map_err(|e| Error::Io {
+            op: "watching",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Watcher { inner })
+    }
+
+    /// Watches `folder`: for its files when `files`, else only for folders coming and going.
+    #[cfg(target_os = "linux")]
+    fn add(&mut self, folder: &Path, files: bool) -> Result<()> {
+        self.inner
+            .add(folder, files)
+            .map_err(|e| Error::io("watching", folder)(e))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start(sink: Sink, dir: &Path) -> Result<Watcher> {
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        let inner =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(event) if event.need_rescan() => sink.rescan(),
+                Ok(event) => {
+                    let seen = match event.kind {
+                        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Seen::Settled,
+                        EventKind::Access(_) => Seen::Other,
+                        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+                            Seen::Moved
+                        }
+                        EventKind::Create(_) => Seen::Created,
+                        EventKind::Modify(_) => Seen::Other,
+                        EventKind::Any | EventKind::Other => Seen::Settled,
+                    };
+                    sink.note(seen, &event.paths);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "file watcher error; rescanning");
+                    sink.rescan();
+                }
+            })
+            .map_err(|e| watch_error(dir, e))?;
+        Ok(Watcher { inner })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn add(&mut self, folder: &Path, _files: bool) -> Result<()> {
+        use notify::Watcher as _;
+        self.inner
+            .watch(folder, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| watch_error(folder, e))
     }
 }
 
 /// True for a new name of a file that has others: a hard link (link(2)) to a finished file
 /// is complete when it is made, and no close follows. A file created to be written has one
 /// name; it is read at its close.
-fn is_a_new_link(event: &notify::Event) -> bool {
+fn is_a_new_link(paths: &[PathBuf]) -> bool {
     use std::os::unix::fs::MetadataExt;
-    matches!(event.kind, EventKind::Create(_))
-        && event
-            .paths
-            .iter()
-            .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.nlink() > 1))
+    paths
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.nlink() > 1))
 }
 
-/// True for events after which a folder may have come or gone (not a look into it).
-fn comes_or_goes(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
-    )
-}
-
+#[cfg(not(target_os = "linux"))]
 fn watch_error(dir: &Path, err: notify::Error) -> Error {
     Error::Io {
         op: "watching",
