@@ -7,8 +7,10 @@
 //! secret it got from Telegram into `verdicts/<request_id>.<uid>.json`; the asking server
 //! watches that folder and takes a verdict only when it carries one of its secrets. So an
 //! allow needs a secret that never touches the disk before someone pressed Allow in the chat:
-//! no local file, command or tool can answer a prompt. See docs/SECURITY.md for what this
-//! proves and what it does not.
+//! no local file, command or tool can answer a prompt. With federation on, a press polled on
+//! another machine comes through the hub instead (`federated`), taken only with a secret too
+//! (a typed deny, which no secret proves, counts only from this machine's disk). See
+//! docs/SECURITY.md for what this proves and what it does not.
 //!
 //! On disk, under `<data>/telegram/` (each file 0600):
 //!
