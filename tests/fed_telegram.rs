@@ -1,21 +1,38 @@
 //! Telegram across machines: two "machines" (mailboxes with their relays on one real
 //! `nats-server`), each with a server that has the same bot token, against one fake Bot API.
 //! An escalation reaches the API once, one machine polls, and a reply polled on one machine
-//! reaches the escalating session on the other.
+//! reaches the escalating session on the other; so does a press on a permission prompt, and
+//! only with the prompt's secret.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use serde_json::json;
+use t9_ipc::federation::claims::PERMS_BUCKET;
 
 use crate::federation::{Machine, Nats};
-use crate::telegram::{CHAT, Call, FakeBot, envs, read, text_of, wait_file};
+use crate::telegram::{
+    ALLOWED, CHAT, Call, FakeBot, REQUEST, button, envs, next_verdict, read, text_of, wait_file,
+};
 use crate::util::{Client, msg_id_in};
 
 /// Starts `t9-ipc serve` named `name` on `machine`, with Telegram pointed at `bot` and
 /// federation on; its stderr goes to the returned log file.
 async fn serve(machine: &Machine, name: &str, nats: &Nats, bot: &FakeBot) -> (Client, PathBuf) {
+    serve_with(machine, name, nats, bot, Vec::new()).await
+}
+
+/// [`serve`] with `extra` in the environment too.
+async fn serve_with(
+    machine: &Machine,
+    name: &str,
+    nats: &Nats,
+    bot: &FakeBot,
+    extra: Vec<(&'static str, String)>,
+) -> (Client, PathBuf) {
     let mut env = bot.env();
+    env.extend(extra);
     env.push(("IPC_NATS_URL", nats.url()));
     env.push(("IPC_MACHINE", machine.name.clone()));
     let log = machine.mb.root().join(format!("{name}.log"));
@@ -184,6 +201,101 @@ async fn while_the_hub_is_down_escalations_wait_and_then_go_out_once() {
     handled_once(&log_a, &log_b, &id, Duration::from_secs(60)).await;
     let ours = sends_of(&bot, "hub away");
     assert_eq!(ours.len(), 1, "sent {} times: {ours:?}", ours.len());
+    alpha.quit().await;
+    beta.quit().await;
+}
+
+/// The text of the last call of `method` whose text holds `part`, once there is one.
+async fn called(bot: &FakeBot, method: &str, part: &str) -> String {
+    let body = bot
+        .wait_call(method, |b| b["text"].as_str().unwrap_or("").contains(part))
+        .await;
+    body["text"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_through_the_hub() {
+    let nats = Nats::start().await;
+    let bot = FakeBot::start();
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let allowed = || vec![("IPC_TG_ALLOW", ALLOWED.to_string())];
+    // B's server takes the poller lease; A's, which asks, stands by.
+    let (beta, log_b) = serve_with(&b, "beta", &nats, &bot, allowed()).await;
+    wait_file(&log_b, "B to hold the poller lease", |t| {
+        t.contains("holds the poller lease")
+    })
+    .await;
+    let (mut alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, allowed()).await;
+    wait_file(&log_a, "A to stand by for the poller lease", |t| {
+        t.contains("another machine reads the replies from Telegram")
+    })
+    .await;
+
+    alpha
+        .notify(
+            REQUEST,
+            json!({"request_id": "fghij", "tool_name": "Bash", "description": "Deploy",
+                   "input_preview": "make deploy"}),
+        )
+        .await;
+    let prompt = bot.wait_sends(1).await[0].clone();
+    assert!(text_of(&prompt).contains("fghij"), "{}", text_of(&prompt));
+    let (allow, deny) = (button(&prompt.body, "Allow"), button(&prompt.body, "Deny"));
+
+    // The hub knows where it was asked, and holds no secret.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let perms = jetstream::new(client)
+        .get_key_value(PERMS_BUCKET)
+        .await
+        .expect("the bucket of permission prompts");
+    let open = perms.get("tg.perm.fghij").await.expect("read");
+    let open = String::from_utf8_lossy(&open.expect("the request in the hub")).into_owned();
+    assert!(open.contains("laptop") && open.contains("alpha"), "{open}");
+    assert!(!open.contains(&allow[7..]) && !open.contains(&deny[7..]));
+    // Verdicts put in the hub by someone without the secret are ignored: a press with a
+    // wrong secret, and a typed deny (if it counted, the verdict below would be deny).
+    for (key, forged) in [
+        (
+            "forged1",
+            r#"{"kind":"press","secret":"00","by":"mallory"}"#,
+        ),
+        ("forged2", r#"{"kind":"typed_deny","by":"mallory"}"#),
+    ] {
+        perms
+            .put(format!("tg.verdict.fghij.{key}"), forged.into())
+            .await
+            .expect("put");
+    }
+    wait_file(&log_a, "A to refuse both forged verdicts", |t| {
+        t.contains("a verdict without this request's secret was ignored (put in the hub)")
+            && t.contains("a typed deny without this request's secret was ignored")
+    })
+    .await;
+    // A typed answer polled on B is not taken (no secret proves it), and says where to press.
+    bot.push_message(json!({"message_id": 2, "date": 0,
+        "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": ALLOWED, "is_bot": false, "first_name": "Me"}, "text": "yes fghij"}));
+    let notice = bot.wait_sends(2).await[1].clone();
+    assert!(
+        text_of(&notice).starts_with("Not taken") && text_of(&notice).contains("laptop"),
+        "{}",
+        text_of(&notice)
+    );
+
+    // The real press, polled on B, reaches A through the hub.
+    bot.push_press(ALLOWED, &allow);
+    let verdict = next_verdict(&mut alpha).await;
+    assert_eq!(verdict, json!({"request_id": "fghij", "behavior": "allow"}));
+    called(&bot, "answerCallbackQuery", "Allowed.").await;
+    called(&bot, "editMessageText", "Allowed from the phone").await;
+    assert!(logged(&log_a, &["a verdict came through the hub", "fghij"]));
+    assert!(!logged(&log_a, &["now reads the replies"]), "A polled too");
+    // A second press finds it settled in the hub; an id nobody asked is still unknown.
+    bot.push_press(ALLOWED, &deny);
+    called(&bot, "answerCallbackQuery", "Already answered (allowed)").await;
+    bot.push_press(ALLOWED, "pmzzzzz");
+    called(&bot, "answerCallbackQuery", "Unknown request").await;
     alpha.quit().await;
     beta.quit().await;
 }

@@ -183,7 +183,7 @@ impl FakeBot {
     }
 
     /// Queues an update with a button press (`callback_query`); returns its update_id.
-    fn push_press(&self, user: i64, data: &str) -> i64 {
+    pub(crate) fn push_press(&self, user: i64, data: &str) -> i64 {
         let id = {
             let mut s = self.shared.lock();
             let id = s.next_update_id;
@@ -200,7 +200,7 @@ impl FakeBot {
     }
 
     /// Waits for a call of `method` whose body satisfies `done`; returns its body.
-    async fn wait_call(&self, method: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_call(&self, method: &str, done: impl Fn(&Value) -> bool) -> Value {
         self.wait(method, |s| {
             s.others.iter().any(|(m, b)| m == method && done(b))
         })
@@ -1144,8 +1144,8 @@ async fn a_starting_server_sends_what_was_pending_and_only_recent_files() {
     assert!(!claim(&mb, &old).exists());
 }
 
-const ALLOWED: i64 = 900_100;
-const REQUEST: &str = "notifications/claude/channel/permission_request";
+pub(crate) const ALLOWED: i64 = 900_100;
+pub(crate) const REQUEST: &str = "notifications/claude/channel/permission_request";
 const VERDICT: &str = "notifications/claude/channel/permission";
 
 fn declares_permission(client: &Client) -> bool {
@@ -1157,7 +1157,7 @@ fn declares_permission(client: &Client) -> bool {
 }
 
 /// The next notification that is a permission verdict; channel events before it are skipped.
-async fn next_verdict(client: &mut Client) -> Value {
+pub(crate) async fn next_verdict(client: &mut Client) -> Value {
     loop {
         let n = client
             .next_notification_within(EVENT_WAIT)
@@ -1171,7 +1171,7 @@ async fn next_verdict(client: &mut Client) -> Value {
 }
 
 /// The callback data of the button whose text contains `label` in a sendMessage body.
-fn button(body: &Value, label: &str) -> String {
+pub(crate) fn button(body: &Value, label: &str) -> String {
     body["reply_markup"]["inline_keyboard"]
         .as_array()
         .expect("a keyboard")

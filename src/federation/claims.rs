@@ -1,11 +1,14 @@
 //! Telegram's exactly-once across machines, kept in the hub: who forwards each escalation
 //! (create-if-absent in [`CLAIMS_BUCKET`]), which machine's poller reads `getUpdates` (a lease
-//! in [`LEASES_BUCKET`], expired by the hub's clock), and what a reply to a forwarded part
-//! answers. Connects lazily: nothing here touches the network before the first call.
+//! in [`LEASES_BUCKET`], expired by the hub's clock), what a reply to a forwarded part
+//! answers, and the open permission prompts with the presses polled for them on another
+//! machine ([`PERMS_BUCKET`]). Connects lazily: nothing here touches the network before the
+//! first call.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::{Settings, hub};
@@ -25,6 +28,13 @@ pub const LEASE_REFRESH: Duration = Duration::from_secs(5);
 pub const POLLER_KEY: &str = "tg.poller";
 /// The key of the `getUpdates` offset the latest poller reached.
 pub const OFFSET_KEY: &str = "tg.offset";
+/// Open permission prompts (`tg.perm.<request id>`, no secret) and the verdicts polled for
+/// them on another machine (`tg.verdict.<request id>.<uid>`).
+pub const PERMS_BUCKET: &str = "T9IPC_PERMS";
+/// How long a prompt's entries live: past the 10 minutes a prompt waits for an answer (so a
+/// press is known to the end), short enough that the pressed buttons' secrets (useless once
+/// the prompt is settled) do not linger in the hub.
+pub const PERMS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long one request to the hub may take before it counts as unreachable.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 
@@ -36,6 +46,16 @@ pub fn forward_key(id: &str) -> String {
 /// The key that routes a reply to Telegram message `message_id` in `chat`.
 pub fn reply_key(chat: i64, message_id: i64) -> String {
     format!("tg.reply.{chat}.{message_id}")
+}
+
+/// The key of the open permission request `id` (in [`PERMS_BUCKET`]).
+pub fn permission_key(id: &str) -> String {
+    format!("tg.perm.{}", key_token(id))
+}
+
+/// The key of one verdict for the permission request `id` (in [`PERMS_BUCKET`]).
+pub fn verdict_key(id: &str, uid: &str) -> String {
+    format!("tg.verdict.{}.{}", key_token(id), key_token(uid))
 }
 
 /// `text` as one token of a key-value key (`[A-Za-z0-9_-]` and `=XX` for every other byte):
@@ -66,18 +86,53 @@ pub enum Forward {
 pub struct Claims {
     settings: Settings,
     buckets: OnceCell<Buckets>,
+    /// Opened on first use, apart from the others: a hub user without the permissions for
+    /// it still forwards and polls.
+    perms: OnceCell<kv::Store>,
 }
 
 struct Buckets {
+    js: jetstream::Context,
     claims: kv::Store,
     leases: kv::Store,
 }
+
+/// The verdicts put for one permission request from now on ([`Claims::watch_verdicts`]).
+pub struct VerdictWatch(kv::Watch);
+
+impl VerdictWatch {
+    /// The value of the next verdict put; `None` when the watch ended (the connection is
+    /// gone for good, or it broke [`WATCH_ERRORS`] times in a row).
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        let mut errors = 0;
+        loop {
+            match self.0.next().await? {
+                Ok(entry) if entry.operation == kv::Operation::Put => {
+                    return Some(entry.value.to_vec());
+                }
+                Ok(_) => {}
+                Err(err) if errors < WATCH_ERRORS => {
+                    errors += 1;
+                    tracing::debug!(%err, "federation: watching verdicts in the hub");
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "federation: the watch on verdicts in the hub broke");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Errors in a row after which a watch is given up.
+const WATCH_ERRORS: u32 = 10;
 
 impl Claims {
     pub fn new(settings: Settings) -> Claims {
         Claims {
             settings,
             buckets: OnceCell::new(),
+            perms: OnceCell::new(),
         }
     }
 
@@ -120,22 +175,46 @@ impl Claims {
         }
     }
 
+    async fn perms(&self) -> Result<&kv::Store, String> {
+        let js = &self.buckets().await?.js;
+        self.perms
+            .get_or_try_init(|| async {
+                bounded("opening", bucket(js, PERMS_BUCKET, PERMS_MAX_AGE))
+                    .await
+                    .and_then(|opened| opened)
+            })
+            .await
+    }
+
     /// Puts `value` under `key` in [`CLAIMS_BUCKET`] (a reply route, the offset).
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
-        let claims = &self.buckets().await?.claims;
-        bounded("writing", claims.put(key, value.into()))
-            .await?
-            .map(|_| ())
-            .map_err(|e| format!("{CLAIMS_BUCKET} {key}: {e}"))
+        put_in(&self.buckets().await?.claims, CLAIMS_BUCKET, key, value).await
     }
 
     /// The value under `key` in [`CLAIMS_BUCKET`], if any.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let claims = &self.buckets().await?.claims;
-        bounded("reading", claims.get(key))
+        get_in(&self.buckets().await?.claims, CLAIMS_BUCKET, key).await
+    }
+
+    /// Puts `value` under `key` in [`PERMS_BUCKET`] (an open request, a verdict).
+    pub async fn put_perm(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        put_in(self.perms().await?, PERMS_BUCKET, key, value).await
+    }
+
+    /// The value under `key` in [`PERMS_BUCKET`], if any.
+    pub async fn get_perm(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        get_in(self.perms().await?, PERMS_BUCKET, key).await
+    }
+
+    /// Watches the verdicts put for permission request `id` from now on (only new ones:
+    /// start it before the prompt goes out).
+    pub async fn watch_verdicts(&self, id: &str) -> Result<VerdictWatch, String> {
+        let perms = self.perms().await?;
+        let keys = format!("tg.verdict.{}.*", key_token(id));
+        bounded("watching", perms.watch(&keys))
             .await?
-            .map(|value| value.map(|v| v.to_vec()))
-            .map_err(|e| format!("{CLAIMS_BUCKET} {key}: {e}"))
+            .map(VerdictWatch)
+            .map_err(|e| format!("{PERMS_BUCKET} {keys}: {e}"))
     }
 
     /// Takes the poller's lease for `holder` (this machine and process); `Some(revision)`
@@ -185,12 +264,27 @@ impl Claims {
     }
 }
 
-/// Connects to the hub and opens (or creates) the two buckets.
+async fn put_in(store: &kv::Store, name: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+    bounded("writing", store.put(key, value.into()))
+        .await?
+        .map(|_| ())
+        .map_err(|e| format!("{name} {key}: {e}"))
+}
+
+async fn get_in(store: &kv::Store, name: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    bounded("reading", store.get(key))
+        .await?
+        .map(|value| value.map(|v| v.to_vec()))
+        .map_err(|e| format!("{name} {key}: {e}"))
+}
+
+/// Connects to the hub and opens (or creates) the claims and leases buckets.
 async fn connect(settings: &Settings) -> Result<Buckets, String> {
     let js = hub::connect(settings).await?;
     Ok(Buckets {
         claims: bucket(&js, CLAIMS_BUCKET, CLAIMS_MAX_AGE).await?,
         leases: bucket(&js, LEASES_BUCKET, LEASE_TTL).await?,
+        js,
     })
 }
 
@@ -207,8 +301,7 @@ async fn bucket(
     name: &str,
     max_age: Duration,
 ) -> Result<kv::Store, String> {
-    let about = "Telegram forwards, replies and the poller's lease";
-    super::hub::kv_bucket(js, name, about, max_age).await
+    super::hub::kv_bucket(js, name, "Telegram across machines", max_age).await
 }
 
 #[cfg(test)]
@@ -245,5 +338,10 @@ mod tests {
         );
         assert_eq!(keys[3], "tg.fwd.a=20b=2Fc=25");
         assert_eq!(reply_key(-100_123, 45), "tg.reply.-100123.45");
+        assert_eq!(permission_key("fghij"), "tg.perm.fghij");
+        assert_eq!(
+            verdict_key("fghij", "0a1b2c3d"),
+            "tg.verdict.fghij.0a1b2c3d"
+        );
     }
 }

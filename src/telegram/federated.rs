@@ -1,17 +1,47 @@
 //! Telegram with federation on: the hub decides which machine forwards each escalation and
-//! which machine's server polls `getUpdates`, and carries the routes of replies between
-//! machines (`federation::claims`). With federation off nothing here runs.
+//! which machine's server polls `getUpdates`, carries the routes of replies between
+//! machines, and the presses on a permission prompt polled on another machine than the one
+//! that asked (`federation::claims`). With federation off nothing here runs.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use chrono::Local;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::api::backoff;
+use super::inbound::Answer;
+use super::permission::{PERMISSION_TIMEOUT, Verdict, parse_callback, typed_answer};
 use super::service::Telegram;
 use super::store::{Claim, Forwarded};
 use crate::federation::Settings;
-use crate::federation::claims::{self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY};
+use crate::federation::claims::{
+    self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY, PERMS_MAX_AGE, VerdictWatch,
+};
+
+// A prompt's entry in the hub must outlive the prompt.
+const _: () = assert!(PERMS_MAX_AGE.as_secs() > PERMISSION_TIMEOUT.as_secs());
+
+/// A permission request as the hub holds it for the polling machine: where it was asked,
+/// and its outcome once settled. No secret: those stay in the asking server's memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct HubRequest {
+    pub(super) request_id: String,
+    pub(super) machine: String,
+    pub(super) session: String,
+    pub(super) created: String,
+    /// `allowed`, `denied`, `expired` or `unsent` once settled.
+    #[serde(default)]
+    pub(super) outcome: Option<String>,
+}
+
+/// A prompt of this process open in the hub: its entry, and the watch on its verdicts.
+pub(super) struct HubPrompt {
+    request: HubRequest,
+    watch: Option<VerdictWatch>,
+}
 
 /// This process's view of the hub, made when federation is on; connects on first use.
 pub(super) struct Federated {
@@ -174,6 +204,23 @@ impl Federated {
         }
     }
 
+    /// Puts (or updates) an open permission request.
+    async fn put_request(&self, request: &HubRequest) -> Result<(), String> {
+        let key = claims::permission_key(&request.request_id);
+        let value = serde_json::to_vec(request).expect("plain strings");
+        self.claims.put_perm(&key, value).await
+    }
+
+    async fn request(&self, id: &str) -> Option<HubRequest> {
+        match self.claims.get_perm(&claims::permission_key(id)).await {
+            Ok(value) => serde_json::from_slice(&value?).ok(),
+            Err(err) => {
+                tracing::warn!(request_id = %id, %err, "looking up a permission request in the hub");
+                None
+            }
+        }
+    }
+
     async fn route(&self, chat: i64, message_id: i64) -> Option<Forwarded> {
         match self.claims.get(&claims::reply_key(chat, message_id)).await {
             Ok(value) => serde_json::from_slice(&value?).ok(),
@@ -284,6 +331,130 @@ impl Telegram {
             }
         }
     }
+}
+
+impl Telegram {
+    /// Records permission request `id` in the hub and watches the verdicts put for it
+    /// (federation on); call it before the prompt goes out. `None` with federation off, or
+    /// when the hub does not answer (warned: then only a poller on this machine can answer).
+    pub(super) async fn open_in_hub(&self, id: &str, session: &str) -> Option<HubPrompt> {
+        let fed = self.inner.federated.get()?;
+        let request = HubRequest {
+            request_id: id.to_owned(),
+            machine: fed.claims.machine().to_owned(),
+            session: session.to_owned(),
+            created: Local::now().to_rfc3339(),
+            outcome: None,
+        };
+        let opened = match fed.claims.watch_verdicts(id).await {
+            Ok(watch) => fed.put_request(&request).await.map(|()| watch),
+            Err(err) => Err(err),
+        };
+        match opened {
+            Ok(watch) => Some(HubPrompt {
+                request,
+                watch: Some(watch),
+            }),
+            Err(err) => {
+                tracing::warn!(request_id = %id, %err, "the permission request is not in the hub: a press polled on another machine will not reach it");
+                None
+            }
+        }
+    }
+
+    /// Records the outcome of a prompt open in the hub, so its poller says "already answered".
+    pub(super) async fn settle_in_hub(&self, prompt: Option<HubPrompt>, outcome: &str) {
+        let (Some(fed), Some(HubPrompt { mut request, .. })) = (self.inner.federated.get(), prompt)
+        else {
+            return;
+        };
+        request.outcome = Some(outcome.to_owned());
+        if let Err(err) = fed.put_request(&request).await {
+            tracing::warn!(request_id = %request.request_id, %err, "recording a permission request's outcome in the hub");
+        }
+    }
+
+    /// Before a batch is taken: the permission requests pressed or answered in it that this
+    /// machine does not hold but the hub knows (federation on).
+    pub(super) async fn fetch_requests(&self, updates: &[Value]) -> HashMap<String, HubRequest> {
+        let mut found = HashMap::new();
+        let Some(fed) = self.inner.federated.get() else {
+            return found;
+        };
+        for id in updates.iter().filter_map(request_of) {
+            if found.contains_key(&id) {
+                continue;
+            }
+            let asked = id.clone();
+            let local = self
+                .blocking(move |inner| inner.open_request(&asked).is_some())
+                .await;
+            if local == Some(false)
+                && let Some(request) = fed.request(&id).await
+            {
+                found.insert(id, request);
+            }
+        }
+        found
+    }
+
+    /// Carries out an answer that needs the hub: puts the verdict for a request of another
+    /// machine, and gives what to tell the person (federation on).
+    pub(super) async fn through_hub(&self, answer: Answer) -> Answer {
+        let Answer::Hub {
+            request_id,
+            verdict,
+            done,
+            failed,
+        } = answer
+        else {
+            return answer;
+        };
+        let Some(fed) = self.inner.federated.get() else {
+            return *failed;
+        };
+        let key = claims::verdict_key(&request_id, &crate::fsx::random_uid());
+        let value = serde_json::to_vec(&verdict).expect("plain strings");
+        match fed.claims.put_perm(&key, value).await {
+            Ok(()) => {
+                tracing::info!(%request_id, "a press was handed to the asking machine through the hub");
+                *done
+            }
+            Err(err) => {
+                tracing::warn!(%request_id, %err, "putting a verdict in the hub");
+                *failed
+            }
+        }
+    }
+}
+
+/// The next verdict put in the hub for an open prompt; never ready without one (federation
+/// off, the hub unreachable when it was asked, or the watch ended).
+pub(super) async fn next_from_hub(hub: &mut Option<HubPrompt>) -> Verdict {
+    if let Some(prompt) = hub {
+        while let Some(watch) = prompt.watch.as_mut() {
+            let Some(value) = watch.next().await else {
+                prompt.watch = None;
+                break;
+            };
+            match serde_json::from_slice(&value) {
+                Ok(verdict) => return verdict,
+                Err(err) => {
+                    tracing::warn!(request_id = %prompt.request.request_id, %err, "an unreadable verdict in the hub was ignored")
+                }
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// The permission request an update presses a button of, or answers by typing.
+fn request_of(update: &Value) -> Option<String> {
+    if let Some(data) = update.pointer("/callback_query/data") {
+        return parse_callback(data.as_str()?).map(|(_, id, _)| id);
+    }
+    let text = update.pointer("/message/text")?.as_str()?;
+    typed_answer(text).map(|(_, id)| id)
 }
 
 /// The chat and Telegram message id an update's message replies to.

@@ -7,8 +7,10 @@
 //! secret it got from Telegram into `verdicts/<request_id>.<uid>.json`; the asking server
 //! watches that folder and takes a verdict only when it carries one of its secrets. So an
 //! allow needs a secret that never touches the disk before someone pressed Allow in the chat:
-//! no local file, command or tool can answer a prompt. See docs/SECURITY.md for what this
-//! proves and what it does not.
+//! no local file, command or tool can answer a prompt. With federation on, a press polled on
+//! another machine comes through the hub instead (`federated`), taken only with a secret too
+//! (a typed deny, which no secret proves, counts only from this machine's disk). See
+//! docs/SECURITY.md for what this proves and what it does not.
 //!
 //! On disk, under `<data>/telegram/` (each file 0600):
 //!
@@ -30,6 +32,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiError, backoff};
+use super::federated::{HubPrompt, next_from_hub};
 use super::render::escape;
 use super::service::{Inner, Telegram, locked};
 use crate::error::Result;
@@ -117,7 +120,7 @@ pub(super) struct OpenRequest {
 }
 
 /// One press or typed answer, from the poller to the asking server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Verdict {
     /// A button press: the secret that came back in its callback data.
@@ -133,6 +136,39 @@ pub(super) enum Verdict {
     },
     /// "See more": show the whole preview (harmless, so not proven).
     More,
+}
+
+/// What a verdict does to the request whose secrets are `secrets`.
+pub(super) enum Weighed {
+    Decided(Behavior, String),
+    More,
+    /// Why it was ignored, for the log.
+    Ignored(&'static str),
+}
+
+/// Weighs a verdict: a press decides only with one of `secrets`; a typed deny (which no
+/// secret proves) counts only when `proven_only` is false, that is from this machine's disk,
+/// never from the hub, where every machine may write.
+pub(super) fn weigh(verdict: Verdict, secrets: &Secrets, proven_only: bool) -> Weighed {
+    match verdict {
+        Verdict::Press { secret, .. } if secret.is_empty() => {
+            Weighed::Ignored("a verdict without this request's secret was ignored")
+        }
+        Verdict::Press { secret, by } if secret == secrets.allow => {
+            Weighed::Decided(Behavior::Allow, by)
+        }
+        Verdict::Press { secret, by } if secret == secrets.deny => {
+            Weighed::Decided(Behavior::Deny, by)
+        }
+        Verdict::Press { .. } => {
+            Weighed::Ignored("a verdict without this request's secret was ignored")
+        }
+        Verdict::TypedDeny { by } if !proven_only => Weighed::Decided(Behavior::Deny, by),
+        Verdict::TypedDeny { .. } => {
+            Weighed::Ignored("a typed deny without this request's secret was ignored")
+        }
+        Verdict::More => Weighed::More,
+    }
 }
 
 /// A button's callback data: `p`, the action (`a` allow, `d` deny, `m` more), the request
@@ -241,21 +277,15 @@ impl Inner {
             let text = fs::read_to_string(&path).unwrap_or_default();
             let _ = fs::remove_file(&path);
             match serde_json::from_str::<Verdict>(&text) {
-                Ok(Verdict::Press { secret, by }) => {
-                    let behavior = if !secret.is_empty() && secret == secrets.allow {
-                        Behavior::Allow
-                    } else if !secret.is_empty() && secret == secrets.deny {
-                        Behavior::Deny
-                    } else {
-                        tracing::warn!(request_id = %id, file = %path.display(), "a verdict without this request's secret was ignored");
-                        continue;
-                    };
-                    decided.get_or_insert((behavior, by));
-                }
-                Ok(Verdict::TypedDeny { by }) => {
-                    decided.get_or_insert((Behavior::Deny, by));
-                }
-                Ok(Verdict::More) => more = true,
+                Ok(verdict) => match weigh(verdict, secrets, false) {
+                    Weighed::Decided(behavior, by) => {
+                        decided.get_or_insert((behavior, by));
+                    }
+                    Weighed::More => more = true,
+                    Weighed::Ignored(why) => {
+                        tracing::warn!(request_id = %id, file = %path.display(), "{why}")
+                    }
+                },
                 Err(err) => {
                     tracing::warn!(request_id = %id, file = %path.display(), %err, "an unreadable verdict was ignored")
                 }
@@ -361,6 +391,8 @@ impl Telegram {
             deny: secret(),
         };
         let (_watcher, mut changes) = self.prepare_request(&id, &asker.session).await?;
+        // Before the prompt goes out too, so that a press polled on another machine finds it.
+        let mut hub = self.open_in_hub(&id, &asker.session).await;
         locked(&self.inner.pending).insert(id.clone(), secrets.clone());
         let prompt = Prompt::new(&req, &asker);
         let footer =
@@ -377,6 +409,7 @@ impl Telegram {
         }
         let Some(message_id) = self.send_retrying(&body, &cancel).await else {
             self.settle(&id, "unsent").await;
+            self.settle_in_hub(hub, "unsent").await;
             return None;
         };
         tracing::info!(request_id = %id, tool = %req.tool_name, "permission request sent to Telegram");
@@ -388,9 +421,13 @@ impl Telegram {
             prompt,
             footer,
         };
-        let (outcome, shown_whole) = self.wait_verdict(&posted, &mut changes, &cancel).await;
+        let (outcome, shown_whole) = self
+            .wait_verdict(&posted, &mut changes, &mut hub, &cancel)
+            .await;
         locked(&self.inner.pending).remove(&id);
-        let settled = self.close(&posted, outcome.as_ref(), shown_whole).await;
+        let settled = self
+            .close(&posted, outcome.as_ref(), shown_whole, hub)
+            .await;
         let behavior = outcome.map(|(b, _)| b);
         tracing::info!(request_id = %id, outcome = settled, "permission request settled");
         behavior
@@ -429,38 +466,32 @@ impl Telegram {
         }
     }
 
-    /// Waits for the verdict, looking again at each change in the verdicts folder, and shows
-    /// the whole preview once "See more" is pressed. `None` when the session ended, the
-    /// prompt expired or the watcher is gone; with whether the whole preview is shown.
+    /// Waits for the verdict, looking again at each change in the verdicts folder and at
+    /// each verdict put in the hub for it (federation on), and shows the whole preview once
+    /// "See more" is pressed. `None` when the session ended, the prompt expired or the
+    /// watcher is gone; with whether the whole preview is shown.
     async fn wait_verdict(
         &self,
         posted: &Posted<'_>,
         changes: &mut Changes,
+        hub: &mut Option<HubPrompt>,
         cancel: &CancellationToken,
     ) -> (Option<(Behavior, String)>, bool) {
         let deadline = tokio::time::Instant::now() + PERMISSION_TIMEOUT;
-        let mut shown_whole = false;
+        let (mut shown_whole, mut more_from_hub) = (false, false);
         let outcome = loop {
             let taken = {
                 let (id, secrets) = (posted.id.to_owned(), posted.secrets.clone());
                 self.blocking(move |inner| inner.take_verdicts(&id, &secrets))
                     .await
             };
-            if let Some((decided, more)) = taken {
-                if let Some(decided) = decided {
-                    break Some(decided);
-                }
-                if more && !shown_whole {
-                    shown_whole = true;
-                    let edit = json!({
-                        "chat_id": posted.chat, "message_id": posted.message_id,
-                        "text": posted.prompt.text(true, &posted.footer), "parse_mode": "HTML",
-                        "reply_markup": keyboard(posted.id, posted.secrets, false),
-                    });
-                    if let Err(err) = self.inner.api.edit(&edit).await {
-                        tracing::warn!(request_id = %posted.id, %err, "showing the whole preview");
-                    }
-                }
+            let (decided, more) = taken.unwrap_or((None, false));
+            if let Some(decided) = decided {
+                break Some(decided);
+            }
+            if (more || more_from_hub) && !shown_whole {
+                shown_whole = true;
+                self.show_whole(posted).await;
             }
             tokio::select! {
                 () = cancel.cancelled() => break None,
@@ -471,9 +502,31 @@ impl Telegram {
                     }
                     changes.take();
                 }
+                verdict = next_from_hub(hub) => match weigh(verdict, posted.secrets, true) {
+                    Weighed::Decided(behavior, by) => {
+                        tracing::info!(request_id = %posted.id, "a verdict came through the hub");
+                        break Some((behavior, by));
+                    }
+                    Weighed::More => more_from_hub = true,
+                    Weighed::Ignored(why) => {
+                        tracing::warn!(request_id = %posted.id, "{why} (put in the hub)");
+                    }
+                },
             }
         };
         (outcome, shown_whole)
+    }
+
+    /// Shows the whole preview in the prompt ("See more" was pressed).
+    async fn show_whole(&self, posted: &Posted<'_>) {
+        let edit = json!({
+            "chat_id": posted.chat, "message_id": posted.message_id,
+            "text": posted.prompt.text(true, &posted.footer), "parse_mode": "HTML",
+            "reply_markup": keyboard(posted.id, posted.secrets, false),
+        });
+        if let Err(err) = self.inner.api.edit(&edit).await {
+            tracing::warn!(request_id = %posted.id, %err, "showing the whole preview");
+        }
     }
 
     /// Records the outcome and shows it in the prompt on the phone (in place of the footer);
@@ -483,6 +536,7 @@ impl Telegram {
         posted: &Posted<'_>,
         outcome: Option<&(Behavior, String)>,
         shown_whole: bool,
+        hub: Option<HubPrompt>,
     ) -> &'static str {
         let id = posted.id;
         let (line, settled) = match outcome {
@@ -497,6 +551,7 @@ impl Telegram {
             ),
         };
         self.settle(id, settled).await;
+        self.settle_in_hub(hub, settled).await;
         let edit = json!({
             "chat_id": posted.chat, "message_id": posted.message_id,
             "text": posted.prompt.text(shown_whole, &line), "parse_mode": "HTML",

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Allowed, Arrival};
 use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
+use super::federated::HubRequest;
 use super::files::incoming;
 use super::permission::{Behavior, Verdict, parse_callback};
 use super::service::{Inner, Telegram};
@@ -91,6 +92,14 @@ pub(super) enum Answer {
     /// A text in a chat (and forum topic).
     Notice(i64, Option<i64>, String),
     Toast(String, String),
+    /// A verdict for a request asked on another machine: put in the hub, then `done` is
+    /// sent (`failed` when the hub refused it).
+    Hub {
+        request_id: String,
+        verdict: Verdict,
+        done: Box<Answer>,
+        failed: Box<Answer>,
+    },
 }
 
 impl Telegram {
@@ -189,13 +198,15 @@ impl Telegram {
         }
         let files = self.fetch_files(&updates).await;
         self.fetch_routes(&updates).await;
+        let remote = self.fetch_requests(&updates).await;
         let taken = self
-            .blocking(move |inner| inner.take_updates(updates, offset, files))
+            .blocking(move |inner| inner.take_updates(updates, offset, files, &remote))
             .await;
         let Some((next, answers)) = taken else {
             return offset;
         };
         for answer in answers {
+            let answer = self.through_hub(answer).await;
             let sent = match &answer {
                 Answer::Notice(chat, thread, text) => self
                     .inner
@@ -204,12 +215,26 @@ impl Telegram {
                     .await
                     .map(|_| ()),
                 Answer::Toast(id, text) => self.inner.api.answer_callback(id, text).await,
+                // Carried out by `through_hub` just above: it gives a toast back.
+                Answer::Hub { .. } => Ok(()),
             };
             if let Err(err) = sent {
                 tracing::warn!(%err, "answering the person on Telegram");
             }
         }
         next
+    }
+}
+
+/// The permission requests of other machines pressed or answered in a batch, from the hub.
+type Remote = HashMap<String, HubRequest>;
+
+/// The verdict a press of `action` gives, and the toast that confirms it.
+fn pressed(action: char, secret: String, by: String) -> (Verdict, &'static str) {
+    match action {
+        'm' => (Verdict::More, ""),
+        'a' => (Verdict::Press { secret, by }, "Allowed."),
+        _ => (Verdict::Press { secret, by }, "Denied."),
     }
 }
 
@@ -250,6 +275,7 @@ impl Inner {
         updates: Vec<Value>,
         mut offset: Option<i64>,
         mut files: HashMap<i64, Result<PathBuf, String>>,
+        remote: &Remote,
     ) -> (Option<i64>, Vec<Answer>) {
         let mut notices = Vec::new();
         let allowed = self.allowed();
@@ -267,7 +293,7 @@ impl Inner {
                 continue;
             }
             let taking = delivered.get(&update_id).map(|(at, _)| at.as_str());
-            notices.extend(self.take_update(update_id, value, &allowed, file, taking));
+            notices.extend(self.take_update(update_id, value, &allowed, file, taking, remote));
         }
         if let Some(offset) = offset
             && let Err(err) = self.store.save_offset(offset)
@@ -285,6 +311,7 @@ impl Inner {
         allowed: &Allowed,
         file: Option<Result<PathBuf, String>>,
         taking: Option<&str>,
+        remote: &Remote,
     ) -> Option<Answer> {
         let kind = value.get("message").and_then(incoming).map(|f| f.kind);
         let update = match serde_json::from_value::<Update>(value) {
@@ -295,7 +322,7 @@ impl Inner {
             }
         };
         if let Some(q) = update.callback_query {
-            return Some(self.press(update_id, &q, allowed));
+            return Some(self.press(update_id, &q, allowed, remote));
         }
         let Some(m) = update.message else {
             tracing::debug!(update_id, "skipped a Telegram update that is no message");
@@ -329,7 +356,7 @@ impl Inner {
                     None
                 })
         });
-        self.act(update_id, taking, &m, action)
+        self.act(update_id, taking, &m, action, remote)
     }
 
     /// Carries out what an incoming message became; returns the notice to send back, if any.
@@ -339,6 +366,7 @@ impl Inner {
         taking: Option<&str>,
         m: &TgMessage,
         action: Inbound,
+        remote: &Remote,
     ) -> Option<Answer> {
         match action {
             Inbound::Ignore(why) => {
@@ -357,7 +385,7 @@ impl Inner {
                 Some(Answer::Notice(
                     m.chat.id,
                     m.message_thread_id,
-                    self.typed(&id, behavior, by),
+                    self.typed(&id, behavior, by, remote),
                 ))
             }
             Inbound::Deliver {
@@ -397,7 +425,13 @@ impl Inner {
     }
 
     /// A button press on a permission prompt.
-    fn press(&self, update_id: i64, q: &CallbackQuery, allowed: &Allowed) -> Answer {
+    fn press(
+        &self,
+        update_id: i64,
+        q: &CallbackQuery,
+        allowed: &Allowed,
+        remote: &Remote,
+    ) -> Answer {
         let toast = |text: &str| Answer::Toast(q.id.clone(), text.to_owned());
         let Some((action, id, secret)) = q.data.as_deref().and_then(parse_callback) else {
             tracing::debug!(update_id, "a button press this version does not know");
@@ -407,9 +441,21 @@ impl Inner {
             tracing::warn!(update_id, user_id = q.from.id, request_id = %id, "a press from a user who may not answer was refused");
             return toast("Refused: you are not allowed to answer permission requests.");
         }
-        let request = match self.open_request(&id) {
-            None => return toast("Unknown request: it expired or was never asked here."),
-            Some(r) => r,
+        let (verdict, said) = pressed(action, secret, q.from.name());
+        let Some(request) = self.open_request(&id) else {
+            return match remote.get(&id) {
+                None => toast("Unknown request: it expired or was never asked here."),
+                Some(r) => match &r.outcome {
+                    Some(outcome) => toast(&format!("Already answered ({outcome}).")),
+                    // Checked here as locally; the asking server checks the secret.
+                    None => Answer::Hub {
+                        request_id: id,
+                        verdict,
+                        done: Box::new(toast(said)),
+                        failed: Box::new(toast("Not taken: the hub could not be written.")),
+                    },
+                },
+            };
         };
         if let Some(outcome) = &request.outcome {
             return toast(&format!("Already answered ({outcome})."));
@@ -417,23 +463,6 @@ impl Inner {
         if !crate::heartbeat::pid_running(request.pid) {
             return toast("The session that asked has ended; nothing was answered.");
         }
-        let (verdict, said) = match action {
-            'm' => (Verdict::More, ""),
-            'a' => (
-                Verdict::Press {
-                    secret,
-                    by: q.from.name(),
-                },
-                "Allowed.",
-            ),
-            _ => (
-                Verdict::Press {
-                    secret,
-                    by: q.from.name(),
-                },
-                "Denied.",
-            ),
-        };
         match self.write_verdict(&id, &verdict) {
             Ok(()) => {
                 tracing::info!(update_id, request_id = %id, session = %request.session, "a press was handed to the asking session");
@@ -447,9 +476,20 @@ impl Inner {
     }
 
     /// A typed `yes abcde` / `no abcde` from a user who may answer.
-    fn typed(&self, id: &str, behavior: Behavior, by: String) -> String {
+    fn typed(&self, id: &str, behavior: Behavior, by: String, remote: &Remote) -> String {
         let Some(request) = self.open_request(id) else {
-            return format!("Unknown request {id}: it expired or was never asked here.");
+            return match remote.get(id) {
+                None => format!("Unknown request {id}: it expired or was never asked here."),
+                Some(HubRequest {
+                    outcome: Some(outcome),
+                    ..
+                }) => format!("Request {id} is already answered ({outcome})."),
+                // No secret proves a typed answer, and the hub takes none without one.
+                Some(r) => format!(
+                    "Not taken: {} asked {id} on the machine {}, where a typed answer cannot reach. Press Allow or Deny on its prompt.",
+                    r.session, r.machine
+                ),
+            };
         };
         if let Some(outcome) = &request.outcome {
             return format!("Request {id} is already answered ({outcome}).");
