@@ -26,7 +26,8 @@
 //!   pushes, waits), `send` (every field of a send checked, then one file written).
 //! - [`text`]: small pieces of text shared by user-facing messages (`plural`, the
 //!   `Boundary` between the messages of one result).
-//! - [`watch`]: file-system events on `inbox/` turned into "rescan" hints.
+//! - [`watch`]: file-system events on `inbox/` turned into "look at these files" or "rescan"
+//!   hints (`watch::kernel`: inotify with a narrow mask on Linux; `notify` elsewhere).
 //! - [`telegram`]: escalations forwarded to Telegram, and the person's replies written back;
 //!   its bookkeeping lives in `<data>/telegram/`.
 //! - [`federation`]: message files carried between machines by NATS JetStream (opt-in,
