@@ -953,7 +953,7 @@ async fn a_machine_name_held_by_another_mailbox_is_refused() {
 #[tokio::test]
 async fn who_lists_the_live_sessions_of_the_other_machines() {
     let nats = Nats::start().await;
-    let a = Machine::start("laptop", &nats).await;
+    let mut a = Machine::start("laptop", &nats).await;
     let b = Machine::start("buildbox", &nats).await;
     let alpha = a.mb.spawn("alpha").await;
     a.log
@@ -1040,6 +1040,14 @@ async fn who_lists_the_live_sessions_of_the_other_machines() {
     assert!(
         publishes < 20,
         "{publishes} presence publishes: a feedback loop"
+    );
+    // A machine whose bridge stops is named, not dropped, and so is a quiet one (by time:
+    // unit-tested in presence).
+    a.stop_relay().await;
+    let table = who(false).await;
+    assert!(
+        table.contains("Machine laptop: no t9-ipc running there since"),
+        "{table}"
     );
 }
 

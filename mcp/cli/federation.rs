@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::style::{self, Style};
 use crate::shared::ago;
 pub use crate::shared::federation::{Others, others_blocking as others};
-use crate::shared::federation::{none_elsewhere, unreachable};
+use crate::shared::federation::{none_elsewhere, quiet_lines, unreachable};
 
 /// `who --json`: one object a remote session, with `machine`.
 pub fn json(others: &Option<Others>) -> Vec<Value> {
@@ -33,11 +33,23 @@ pub fn print(others: &Option<Others>, style: &Style) {
         }
     };
     println!();
+    let now = Local::now();
+    let quiet = quiet_lines(others, now);
     if list.is_empty() {
         println!("{}", none_elsewhere(&others.hub));
-        return;
+    } else {
+        print_rows(list, now, style);
     }
-    let now = Local::now();
+    if !quiet.is_empty() {
+        println!("{quiet}");
+    }
+}
+
+fn print_rows(
+    list: &[t9_ipc::federation::presence::Remote],
+    now: chrono::DateTime<Local>,
+    style: &Style,
+) {
     let rows: Vec<[String; 6]> = list
         .iter()
         .map(|r| {

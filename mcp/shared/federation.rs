@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local};
 use t9_ipc::federation::names::{self, Claim};
-use t9_ipc::federation::presence::{self, Remote};
+use t9_ipc::federation::presence::{self, Quiet, Remote};
 use t9_ipc::federation::{Settings, hub};
 
 use super::ago;
@@ -21,6 +21,8 @@ pub struct Others {
     pub hub: String,
     /// Their live sessions, by machine and name, or why the hub could not be asked.
     pub found: Result<Vec<Remote>, String>,
+    /// The machines without a fresh word (gone quiet, or stopped), by name.
+    pub quiet: Vec<Quiet>,
 }
 
 /// Asks the hub who is live elsewhere, waiting at most a few seconds, with the `settings` of
@@ -33,15 +35,19 @@ pub async fn others(settings: &Result<Option<Settings>, String>) -> Option<Other
             return Some(Others {
                 hub: "?".to_owned(),
                 found: Err(err.clone()),
+                quiet: Vec::new(),
             });
         }
     };
-    let found = tokio::time::timeout(HUB_WAIT, presence::others(settings))
-        .await
-        .unwrap_or_else(|_| Err(no_answer()));
+    let (found, quiet) = match tokio::time::timeout(HUB_WAIT, presence::others(settings)).await {
+        Ok(Ok(elsewhere)) => (Ok(elsewhere.live), elsewhere.quiet),
+        Ok(Err(err)) => (Err(err), Vec::new()),
+        Err(_) => (Err(no_answer()), Vec::new()),
+    };
     Some(Others {
         hub: hub::redact_url(&settings.url),
         found,
+        quiet,
     })
 }
 
@@ -55,6 +61,7 @@ pub fn others_blocking(settings: &Result<Option<Settings>, String>) -> Option<Ot
         Err(err) => Some(Others {
             hub: "?".to_owned(),
             found: Err(err.to_string()),
+            quiet: Vec::new(),
         }),
     }
 }
@@ -156,8 +163,46 @@ pub fn none_elsewhere(hub: &str) -> String {
     format!("No live session on other machines (hub {hub}).")
 }
 
-/// The other machines' sessions for the `t9_ipc_who` tool: one line each, with its machine.
+/// One line for each machine without a fresh word: when it was last heard from, and what
+/// that means for mail to it. Empty when there is none.
+pub fn quiet_lines(others: &Others, now: DateTime<Local>) -> String {
+    let mut out = String::new();
+    for q in &others.quiet {
+        let when = format!(
+            "since {} ({})",
+            q.last.format("%Y-%m-%d %H:%M"),
+            ago(Some(q.last), now)
+        );
+        let _ = if q.stopped {
+            writeln!(
+                out,
+                "Machine {}: no t9-ipc running there {when}; mail to its sessions waits in \
+                 the hub until one starts there.",
+                q.machine
+            )
+        } else {
+            writeln!(
+                out,
+                "Machine {}: not heard from {when}: unreachable, or stopped without a word; \
+                 its sessions may be gone, and mail to them waits in the hub until it is back.",
+                q.machine
+            )
+        };
+    }
+    out.trim_end().to_owned()
+}
+
+/// The other machines' sessions for the `t9_ipc_who` tool: one line each, with its machine,
+/// then the machines without a fresh word.
 pub fn lines(others: &Others, now: DateTime<Local>) -> String {
+    let live = live_lines(others, now);
+    match quiet_lines(others, now) {
+        quiet if quiet.is_empty() => live,
+        quiet => format!("{live}\n{quiet}"),
+    }
+}
+
+fn live_lines(others: &Others, now: DateTime<Local>) -> String {
     let list = match &others.found {
         Ok(list) if list.is_empty() => return none_elsewhere(&others.hub),
         Ok(list) => list,

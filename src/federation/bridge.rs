@@ -248,7 +248,7 @@ async fn presence(
     let mut store = None;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             _ = refresh.tick() => {}
             Some(()) = beats.recv() => {}
             res = connected.changed() => {
@@ -274,6 +274,17 @@ async fn presence(
         match presence::publish(s, &shared.machine, &live).await {
             Ok(n) => tracing::debug!(sessions = n, "presence published"),
             Err(err) => tracing::warn!(%err, "federation: presence"),
+        }
+    }
+    // The last word: this bridge stops (a standby one, if any, speaks right after).
+    if let Some(s) = &store {
+        let said = tokio::time::timeout(
+            Duration::from_secs(2),
+            presence::say(s, &shared.machine, true),
+        )
+        .await;
+        if !matches!(said, Ok(Ok(()))) {
+            tracing::debug!("federation: could not say that this bridge stops");
         }
     }
 }

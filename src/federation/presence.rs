@@ -3,6 +3,11 @@
 //! and deletes the ones that ended. Entries live [`TTL`]: a machine that goes away (or its
 //! bridge) disappears from the others' `who` within it, without anyone deleting it. Each put
 //! also claims the session's name across machines ([`names`]).
+//!
+//! Each bridge also leaves its machine's last word in [`SEEN_BUCKET`] (no time to live): when
+//! it last published, and whether it stopped. So `who` can say which machines went quiet
+//! (unreachable, or stopped without a word) or stopped, instead of dropping them silently
+//! when their entries expire.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,6 +26,50 @@ pub const BUCKET: &str = "T9IPC_PRESENCE";
 pub const TTL: Duration = Duration::from_secs(180);
 /// How often the bridge refreshes its machine's entries (the heartbeat's period).
 pub const REFRESH: Duration = Duration::from_secs(60);
+/// The bucket of each machine's last word (key: the machine; value: [`Word`]).
+pub const SEEN_BUCKET: &str = "T9IPC_SEEN";
+/// A machine whose bridge has not published for this long (two refreshes) has gone quiet.
+pub const QUIET_AFTER: Duration = Duration::from_secs(120);
+/// A machine silent for longer than this is no longer mentioned (gone for good, most likely).
+pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A machine's last word, as its bridge put it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    /// When, by that machine's clock (RFC 3339, ms).
+    pub put_at: String,
+    /// Its bridge stopped (no server or relay runs there any more).
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+/// What is known of a machine that has no fresh word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quiet {
+    pub machine: String,
+    /// When the hub stored its last word.
+    pub last: chrono::DateTime<Local>,
+    /// Its bridge said it stopped; otherwise it went quiet (unreachable, or killed).
+    pub stopped: bool,
+}
+
+/// Whether a machine whose last word was stored `age` ago (and said `stopped`) is worth a
+/// line in `who`: `None` while it is fresh, or when it is long gone.
+pub fn quiet(age: chrono::TimeDelta, stopped: bool) -> Option<bool> {
+    let age = age.to_std().unwrap_or_default();
+    if age > FORGOTTEN_AFTER || (!stopped && age <= QUIET_AFTER) {
+        return None;
+    }
+    Some(stopped)
+}
+
+/// What the other machines look like: their live sessions, and the machines without a fresh
+/// word.
+#[derive(Debug, Clone, Default)]
+pub struct Elsewhere {
+    pub live: Vec<Remote>,
+    pub quiet: Vec<Quiet>,
+}
 
 /// One live session of some machine, as the bucket holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,14 +125,31 @@ async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
 pub(crate) struct Buckets {
     presence: kv::Store,
     names: kv::Store,
+    seen: kv::Store,
 }
 
-/// Both buckets, created when missing.
+/// The buckets, created when missing.
 pub(crate) async fn buckets(js: &jetstream::Context) -> Result<Buckets, String> {
     Ok(Buckets {
         presence: bucket(js).await?,
         names: names::bucket(js).await?,
+        seen: hub::kv_bucket(js, SEEN_BUCKET, "each machine's last word", Duration::ZERO).await?,
     })
+}
+
+/// Leaves this machine's last word: it published now, or (`stopped`) its bridge ends.
+pub(crate) async fn say(buckets: &Buckets, machine: &str, stopped: bool) -> Result<(), String> {
+    let word = Word {
+        put_at: Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+        stopped,
+    };
+    let value = serde_json::to_vec(&word).map_err(|e| e.to_string())?;
+    buckets
+        .seen
+        .put(machine, value.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{SEEN_BUCKET} {machine}: {e}"))
 }
 
 /// Claims the name of each of this machine's live sessions (`live`, from `heartbeats.json`)
@@ -137,6 +203,7 @@ pub(crate) async fn publish(
             tracing::warn!(session = %name, %err, "federation: releasing a session name");
         }
     }
+    say(buckets, machine, false).await?;
     Ok(live.len())
 }
 
@@ -184,11 +251,56 @@ pub(crate) fn watch_heartbeats(
     Ok((watcher, rx))
 }
 
-/// The live sessions of the machines other than `settings.machine`, by machine and name;
-/// an error says why the hub could not be asked (the caller says the machines are
-/// unreachable).
-pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
+/// The live sessions of the machines other than `settings.machine`, by machine and name,
+/// and the machines without a fresh word; an error says why the hub could not be asked (the
+/// caller says the machines are unreachable).
+pub async fn others(settings: &Settings) -> Result<Elsewhere, String> {
     let js = hub::connect(settings).await?;
+    Ok(Elsewhere {
+        live: live_elsewhere(&js, &settings.machine).await?,
+        quiet: quiet_elsewhere(&js, &settings.machine).await?,
+    })
+}
+
+/// The machines other than `own` whose last word is stale or says they stopped, by name.
+async fn quiet_elsewhere(js: &jetstream::Context, own: &str) -> Result<Vec<Quiet>, String> {
+    let Ok(store) = js.get_key_value(SEEN_BUCKET).await else {
+        return Ok(Vec::new()); // no bridge of this version has spoken yet
+    };
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|e| format!("{SEEN_BUCKET}: {e}"))?;
+    let mut out = Vec::new();
+    let now = Local::now();
+    while let Some(key) = keys.next().await {
+        let machine = key.map_err(|e| format!("{SEEN_BUCKET}: {e}"))?;
+        if machine == own {
+            continue;
+        }
+        let entry = match store.entry(&machine).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => continue,
+            Err(err) => return Err(format!("{SEEN_BUCKET} {machine}: {err}")),
+        };
+        let word: Word = serde_json::from_slice(&entry.value).unwrap_or_default();
+        let last = chrono::DateTime::from_timestamp_nanos(
+            i64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+        )
+        .with_timezone(&Local);
+        if let Some(stopped) = quiet(now - last, word.stopped) {
+            out.push(Quiet {
+                machine,
+                last,
+                stopped,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The live sessions of the machines other than `own`.
+async fn live_elsewhere(js: &jetstream::Context, own: &str) -> Result<Vec<Remote>, String> {
     let store = match js.get_key_value(BUCKET).await {
         Ok(store) => store,
         // No bridge has put anything yet.
@@ -199,7 +311,7 @@ pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
     while let Some(key) = keys.next().await {
         names.push(key.map_err(|e| format!("{BUCKET}: {e}"))?);
     }
-    let own = format!("{}.", settings.machine);
+    let own = format!("{own}.");
     let mut out = Vec::new();
     for key in names.into_iter().filter(|k| !k.starts_with(&own)) {
         match store.get(&key).await {
@@ -216,7 +328,7 @@ pub async fn others(settings: &Settings) -> Result<Vec<Remote>, String> {
 }
 
 /// [`others`] for callers outside an async runtime (the command line); at most `wait`.
-pub fn others_blocking(settings: &Settings, wait: Duration) -> Result<Vec<Remote>, String> {
+pub fn others_blocking(settings: &Settings, wait: Duration) -> Result<Elsewhere, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -231,4 +343,22 @@ pub fn others_blocking(settings: &Settings, wait: Duration) -> Result<Vec<Remote
                 ))
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_is_named_once_its_word_is_stale_or_says_it_stopped_and_for_a_week() {
+        let ago = |secs: i64| chrono::TimeDelta::seconds(secs);
+        assert_eq!(quiet(ago(30), false), None);
+        assert_eq!(quiet(ago(30), true), Some(true));
+        assert_eq!(quiet(ago(119), false), None);
+        assert_eq!(quiet(ago(121), false), Some(false));
+        assert_eq!(quiet(ago(6 * 24 * 3600), false), Some(false));
+        assert_eq!(quiet(ago(8 * 24 * 3600), true), None);
+        // A clock behind the hub's: the word is fresh.
+        assert_eq!(quiet(ago(-5), false), None);
+    }
 }
