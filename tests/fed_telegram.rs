@@ -96,6 +96,11 @@ async fn an_escalation_with_tokens_on_two_machines_reaches_telegram_once_and_the
         t.contains("another machine reads the replies from Telegram")
     })
     .await;
+    let (_, doctor) = a.doctor(&nats.url()).await;
+    assert!(
+        doctor.contains("Telegram replies are read by machine buildbox (pid"),
+        "{doctor}"
+    );
 
     let sent = alpha
         .ok(

@@ -235,7 +235,31 @@ async fn at_hub(settings: &Settings, key: Option<&str>, live: &[String]) -> Vec<
     out.push(name_claim(&js, &settings.machine, key).await);
     out.extend(session_names(&js, &settings.machine, live).await);
     out.extend(clocks(&js).await);
+    out.extend(telegram_poller(&js).await);
     out
+}
+
+/// Which machine reads the Telegram replies for the federation (the poller's lease), when
+/// Telegram ever ran across machines here.
+async fn telegram_poller(js: &jetstream::Context) -> Option<Finding> {
+    use super::claims::{LEASES_BUCKET, POLLER_KEY};
+    let bucket = js.get_key_value(LEASES_BUCKET).await.ok()?;
+    Some(match bucket.get(POLLER_KEY).await {
+        Ok(Some(holder)) => {
+            let holder = String::from_utf8_lossy(&holder).into_owned();
+            let mut words = holder.split(' ');
+            let (machine, pid) = (words.next().unwrap_or("?"), words.next().unwrap_or("?"));
+            finding(
+                Level::Ok,
+                format!("Telegram replies are read by machine {machine} (pid {pid})"),
+            )
+        }
+        Ok(None) => finding(
+            Level::Info,
+            "no machine reads Telegram replies now (none with IPC_TG_TOKEN runs a server)",
+        ),
+        Err(err) => finding(Level::Warn, format!("{LEASES_BUCKET}: {err}")),
+    })
 }
 
 /// Clocks further apart than this make `created`, expiry and liveness across machines
