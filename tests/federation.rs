@@ -1042,3 +1042,57 @@ async fn who_lists_the_live_sessions_of_the_other_machines() {
         "{publishes} presence publishes: a feedback loop"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Waiting, catching up and the hub away, across machines
+
+#[tokio::test]
+async fn wait_on_one_machine_returns_the_answer_sent_from_another() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let mut alpha = a.mb.spawn("alpha").await;
+    let beta = b.mb.spawn("beta").await;
+    let question = beta.send("alpha", "ready?", "tell me").await;
+
+    // beta waits for alpha's answer while alpha, on the other machine, first sends
+    // something else: only the answer ends the wait, and only once it has crossed.
+    let wait = beta.call(
+        "t9_ipc_wait",
+        json!({"from": "alpha", "reply_to": question, "timeout_s": 25}),
+    );
+    let answer = async {
+        let event = alpha.next_event().await;
+        assert_eq!(event.meta("msg_id"), question, "the question crossed");
+        let noise = alpha.send("beta", "noise", "not the answer").await;
+        b.log.arrived(&noise).await;
+        let reply = alpha
+            .ok(
+                "t9_ipc_send",
+                json!({"to": "beta", "subject": "yes", "body": "go", "reply_to": question}),
+            )
+            .await;
+        (noise, crate::util::msg_id_in(&reply))
+    };
+    let (got, (noise, reply)) = tokio::join!(wait, answer);
+    assert!(!got.is_error, "{}", got.text);
+    assert_eq!(
+        crate::util::bodies_in(&got.text),
+        std::slice::from_ref(&reply),
+        "{}",
+        got.text
+    );
+    // The relay says so once the file is in place, a moment after the wait saw it.
+    b.log.arrived(&reply).await;
+    assert_eq!(b.log.count(&format!("arrived msg_id={reply} ")), 1);
+    assert_eq!(b.bytes(&reply), a.bytes(&reply));
+    // The wait read the answer; the noise is still unread.
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert_eq!(
+        crate::util::bodies_in(&unread),
+        std::slice::from_ref(&noise),
+        "{unread}"
+    );
+    alpha.quit().await;
+    beta.quit().await;
+}
