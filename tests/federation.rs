@@ -1096,3 +1096,107 @@ async fn wait_on_one_machine_returns_the_answer_sent_from_another() {
     alpha.quit().await;
     beta.quit().await;
 }
+
+/// A session named `name` on machine `m` as Claude Code with channels starts it (pushed mail
+/// counts as read), with this machine's federation settings: the first of a mailbox's
+/// servers runs its bridge when no relay does.
+async fn session(m: &Machine, name: &str, url: &str) -> crate::util::Client {
+    let envs = [
+        ("IPC_NATS_URL", url),
+        ("IPC_MACHINE", m.name.as_str()),
+        ("IPC_PUSH", "on"),
+    ];
+    m.mb.spawn_claude(name, &envs).await
+}
+
+/// Reads events until every id of `want` was delivered whole or named, or a notice says
+/// that the limits hold the rest back; then reads what was named or held with
+/// `t9_ipc_unread`. How many times each id came, events and unread together. (When the
+/// limits may hold mail back, every id of `want` must be on disk before the call.)
+async fn take_all(client: &mut crate::util::Client, want: &[String]) -> BTreeMap<String, usize> {
+    let mut whole = Vec::new();
+    let mut named = BTreeSet::new();
+    while !want
+        .iter()
+        .all(|id| whole.contains(id) || named.contains(id))
+    {
+        let event = client.next_event().await;
+        let (w, n) = crate::util::delivered_ids(&event);
+        whole.extend(w);
+        named.extend(n);
+        if event.meta("type") == "notice" {
+            break;
+        }
+    }
+    let pulled = crate::util::read_all(client).await;
+    let mut seen = BTreeMap::new();
+    for id in whole.into_iter().chain(pulled) {
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Each of `ids` exactly once.
+fn each_once(ids: &[String]) -> BTreeMap<String, usize> {
+    ids.iter().map(|id| (id.clone(), 1)).collect()
+}
+
+#[tokio::test]
+async fn a_name_starting_later_on_a_machine_that_was_off_gets_what_waited_once() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let a = Machine::start("laptop", &nats).await;
+    // Nothing runs on B: no bridge, and no consumer for it in the hub yet.
+    let b = Machine::without_relay("buildbox");
+    let send = |n: usize, subject: &'static str| {
+        let a = &a;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push(
+                    a.cli(&[
+                        "send",
+                        "gamma",
+                        &format!("{subject} {i}"),
+                        "--from",
+                        "alpha",
+                    ])
+                    .await,
+                );
+            }
+            let published = a.published().len();
+            a.log
+                .wait("A to publish them", |log| {
+                    log.count("published msg_id=") >= published
+                })
+                .await;
+            ids
+        }
+    };
+    let first = send(3, "while B was off").await;
+    assert!(b.mb.inbox_files().is_empty());
+
+    // gamma starts on B; its server runs B's bridge, which takes what waited in the hub.
+    let mut gamma = session(&b, "gamma", &url).await;
+    assert_eq!(take_all(&mut gamma, &first).await, each_once(&first));
+    for id in &first {
+        assert_eq!(b.bytes(id), a.bytes(id));
+    }
+    gamma.quit().await;
+
+    // Off again (the bridge ended with gamma); then gamma again gets only the new ones.
+    let second = send(2, "while B was off again").await;
+    for id in &second {
+        assert!(!b.file(id).exists(), "{id} crossed with no bridge on B");
+    }
+    let mut gamma = session(&b, "gamma", &url).await;
+    assert_eq!(take_all(&mut gamma, &second).await, each_once(&second));
+    // Nothing comes again: a message sent now is the next event, alone.
+    let marker = a.cli(&["send", "gamma", "marker", "--from", "alpha"]).await;
+    let event = gamma.next_event().await;
+    assert_eq!(crate::util::delivered_ids(&event).0, [marker], "{event:?}");
+    let mut on_b = b.mb.inbox_files();
+    on_b.retain(|f| f.ends_with(".md"));
+    assert_eq!(on_b.len(), 6, "{on_b:?}");
+    gamma.quit().await;
+}
