@@ -1200,3 +1200,110 @@ async fn a_name_starting_later_on_a_machine_that_was_off_gets_what_waited_once()
     assert_eq!(on_b.len(), 6, "{on_b:?}");
     gamma.quit().await;
 }
+
+/// `from` sends `to` (named `name`) an answer to `reply_to`: its id and the time from the
+/// send call to `to`'s channel event.
+async fn timed_answer(
+    from: &crate::util::Client,
+    to: &mut crate::util::Client,
+    name: &str,
+    reply_to: &str,
+) -> (String, Duration) {
+    let args = json!({"to": name, "subject": "ping", "body": "local", "reply_to": reply_to});
+    let start = std::time::Instant::now();
+    let id = crate::util::msg_id_in(&from.ok("t9_ipc_send", args).await);
+    let event = to.next_event().await;
+    let took = start.elapsed();
+    assert_eq!(event.meta("msg_id"), id, "{event:?}");
+    (id, took)
+}
+
+#[tokio::test]
+async fn the_hub_down_for_ten_seconds_keeps_local_push_fast_and_delivers_the_rest_once() {
+    const DOWN: Duration = Duration::from_secs(10);
+    let mut nats = Nats::start().await;
+    let url = nats.url();
+    let a = Machine::without_relay("laptop");
+    let b = Machine::start("buildbox", &nats).await;
+    // A's bridge runs in alpha's server (the first of A's servers): local push shares a
+    // process with a bridge that loses the hub.
+    let mut alpha = session(&a, "alpha", &url).await;
+    let mut alpha2 = session(&a, "alpha2", &url).await;
+    let mut beta = b.mb.spawn_claude("beta", &[("IPC_PUSH", "on")]).await;
+    let mut to_beta = vec![alpha.send("beta", "before", "the hub is up").await];
+    b.log.arrived(&to_beta[0]).await;
+    // One exchange first: both are past the grace period after `initialized`.
+    let (mut last, _) = timed_answer(&alpha, &mut alpha2, "alpha2", &to_beta[0]).await;
+    let (id, _) = timed_answer(&alpha2, &mut alpha, "alpha", &last).await;
+    let mut local = vec![last, id.clone()];
+    last = id;
+
+    nats.kill().await;
+    let down = std::time::Instant::now();
+    let mut latencies = Vec::new();
+    while down.elapsed() < DOWN {
+        for there in [true, false] {
+            let (id, took) = if there {
+                timed_answer(&alpha, &mut alpha2, "alpha2", &last).await
+            } else {
+                timed_answer(&alpha2, &mut alpha, "alpha", &last).await
+            };
+            latencies.push(took);
+            local.push(id.clone());
+            last = id;
+        }
+        let n = to_beta.len();
+        to_beta.push(
+            alpha
+                .send("beta", &format!("while down {n}"), "waits")
+                .await,
+        );
+        // Spread over the outage: the bridge's reconnect tries run meanwhile.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    eprintln!(
+        "local push while the hub was down ({} messages over {:.1} s): send call to event {:?}",
+        latencies.len(),
+        down.elapsed().as_secs_f64(),
+        latencies
+    );
+    for took in &latencies {
+        assert!(*took < Duration::from_secs(1), "{latencies:?}");
+    }
+    for id in &to_beta[1..] {
+        assert!(!b.file(id).exists(), "{id} crossed while the hub was down");
+    }
+
+    nats.restart().await;
+    let all: Vec<String> = to_beta.iter().chain(&local).cloned().collect();
+    for id in &all {
+        b.log.arrived(id).await;
+    }
+    assert_eq!(take_all(&mut beta, &to_beta).await, each_once(&to_beta));
+    // Nothing comes again: an answer to beta (outside the limits) is its next event, alone.
+    let question = beta.send("alpha", "all here?", "after the outage").await;
+    let event = alpha.next_event().await;
+    assert_eq!(event.meta("msg_id"), question);
+    let answer = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "yes", "reply_to": question}),
+        )
+        .await;
+    let event = beta.next_event().await;
+    assert_eq!(
+        crate::util::delivered_ids(&event).0,
+        [crate::util::msg_id_in(&answer)],
+        "{event:?}"
+    );
+    for id in &all {
+        assert_eq!(b.bytes(id), a.bytes(id), "{id}");
+        let lines = b.log.count(&format!("arrived msg_id={id} "));
+        assert_eq!(lines, 1, "{id} was written {lines} times on B");
+    }
+    // Each of A's messages once in the stream, the answer among them.
+    assert_eq!(stream_count(&nats, "laptop").await, all.len() as u64 + 1);
+    alpha.quit().await;
+    alpha2.quit().await;
+    beta.quit().await;
+}
