@@ -33,13 +33,42 @@ const STALL: Duration = Duration::from_secs(300);
 
 pub(crate) async fn figures(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
     if wanted("fed_push") {
-        cross_push(report).await;
+        let task = tokio::spawn(async {
+            let mut report = Report::default();
+            cross_push(&mut report).await;
+            report
+        });
+        guarded(report, "fed_push", task).await;
     }
     if wanted("fed_throughput") {
-        cross_throughput(report).await;
+        let task = tokio::spawn(async {
+            let mut report = Report::default();
+            cross_throughput(&mut report).await;
+            report
+        });
+        guarded(report, "fed_throughput", task).await;
     }
     if wanted("fed_scale") {
-        scale(report).await;
+        let task = tokio::spawn(async {
+            let mut report = Report::default();
+            scale(&mut report).await;
+            report
+        });
+        guarded(report, "fed_scale", task).await;
+    }
+}
+
+/// The figures of one task, or, when it panicked (an event that did not come within the
+/// wait on a loaded machine), a line that says so: the run goes on to the other figures.
+async fn guarded(report: &mut Report, name: &str, task: tokio::task::JoinHandle<Report>) {
+    match task.await {
+        Ok(done) => report.figures.extend(done.figures),
+        Err(err) => report.add(
+            &format!("`{name}` (across machines)"),
+            "completes",
+            format!("not measured: {err}"),
+            Some(false),
+        ),
     }
 }
 
