@@ -112,27 +112,33 @@ async fn spawn_many(
     clients
 }
 
+/// A message file's name: `<id>.md`, not a writer's dot-named temporary file.
+fn is_message(name: &OsString) -> bool {
+    let name = name.to_string_lossy();
+    name.ends_with(".md") && !name.starts_with('.')
+}
+
+/// The message files in `inbox`.
+fn listing(inbox: &Path) -> HashSet<OsString> {
+    std::fs::read_dir(inbox)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name())
+                .filter(is_message)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until `inbox` holds `n` message files, woken by its file events (from `changes`,
 /// made before the files could come).
 async fn until_files(inbox: &Path, mut changes: t9_ipc::watch::Changes, n: usize) {
-    let is_message = |name: &OsString| {
-        let name = name.to_string_lossy();
-        name.ends_with(".md") && !name.starts_with('.')
-    };
-    let listing = || -> HashSet<OsString> {
-        std::fs::read_dir(inbox)
-            .expect("inbox")
-            .flatten()
-            .map(|e| e.file_name())
-            .filter(is_message)
-            .collect()
-    };
-    let mut seen = listing();
+    let mut seen = listing(inbox);
     while seen.len() < n {
         changes.changed().await.expect("the inbox watcher runs");
         let changed = changes.take();
         if changed.rescan {
-            seen = listing();
+            seen = listing(inbox);
         }
         for path in changed.files.iter().filter(|p| p.exists()) {
             seen.extend(path.file_name().map(OsString::from).filter(is_message));
@@ -219,12 +225,23 @@ async fn scale(report: &mut Report) {
     let mut machines: Vec<Vec<Client>> = Vec::new();
     let mut steps = Vec::new();
     for up in [2, 5, MACHINES] {
+        let joined = machines.len();
         while machines.len() < up {
             let i = machines.len();
             let machine = format!("machine{i:02}");
             let envs = on(&url, &machine, &[]);
             let prefix = format!("m{i}-s");
             machines.push(spawn_many(&mailboxes[i], &prefix, SESSIONS, &envs).await);
+        }
+        // A machine that joins takes the stream's whole history first (every message is
+        // written on every machine): wait until the new ones hold what the first one holds,
+        // longer than an event's wait allows.
+        let history = listing(&mailboxes[0].inbox()).len();
+        for mb in &mailboxes[joined.max(1)..up] {
+            let (_watcher, changes) = t9_ipc::watch::watch(&mb.inbox()).expect("watch");
+            tokio::time::timeout(STALL, until_files(&mb.inbox(), changes, history))
+                .await
+                .expect("a new machine takes the stream's history");
         }
         let (first, rest) = machines.split_at_mut(up - 1);
         let near = (&mut first[0][0], "m0-s0");
