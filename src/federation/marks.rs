@@ -384,10 +384,10 @@ async fn outbound(
                 if hint.is_none() {
                     break;
                 }
-                let names = std::mem::replace(
-                    &mut *changed.lock().unwrap_or_else(|p| p.into_inner()),
-                    Some(BTreeSet::new()),
-                );
+                let names = changed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(BTreeSet::new());
                 read_logs(&shared, names).await;
             }
             () = shared.marks.wake.notified() => {}

@@ -246,7 +246,10 @@ mod tests {
         let (tail, n) = mb.append_carried("beta", 0, None, &carried).unwrap();
         assert_eq!(n, 2);
         assert_eq!(tail.marks.len(), 1);
-        assert_eq!((tail.marks[0].read, tail.marks[0].id.as_str()), (true, "local-1"));
+        assert_eq!(
+            (tail.marks[0].read, tail.marks[0].id.as_str()),
+            (true, "local-1")
+        );
         assert!(tail.marks[0].at.is_some(), "its time from the .times file");
         assert!(tail.joined.is_some());
         // Nothing new since: the carried lines are not in the next tail.
