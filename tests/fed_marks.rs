@@ -150,3 +150,68 @@ async fn only_marks_of_mail_that_crossed_and_is_on_the_disk_are_carried() {
     );
     beta.quit().await;
 }
+
+/// How many times machine `machine` published a `read` mark of `id` in the marks stream.
+async fn published_reads(nats: &Nats, machine: &str, id: &str) -> usize {
+    use t9_ipc::federation::marks::{Batch, MARKS_STREAM, marks_subject};
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(MARKS_STREAM)
+        .await
+        .expect("the marks stream");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let mut count = 0;
+    for seq in 1..=last {
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if raw.subject.as_str() != marks_subject(machine) {
+            continue;
+        }
+        let batch: Batch = serde_json::from_slice(&raw.payload).expect("a batch");
+        count += batch
+            .marks
+            .iter()
+            .filter(|m| m.mark == "read" && m.id == id)
+            .count();
+    }
+    count
+}
+
+#[tokio::test]
+async fn a_restarted_relay_carries_on_where_it_left_the_state_logs() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let mut b = Machine::start("buildbox", &nats).await;
+    let beta = b.mb.spawn("beta").await;
+    let mut read = Vec::new();
+    for subject in ["before", "after"] {
+        let id = a.cli(&["send", "beta", subject, "--from", "alpha"]).await;
+        b.log.arrived(&id).await;
+        let unread = beta.ok("t9_ipc_unread", json!({})).await;
+        assert!(unread.contains(&id), "{unread}");
+        until_logged(&a, "beta", &format!("read {id}")).await;
+        read.push(id);
+        if subject == "before" {
+            b.stop_relay().await;
+            b.start_relay(&nats.url()).await;
+        }
+    }
+    // The restarted relay published the later mark and not the earlier one again: it read
+    // beta's log from where marks.offsets said.
+    assert_eq!(published_reads(&nats, "buildbox", &read[0]).await, 1);
+    assert_eq!(published_reads(&nats, "buildbox", &read[1]).await, 1);
+    let offsets = fs::read_to_string(b.mb.root().join("federation/marks.offsets")).unwrap();
+    assert!(offsets.ends_with(" beta\n"), "{offsets}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(b.mb.root().join("federation/marks.offsets")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    beta.quit().await;
+}

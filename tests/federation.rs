@@ -279,7 +279,7 @@ impl Machine {
     }
 
     /// Starts `t9-ipc relay` and waits until it receives.
-    async fn start_relay(&mut self, url: &str) {
+    pub(crate) async fn start_relay(&mut self, url: &str) {
         let receiving = self.log.count("federation: receiving");
         self.spawn_relay(url);
         self.log
@@ -326,7 +326,7 @@ impl Machine {
     }
 
     /// SIGTERM the relay; it must exit by itself, successfully.
-    async fn stop_relay(&mut self) {
+    pub(crate) async fn stop_relay(&mut self) {
         let mut child = self.relay.take().expect("relay running");
         let pid = child.id().expect("pid") as libc::pid_t;
         // SAFETY: a pid of a child this test started and has not reaped.

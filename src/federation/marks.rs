@@ -461,6 +461,9 @@ async fn inbound(
                 description: Some(format!("t9-ipc: read marks for machine {}", shared.machine)),
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::All,
+                // The whole stream; named so that the hub's permission for creating it has
+                // the shape of the messages' consumer (`…CREATE.<stream>.<name>.>`).
+                filter_subject: format!("{MARKS_PREFIX}.>"),
                 ack_wait: ACK_WAIT,
                 max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
