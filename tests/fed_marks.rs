@@ -215,3 +215,24 @@ async fn a_restarted_relay_carries_on_where_it_left_the_state_logs() {
     }
     beta.quit().await;
 }
+
+#[tokio::test]
+async fn a_name_that_moves_to_another_machine_finds_its_mail_there_read() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let beta = b.mb.spawn("beta").await;
+    let id = a.cli(&["send", "beta", "moved", "--from", "alpha"]).await;
+    b.log.arrived(&id).await;
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.contains(&id), "{unread}");
+    until_logged(&a, "beta", &format!("read {id}")).await;
+    beta.quit().await;
+
+    // beta now starts on laptop, where the message was written: it is read there too.
+    let moved = a.mb.spawn("beta").await;
+    let unread = moved.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.contains("No unread messages."), "{unread}");
+    assert!(!unread.contains(&id), "{unread}");
+    moved.quit().await;
+}
