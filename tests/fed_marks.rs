@@ -102,6 +102,12 @@ async fn a_message_read_on_another_machine_shows_read_where_it_was_sent() {
         log.starts_with("joined "),
         "a log started by a carried mark: {log}"
     );
+    // So laptop's copy is finished mail: archiving would move it as read by beta.
+    let finished = a.cli(&["archive", "--older-than", "0", "--dry-run"]).await;
+    assert!(
+        finished.contains(&format!("{id}  (read by beta)")),
+        "{finished}"
+    );
     // Carried once: the mark that came in is not sent back and appended again on B.
     let b_log = state_log(&b, "beta");
     assert_eq!(b_log.matches(&format!("read {id}\n")).count(), 1, "{b_log}");
