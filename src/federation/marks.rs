@@ -226,6 +226,16 @@ impl Inner {
         true
     }
 
+    /// Drops the first `n` marks of `name` that wait: the stream acknowledged them.
+    fn published(&mut self, name: &str, n: usize) {
+        if let Some(waiting) = self.pending.get_mut(name) {
+            waiting.marks.drain(..n.min(waiting.marks.len()));
+            if waiting.marks.is_empty() {
+                self.pending.remove(name);
+            }
+        }
+    }
+
     /// Saves the offsets once nothing read waits to be published (so a restart takes up
     /// again what was not acknowledged).
     fn save_if_settled(&mut self) {
@@ -277,6 +287,19 @@ async fn marks_stream(js: &jetstream::Context) -> Result<stream::Stream, String>
     })
     .await
     .map_err(|e| format!("stream {MARKS_STREAM}: {e}"))
+}
+
+/// Runs `f` on the queue on a blocking thread: the queue's lock may be held while a state
+/// log's lock is waited for, which must never hold up the server's one thread. `None` when
+/// the thread failed.
+async fn with_queue<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Inner) -> T + Send + 'static,
+) -> Option<T> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&mut shared.marks.lock()))
+        .await
+        .ok()
 }
 
 /// Names whose logs changed (`None`: all), from file events on `state/`.
@@ -360,7 +383,7 @@ async fn outbound(
     read_logs(&shared, None).await;
     let (mut ready, mut backoff, mut retry_at) = (false, Duration::from_millis(100), None);
     loop {
-        let waiting = !shared.marks.lock().pending.is_empty();
+        let waiting = with_queue(&shared, |q| !q.pending.is_empty()).await == Some(true);
         if waiting && retry_at.is_none() && *connected.borrow() {
             match publish(&shared, &js, &mut ready).await {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -414,11 +437,15 @@ async fn publish(
         *ready = true;
     }
     loop {
-        let next = shared.marks.lock().pending.values().next().map(|b| Batch {
-            marks: b.marks.iter().take(MAX_BATCH).cloned().collect(),
-            ..b.clone()
+        let next = with_queue(shared, |q| {
+            q.pending.values().next().map(|b| Batch {
+                marks: b.marks.iter().take(MAX_BATCH).cloned().collect(),
+                ..b.clone()
+            })
         });
-        let Some(batch) = next else { break };
+        let Some(batch) = next.await.flatten() else {
+            break;
+        };
         let payload = serde_json::to_vec(&batch).map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
         for (name, value) in seal(&shared.key, &shared.machine, &payload) {
@@ -430,18 +457,9 @@ async fn publish(
             .await
             .map_err(|e| format!("publishing read marks: {e}"))?;
         tracing::debug!(name = %batch.name, marks = batch.marks.len(), "read marks published");
-        let mut inner = shared.marks.lock();
-        if let Some(waiting) = inner.pending.get_mut(&batch.name) {
-            waiting
-                .marks
-                .drain(..batch.marks.len().min(waiting.marks.len()));
-            if waiting.marks.is_empty() {
-                inner.pending.remove(&batch.name);
-            }
-        }
+        with_queue(shared, move |q| q.published(&batch.name, batch.marks.len())).await;
     }
-    let shared = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || shared.marks.lock().save_if_settled()).await;
+    with_queue(shared, Inner::save_if_settled).await;
     Ok(())
 }
 
@@ -600,7 +618,11 @@ fn apply(
         shared.marks.wake.notify_one();
     }
     drop(inner);
-    tracing::info!(%name, from_machine = %machine, marks = written, "read marks arrived");
+    if written > 0 {
+        tracing::info!(%name, from_machine = %machine, marks = written, "read marks arrived");
+    } else {
+        tracing::debug!(%name, from_machine = %machine, "read marks arrived, all known here");
+    }
     Ok(())
 }
 
