@@ -251,7 +251,7 @@ impl Log {
     }
 
     /// Waits for the line saying that `id` arrived.
-    async fn arrived(&self, id: &str) {
+    pub(crate) async fn arrived(&self, id: &str) {
         let needle = format!("arrived msg_id={id} ");
         self.wait(&format!("{id} to arrive"), |log| log.count(&needle) > 0)
             .await;
@@ -288,7 +288,7 @@ impl Machine {
     }
 
     /// Starts `t9-ipc relay` and waits until it receives.
-    async fn start_relay(&mut self, url: &str) {
+    pub(crate) async fn start_relay(&mut self, url: &str) {
         let receiving = self.log.count("federation: receiving");
         self.spawn_relay(url);
         self.log
@@ -335,7 +335,7 @@ impl Machine {
     }
 
     /// SIGTERM the relay; it must exit by itself, successfully.
-    async fn stop_relay(&mut self) {
+    pub(crate) async fn stop_relay(&mut self) {
         let mut child = self.relay.take().expect("relay running");
         let pid = child.id().expect("pid") as libc::pid_t;
         // SAFETY: a pid of a child this test started and has not reaped.
@@ -352,7 +352,7 @@ impl Machine {
     }
 
     /// `t9-ipc <args>` on this machine's mailbox; returns stdout (the msg_id for a send).
-    async fn cli(&self, args: &[&str]) -> String {
+    pub(crate) async fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env("IPC_DATA_DIR", self.mb.root())
@@ -584,7 +584,7 @@ async fn a_broadcast_reaches_every_machine() {
 }
 
 /// A message file as t9-ipc writes it, from `from` to `to`.
-fn message_file(from: &str, to: &str, subject: &str, body: &str) -> (String, Vec<u8>) {
+pub(crate) fn message_file(from: &str, to: &str, subject: &str, body: &str) -> (String, Vec<u8>) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let now = Local::now();
     let uid = format!(

@@ -6,6 +6,7 @@ mod cli;
 mod coord;
 mod defaults;
 mod delivery;
+mod fed_marks;
 mod fed_names;
 mod fed_telegram;
 mod federation;

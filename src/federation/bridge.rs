@@ -38,23 +38,24 @@ use crate::mailbox::Mailbox;
 /// The longest wait between two tries while NATS refuses or is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// What both directions share.
-struct Shared {
-    machine: String,
-    mailbox: Mailbox,
+/// What both directions share (and the read marks' tasks, [`super::marks`]).
+pub(super) struct Shared {
+    pub(super) machine: String,
+    pub(super) mailbox: Mailbox,
     paths: Paths,
-    key: MachineKey,
+    pub(super) key: MachineKey,
     ledger: Mutex<Ledger>,
     pins: Mutex<Pins>,
+    pub(super) marks: super::marks::Queue,
 }
 
 impl Shared {
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+    pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // Plain data; a panic elsewhere leaves it usable.
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pins(&self) -> MutexGuard<'_, Pins> {
+    pub(super) fn pins(&self) -> MutexGuard<'_, Pins> {
         self.pins.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -72,6 +73,7 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         key: MachineKey::load_or_create(&paths.key())?,
         ledger: Mutex::new(Ledger::open(&paths.published(), &paths.arrived())?),
         pins: Mutex::new(Pins::load(&paths.known_machines())?),
+        marks: super::marks::Queue::load(&paths.marks_offsets()),
         paths,
     });
     // Watch before the first scan, so nothing written in between is missed.
@@ -122,11 +124,18 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         cancel.child_token(),
     ));
     let compaction = tokio::spawn(compact_daily(shared.clone(), cancel.child_token()));
+    let marks = tokio::spawn(super::marks::run(
+        shared.clone(),
+        js.clone(),
+        connected.clone(),
+        cancel.child_token(),
+    ));
     outbound(shared, js, changes, connected, cancel.clone()).await;
     cancel.cancel();
     let _ = inbound.await;
     let _ = presence.await;
     let _ = compaction.await;
+    let _ = marks.await;
     // Acks and publishes already handed to the client go out before the end.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     tracing::info!("federation bridge stopped");
@@ -177,7 +186,7 @@ async fn connect(
 }
 
 /// Waits until `connected` says so (or `cancel`), then up to `backoff`; doubles `backoff`.
-async fn pause(
+pub(super) async fn pause(
     connected: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
     cancel: &CancellationToken,

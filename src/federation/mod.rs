@@ -11,6 +11,8 @@
 //! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
 //! - [`hub`]: connection options, the stream and the consumer (and their settings), the
 //!   machine-name claim and its takeover (`relay --reclaim`).
+//! - [`marks`]: read and pushed marks of mail that crossed, carried to the same name's
+//!   state log on the other machines (`t9ipc.state.<machine>` of the stream `T9IPC_MARKS`).
 //! - [`origins`]: which machine a message in `inbox/` came from, for its channel event.
 //! - [`presence`]: the live sessions of every machine, in a key-value bucket with a TTL.
 //! - [`claims`]: Telegram across machines: who forwards each escalation, which machine
@@ -30,6 +32,7 @@ pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod ledger;
+pub mod marks;
 pub mod names;
 pub mod origins;
 pub mod presence;
@@ -202,6 +205,11 @@ impl Paths {
     /// `inbox/`, `arrived <id>` after.
     pub fn arrived(&self) -> PathBuf {
         self.dir.join("arrived.log")
+    }
+
+    /// How far each state log was read for read marks to carry: `<offset> <name>` a line.
+    pub fn marks_offsets(&self) -> PathBuf {
+        self.dir.join("marks.offsets")
     }
 
     /// Messages refused on arrival (bad signature, changed key), with a `.why` beside each.

@@ -1,7 +1,8 @@
 //! The only code that touches message files and read state. This file: the mailbox's
 //! folders, the message types, writing one message and finding one by id. Listing the inbox
 //! is in `scan`, reading one file in `read`, read state in `state`, archiving in `archive`,
-//! message files as bytes (for other machines) in `bytes`.
+//! message files as bytes (for other machines) in `bytes`, read marks carried to and from
+//! other machines in `carry`.
 
 use std::fs;
 use std::io;
@@ -16,6 +17,7 @@ use crate::message::{self, FrontMatter, MessageId};
 
 mod archive;
 mod bytes;
+mod carry;
 mod private;
 mod read;
 mod scan;
@@ -25,6 +27,7 @@ pub use private::{Loose, loose_paths, tighten};
 
 pub use archive::{ArchivePlan, Moved};
 pub use bytes::{read_bytes, write_arrival};
+pub use carry::{CarriedMark, StateTail};
 pub use scan::{Audit, Filed};
 pub use state::{MarkTimes, ReadState};
 

@@ -67,7 +67,7 @@ impl Mailbox {
     }
 
     /// `state/<name>.log`, for a name that can only name a file directly in `state/`.
-    fn state_path(&self, session: &str) -> Result<PathBuf> {
+    pub(super) fn state_path(&self, session: &str) -> Result<PathBuf> {
         let safe = (1..=64).contains(&session.len())
             && session
                 .chars()
@@ -409,17 +409,8 @@ impl ReadState {
     fn note_times(&self, lines: &str) {
         let now = Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
         let timed: String = lines.lines().map(|l| format!("{l} {now}\n")).collect();
-        let path = self.path.with_extension("times");
-        let written = fsx::private_options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io("opening", &path))
-            .and_then(|file| fsx::fix_mode(&file, &path).map(|()| file))
-            .and_then(|mut file| {
-                file.write_all(timed.as_bytes())
-                    .map_err(Error::io("appending to", &path))
-            });
+        let written =
+            super::carry::append_private(&self.path.with_extension("times"), timed.as_bytes());
         if let Err(err) = written {
             tracing::warn!(%err, "the times of read and pushed marks were not recorded");
         }
@@ -465,14 +456,14 @@ impl ReadState {
 
 /// What a `read`, `pushed` or `listed` line records.
 #[derive(Clone, Copy)]
-enum Mark {
+pub(super) enum Mark {
     Read,
     Pushed,
     Listed,
 }
 
 impl Mark {
-    fn word(self) -> &'static str {
+    pub(super) fn word(self) -> &'static str {
         match self {
             Mark::Read => "read",
             Mark::Pushed => "pushed",
@@ -482,7 +473,7 @@ impl Mark {
 }
 
 /// One line of a state log, as [`parse_line`] reads it.
-enum Line<'a> {
+pub(super) enum Line<'a> {
     Joined(DateTime<Local>),
     Mark(Mark, &'a str),
     Folder(&'a str),
@@ -492,7 +483,7 @@ enum Line<'a> {
 
 /// The one reader of state log lines: `joined <rfc3339>`, `read|pushed|listed <id>`,
 /// `folder <path>`.
-fn parse_line(line: &str) -> Line<'_> {
+pub(super) fn parse_line(line: &str) -> Line<'_> {
     if line.is_empty() {
         return Line::Empty;
     }
