@@ -1,5 +1,4 @@
-//! The Linux backend of [`super::Watcher`]: inotify with a narrow mask, read on a thread of
-//! its own.
+//! The Linux backend of [`super::Watcher`]: inotify with a narrow mask.
 //!
 //! A folder of files is asked for creations, closes after writing, renames in and out and
 //! removals; a folder above only for what can make or take a folder. Left out are opens,
@@ -7,50 +6,83 @@
 //! events (its temporary file made, closed, renamed out; the message renamed in) instead of
 //! seven or more, in every server that watches the mailbox.
 //!
-//! The thread waits in `poll(2)` on the inotify descriptor and on a socket whose other end
-//! the [`Kernel`] holds: dropping the `Kernel` closes that end, and the thread ends.
+//! One inotify instance serves the whole process (the kernel allows a user 128 by default,
+//! and a server that also runs the federation's bridge watches three folders), read by one
+//! thread that lives as long as the process; each [`Kernel`] adds its folders to it and
+//! takes its routes out when dropped.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use super::{Seen, Sink};
 
-/// The watched folders by their watch descriptors.
-type Folders = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
+/// Where the events of one watched folder go.
+struct Route {
+    id: u64,
+    folder: PathBuf,
+    sink: Sink,
+}
 
+/// The process's inotify instance: its watches, and the routes of each.
+struct Shared {
+    watches: Mutex<Watches>,
+    routes: Mutex<HashMap<WatchDescriptor, Vec<Route>>>,
+    next: AtomicU64,
+}
+
+/// Made on first use (and again after a failed start, e.g. the limit of instances reached).
+static SHARED: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere leaves it usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The process's instance, started (with its reading thread) when there is none.
+fn shared() -> io::Result<Arc<Shared>> {
+    let mut slot = locked(&SHARED);
+    if let Some(shared) = &*slot {
+        return Ok(shared.clone());
+    }
+    let inotify = Inotify::init()?;
+    let shared = Arc::new(Shared {
+        watches: Mutex::new(inotify.watches()),
+        routes: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(0),
+    });
+    let reading = shared.clone();
+    std::thread::Builder::new()
+        .name("t9-ipc-watch".to_owned())
+        .spawn(move || read_events(inotify, &reading))?;
+    *slot = Some(shared.clone());
+    Ok(shared)
+}
+
+/// The folders one [`super::Watcher`] watches in the process's instance.
 pub(super) struct Kernel {
-    watches: Watches,
-    folders: Folders,
-    /// Closed on drop: that ends the thread.
-    _stop: UnixStream,
+    shared: Arc<Shared>,
+    sink: Sink,
+    /// Its routes, by the watch they hang on.
+    mine: Vec<(WatchDescriptor, u64)>,
 }
 
 impl Kernel {
     pub(super) fn start(sink: Sink) -> io::Result<Kernel> {
-        let inotify = Inotify::init()?;
-        let watches = inotify.watches();
-        let folders = Folders::default();
-        let (stop, stopped) = UnixStream::pair()?;
-        let seen = folders.clone();
-        std::thread::Builder::new()
-            .name("t9-ipc-watch".to_owned())
-            .spawn(move || read_events(inotify, &stopped, &seen, &sink))?;
         Ok(Kernel {
-            watches,
-            folders,
-            _stop: stop,
+            shared: shared()?,
+            sink,
+            mine: Vec::new(),
         })
     }
 
     /// Watches `folder`: for its files when `files`, else only for folders coming and going.
     /// A folder watched again (made anew) gets a new descriptor; the old one's events stop
-    /// with the old folder.
+    /// with the old folder. Masks of one folder watched by several add up.
     pub(super) fn add(&mut self, folder: &Path, files: bool) -> io::Result<()> {
         let comes_and_goes = WatchMask::CREATE
             | WatchMask::DELETE
@@ -58,77 +90,96 @@ impl Kernel {
             | WatchMask::MOVED_TO
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF
-            | WatchMask::ONLYDIR;
+            | WatchMask::ONLYDIR
+            | WatchMask::MASK_ADD;
         let mask = if files {
             comes_and_goes | WatchMask::CLOSE_WRITE
         } else {
             comes_and_goes
         };
-        let wd = self.watches.add(folder, mask)?;
-        locked(&self.folders).insert(wd, folder.to_path_buf());
+        let wd = locked(&self.shared.watches).add(folder, mask)?;
+        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        locked(&self.shared.routes)
+            .entry(wd.clone())
+            .or_default()
+            .push(Route {
+                id,
+                folder: folder.to_path_buf(),
+                sink: self.sink.clone(),
+            });
+        self.mine.push((wd, id));
         Ok(())
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data: a panic elsewhere leaves it usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let mut routes = locked(&self.shared.routes);
+        for (wd, id) in self.mine.drain(..) {
+            let Some(list) = routes.get_mut(&wd) else {
+                continue; // its folder went (IN_IGNORED took the routes)
+            };
+            list.retain(|r| r.id != id);
+            if list.is_empty() {
+                routes.remove(&wd);
+                // The last route of this watch: the kernel stops reporting it.
+                let _ = locked(&self.shared.watches).remove(wd);
+            }
+        }
+    }
 }
 
-/// The thread: waits for events (or for the stop), and hands each to `sink`.
-fn read_events(mut inotify: Inotify, stop: &UnixStream, folders: &Folders, sink: &Sink) {
+/// The thread: reads events for as long as the process lives, and hands each to the sinks
+/// of its folder.
+fn read_events(mut inotify: Inotify, shared: &Shared) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: inotify.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfd structs, both descriptors open for the whole call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::warn!(%err, "file watcher error; rescanning, and no more events");
-            sink.rescan();
-            return;
-        }
-        if fds[1].revents != 0 {
-            return; // the watcher was dropped
-        }
-        let events = match inotify.read_events(&mut buffer) {
+        let events = match inotify.read_events_blocking(&mut buffer) {
             Ok(events) => events,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 tracing::warn!(%err, "file watcher error; rescanning");
-                sink.rescan();
+                every_sink(shared).iter().for_each(Sink::rescan);
                 continue;
             }
         };
         for event in events {
             if event.mask.contains(EventMask::Q_OVERFLOW) {
-                sink.rescan();
+                every_sink(shared).iter().for_each(Sink::rescan);
                 continue;
             }
-            let Some(folder) = locked(folders).get(&event.wd).cloned() else {
+            if event.mask.contains(EventMask::IGNORED) {
+                // The watch is gone (its folder removed): its routes go with it.
+                locked(&shared.routes).remove(&event.wd);
                 continue;
-            };
-            let path = match event.name {
-                Some(name) => folder.join(name),
-                None => folder, // the watched folder itself
-            };
-            sink.note(seen(event.mask), &[path]);
+            }
+            let targets: Vec<(PathBuf, Sink)> = locked(&shared.routes)
+                .get(&event.wd)
+                .map(|list| {
+                    list.iter()
+                        .map(|r| (r.folder.clone(), r.sink.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let kind = seen(event.mask);
+            for (folder, sink) in targets {
+                let path = match event.name {
+                    Some(name) => folder.join(name),
+                    None => folder, // the watched folder itself
+                };
+                sink.note(kind, &[path]);
+            }
         }
     }
+}
+
+/// Every sink of the process, for a lost event (each rescans).
+fn every_sink(shared: &Shared) -> Vec<Sink> {
+    locked(&shared.routes)
+        .values()
+        .flatten()
+        .map(|r| r.sink.clone())
+        .collect()
 }
 
 /// What an event's mask says.
