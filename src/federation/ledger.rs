@@ -133,47 +133,17 @@ impl Ledger {
 
     /// Notes, on disk, that `id` is about to be renamed into `inbox/` from `machine`.
     pub fn record_arriving(&mut self, id: &str, machine: &str) -> Result<()> {
-        self.record_arriving_all(&[(id, machine)])
-    }
-
-    /// [`Ledger::record_arriving`] for several `(id, machine)`, with one flush.
-    pub fn record_arriving_all(&mut self, arriving: &[(&str, &str)]) -> Result<()> {
-        if arriving.is_empty() {
-            return Ok(());
-        }
-        let lines: Vec<String> = arriving
-            .iter()
-            .map(|(id, machine)| format!("arriving {id}\t{machine}"))
-            .collect();
-        append(
-            &mut self.arrived_file,
-            &self.arrived_path,
-            &lines.join("\n"),
-            true,
-        )?;
-        self.arriving
-            .extend(arriving.iter().map(|(id, _)| (*id).to_owned()));
+        let line = format!("arriving {id}\t{machine}");
+        append(&mut self.arrived_file, &self.arrived_path, &line, true)?;
+        self.arriving.insert(id.to_owned());
         Ok(())
     }
 
     /// Notes that `id` is in `inbox/` for good.
     pub fn record_arrived(&mut self, id: &str) -> Result<()> {
-        self.record_arrived_all(&[id])
-    }
-
-    /// [`Ledger::record_arrived`] for several ids, in one write.
-    pub fn record_arrived_all(&mut self, ids: &[&str]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let lines: Vec<String> = ids.iter().map(|id| format!("arrived {id}")).collect();
-        append(
-            &mut self.arrived_file,
-            &self.arrived_path,
-            &lines.join("\n"),
-            false,
-        )?;
-        self.arrived.extend(ids.iter().map(|id| (*id).to_owned()));
+        let line = format!("arrived {id}");
+        append(&mut self.arrived_file, &self.arrived_path, &line, false)?;
+        self.arrived.insert(id.to_owned());
         Ok(())
     }
 }

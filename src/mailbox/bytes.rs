@@ -55,56 +55,18 @@ pub fn write_arrival(
     bytes: &[u8],
     before_rename: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    let mut done = write_arrivals(inbox, &[(id, bytes)], |_| before_rename());
-    done.pop().unwrap_or(Ok(()))
-}
-
-/// [`write_arrival`] for several files at once, `(id, bytes)` each: every temporary file
-/// written and flushed; then `before_rename` once, with the positions of those that were;
-/// then each renamed into place; then one flush of the folder. Says for each file whether it
-/// is in place: a failure of `before_rename` or of the folder's flush fails all it covers.
-pub fn write_arrivals(
-    inbox: &Path,
-    files: &[(&str, &[u8])],
-    before_rename: impl FnOnce(&[usize]) -> Result<()>,
-) -> Vec<Result<()>> {
-    let copy = |err: &Error| Error::Refused(err.to_string());
-    let temps: Vec<_> = files
-        .iter()
-        .map(|_| inbox.join(format!(".arriving.{}.tmp", random_uid())))
-        .collect();
-    let mut results: Vec<Result<()>> = files
-        .iter()
-        .zip(&temps)
-        .map(|((_, bytes), tmp)| crate::fsx::write_new_synced(tmp, bytes))
-        .collect();
-    let ready: Vec<usize> = (0..files.len()).filter(|&k| results[k].is_ok()).collect();
-    let mut renamed = false;
-    if !ready.is_empty() {
-        match before_rename(&ready) {
-            Err(err) => ready.iter().for_each(|&k| results[k] = Err(copy(&err))),
-            Ok(()) => {
-                for &k in &ready {
-                    // A rename, so that watchers see the file arrive whole (a link shows only
-                    // as a create); one that never replaces a file already there.
-                    let path = inbox.join(format!("{}.md", files[k].0));
-                    results[k] = rename_no_replace(&temps[k], &path)
-                        .map_err(Error::io("renaming", &temps[k]));
-                    renamed |= results[k].is_ok();
-                }
-            }
-        }
-    }
-    for tmp in &temps {
-        // Gone after a rename; left only by a failure, or beside a file already there.
-        let _ = fs::remove_file(tmp);
-    }
-    if renamed && let Err(err) = sync_dir(inbox) {
-        for result in results.iter_mut().filter(|r| r.is_ok()) {
-            *result = Err(copy(&err));
-        }
-    }
-    results
+    let path = inbox.join(format!("{id}.md"));
+    let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
+    let result = (|| {
+        crate::fsx::write_new_synced(&tmp, bytes)?;
+        before_rename()?;
+        // A rename, so that watchers see the file arrive whole (a link shows only as a
+        // create); one that never replaces a file already there.
+        rename_no_replace(&tmp, &path).map_err(Error::io("renaming", &tmp))
+    })();
+    let _ = fs::remove_file(&tmp);
+    result?;
+    sync_dir(inbox)
 }
 
 /// Renames `from` to `to` unless `to` exists (then `from` stays and this is no error).
@@ -203,38 +165,5 @@ mod tests {
         // SAFETY: a valid C string and mode.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(read_bytes(dir.path(), "fifo").is_err());
-    }
-
-    #[test]
-    fn arrivals_written_together_are_noted_once_and_each_says_how_it_went() {
-        let dir = tempfile::tempdir().unwrap();
-        let inbox = dir.path();
-        fs::write(inbox.join("b.md"), b"there before").unwrap();
-        let files: [(&str, &[u8]); 3] = [("a", b"one"), ("b", b"two"), ("c", b"three")];
-        let mut noted = Vec::new();
-        let done = write_arrivals(inbox, &files, |ready| {
-            noted.push(ready.to_vec());
-            Ok(())
-        });
-        assert_eq!(noted, [vec![0, 1, 2]]);
-        assert!(done.iter().all(Result::is_ok));
-        assert_eq!(fs::read(inbox.join("a.md")).unwrap(), b"one");
-        assert_eq!(fs::read(inbox.join("b.md")).unwrap(), b"there before");
-        assert_eq!(fs::read(inbox.join("c.md")).unwrap(), b"three");
-        // A note that fails fails them all, and leaves nothing behind.
-        let later: [(&str, &[u8]); 2] = [("d", b"four"), ("e", b"five")];
-        let done = write_arrivals(inbox, &later, |_| {
-            Err(Error::Refused("the disk is full".to_owned()))
-        });
-        assert!(
-            done.iter()
-                .all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("full")))
-        );
-        let mut names: Vec<_> = fs::read_dir(inbox)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a.md", "b.md", "c.md"]);
     }
 }
