@@ -165,6 +165,9 @@ async fn an_escalation_with_tokens_on_two_machines_reaches_telegram_once_and_the
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // B took it once, and gave it up once as it ended.
+    let held = read(&log_b).matches(HOLDS).count();
+    assert_eq!(held, 1, "B took the lease {held} times");
     bot.push_message(json!({
         "message_id": 3, "date": 0, "chat": {"id": CHAT, "type": "private"},
         "from": {"id": CHAT, "is_bot": false, "first_name": "Me"},

@@ -118,6 +118,11 @@ impl Federated {
     async fn wait_for_lease(&self, cancel: &CancellationToken) -> Option<u64> {
         let mut said = false;
         loop {
+            // A server that ends takes nothing: it would hold the lease again right after
+            // giving it up, and again, until it exits.
+            if cancel.is_cancelled() {
+                return None;
+            }
             match self.claims.take_lease(&self.holder).await {
                 Ok(Some(revision)) => {
                     self.answered();
