@@ -365,6 +365,10 @@ async fn read_logs(shared: &Arc<Shared>, changed: Option<BTreeSet<String>>) {
     }
 }
 
+/// How long new marks are gathered before they are read and published (receipts are not
+/// urgent; the messages themselves cross at once).
+const GATHER: Duration = Duration::from_millis(250);
+
 async fn outbound(
     shared: Arc<Shared>,
     js: jetstream::Context,
@@ -406,6 +410,13 @@ async fn outbound(
             hint = hints.recv() => {
                 if hint.is_none() {
                     break;
+                }
+                // Marks follow every push and read: gathered for a moment, they cross as one
+                // batch rather than one message each, which cost every crossing message as
+                // much again on both machines.
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(GATHER) => {}
                 }
                 let names = changed
                     .lock()
