@@ -541,9 +541,28 @@ async fn inbound(
 }
 
 /// Handles one arrived message and acknowledges it, unless writing it failed (then it comes
-/// again after the consumer's ack wait).
+/// again 2 s later).
 async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
     let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    take(
+        shared,
+        message,
+        "an arrival",
+        move |shared, header, subject, payload| deliver(shared, header, subject, sequence, payload),
+    )
+    .await;
+}
+
+/// Runs `handle` on a blocking thread with a message's headers, subject and payload, then
+/// acknowledges the message; when `handle` fails, asks for it again 2 s later (a NAK).
+pub(super) async fn take(
+    shared: &Arc<Shared>,
+    message: jetstream::Message,
+    what: &'static str,
+    handle: impl FnOnce(&Shared, &dyn Fn(&str) -> Option<String>, &str, Vec<u8>) -> Result<()>
+    + Send
+    + 'static,
+) {
     let subject = message.subject.to_string();
     let headers = message.headers.clone();
     let payload = message.payload.to_vec();
@@ -556,24 +575,25 @@ async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
                     .and_then(|h| h.get(name))
                     .map(|v| v.as_str().to_owned())
             };
-            deliver(&shared, header, &subject, sequence, payload)
+            handle(&shared, &header, &subject, payload)
         })
         .await
     };
     match outcome {
         Ok(Ok(())) => {
             if let Err(err) = message.ack().await {
-                // It comes again and is found on disk then.
+                // It comes again and is found done then.
                 tracing::debug!(%err, "federation: ack");
             }
         }
         Ok(Err(err)) => {
-            tracing::error!(%err, seq = sequence, "federation: an arrival was not written; it comes again");
+            let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            tracing::error!(%err, seq, "federation: {what} was not written; it comes again");
             let _ = message
                 .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
                 .await;
         }
-        Err(err) => tracing::error!(%err, "federation: handling an arrival"),
+        Err(err) => tracing::error!(%err, "federation: handling {what}"),
     }
 }
 

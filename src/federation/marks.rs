@@ -544,34 +544,13 @@ async fn inbound(
 /// Applies one arrived batch and acknowledges it, unless appending failed (then it comes
 /// again 2 s later).
 async fn take_in(shared: &Arc<Shared>, message: jetstream::Message) {
-    let subject = message.subject.to_string();
-    let headers = message.headers.clone();
-    let payload = message.payload.to_vec();
-    let applied = {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let header = |name: &str| {
-                headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            apply(&shared, header, &subject, &payload)
-        })
-        .await
-    };
-    match applied {
-        Ok(Ok(())) => {
-            let _ = message.ack().await;
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(%err, "federation: read marks not written; they come again");
-            let _ = message
-                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
-                .await;
-        }
-        Err(err) => tracing::error!(%err, "federation: handling read marks"),
-    }
+    super::bridge::take(
+        shared,
+        message,
+        "read marks",
+        |shared, header, subject, payload| apply(shared, header, subject, &payload),
+    )
+    .await;
 }
 
 /// Checks a batch and appends its marks to the name's log. `Ok` means it may be
