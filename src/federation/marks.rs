@@ -544,7 +544,7 @@ async fn inbound(
 /// Applies one arrived batch and acknowledges it, unless appending failed (then it comes
 /// again 2 s later).
 async fn take_in(shared: &Arc<Shared>, message: jetstream::Message) {
-    super::bridge::take(
+    super::inbound::take(
         shared,
         message,
         "read marks",

@@ -8,7 +8,8 @@
 //!   publishes exactly what is missing and never republishes what arrived.
 //! - [`store`]: the bridge's own files: private folders, refused messages kept aside in
 //!   `quarantine/` (message files are read and written by `mailbox`).
-//! - [`bridge`]: the one task per machine and mailbox that publishes and receives.
+//! - [`bridge`]: the one task per machine and mailbox that publishes and receives
+//!   (`inbound`: what it receives, checked and written into `inbox/`).
 //! - [`hub`]: connection options, the stream and the consumer (and their settings), the
 //!   machine-name claim and its takeover (`relay --reclaim`).
 //! - [`marks`]: read and pushed marks of mail that crossed, carried to the same name's
@@ -30,6 +31,7 @@ pub mod claims;
 pub mod election;
 pub mod health;
 pub mod hub;
+mod inbound;
 pub mod keys;
 pub mod ledger;
 pub mod marks;
