@@ -327,24 +327,6 @@ async fn live_elsewhere(js: &jetstream::Context, own: &str) -> Result<Vec<Remote
     Ok(out)
 }
 
-/// [`others`] for callers outside an async runtime (the command line); at most `wait`.
-pub fn others_blocking(settings: &Settings, wait: Duration) -> Result<Elsewhere, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        tokio::time::timeout(wait, others(settings))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the hub did not answer within {} s",
-                    wait.as_secs()
-                ))
-            })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
