@@ -11,6 +11,7 @@ use chrono::{DateTime, Local};
 use super::{Mailbox, Message, sent_at};
 use crate::error::{Error, Result};
 use crate::fsx;
+use crate::id::IdSet;
 use crate::message::MessageId;
 
 impl Mailbox {
@@ -165,9 +166,9 @@ pub struct ReadState {
     path: PathBuf,
     /// When this name first read mail: broadcasts older than this are not its mail.
     pub joined: DateTime<Local>,
-    read: HashSet<String>,
-    pushed: HashSet<String>,
-    listed: HashSet<String>,
+    read: IdSet,
+    pushed: IdSet,
+    listed: IdSet,
     /// How far the file has been read.
     offset: u64,
     /// Counts the refreshes that took in lines of other processes.
@@ -194,9 +195,9 @@ impl ReadState {
         let mut state = ReadState {
             path,
             joined: now,
-            read: HashSet::new(),
-            pushed: HashSet::new(),
-            listed: HashSet::new(),
+            read: IdSet::default(),
+            pushed: IdSet::default(),
+            listed: IdSet::default(),
             offset: 0,
             generation: 0,
             has_joined: false,
@@ -376,7 +377,7 @@ impl ReadState {
     fn mark<'a>(&mut self, what: Mark, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let word = what.word();
         let known = self.set_of(what);
-        let mut new = HashSet::new();
+        let mut new = foldhash::HashSet::default();
         let mut lines = String::new();
         for id in ids {
             if !known.contains(id) && new.insert(id) {
@@ -416,7 +417,7 @@ impl ReadState {
         }
     }
 
-    fn set_of(&mut self, what: Mark) -> &mut HashSet<String> {
+    fn set_of(&mut self, what: Mark) -> &mut IdSet {
         match what {
             Mark::Read => &mut self.read,
             Mark::Pushed => &mut self.pushed,

@@ -2,7 +2,7 @@
 //! unread pages, reminders, pushes, waits. Every method here does I/O under the `index`
 //! lock (see [`Session`]); async callers run them on a blocking thread.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Local};
@@ -10,6 +10,7 @@ use chrono::{DateTime, Local};
 use super::{Session, Shared};
 use crate::channels::Push;
 use crate::error::{Error, Result};
+use crate::id::IdMap;
 use crate::mailbox::{Message, ReadState};
 use crate::message;
 use crate::watch::{Changed, FolderTime};
@@ -50,7 +51,7 @@ pub(super) struct Index {
     mine: BTreeMap<String, Arc<Message>>,
     /// Ids that a later message replaces, with the sender of the later one: a message is
     /// hidden only when its own sender replaced it.
-    superseded: HashMap<String, String>,
+    superseded: IdMap<String>,
     indexed: bool,
 }
 
@@ -61,7 +62,7 @@ impl Index {
             name,
             state,
             mine: BTreeMap::new(),
-            superseded: HashMap::new(),
+            superseded: IdMap::default(),
             indexed: false,
         }
     }
@@ -350,7 +351,7 @@ impl Session {
             .live_mail(now)
             .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)));
         let mut count = 0;
-        let mut senders = HashSet::new();
+        let mut senders = foldhash::HashSet::default();
         let mut shown = Vec::new();
         for m in unseen {
             count += 1;
@@ -460,7 +461,7 @@ impl Session {
 }
 
 /// Notes that `msg` replaces an earlier message of its sender to `name`.
-fn note_supersedes(superseded: &mut HashMap<String, String>, name: &str, msg: &Message) {
+fn note_supersedes(superseded: &mut IdMap<String>, name: &str, msg: &Message) {
     if let Some(old) = &msg.front.supersedes
         && msg.front.is_for(name)
     {

@@ -2,7 +2,7 @@
 //! This file: the session, its name and heartbeat entry, and the state the async side
 //! shares. The index of unread mail is in `index`, sending in `send`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process;
 use std::sync::{Mutex, MutexGuard};
@@ -14,6 +14,7 @@ use crate::channels::Push;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Entry, Heartbeats, Table};
+use crate::id::IdSet;
 use crate::mailbox::{Mailbox, Message};
 use crate::message;
 
@@ -84,7 +85,7 @@ struct Shared {
     push: Push,
     /// Messages in an event being sent now: they count as pushed for what the model is told,
     /// and are recorded on disk once the event has left.
-    in_flight: HashSet<String>,
+    in_flight: IdSet,
     /// Running `t9_ipc_wait` calls: a message one of them matches is handed to it, not
     /// pushed.
     waiters: BTreeMap<u64, WaitFor>,
@@ -185,7 +186,7 @@ impl Session {
                 name,
                 working_on: String::new(),
                 push: Push::Unknown,
-                in_flight: HashSet::new(),
+                in_flight: IdSet::default(),
                 waiters: BTreeMap::new(),
                 next_waiter: 0,
                 synced_mtime: None,
