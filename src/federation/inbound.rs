@@ -54,6 +54,8 @@ pub(super) async fn inbound(
                 next = messages.next() => next,
             };
             match next {
+                // One at a time, in the stream's order: a machine's key is pinned at its first
+                // message, and a message that replaces another comes after it.
                 Some(Ok(message)) => receive(&shared, message).await,
                 Some(Err(err)) => {
                     use consumer::pull::MessagesErrorKind as Kind;
@@ -195,11 +197,17 @@ fn deliver(
         tracing::debug!(msg_id = %id, "federation: already on disk");
         return Ok(());
     }
-    crate::mailbox::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
-        shared.ledger().record_arriving(id, &envelope.machine)
-    })?;
+    let written =
+        crate::mailbox::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
+            shared.ledger().record_arriving(id, &envelope.machine)
+        })?;
     shared.ledger().record_arrived(id)?;
-    tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
+    if written {
+        tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
+    } else {
+        // Another writer put it there between the look above and the rename.
+        tracing::debug!(msg_id = %id, "federation: already on disk");
+    }
     Ok(())
 }
 

@@ -48,13 +48,14 @@ pub fn read_bytes(inbox: &Path, id: &str) -> Result<Option<Vec<u8>>> {
 /// Writes `bytes` as `inbox/<id>.md` the atomic way: a temporary file (0600, a dot name
 /// that readers skip), flushed; then `before_rename` (the caller notes the arrival on disk);
 /// the rename; the folder flushed. An existing `<id>.md` is left as it is (the first
-/// writer's bytes stay) and counts as written.
+/// writer's bytes stay) and counts as written: the answer is false then, true when this call
+/// put the file there.
 pub fn write_arrival(
     inbox: &Path,
     id: &str,
     bytes: &[u8],
     before_rename: impl FnOnce() -> Result<()>,
-) -> Result<()> {
+) -> Result<bool> {
     let path = inbox.join(format!("{id}.md"));
     let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
     let result = (|| {
@@ -65,12 +66,14 @@ pub fn write_arrival(
         rename_no_replace(&tmp, &path).map_err(Error::io("renaming", &tmp))
     })();
     let _ = fs::remove_file(&tmp);
-    result?;
-    sync_dir(inbox)
+    let renamed = result?;
+    sync_dir(inbox)?;
+    Ok(renamed)
 }
 
-/// Renames `from` to `to` unless `to` exists (then `from` stays and this is no error).
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+/// Renames `from` to `to` unless `to` exists (then `from` stays and this is no error):
+/// whether it renamed.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::ffi::CString;
@@ -90,20 +93,20 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
             )
         };
         if rc == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::EEXIST) => return Ok(()),
+            Some(libc::EEXIST) => return Ok(false),
             // A file system without RENAME_NOREPLACE: fall back below.
             Some(libc::EINVAL | libc::ENOSYS) => {}
             _ => return Err(err),
         }
     }
     if fs::symlink_metadata(to).is_ok() {
-        return Ok(());
+        return Ok(false);
     }
-    fs::rename(from, to)
+    fs::rename(from, to).map(|()| true)
 }
 
 #[cfg(test)]
@@ -117,12 +120,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inbox = dir.path();
         let mut noted = false;
-        write_arrival(inbox, "id-1", b"first", || {
+        let written = write_arrival(inbox, "id-1", b"first", || {
             noted = true;
             Ok(())
         })
         .unwrap();
-        assert!(noted);
+        assert!(noted && written);
         assert_eq!(fs::read(inbox.join("id-1.md")).unwrap(), b"first");
         assert_eq!(
             fs::metadata(inbox.join("id-1.md"))
@@ -132,7 +135,7 @@ mod tests {
                 & 0o077,
             0
         );
-        write_arrival(inbox, "id-1", b"second", || Ok(())).unwrap();
+        assert!(!write_arrival(inbox, "id-1", b"second", || Ok(())).unwrap());
         assert_eq!(fs::read(inbox.join("id-1.md")).unwrap(), b"first");
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(inbox)
