@@ -395,7 +395,10 @@ async fn scan(shared: &Arc<Shared>) -> Result<BTreeSet<String>> {
 }
 
 /// Publishes the waiting ids, oldest first, each acknowledged by the stream before it is
-/// noted. Stops at the first failure (the rest wait for the next try).
+/// noted. Up to [`PUBLISH_AT_ONCE`] go out before their acknowledgements are awaited (in
+/// order), so a backlog costs one round trip to the hub per batch, not per message. Stops at
+/// the first failure: what was acknowledged is noted, the rest waits for the next try (and a
+/// second copy that reaches the stream is dropped by its de-duplication, or by the receivers).
 async fn publish_pending(
     shared: &Arc<Shared>,
     js: &jetstream::Context,
@@ -407,76 +410,122 @@ async fn publish_pending(
         ensure_stream(js).await?;
         *stream_ready = true;
     }
-    while let Some(id) = pending.first().cloned() {
-        let Some(envelope) = seal(shared, &id).await else {
-            pending.remove(&id);
-            continue;
-        };
-        let mut headers = HeaderMap::new();
-        for (name, value) in envelope.headers() {
-            headers.insert(name, value.as_str());
-        }
-        let subject = subject_of(&shared.machine);
-        let acked = js
-            .publish_with_headers(subject, headers, envelope.bytes.into())
-            .await
-            .map_err(|e| format!("publishing {id}: {e}"))?;
-        // A connection that drops takes the ack with it: try again after the reconnect
-        // rather than wait out the ack's timeout (the stream drops a second copy).
-        let mut link = connected.clone();
-        let ack = tokio::select! {
-            ack = acked => ack.map_err(|e| format!("publishing {id}: {e}"))?,
-            _ = link.wait_for(|c| !*c) => {
-                return Err(format!("publishing {id}: the connection dropped before the stream acknowledged it"));
+    while !pending.is_empty() {
+        let batch: Vec<String> = pending.iter().take(PUBLISH_AT_ONCE).cloned().collect();
+        let mut acks = Vec::new();
+        let mut sent = Ok(());
+        for (id, envelope) in seal(shared, batch).await? {
+            let Some(envelope) = envelope else {
+                pending.remove(&id);
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            for (name, value) in envelope.headers() {
+                headers.insert(name, value.as_str());
             }
-        };
-        let noted = {
-            let shared = shared.clone();
-            let id = id.clone();
-            tokio::task::spawn_blocking(move || shared.ledger().record_published(&id))
+            let subject = subject_of(&shared.machine);
+            match js
+                .publish_with_headers(subject, headers, envelope.bytes.into())
                 .await
-                .map_err(|e| e.to_string())?
-        };
-        if let Err(err) = noted {
-            // The stream has it; a later restart publishes it again and the stream's
-            // de-duplication or the receivers' check drops the second copy.
-            tracing::error!(%err, msg_id = %id, "federation: noting a publish");
+            {
+                Ok(acked) => acks.push((id, acked)),
+                Err(e) => {
+                    sent = Err(format!("publishing {id}: {e}"));
+                    break;
+                }
+            }
         }
-        tracing::debug!(msg_id = %id, seq = ack.sequence, duplicate = ack.duplicate, "published");
-        pending.remove(&id);
+        let mut done = Vec::new();
+        for (id, acked) in acks {
+            // A connection that drops takes the ack with it: try again after the reconnect
+            // rather than wait out the ack's timeout (the stream drops a second copy).
+            let mut link = connected.clone();
+            let ack = tokio::select! {
+                ack = acked => ack.map_err(|e| format!("publishing {id}: {e}")),
+                _ = link.wait_for(|c| !*c) => Err(format!("publishing {id}: the connection dropped before the stream acknowledged it")),
+            };
+            match ack {
+                Ok(ack) => {
+                    tracing::debug!(msg_id = %id, seq = ack.sequence, duplicate = ack.duplicate, "published");
+                    done.push(id);
+                }
+                Err(err) => {
+                    sent = sent.and(Err(err));
+                    break;
+                }
+            }
+        }
+        note_published(shared, &done).await?;
+        for id in &done {
+            pending.remove(id);
+        }
+        sent?;
     }
     Ok(())
 }
 
-/// The signed envelope of `inbox/<id>.md`, or `None` when there is nothing to publish: the
-/// file is gone, is no good message (warned about by the mailbox), or is still being
-/// written (its writer's close brings it back).
-async fn seal(shared: &Arc<Shared>, id: &str) -> Option<Envelope> {
-    let shared = shared.clone();
-    let id = id.to_owned();
-    tokio::task::spawn_blocking(move || {
-        {
-            let ledger = shared.ledger();
-            if !ours_to_publish(&ledger, &id) {
-                return None;
-            }
-        }
-        // Written by another process as an arrival (`relay --trust` releasing kept-aside
-        // mail notes it in arrived.log, which this bridge read at its start): not ours.
-        if super::origins::machine_of(shared.mailbox.root(), &id).is_some() {
-            return None;
-        }
-        shared.mailbox.get(&id)?;
-        match crate::mailbox::read_bytes(shared.mailbox.inbox(), &id) {
-            Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, &id, bytes)),
-            Ok(None) => None,
-            Err(err) => {
-                tracing::warn!(%err, msg_id = %id, "federation: not published");
-                None
+/// Publishes sent before their acknowledgements are awaited, at most.
+const PUBLISH_AT_ONCE: usize = 64;
+
+/// Notes `ids` as published, on a blocking thread.
+async fn note_published(shared: &Arc<Shared>, ids: &[String]) -> Result<(), String> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let (shared, ids) = (shared.clone(), ids.to_vec());
+    let noted = tokio::task::spawn_blocking(move || {
+        let mut ledger = shared.ledger();
+        for id in &ids {
+            if let Err(err) = ledger.record_published(id) {
+                // The stream has it; a later restart publishes it again and the stream's
+                // de-duplication or the receivers' check drops the second copy.
+                tracing::error!(%err, msg_id = %id, "federation: noting a publish");
             }
         }
     })
+    .await;
+    noted.map_err(|e| e.to_string())
+}
+
+/// The signed envelope of each `inbox/<id>.md`, or `None` when there is nothing to publish:
+/// the file is gone, is no good message (warned about by the mailbox), or is still being
+/// written (its writer's close brings it back).
+async fn seal(
+    shared: &Arc<Shared>,
+    ids: Vec<String>,
+) -> Result<Vec<(String, Option<Envelope>)>, String> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        ids.into_iter()
+            .map(|id| {
+                let envelope = seal_one(&shared, &id);
+                (id, envelope)
+            })
+            .collect()
+    })
     .await
-    .ok()
-    .flatten()
+    .map_err(|e| format!("sealing: {e}"))
+}
+
+fn seal_one(shared: &Shared, id: &str) -> Option<Envelope> {
+    {
+        let ledger = shared.ledger();
+        if !ours_to_publish(&ledger, id) {
+            return None;
+        }
+    }
+    // Written by another process as an arrival (`relay --trust` releasing kept-aside mail
+    // notes it in arrived.log, which this bridge read at its start): not ours.
+    if super::origins::machine_of(shared.mailbox.root(), id).is_some() {
+        return None;
+    }
+    shared.mailbox.get(id)?;
+    match crate::mailbox::read_bytes(shared.mailbox.inbox(), id) {
+        Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, id, bytes)),
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(%err, msg_id = %id, "federation: not published");
+            None
+        }
+    }
 }
