@@ -22,51 +22,75 @@ use crate::error::Result;
 pub(super) async fn inbound(
     shared: Arc<Shared>,
     js: jetstream::Context,
-    mut connected: watch::Receiver<bool>,
+    connected: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
+    let name = consumer_name(&shared.machine);
+    let setup = || async {
+        let stream = ensure_stream(&js).await?;
+        let consumer = ensure_consumer(&stream, &shared.machine).await?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("consumer {name}: {e}"))?;
+        tracing::info!(consumer = %name, "federation: receiving");
+        Ok(messages)
+    };
+    // One at a time, in the stream's order: a machine's key is pinned at its first message,
+    // and a message that replaces another comes after it.
+    let handle = |message| receive(&shared, message);
+    consume("messages", setup, handle, connected, cancel).await;
+}
+
+/// Runs a durable consumer until `cancel`: `setup` makes it and opens its stream of messages
+/// (again after any failure, once the connection is back, with a growing pause), and each
+/// message goes to `handle`, one at a time. `what` names the consumer in warnings.
+pub(super) async fn consume<S, SF, H, HF>(
+    what: &str,
+    setup: S,
+    mut handle: H,
+    mut connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) where
+    S: Fn() -> SF,
+    SF: Future<Output = std::result::Result<consumer::pull::Stream, String>>,
+    H: FnMut(jetstream::Message) -> HF,
+    HF: Future<Output = ()>,
+{
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        let messages = async {
-            let stream = ensure_stream(&js).await?;
-            let consumer = ensure_consumer(&stream, &shared.machine).await?;
-            consumer
-                .messages()
-                .await
-                .map_err(|e| format!("consumer {}: {e}", consumer_name(&shared.machine)))
-        };
-        let mut messages = tokio::select! {
+        let got = tokio::select! {
             () = cancel.cancelled() => break,
-            got = messages => match got {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(%err, "federation: cannot receive yet; will try again");
-                    pause(&mut connected, &mut backoff, &cancel).await;
-                    continue;
-                }
-            },
+            got = setup() => got,
         };
-        tracing::info!(consumer = %consumer_name(&shared.machine), "federation: receiving");
-        backoff = Duration::from_millis(100);
-        loop {
-            let next = tokio::select! {
-                () = cancel.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                // One at a time, in the stream's order: a machine's key is pinned at its first
-                // message, and a message that replaces another comes after it.
-                Some(Ok(message)) => receive(&shared, message).await,
-                Some(Err(err)) => {
-                    use consumer::pull::MessagesErrorKind as Kind;
-                    if matches!(err.kind(), Kind::MissingHeartbeat) {
-                        tracing::debug!(%err, "federation: consumer");
-                        continue;
+        match got {
+            Ok(mut messages) => {
+                backoff = Duration::from_millis(100);
+                loop {
+                    let next = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        Some(Ok(message)) => handle(message).await,
+                        Some(Err(err))
+                            if matches!(
+                                err.kind(),
+                                consumer::pull::MessagesErrorKind::MissingHeartbeat
+                            ) =>
+                        {
+                            tracing::debug!(%err, "federation: {what} consumer");
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(%err, "federation: {what} consumer; setting it up again");
+                            break;
+                        }
+                        None => break,
                     }
-                    tracing::warn!(%err, "federation: consumer; setting it up again");
-                    break;
                 }
-                None => break,
+            }
+            Err(err) => {
+                tracing::warn!(%err, "federation: cannot receive {what} yet; will try again");
             }
         }
         pause(&mut connected, &mut backoff, &cancel).await;

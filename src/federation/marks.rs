@@ -21,12 +21,11 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use chrono::{DateTime, Local, SecondsFormat};
 use ed25519_dalek::{Signature, VerifyingKey};
-use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::bridge::{Shared, pause};
+use super::bridge::Shared;
 use super::hub::{ACK_WAIT, MAX_ACK_PENDING, STREAM_MAX_AGE, consumer_name};
 use super::keys::{self, MachineKey, Pin};
 use super::wire;
@@ -477,68 +476,35 @@ async fn publish(
 async fn inbound(
     shared: Arc<Shared>,
     js: jetstream::Context,
-    mut connected: watch::Receiver<bool>,
+    connected: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    while !cancel.is_cancelled() {
-        let setup = async {
-            let stream = marks_stream(&js).await?;
-            let name = consumer_name(&shared.machine);
-            let config = consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("t9-ipc: read marks for machine {}", shared.machine)),
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::All,
-                // The whole stream; named so that the hub's permission for creating it has
-                // the shape of the messages' consumer (`…CREATE.<stream>.<name>.>`).
-                filter_subject: format!("{MARKS_PREFIX}.>"),
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            };
-            let consumer = stream
-                .get_or_create_consumer(&name, config)
-                .await
-                .map_err(|e| format!("consumer {name} of {MARKS_STREAM}: {e}"))?;
-            consumer
-                .messages()
-                .await
-                .map_err(|e| format!("consumer {name} of {MARKS_STREAM}: {e}"))
+    let setup = || async {
+        let stream = marks_stream(&js).await?;
+        let name = consumer_name(&shared.machine);
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!("t9-ipc: read marks for machine {}", shared.machine)),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::All,
+            // The whole stream; named so that the hub's permission for creating it has the
+            // shape of the messages' consumer (`…CREATE.<stream>.<name>.>`).
+            filter_subject: format!("{MARKS_PREFIX}.>"),
+            ack_wait: ACK_WAIT,
+            max_ack_pending: MAX_ACK_PENDING,
+            ..Default::default()
         };
-        let got = tokio::select! {
-            () = cancel.cancelled() => break,
-            got = setup => got,
-        };
-        match got {
-            Ok(mut messages) => {
-                backoff = Duration::from_millis(100);
-                loop {
-                    let next = tokio::select! {
-                        () = cancel.cancelled() => return,
-                        next = messages.next() => next,
-                    };
-                    match next {
-                        Some(Ok(message)) => take_in(&shared, message).await,
-                        Some(Err(err))
-                            if matches!(
-                                err.kind(),
-                                consumer::pull::MessagesErrorKind::MissingHeartbeat
-                            ) => {}
-                        Some(Err(err)) => {
-                            tracing::warn!(%err, "federation: read marks consumer; setting it up again");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%err, "federation: cannot receive read marks yet; will try again")
-            }
-        }
-        pause(&mut connected, &mut backoff, &cancel).await;
-    }
+        let consumer = stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| format!("consumer {name} of {MARKS_STREAM}: {e}"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| format!("consumer {name} of {MARKS_STREAM}: {e}"))
+    };
+    let handle = |message| take_in(&shared, message);
+    super::inbound::consume("read marks", setup, handle, connected, cancel).await;
 }
 
 /// Applies one arrived batch and acknowledges it, unless appending failed (then it comes
