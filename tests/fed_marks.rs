@@ -8,9 +8,12 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use serde_json::{Value, json};
+use t9_ipc::federation::keys::MachineKey;
+use t9_ipc::federation::wire::{self, Envelope};
 
-use crate::federation::{Machine, Nats, message_file};
+use crate::federation::{Machine, Nats, message_file, publish};
 
 /// Long enough for a loaded machine; a passing test never waits this long.
 const WAIT: Duration = Duration::from_secs(30);
@@ -241,4 +244,51 @@ async fn a_name_that_moves_to_another_machine_finds_its_mail_there_read() {
     assert!(unread.contains("No unread messages."), "{unread}");
     assert!(!unread.contains(&id), "{unread}");
     moved.quit().await;
+}
+
+/// A mark can come before its message (a machine catching up takes both streams at once;
+/// here the message is kept aside on cloud until a person trusts its key): the batch comes
+/// again, and the mark is written once the message is on the disk.
+#[tokio::test]
+async fn a_mark_that_comes_before_its_message_is_written_once_the_message_is_here() {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let nats = Nats::start().await;
+    let b = Machine::start("buildbox", &nats).await;
+    let key = MachineKey::from_seed([1; 32]);
+    let other = MachineKey::from_seed([2; 32]);
+    // cloud knows "intruder" by another key than the one it signs with.
+    let mut c = Machine::without_relay("cloud");
+    let fed = c.mb.root().join("federation");
+    fs::DirBuilder::new().mode(0o700).create(&fed).unwrap();
+    let pins = format!("intruder {}\n", wire::hex(other.public().as_bytes()));
+    fs::write(fed.join("known_machines"), pins).unwrap();
+    c.start_relay(&nats.url()).await;
+
+    let beta = b.mb.spawn("beta").await;
+    let (id, bytes) = message_file("mallory", "beta", "early mark", "hi");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let envelope = Envelope::seal(&key, "intruder", &id, bytes);
+    publish(&js, "t9ipc.msg.intruder", &envelope, |_| {}).await;
+    b.log.arrived(&id).await;
+    // beta reads it on buildbox; cloud gets the mark while the message is kept aside there.
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.contains(&id), "{unread}");
+    c.log
+        .wait("the mark to reach cloud before its message", |log| {
+            log.count("read marks of mail not here yet") > 0
+        })
+        .await;
+    assert!(!c.file(&id).exists());
+
+    let said = c
+        .cli(&[
+            "relay",
+            "--trust",
+            "intruder",
+            &wire::hex(key.public().as_bytes()),
+        ])
+        .await;
+    assert!(said.contains("1 message kept aside"), "{said}");
+    until_logged(&c, "beta", &format!("read {id}")).await;
+    beta.quit().await;
 }

@@ -278,7 +278,7 @@ impl Machine {
         machine
     }
 
-    fn without_relay(name: &str) -> Machine {
+    pub(crate) fn without_relay(name: &str) -> Machine {
         Machine {
             name: name.to_owned(),
             mb: TempMailbox::new(),
@@ -600,7 +600,7 @@ pub(crate) fn message_file(from: &str, to: &str, subject: &str, body: &str) -> (
 }
 
 /// Publishes an envelope as a relay would, with its headers changed by `edit`.
-async fn publish(
+pub(crate) async fn publish(
     js: &jetstream::Context,
     subject: &str,
     envelope: &Envelope,

@@ -105,18 +105,29 @@ async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
         shared,
         message,
         "an arrival",
-        move |shared, header, subject, payload| deliver(shared, header, subject, sequence, payload),
+        move |shared, header, subject, payload| {
+            deliver(shared, header, subject, sequence, payload).map(|()| Taken::Done)
+        },
     )
     .await;
 }
 
+/// What a handler did with a message.
+pub(super) enum Taken {
+    /// Done with it: acknowledge it.
+    Done,
+    /// Deliver it again after this long: what it needs has not arrived yet.
+    Later(Duration),
+}
+
 /// Runs `handle` on a blocking thread with a message's headers, subject and payload, then
-/// acknowledges the message; when `handle` fails, asks for it again 2 s later (a NAK).
+/// acknowledges the message, or asks for it again when `handle` says so; when `handle` fails,
+/// asks for it again 2 s later (a NAK).
 pub(super) async fn take(
     shared: &Arc<Shared>,
     message: jetstream::Message,
     what: &'static str,
-    handle: impl FnOnce(&Shared, &dyn Fn(&str) -> Option<String>, &str, Vec<u8>) -> Result<()>
+    handle: impl FnOnce(&Shared, &dyn Fn(&str) -> Option<String>, &str, Vec<u8>) -> Result<Taken>
     + Send
     + 'static,
 ) {
@@ -137,11 +148,14 @@ pub(super) async fn take(
         .await
     };
     match outcome {
-        Ok(Ok(())) => {
+        Ok(Ok(Taken::Done)) => {
             if let Err(err) = message.ack().await {
                 // It comes again and is found done then.
                 tracing::debug!(%err, "federation: ack");
             }
+        }
+        Ok(Ok(Taken::Later(pause))) => {
+            let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
         }
         Ok(Err(err)) => {
             let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);

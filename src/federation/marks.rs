@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bridge::Shared;
 use super::hub::{ACK_WAIT, MAX_ACK_PENDING, STREAM_MAX_AGE, consumer_name};
+use super::inbound::Taken;
 use super::keys::{self, MachineKey, Pin};
 use super::wire;
 use crate::error::Result;
@@ -510,60 +511,76 @@ async fn inbound(
 /// Applies one arrived batch and acknowledges it, unless appending failed (then it comes
 /// again 2 s later).
 async fn take_in(shared: &Arc<Shared>, message: jetstream::Message) {
+    let delivered = message.info().map_or(1, |i| i.delivered);
     super::inbound::take(
         shared,
         message,
         "read marks",
-        |shared, header, subject, payload| apply(shared, header, subject, &payload),
+        move |shared, header, subject, payload| apply(shared, header, subject, &payload, delivered),
     )
     .await;
 }
 
-/// Checks a batch and appends its marks to the name's log. `Ok` means it may be
-/// acknowledged: written, nothing to write, this machine's own, or refused (warned about).
+/// A batch with marks of mail not on this disk yet comes again after this pause...
+const MAIL_WAIT_PAUSE: Duration = Duration::from_secs(5);
+/// ...until it was delivered this many times (about a minute): a machine catching up takes
+/// both streams at once, so a mark can come before its message. Mail that never comes (it
+/// never crossed to this machine) costs a dozen looks at the batch.
+const MAIL_WAIT_TRIES: i64 = 12;
+
+/// Checks a batch and appends its marks to the name's log. `Done` when it may be
+/// acknowledged: written, nothing to write, this machine's own, or refused (warned about);
+/// `Later` while some of its marks are of mail that may still arrive.
 fn apply(
     shared: &Shared,
     header: impl Fn(&str) -> Option<String>,
     subject: &str,
     payload: &[u8],
-) -> Result<()> {
+    delivered: i64,
+) -> Result<Taken> {
     let refused = |why: &str| tracing::warn!(%why, %subject, "federation: read marks refused");
     let (machine, key) = match open(header, subject, payload) {
         Ok(opened) => opened,
         Err(why) => {
             refused(&why);
-            return Ok(());
+            return Ok(Taken::Done);
         }
     };
     if machine == shared.machine {
-        return Ok(());
+        return Ok(Taken::Done);
     }
     if let Pin::Changed { .. } = shared.pins().check(&machine, &key)? {
         refused("signed with another key than the one pinned for its machine");
-        return Ok(());
+        return Ok(Taken::Done);
     }
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(batch) => batch,
         Err(err) => {
             refused(&format!("not a batch of marks: {err}"));
-            return Ok(());
+            return Ok(Taken::Done);
         }
     };
     if let Err(why) = crate::message::check_name(&batch.name) {
         refused(&why);
-        return Ok(());
+        return Ok(Taken::Done);
     }
     // Only marks of mail on this disk that is for that name: a mark can hide no one
     // else's mail.
     let name = batch.name.as_str();
-    let marks: Vec<CarriedMark> = batch
+    let (marks, absent): (Vec<CarriedMark>, Vec<CarriedMark>) = batch
         .carried()
         .into_iter()
-        .filter(|m| crate::message::stem_may_be_for(&m.id, name) && shared.mailbox.exists(&m.id))
-        .collect();
+        .filter(|m| crate::message::stem_may_be_for(&m.id, name))
+        .partition(|m| shared.mailbox.exists(&m.id));
+    let taken = if !absent.is_empty() && delivered < MAIL_WAIT_TRIES {
+        tracing::debug!(%name, from_machine = %machine, waiting = absent.len(), "read marks of mail not here yet");
+        Taken::Later(MAIL_WAIT_PAUSE)
+    } else {
+        Taken::Done
+    };
     if marks.is_empty() {
         tracing::debug!(%name, from_machine = %machine, "read marks for mail not here");
-        return Ok(());
+        return Ok(taken);
     }
     let joined = parse_time(batch.joined.as_deref());
     let mut inner = shared.marks.lock();
@@ -579,7 +596,7 @@ fn apply(
     } else {
         tracing::debug!(%name, from_machine = %machine, "read marks arrived, all known here");
     }
-    Ok(())
+    Ok(taken)
 }
 
 #[cfg(test)]
