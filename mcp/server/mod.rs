@@ -60,6 +60,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(err);
         }
     };
+    // Private by default: a mailbox other users can read is tightened, with one warning. In
+    // the background: it looks at every file of the mailbox (100,000 of them take a while),
+    // and nothing the server does waits on it (every file it writes is private already).
+    let root = config.data_dir.clone();
+    tasks.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
     // Keep the inbox small: finished mail older than the set age moves to archive/.
     let archiving = session.clone();
     let plan = archive_plan(&config);

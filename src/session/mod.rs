@@ -135,8 +135,6 @@ impl Session {
     /// the default of [`default_name`]. If another live session holds it, the first free
     /// `<name>-2`, `<name>-3`, … is taken.
     pub fn start(config: &Config, now: DateTime<Local>) -> Result<Session> {
-        // Private by default: a mailbox other users can read is tightened, with one warning.
-        crate::mailbox::tighten(&config.data_dir);
         let mailbox = Mailbox::open(&config.data_dir)?;
         let heartbeats = Heartbeats::new(&config.data_dir);
         let requested = config.session_name.as_deref().and_then(|name| {
