@@ -53,6 +53,73 @@ pub(super) struct Index {
     /// hidden only when its own sender replaced it.
     superseded: IdMap<String>,
     indexed: bool,
+    /// The reminder's numbers ([`Session::unseen`]) as last worked out, kept up to date by
+    /// arrivals; any other change drops it. Under a flood of 20,000 unread messages working
+    /// them out again at each tool call was the largest cost of `t9_ipc_who`.
+    pub(super) unseen: Option<UnseenMemo>,
+}
+
+/// [`Session::unseen`]'s numbers, with what they hold for.
+pub(super) struct UnseenMemo {
+    /// The read state's generation and [`Shared::epoch`] they were worked out at.
+    generation: u64,
+    epoch: u64,
+    /// Good until then: the soonest expiry among the messages counted.
+    until: Option<DateTime<Local>>,
+    count: usize,
+    /// Each sender's first message (the smallest id), and the senders in that order.
+    first_of: foldhash::HashMap<String, String>,
+    senders: std::collections::BTreeSet<(String, String)>,
+}
+
+impl UnseenMemo {
+    fn new(generation: u64, epoch: u64) -> UnseenMemo {
+        UnseenMemo {
+            generation,
+            epoch,
+            until: None,
+            count: 0,
+            first_of: foldhash::HashMap::default(),
+            senders: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Counts one more unseen message.
+    fn add(&mut self, m: &Message) {
+        self.count += 1;
+        if let Some(t) = m.front.expires.as_deref().and_then(message::parse_time) {
+            self.until = Some(self.until.map_or(t, |u| u.min(t)));
+        }
+        let from = &m.front.from;
+        match self.first_of.get_mut(from) {
+            Some(first) if m.id < *first => {
+                self.senders.remove(&(first.clone(), from.clone()));
+                *first = m.id.clone();
+                self.senders.insert((m.id.clone(), from.clone()));
+            }
+            Some(_) => {}
+            None => {
+                self.first_of.insert(from.clone(), m.id.clone());
+                self.senders.insert((m.id.clone(), from.clone()));
+            }
+        }
+    }
+
+    fn holds(&self, generation: u64, epoch: u64, now: DateTime<Local>) -> bool {
+        self.generation == generation && self.epoch == epoch && self.until.is_none_or(|u| now <= u)
+    }
+
+    /// The count, the first `named` senders (each once, oldest first) and how many others.
+    fn numbers(&self, named: usize) -> (usize, Vec<String>, usize) {
+        let shown: Vec<String> = self
+            .senders
+            .iter()
+            .take(named)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let others = self.senders.len() - shown.len();
+        (self.count, shown, others)
+    }
 }
 
 impl Index {
@@ -64,6 +131,7 @@ impl Index {
             mine: BTreeMap::new(),
             superseded: IdMap::default(),
             indexed: false,
+            unseen: None,
         }
     }
 
@@ -96,6 +164,7 @@ impl Index {
 
     /// Marks messages read and drops them from the index.
     fn mark_read<'a>(&mut self, ids: impl IntoIterator<Item = &'a str> + Clone) -> Result<()> {
+        self.unseen = None;
         self.state.mark_read(ids.clone())?;
         for id in ids {
             self.mine.remove(id);
@@ -109,10 +178,30 @@ impl Index {
         let new = !self.mine.contains_key(&msg.id);
         let unread = self.state.is_unread(&self.name, &msg, now);
         if unread {
+            if !new || msg.front.supersedes.is_some() {
+                // Not a plain arrival: the reminder's numbers are worked out again.
+                self.unseen = None;
+            }
             note_supersedes(&mut self.superseded, &self.name, &msg);
             self.mine.insert(msg.id.clone(), msg.clone());
         }
         (unread, new.then_some(msg))
+    }
+
+    /// Counts a message that just arrived in the reminder's numbers, when they are kept.
+    fn count_arrival(&mut self, shared: &Shared, msg: &Message, now: DateTime<Local>) {
+        let push_on = shared.push == Push::On;
+        let Some(memo) = &self.unseen else {
+            return;
+        };
+        if !memo.holds(self.state.generation(), shared.epoch, now) {
+            self.unseen = None;
+            return;
+        }
+        let counts = self.is_live(msg, now) && !(push_on && self.was_pushed(shared, &msg.id));
+        if counts && let Some(memo) = &mut self.unseen {
+            memo.add(msg);
+        }
     }
 }
 
@@ -161,10 +250,16 @@ impl Session {
                 Some(msg) => {
                     let (mine, new) = index.take_in(msg, now);
                     mine_changed |= mine;
+                    if mine && let Some(msg) = &new {
+                        let shared = self.shared();
+                        index.count_arrival(&shared, msg, now);
+                    }
                     arrived.extend(new);
                 }
                 None => {
-                    index.mine.remove(id);
+                    if index.mine.remove(id).is_some() {
+                        index.unseen = None;
+                    }
                 }
             }
         }
@@ -175,6 +270,7 @@ impl Session {
                 mine, state, name, ..
             } = &mut *index;
             mine.retain(|_, m| state.is_unread(name, m, now));
+            index.unseen = None;
             mine_changed = true;
         }
         self.shared().synced_mtime = changed.time.settled();
@@ -214,6 +310,7 @@ impl Session {
         tracing::debug!(messages = all.len(), "rescanned the inbox");
         index.mine.clear();
         index.superseded.clear();
+        index.unseen = None;
         for msg in all {
             if msg.front.is_for(&index.name) {
                 note_supersedes(&mut index.superseded, &index.name, &msg);
@@ -346,21 +443,24 @@ impl Session {
         let mut index = self.index();
         self.ensure_indexed(&mut index, now)?;
         let shared = self.shared();
-        let push_on = shared.push == Push::On;
-        let unseen = index
-            .live_mail(now)
-            .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)));
-        let mut count = 0;
-        let mut senders = foldhash::HashSet::default();
-        let mut shown = Vec::new();
-        for m in unseen {
-            count += 1;
-            if senders.insert(m.front.from.as_str()) && shown.len() < named {
-                shown.push(m.front.from.clone());
-            }
+        let generation = index.state.generation();
+        if let Some(memo) = &index.unseen
+            && memo.holds(generation, shared.epoch, now)
+        {
+            return Ok(memo.numbers(named));
         }
-        let others = senders.len() - shown.len();
-        Ok((count, shown, others))
+        let push_on = shared.push == Push::On;
+        let mut memo = UnseenMemo::new(generation, shared.epoch);
+        for m in index
+            .live_mail(now)
+            .filter(|m| !(push_on && index.was_pushed(&shared, &m.id)))
+        {
+            memo.add(m);
+        }
+        let numbers = memo.numbers(named);
+        drop(shared);
+        index.unseen = Some(memo);
+        Ok(numbers)
     }
 
     /// Unread messages not yet pushed nor named in a digest, oldest first, leaving out those
@@ -404,11 +504,13 @@ impl Session {
     /// Records messages sent as channel events (bodies included).
     pub fn mark_pushed(&self, ids: &[String]) -> Result<()> {
         // On disk first, then out of flight: they count as pushed all along.
-        let written = self
-            .index()
-            .state
-            .mark_pushed(ids.iter().map(String::as_str));
+        let written = {
+            let mut index = self.index();
+            index.unseen = None;
+            index.state.mark_pushed(ids.iter().map(String::as_str))
+        };
         let mut shared = self.shared();
+        shared.epoch += 1;
         for id in ids {
             shared.in_flight.remove(id);
         }
@@ -453,6 +555,7 @@ impl Session {
         let mut shared = self.shared();
         let switched = saw_push && shared.push != Push::On;
         if switched {
+            shared.epoch += 1;
             tracing::info!(msg_id = %id, "a reply to a pushed message: channel events reach the model");
             shared.push = Push::On;
         }

@@ -86,6 +86,8 @@ struct Shared {
     /// Messages in an event being sent now: they count as pushed for what the model is told,
     /// and are recorded on disk once the event has left.
     in_flight: IdSet,
+    /// Counts the changes to `push` and `in_flight`: what the model has seen changed.
+    epoch: u64,
     /// Running `t9_ipc_wait` calls: a message one of them matches is handed to it, not
     /// pushed.
     waiters: BTreeMap<u64, WaitFor>,
@@ -185,6 +187,7 @@ impl Session {
                 working_on: String::new(),
                 push: Push::Unknown,
                 in_flight: IdSet::default(),
+                epoch: 0,
                 waiters: BTreeMap::new(),
                 next_waiter: 0,
                 synced_mtime: None,
@@ -225,7 +228,9 @@ impl Session {
     /// Records whether events reach the model; written into the heartbeat entry (where a
     /// hook reads it) at the next refresh.
     pub fn set_push(&self, push: Push) {
-        self.shared().push = push;
+        let mut shared = self.shared();
+        shared.push = push;
+        shared.epoch += 1;
     }
 
     fn entry(&self, shared: &Shared, now: DateTime<Local>) -> Entry {
@@ -445,11 +450,13 @@ impl Session {
             return false;
         }
         shared.in_flight.extend(ids.iter().cloned());
+        shared.epoch += 1;
         true
     }
 
     pub fn push_failed(&self, ids: &[String]) {
         let mut shared = self.shared();
+        shared.epoch += 1;
         for id in ids {
             shared.in_flight.remove(id);
         }
@@ -595,6 +602,79 @@ mod tests {
         assert!(pending.is_empty());
         // With nothing read in between, a push goes.
         assert!(s.pushing(&[], looked));
+    }
+
+    /// The reminder's numbers kept between tool calls agree with a count from scratch
+    /// through arrivals (one older than the rest), a push, its record, and an expiry.
+    #[test]
+    fn the_reminders_kept_numbers_match_a_count_from_scratch() {
+        use crate::watch::Changed;
+        use chrono::TimeDelta;
+        let dir = tempfile::tempdir().unwrap();
+        let s = alpha(dir.path());
+        s.set_push(Push::On);
+        let now = Local::now();
+        let write = |from: &str, at: DateTime<Local>, expires: Option<DateTime<Local>>| {
+            let draft = crate::mailbox::Draft {
+                from,
+                to: "alpha",
+                kind: "ipc",
+                subject: "s",
+                priority: "normal",
+                body: "b",
+                expires,
+                ..Default::default()
+            };
+            s.mailbox.write(&draft, at).unwrap()
+        };
+        let arrive = |ids: &[&String]| {
+            let files = ids
+                .iter()
+                .map(|id| s.mailbox.inbox().join(format!("{id}.md")));
+            let changed = Changed {
+                files: files.collect(),
+                ..Changed::default()
+            };
+            s.sync(changed, false, Local::now()).unwrap();
+        };
+        let from_scratch = |at: DateTime<Local>| {
+            s.index().unseen = None;
+            s.unseen(10, at).unwrap()
+        };
+        let kept_then_scratch = |at: DateTime<Local>| (s.unseen(10, at).unwrap(), from_scratch(at));
+
+        let ago = |secs| now - TimeDelta::seconds(secs);
+        let first = write("beta", ago(10), None);
+        write("gamma", ago(9), None);
+        assert_eq!(s.unseen(10, now).unwrap().0, 2, "the first look scans");
+        let later = write("beta", ago(1), None);
+        let older = write("delta", ago(20), None);
+        let soon = write("omega", now, Some(now + TimeDelta::seconds(2)));
+        arrive(&[&later, &older, &soon]);
+        let (kept, scratch) = kept_then_scratch(now);
+        assert_eq!(kept, scratch);
+        assert_eq!(
+            kept,
+            (
+                5,
+                vec![
+                    "delta".into(),
+                    "beta".into(),
+                    "gamma".into(),
+                    "omega".into()
+                ],
+                0
+            )
+        );
+        let handed = s.shared().handed;
+        assert!(s.pushing(std::slice::from_ref(&first), handed));
+        let (kept, scratch) = kept_then_scratch(now);
+        assert_eq!((kept.0, &kept), (4, &scratch));
+        s.mark_pushed(std::slice::from_ref(&first)).unwrap();
+        let (kept, scratch) = kept_then_scratch(now);
+        assert_eq!(kept, scratch);
+        let (kept, scratch) = kept_then_scratch(now + TimeDelta::seconds(3));
+        assert_eq!((kept.0, &kept), (3, &scratch), "omega's message expired");
     }
 
     /// The methods the async side calls answer while the index lock is held by I/O (a
