@@ -129,10 +129,10 @@ impl TempMailbox {
     ) -> Client {
         cmd.current_dir(cwd)
             .env("IPC_DATA_DIR", self.root())
-            .env("RUST_LOG", "t9_ipc=debug")
             .env_remove("IPC_SESSION_ID")
             .env_remove("IPC_PUSH");
         without_telegram(&mut cmd);
+        logs_to(&mut cmd, log);
         if let Some(name) = name {
             cmd.env("IPC_SESSION_ID", name);
         }
@@ -435,6 +435,16 @@ pub fn without_telegram(cmd: &mut Command) {
     }
 }
 
+/// A server whose log is kept (`log` given) logs at debug level for whoever reads it; one
+/// whose log is thrown away runs at the default level, as a user's does, so that figures
+/// measured through these helpers pay for no formatting a user's server does not do.
+pub fn logs_to(cmd: &mut Command, log: Option<&Path>) {
+    match log {
+        Some(_) => cmd.env("RUST_LOG", "t9_ipc=debug"),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+}
+
 pub fn process_exists(pid: u32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -478,11 +488,11 @@ impl Raw {
         };
         let mut cmd = Command::new(BIN);
         without_telegram(&mut cmd);
+        logs_to(&mut cmd, log);
         let mut child = cmd
             .arg("serve")
             .env("IPC_DATA_DIR", root)
             .env("IPC_SESSION_ID", name)
-            .env("RUST_LOG", "t9_ipc=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
