@@ -214,7 +214,7 @@ pub fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Creates `path` (which must not exist) with [`file_mode`] and writes `bytes`.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
     let mut file = private_options()
         .write(true)
         .create_new(true)

@@ -908,6 +908,46 @@ async fn a_restarted_relay_publishes_exactly_what_is_missing() {
 }
 
 #[tokio::test]
+async fn an_arrival_whose_log_lines_a_crash_took_is_known_by_its_file_and_not_published() {
+    let nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let mut b = Machine::start("buildbox", &nats).await;
+    let id = a.cli(&["send", "beta", "from the laptop"]).await;
+    b.log.arrived(&id).await;
+    assert_eq!(
+        t9_ipc::mailbox::arrived_from(&b.mb.inbox(), &id).as_deref(),
+        Some("laptop"),
+        "the arrived file carries its machine ({}); this file system keeps no user \
+         extended attributes, so the bridge flushes arrived.log before each rename instead",
+        t9_ipc::mailbox::ORIGIN_ATTR
+    );
+    // A crash of the machine takes the unflushed lines of arrived.log: without them, the
+    // file looks like one written on B.
+    b.stop_relay().await;
+    let log = b.fed().join("arrived.log");
+    let kept: String = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(&id))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&log, kept).unwrap();
+    b.start_relay(&nats.url()).await;
+    // The start's scan sees the file before anything sent after it.
+    let after = b.cli(&["send", "alpha", "from the buildbox"]).await;
+    a.log.arrived(&after).await;
+    assert_eq!(b.published(), [after], "only B's own message is published");
+    assert_eq!(stream_count(&nats, "buildbox").await, 1);
+    assert_eq!(b.log.count("were noted again from their files"), 1);
+    let lines = fs::read_to_string(&log).unwrap();
+    assert!(
+        lines.contains(&format!("arriving {id}\tlaptop\n"))
+            && lines.contains(&format!("arrived {id}\n")),
+        "{lines}"
+    );
+}
+
+#[tokio::test]
 async fn servers_run_the_bridge_themselves_and_a_relay_takes_over_when_they_end() {
     let nats = Nats::start().await;
     let url = nats.url();

@@ -379,16 +379,35 @@ fn ours_to_publish(ledger: &Ledger, id: &str) -> bool {
     !ledger.is_published(id) && !ledger.came_from_elsewhere(id) && wire::id_may_cross(id)
 }
 
-/// Every id in `inbox/` this machine has yet to publish.
+/// Every id in `inbox/` this machine has yet to publish. A file the ledger does not know
+/// but that is marked as another machine's ([`crate::mailbox::arrived_from`]) arrived
+/// before a crash of the machine took its unflushed line in `arrived.log`: the line is
+/// written again and the file is not published.
 async fn scan(shared: &Arc<Shared>) -> Result<BTreeSet<String>> {
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         let ids = shared.mailbox.ids()?;
-        let ledger = shared.ledger();
-        Ok(ids
-            .into_iter()
-            .filter(|id| ours_to_publish(&ledger, id))
-            .collect())
+        let mut ledger = shared.ledger();
+        let mut ours = BTreeSet::new();
+        let mut arrived = Vec::new();
+        for id in ids.into_iter().filter(|id| ours_to_publish(&ledger, id)) {
+            match crate::mailbox::arrived_from(shared.mailbox.inbox(), &id) {
+                Some(machine) if machine != shared.machine => arrived.push((id, machine)),
+                _ => {
+                    ours.insert(id);
+                }
+            }
+        }
+        if !arrived.is_empty() {
+            let noted = arrived.iter().map(|(id, m)| (id.as_str(), m.as_str()));
+            ledger.record_arriving(noted, true)?;
+            ledger.record_arrived(arrived.iter().map(|(id, _)| id.as_str()))?;
+            tracing::warn!(
+                files = arrived.len(),
+                "federation: arrivals missing from arrived.log (a crash of the machine) were noted again from their files"
+            );
+        }
+        Ok(ours)
     })
     .await
     .map_err(|e| Error::Refused(format!("scanning the inbox: {e}")))?

@@ -17,7 +17,8 @@ use super::hub::{consumer_name, ensure_consumer, ensure_stream};
 use super::keys::Pin;
 use super::store;
 use super::wire::{self, Envelope, Refusal};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::mailbox::Arrival;
 
 pub(super) async fn inbound(
     shared: Arc<Shared>,
@@ -36,15 +37,15 @@ pub(super) async fn inbound(
         tracing::info!(consumer = %name, "federation: receiving");
         Ok(messages)
     };
-    // One at a time, in the stream's order: a machine's key is pinned at its first message,
-    // and a message that replaces another comes after it.
-    let handle = |message| receive(&shared, message);
+    let handle = |messages| receive(&shared, messages);
     consume("messages", setup, handle, connected, cancel).await;
 }
 
 /// Runs a durable consumer until `cancel`: `setup` makes it and opens its stream of messages
-/// (again after any failure, once the connection is back, with a growing pause), and each
-/// message goes to `handle`, one at a time. `what` names the consumer in warnings.
+/// (again after any failure, once the connection is back, with a growing pause), and the
+/// messages go to `handle` in the stream's order, as many at a time as were waiting together
+/// (at most [`AT_ONCE`]); the next ones are taken when it is done. `what` names the consumer
+/// in warnings.
 pub(super) async fn consume<S, SF, H, HF>(
     what: &str,
     setup: S,
@@ -54,7 +55,7 @@ pub(super) async fn consume<S, SF, H, HF>(
 ) where
     S: Fn() -> SF,
     SF: Future<Output = std::result::Result<consumer::pull::Stream, String>>,
-    H: FnMut(jetstream::Message) -> HF,
+    H: FnMut(Vec<jetstream::Message>) -> HF,
     HF: Future<Output = ()>,
 {
     let mut backoff = Duration::from_millis(100);
@@ -64,28 +65,40 @@ pub(super) async fn consume<S, SF, H, HF>(
             got = setup() => got,
         };
         match got {
-            Ok(mut messages) => {
+            Ok(messages) => {
                 backoff = Duration::from_millis(100);
+                let mut chunks = messages.ready_chunks(AT_ONCE);
                 loop {
-                    let next = tokio::select! {
+                    let chunk = tokio::select! {
                         () = cancel.cancelled() => return,
-                        next = messages.next() => next,
+                        chunk = chunks.next() => chunk,
                     };
-                    match next {
-                        Some(Ok(message)) => handle(message).await,
-                        Some(Err(err))
-                            if matches!(
-                                err.kind(),
-                                consumer::pull::MessagesErrorKind::MissingHeartbeat
-                            ) =>
-                        {
-                            tracing::debug!(%err, "federation: {what} consumer");
+                    let Some(chunk) = chunk else { break };
+                    let mut ready = Vec::with_capacity(chunk.len());
+                    let mut broken = false;
+                    for next in chunk {
+                        match next {
+                            Ok(message) => ready.push(message),
+                            Err(err)
+                                if matches!(
+                                    err.kind(),
+                                    consumer::pull::MessagesErrorKind::MissingHeartbeat
+                                ) =>
+                            {
+                                tracing::debug!(%err, "federation: {what} consumer");
+                            }
+                            Err(err) => {
+                                tracing::warn!(%err, "federation: {what} consumer; setting it up again");
+                                broken = true;
+                                break;
+                            }
                         }
-                        Some(Err(err)) => {
-                            tracing::warn!(%err, "federation: {what} consumer; setting it up again");
-                            break;
-                        }
-                        None => break,
+                    }
+                    if !ready.is_empty() {
+                        handle(ready).await;
+                    }
+                    if broken {
+                        break;
                     }
                 }
             }
@@ -97,19 +110,26 @@ pub(super) async fn consume<S, SF, H, HF>(
     }
 }
 
-/// Handles one arrived message and acknowledges it, unless writing it failed (then it comes
-/// again 2 s later).
-async fn receive(shared: &Arc<Shared>, message: jetstream::Message) {
-    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-    take(
-        shared,
-        message,
-        "an arrival",
-        move |shared, header, subject, payload| {
-            deliver(shared, header, subject, sequence, payload).map(|()| Taken::Done)
-        },
-    )
-    .await;
+/// Messages handed over at once, at most: what waited together when a machine catches up.
+const AT_ONCE: usize = 64;
+
+/// Handles the arrivals that waited together ([`deliver_all`]), then acknowledges each,
+/// unless it was not written (then it comes again 2 s later).
+async fn receive(shared: &Arc<Shared>, messages: Vec<jetstream::Message>) {
+    let parts: Vec<Parts> = messages.iter().map(Parts::of).collect();
+    let outcomes = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || deliver_all(&shared, &parts)).await
+    };
+    match outcomes {
+        Ok(outcomes) => {
+            for (message, outcome) in messages.into_iter().zip(outcomes) {
+                settle(message, outcome.map(|()| Taken::Done), "an arrival").await;
+            }
+        }
+        // Not acknowledged: they come again after the consumer's wait.
+        Err(err) => tracing::error!(%err, "federation: handling arrivals"),
+    }
 }
 
 /// What a handler did with a message.
@@ -118,6 +138,32 @@ pub(super) enum Taken {
     Done,
     /// Deliver it again after this long: what it needs has not arrived yet.
     Later(Duration),
+}
+
+/// What a handler reads of a message: its subject, headers, payload and place in the stream.
+struct Parts {
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    payload: Vec<u8>,
+    sequence: u64,
+}
+
+impl Parts {
+    fn of(message: &jetstream::Message) -> Parts {
+        Parts {
+            subject: message.subject.to_string(),
+            headers: message.headers.clone(),
+            payload: message.payload.to_vec(),
+            sequence: message.info().map(|i| i.stream_sequence).unwrap_or(0),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    }
 }
 
 /// Runs `handle` on a blocking thread with a message's headers, subject and payload, then
@@ -131,52 +177,114 @@ pub(super) async fn take(
     + Send
     + 'static,
 ) {
-    let subject = message.subject.to_string();
-    let headers = message.headers.clone();
-    let payload = message.payload.to_vec();
+    let parts = Parts::of(&message);
     let outcome = {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
-            let header = |name: &str| {
-                headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            handle(&shared, &header, &subject, payload)
+            handle(
+                &shared,
+                &|name| parts.header(name),
+                &parts.subject,
+                parts.payload.clone(),
+            )
         })
         .await
     };
     match outcome {
-        Ok(Ok(Taken::Done)) => {
+        Ok(outcome) => settle(message, outcome, what).await,
+        Err(err) => tracing::error!(%err, "federation: handling {what}"),
+    }
+}
+
+/// Acknowledges `message`, or asks for it again: after the pause its handler asked for, or
+/// 2 s after a failure.
+async fn settle(message: jetstream::Message, outcome: Result<Taken>, what: &str) {
+    match outcome {
+        Ok(Taken::Done) => {
             if let Err(err) = message.ack().await {
                 // It comes again and is found done then.
                 tracing::debug!(%err, "federation: ack");
             }
         }
-        Ok(Ok(Taken::Later(pause))) => {
+        Ok(Taken::Later(pause)) => {
             let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
         }
-        Ok(Err(err)) => {
+        Err(err) => {
             let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
             tracing::error!(%err, seq, "federation: {what} was not written; it comes again");
             let _ = message
                 .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
                 .await;
         }
-        Err(err) => tracing::error!(%err, "federation: handling {what}"),
     }
 }
 
-/// Checks an arrived message and writes it into `inbox/`, or keeps it aside. `Ok` means it
-/// may be acknowledged: written, already there, this machine's own, or kept aside.
-fn deliver(
-    shared: &Shared,
-    header: impl Fn(&str) -> Option<String>,
-    subject: &str,
-    sequence: u64,
-    payload: Vec<u8>,
-) -> Result<()> {
+/// Checks arrivals one by one in the stream's order (a machine's key is pinned at its first
+/// message), then writes those to deliver together ([`crate::mailbox::write_arrivals`]: in
+/// that order, so a message that replaces another lands after it, and with one flush of the
+/// folder). Each outcome is `Ok` when its message may be acknowledged: written, already
+/// there, this machine's own, or kept aside.
+fn deliver_all(shared: &Shared, parts: &[Parts]) -> Vec<Result<()>> {
+    let mut outcomes = Vec::with_capacity(parts.len());
+    let mut writes: Vec<(usize, Envelope)> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        match check(shared, part) {
+            // The same id twice in one batch is written once.
+            Ok(Some(envelope)) if !writes.iter().any(|(_, e)| e.id == envelope.id) => {
+                writes.push((i, envelope));
+                outcomes.push(Ok(()));
+            }
+            Ok(_) => outcomes.push(Ok(())),
+            Err(err) => outcomes.push(Err(err)),
+        }
+    }
+    if let Err(err) = write(shared, parts, &writes) {
+        let why = err.to_string();
+        for (i, _) in &writes {
+            outcomes[*i] = Err(Error::Refused(why.clone()));
+        }
+    }
+    outcomes
+}
+
+/// Writes the checked arrivals into `inbox/` and notes them in the ledger.
+fn write(shared: &Shared, parts: &[Parts], writes: &[(usize, Envelope)]) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let arrivals: Vec<Arrival> = writes
+        .iter()
+        .map(|(_, e)| Arrival {
+            id: &e.id,
+            machine: &e.machine,
+            bytes: &e.bytes,
+        })
+        .collect();
+    let written = crate::mailbox::write_arrivals(shared.mailbox.inbox(), &arrivals, |flush| {
+        let noted = arrivals.iter().map(|a| (a.id, a.machine));
+        shared.ledger().record_arriving(noted, flush)
+    })?;
+    shared
+        .ledger()
+        .record_arrived(arrivals.iter().map(|a| a.id))?;
+    for ((i, envelope), written) in writes.iter().zip(written) {
+        let id = &envelope.id;
+        if written {
+            let seq = parts[*i].sequence;
+            tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq, "arrived");
+        } else {
+            // Another writer put it there between the look and the rename.
+            tracing::debug!(msg_id = %id, "federation: already on disk");
+        }
+    }
+    Ok(())
+}
+
+/// Checks an arrived message: `Some` when it is to be written into `inbox/`; `None` when it
+/// may be acknowledged as it is (already there, this machine's own, or kept aside here).
+fn check(shared: &Shared, part: &Parts) -> Result<Option<Envelope>> {
+    let (subject, sequence, payload) = (part.subject.as_str(), part.sequence, &part.payload);
+    let header = |name: &str| part.header(name);
     let claims = Claims {
         machine: header(wire::H_MACHINE),
         id: header(wire::H_ID).and_then(|v| wire::decode_id(&v)),
@@ -185,8 +293,8 @@ fn deliver(
         subject,
         sequence,
     };
-    let hold = |why: String, bytes: &[u8]| keep_aside(shared, &claims, &why, bytes);
-    let envelope = match Envelope::open(&header, subject, payload.clone()) {
+    let hold = |why: String, bytes: &[u8]| keep_aside(shared, &claims, &why, bytes).map(|()| None);
+    let envelope = match Envelope::open(header, subject, payload.clone()) {
         Ok(envelope) => envelope,
         Err(refusal) => {
             let why = match &refusal {
@@ -196,13 +304,13 @@ fn deliver(
                 }
                 other => other.to_string(),
             };
-            return hold(why, &payload);
+            return hold(why, payload);
         }
     };
     if envelope.machine == shared.machine {
         if envelope.key == shared.key.public() {
             // Our own message, back from the stream.
-            return Ok(());
+            return Ok(None);
         }
         return hold(
             "it claims to come from this machine but is signed with another key".to_owned(),
@@ -233,20 +341,9 @@ fn deliver(
     let id = &envelope.id;
     if shared.ledger().has_arrived(id) || shared.mailbox.exists(id) {
         tracing::debug!(msg_id = %id, "federation: already on disk");
-        return Ok(());
+        return Ok(None);
     }
-    let written =
-        crate::mailbox::write_arrival(shared.mailbox.inbox(), id, &envelope.bytes, || {
-            shared.ledger().record_arriving(id, &envelope.machine)
-        })?;
-    shared.ledger().record_arrived(id)?;
-    if written {
-        tracing::info!(msg_id = %id, from_machine = %envelope.machine, seq = sequence, "arrived");
-    } else {
-        // Another writer put it there between the look above and the rename.
-        tracing::debug!(msg_id = %id, "federation: already on disk");
-    }
-    Ok(())
+    Ok(Some(envelope))
 }
 
 /// What an arrived message's headers claim, for the `.why` of one kept aside.

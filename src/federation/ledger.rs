@@ -4,10 +4,13 @@
 //! - `published.log`: one id a line, written after the stream acknowledged the message. A
 //!   line lost in a crash means one more publish of that id, which the stream's
 //!   de-duplication and the receivers' "already on disk" check absorb.
-//! - `arrived.log`: `arriving <id>\t<machine>` (the origin; older logs lack it), flushed to disk before an arrived file is renamed into
-//!   `inbox/`, and `arrived <id>` after the rename. So a file in `inbox/` that came from
-//!   another machine is always known as such (it is never published as this machine's), and
-//!   an arrival that was cut short is written again when the message comes again.
+//! - `arrived.log`: `arriving <id>\t<machine>` (the origin; older logs lack it), written
+//!   before an arrived file is renamed into `inbox/`, and `arrived <id>` after the rename.
+//!   So a file in `inbox/` that came from another machine is known as such (it is never
+//!   published as this machine's), and an arrival that was cut short is written again when
+//!   the message comes again. The `arriving` lines are flushed only where the file cannot
+//!   carry its machine itself ([`crate::mailbox::ORIGIN_ATTR`]); a line a crash of the
+//!   machine took is written again from the file by the bridge's scan at start.
 //!
 //! A line without its newline (a crash mid-write) is dropped when the log is opened.
 //!
@@ -126,24 +129,45 @@ impl Ledger {
 
     /// Notes that the stream acknowledged `id`.
     pub fn record_published(&mut self, id: &str) -> Result<()> {
-        append(&mut self.published_file, &self.published_path, id, false)?;
+        append(
+            &mut self.published_file,
+            &self.published_path,
+            &format!("{id}\n"),
+            false,
+        )?;
         self.published.insert(id.to_owned());
         Ok(())
     }
 
-    /// Notes, on disk, that `id` is about to be renamed into `inbox/` from `machine`.
-    pub fn record_arriving(&mut self, id: &str, machine: &str) -> Result<()> {
-        let line = format!("arriving {id}\t{machine}");
-        append(&mut self.arrived_file, &self.arrived_path, &line, true)?;
-        self.arriving.insert(id.to_owned());
+    /// Notes that these ids, each with the machine it came from, are about to be renamed
+    /// into `inbox/`; flushed to disk when `flush` says so (their files do not carry their
+    /// machine, see [`crate::mailbox::ORIGIN_ATTR`]).
+    pub fn record_arriving<'a>(
+        &mut self,
+        arrivals: impl IntoIterator<Item = (&'a str, &'a str)>,
+        flush: bool,
+    ) -> Result<()> {
+        let mut text = String::new();
+        let mut ids = Vec::new();
+        for (id, machine) in arrivals {
+            text.push_str(&format!("arriving {id}\t{machine}\n"));
+            ids.push(id);
+        }
+        append(&mut self.arrived_file, &self.arrived_path, &text, flush)?;
+        self.arriving.extend(ids.into_iter().map(str::to_owned));
         Ok(())
     }
 
-    /// Notes that `id` is in `inbox/` for good.
-    pub fn record_arrived(&mut self, id: &str) -> Result<()> {
-        let line = format!("arrived {id}");
-        append(&mut self.arrived_file, &self.arrived_path, &line, false)?;
-        self.arrived.insert(id.to_owned());
+    /// Notes that these ids are in `inbox/` for good.
+    pub fn record_arrived<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut text = String::new();
+        let mut noted = Vec::new();
+        for id in ids {
+            text.push_str(&format!("arrived {id}\n"));
+            noted.push(id);
+        }
+        append(&mut self.arrived_file, &self.arrived_path, &text, false)?;
+        self.arrived.extend(noted.into_iter().map(str::to_owned));
         Ok(())
     }
 }
@@ -216,11 +240,12 @@ fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
     complete.split('\n').filter(|l| !l.is_empty())
 }
 
-fn append(file: &mut File, path: &Path, line: &str, flush: bool) -> Result<()> {
-    let mut buf = String::with_capacity(line.len() + 1);
-    buf.push_str(line);
-    buf.push('\n');
-    file.write_all(buf.as_bytes())
+/// Appends `lines` (each ending in a newline) in one write.
+fn append(file: &mut File, path: &Path, lines: &str, flush: bool) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    file.write_all(lines.as_bytes())
         .map_err(Error::io("writing", path))?;
     if flush {
         file.sync_data().map_err(Error::io("flushing", path))?;
@@ -248,9 +273,10 @@ mod tests {
         );
         let mut ledger = Ledger::open(&p, &a).unwrap();
         ledger.record_published("one").unwrap();
-        ledger.record_arriving("two words", "laptop").unwrap();
-        ledger.record_arriving("three", "laptop").unwrap();
-        ledger.record_arrived("three").unwrap();
+        ledger
+            .record_arriving([("two words", "laptop"), ("three", "laptop")], false)
+            .unwrap();
+        ledger.record_arrived(["three"]).unwrap();
         drop(ledger);
         let ledger = Ledger::open(&p, &a).unwrap();
         assert!(ledger.is_published("one"));
@@ -308,12 +334,16 @@ mod tests {
         let mut ledger = Ledger::open(&p, &a).unwrap();
         for id in &old {
             ledger.record_published(id).unwrap();
-            ledger.record_arriving(id, "laptop").unwrap();
-            ledger.record_arrived(id).unwrap();
+            ledger
+                .record_arriving([(id.as_str(), "laptop")], true)
+                .unwrap();
+            ledger.record_arrived([id.as_str()]).unwrap();
         }
         ledger.record_published(&young).unwrap();
         ledger.record_published("hand-named").unwrap();
-        ledger.record_arriving(&young, "laptop").unwrap();
+        ledger
+            .record_arriving([(young.as_str(), "laptop")], false)
+            .unwrap();
         // The first old id is still in the archive: kept.
         let on_disk = |id: &str| id == old[0];
         assert_eq!(ledger.compact(now, on_disk).unwrap(), 5 + 10);

@@ -504,7 +504,11 @@ async fn inbound(
             .await
             .map_err(|e| format!("consumer {name} of {MARKS_STREAM}: {e}"))
     };
-    let handle = |message| take_in(&shared, message);
+    let handle = |messages: Vec<jetstream::Message>| async {
+        for message in messages {
+            take_in(&shared, message).await;
+        }
+    };
     super::inbound::consume("read marks", setup, handle, connected, cancel).await;
 }
 

@@ -1,6 +1,6 @@
 //! Which machine a message in `inbox/` came from, for the `machine` of its channel event.
 //!
-//! Read from the `arriving <id>\t<machine>` lines of `arrived.log` (flushed before the file
+//! Read from the `arriving <id>\t<machine>` lines of `arrived.log` (written before the file
 //! is renamed into `inbox/`, so a file a server sees is already in the log). Each process
 //! keeps what it has read and reads only what was appended since: one `stat` a lookup, and a
 //! read only when the log grew. No federation folder: one failed `stat`, `None`.

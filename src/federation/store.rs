@@ -1,6 +1,6 @@
 //! The bridge's own files: private folders, and refused messages kept aside in
 //! `quarantine/`. Message files in `inbox/` are read and written by
-//! [`crate::mailbox::read_bytes`] and [`crate::mailbox::write_arrival`].
+//! [`crate::mailbox::read_bytes`] and [`crate::mailbox::write_arrivals`].
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
@@ -126,10 +126,15 @@ pub fn release(
         }
         let ledger = ledger.as_mut().expect("opened above");
         if !ledger.has_arrived(id) && !mailbox.exists(id) {
-            crate::mailbox::write_arrival(mailbox.inbox(), id, &bytes, || {
-                ledger.record_arriving(id, machine)
+            let arrival = crate::mailbox::Arrival {
+                id,
+                machine,
+                bytes: &bytes,
+            };
+            crate::mailbox::write_arrivals(mailbox.inbox(), &[arrival], |flush| {
+                ledger.record_arriving([(id, machine)], flush)
             })?;
-            ledger.record_arrived(id)?;
+            ledger.record_arrived([id])?;
         }
         for path in [held.path.clone(), held.path.with_extension("why")] {
             fs::remove_file(&path).map_err(Error::io("removing", &path))?;

@@ -26,7 +26,7 @@ mod state;
 pub use private::{Loose, loose_paths, tighten};
 
 pub use archive::{ArchivePlan, Moved};
-pub use bytes::{read_bytes, write_arrival};
+pub use bytes::{Arrival, ORIGIN_ATTR, arrived_from, read_bytes, write_arrivals};
 pub use carry::{CarriedMark, StateTail};
 pub use scan::{Audit, Filed};
 pub use state::{MarkTimes, ReadState};
