@@ -948,6 +948,38 @@ async fn an_arrival_whose_log_lines_a_crash_took_is_known_by_its_file_and_not_pu
 }
 
 #[tokio::test]
+async fn a_session_whose_hub_never_answered_ends_at_once() {
+    // A port nothing listens on: the bridge's first request (claiming the machine's name)
+    // waits for a hub that never comes.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mb = TempMailbox::new();
+    let log = mb.root().join("alpha.log");
+    let env = [("IPC_NATS_URL", url.as_str()), ("IPC_MACHINE", "laptop")];
+    let client = mb.spawn_env("alpha", &env, Some(&log)).await;
+    let started = || fs::read_to_string(&log).unwrap_or_default();
+    for _ in 0..200 {
+        if started().contains("federation bridge started") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        started().contains("federation bridge started"),
+        "{}",
+        started()
+    );
+    // `quit` closes stdin, then after 3 s sends SIGTERM, then kills: the session must have
+    // ended by itself, not been killed while the claim's request (20 s) held it.
+    client.quit().await;
+    assert!(started().contains("ended session=alpha"), "{}", started());
+}
+
+#[tokio::test]
 async fn servers_run_the_bridge_themselves_and_a_relay_takes_over_when_they_end() {
     let nats = Nats::start().await;
     let url = nats.url();

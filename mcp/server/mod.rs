@@ -44,6 +44,9 @@ const ARCHIVE_EVERY: Duration = Duration::from_secs(3600);
 /// Runs the server until stdin closes or a signal arrives; then takes this session's
 /// heartbeat entry away. Every task it starts is a child of one cancellation token and is
 /// waited for before it returns.
+/// How long the end of a session waits for the federation bridge to stop.
+const BRIDGE_STOP: Duration = Duration::from_secs(3);
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Installed first, so a signal at any later point ends the session in order.
     let cancel = CancellationToken::new();
@@ -107,7 +110,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     if let Some(federation) = federation {
-        let _ = federation.await;
+        // Bounded: a hub that stops answering in the middle of a request must not hold the
+        // session's end (what was not acknowledged comes again).
+        if tokio::time::timeout(BRIDGE_STOP, federation).await.is_err() {
+            tracing::warn!("federation: the bridge did not stop within 3 s; ending without it");
+        }
     }
     if let Some(telegram) = telegram {
         telegram.stop().await;

@@ -88,7 +88,13 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     // This machine's name is this mailbox's: claimed in the hub before anything crosses.
     let mut backoff = Duration::from_millis(100);
     loop {
-        match claim_machine(&js, &shared.machine, &shared.key).await {
+        // A hub that does not answer holds the claim for the request's whole timeout: the
+        // session's end must not wait for it.
+        let claimed = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            claimed = claim_machine(&js, &shared.machine, &shared.key) => claimed,
+        };
+        match claimed {
             Ok(Claim::Ours) => break,
             Ok(Claim::Taken(other)) => {
                 return Err(Error::Refused(format!(
@@ -126,14 +132,17 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         connected.clone(),
         cancel.child_token(),
     ));
-    outbound(shared, js, changes, connected, cancel.clone()).await;
+    outbound(shared, js, changes, connected.clone(), cancel.clone()).await;
     cancel.cancel();
     let _ = inbound.await;
     let _ = presence.await;
     let _ = compaction.await;
     let _ = marks.await;
-    // Acks and publishes already handed to the client go out before the end.
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    // Acks and publishes already handed to the client go out before the end; while the hub
+    // is unreachable they cannot, and what they carry comes again.
+    if *connected.borrow() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    }
     tracing::info!("federation bridge stopped");
     Ok(())
 }
@@ -281,8 +290,9 @@ async fn presence(
             Err(err) => tracing::warn!(%err, "federation: presence"),
         }
     }
-    // The last word: this bridge stops (a standby one, if any, speaks right after).
-    if let Some(s) = &store {
+    // The last word: this bridge stops (a standby one, if any, speaks right after). Not
+    // while the hub is unreachable: the session's end would wait for nothing.
+    if let Some(s) = store.as_ref().filter(|_| *connected.borrow()) {
         let said = tokio::time::timeout(
             Duration::from_secs(2),
             presence::say(s, &shared.machine, true),
