@@ -185,39 +185,16 @@ fn flush_all(temps: &[(fs::File, std::path::PathBuf)]) -> Result<()> {
 /// Renames `from` to `to` unless `to` exists (then `from` stays and this is no error):
 /// whether it renamed.
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)
-        };
-        let (cfrom, cto) = (c(from)?, c(to)?);
-        // SAFETY: two valid C strings; the call reads them and nothing else.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                cfrom.as_ptr(),
-                libc::AT_FDCWD,
-                cto.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EEXIST) => return Ok(false),
-            // A file system without RENAME_NOREPLACE: fall back below.
-            Some(libc::EINVAL | libc::ENOSYS) => {}
-            _ => return Err(err),
+    match crate::fsx::renameat2(from, to, crate::fsx::Rename::NoReplace)? {
+        crate::fsx::Renamed::Done => Ok(true),
+        crate::fsx::Renamed::NotDone => Ok(false),
+        crate::fsx::Renamed::Unsupported => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Ok(false);
+            }
+            fs::rename(from, to).map(|()| true)
         }
     }
-    if fs::symlink_metadata(to).is_ok() {
-        return Ok(false);
-    }
-    fs::rename(from, to).map(|()| true)
 }
 
 #[cfg(test)]
