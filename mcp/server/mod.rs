@@ -63,15 +63,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    // Private by default: a mailbox other users can read is tightened, with one warning. In
-    // the background: it looks at every file of the mailbox (100,000 of them take a while),
-    // and nothing the server does waits on it (every file it writes is private already).
-    let root = config.data_dir.clone();
-    tasks.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
-    // Keep the inbox small: finished mail older than the set age moves to archive/.
-    let archiving = session.clone();
-    let plan = archive_plan(&config);
-    tasks.spawn_blocking(move || archive(&archiving, &plan));
+    let (peer_tx, peer_rx) = peer_watch::channel(None);
+    // Two sweeps in the background, once the client has its answer to `initialize` (on two
+    // cores their threads would compete with it), or after a second, or at the end:
+    // - private by default: a mailbox other users can read is tightened, with one warning. It
+    //   looks at every file of the mailbox (100,000 of them take a while), and nothing the
+    //   server does waits on it (every file it writes is private already);
+    // - keep the inbox small: finished mail older than the set age moves to archive/.
+    let (root, archiving, plan) = (
+        config.data_dir.clone(),
+        session.clone(),
+        archive_plan(&config),
+    );
+    let (sweeps, mut initialized, ending) = (tasks.clone(), peer_rx.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = initialized.wait_for(Option::is_some) => {}
+            () = ending.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        sweeps.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
+        sweeps.spawn_blocking(move || archive(&archiving, &plan));
+    });
     // Telegram: the forwarder, the reply poller and, through the push loop, the start-up
     // sweep; None without IPC_TG_TOKEN.
     let telegram = telegram::start(&config, &cancel);
@@ -85,7 +98,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .chain([Box::new(own.clone()) as Box<dyn Subscriber>])
             .collect(),
     );
-    let (peer_tx, peer_rx) = peer_watch::channel(None);
     let mail = Arc::new(Notify::new());
     let written = Arc::new(AtomicU64::new(0));
     let pusher = Pusher::new(
