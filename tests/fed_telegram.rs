@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::json;
-use t9_ipc::federation::claims::PERMS_BUCKET;
+use t9_ipc::federation::claims::{CLAIMS_BUCKET, PERMS_BUCKET, thread_key, topic_key};
 
 use crate::federation::{Machine, Nats};
 use crate::telegram::{
@@ -312,4 +312,89 @@ async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_throug
     called(&bot, "answerCallbackQuery", "Unknown request").await;
     alpha.quit().await;
     beta.quit().await;
+}
+
+#[tokio::test]
+async fn a_forum_topic_another_machine_made_is_used_and_text_in_it_reaches_its_session() {
+    const GROUP: i64 = -100_777;
+    let nats = Nats::start().await;
+    let bot = FakeBot::start();
+    bot.set_forum();
+    let a = Machine::start("laptop", &nats).await;
+    let group = vec![
+        ("IPC_TG_CHAT", GROUP.to_string()),
+        ("IPC_TG_ALLOW", ALLOWED.to_string()),
+    ];
+    let (alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, group.clone()).await;
+    // Holding the lease, the server has made the hub's Telegram buckets.
+    wait_file(&log_a, "A to hold the poller lease", |t| t.contains(HOLDS)).await;
+    let (mut gamma, _) = serve_with(&a, "gamma", &nats, &bot, group.clone()).await;
+    // Another machine made the topics of alpha (77) and gamma (88), as the hub says.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let claims = jetstream::new(client)
+        .get_key_value(CLAIMS_BUCKET)
+        .await
+        .expect("the claims bucket");
+    for (session, thread) in [("alpha", 77), ("gamma", 88)] {
+        let (topic, back) = (topic_key(GROUP, session), thread_key(GROUP, thread));
+        claims
+            .put(topic, thread.to_string().into())
+            .await
+            .expect("put");
+        claims
+            .put(back, session.to_owned().into())
+            .await
+            .expect("put");
+    }
+
+    // alpha escalates: this machine sends it into the topic the hub names, and makes none.
+    alpha
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "human", "subject": "disk full", "body": "which one goes?"}),
+        )
+        .await;
+    bot.wait_sends(1).await;
+    let ours = sends_of(&bot, "disk full");
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].body["message_thread_id"], json!(77), "{ours:?}");
+    assert_eq!(
+        bot.calls_to("createForumTopic"),
+        Vec::<serde_json::Value>::new()
+    );
+
+    // The phone writes in gamma's topic, which this machine never made: it reaches gamma.
+    bot.push_message(json!({
+        "message_id": 41, "date": 0,
+        "chat": {"id": GROUP, "type": "supergroup", "is_forum": true},
+        "from": {"id": ALLOWED, "is_bot": false, "first_name": "Me"},
+        "message_thread_id": 88, "is_topic_message": true, "text": "hello gamma",
+        "reply_to_message": {"message_id": 88, "date": 0, "chat": {"id": GROUP}}
+    }));
+    let event = gamma.next_event().await;
+    assert_eq!(event.meta("from"), "telegram");
+    assert_eq!(event.content, "hello gamma");
+
+    // A session whose topic nobody made: this machine makes it and tells the hub.
+    let (delta, _) = serve_with(&a, "delta", &nats, &bot, group).await;
+    delta
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "human", "subject": "from delta", "body": "hi"}),
+        )
+        .await;
+    bot.wait_sends(2).await;
+    assert_eq!(bot.calls_to("createForumTopic").len(), 1);
+    let thread = sends_of(&bot, "from delta")[0].body["message_thread_id"]
+        .as_i64()
+        .expect("in a topic");
+    let held = |key: String| {
+        let claims = claims.clone();
+        async move {
+            let value = claims.get(key).await.expect("get").expect("held");
+            String::from_utf8(value.to_vec()).expect("text")
+        }
+    };
+    assert_eq!(held(topic_key(GROUP, "delta")).await, thread.to_string());
+    assert_eq!(held(thread_key(GROUP, thread)).await, "delta");
 }

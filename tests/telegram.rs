@@ -165,6 +165,22 @@ impl FakeBot {
         self.shared.lock().sends.clone()
     }
 
+    /// getChat says from now on that the chat is a forum supergroup.
+    pub(crate) fn set_forum(&self) {
+        self.shared.lock().forum = true;
+    }
+
+    /// The bodies of the calls to `method` (one kept apart from sendMessage).
+    pub(crate) fn calls_to(&self, method: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .others
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
     fn answered(&self) -> usize {
         self.shared.lock().answered
     }

@@ -48,6 +48,24 @@ pub fn reply_key(chat: i64, message_id: i64) -> String {
     format!("tg.reply.{chat}.{message_id}")
 }
 
+/// The key of the forum topic of `session` in `chat`: its `message_thread_id`.
+pub fn topic_key(chat: i64, session: &str) -> String {
+    format!(
+        "tg.topic.{}.{}",
+        key_token(&chat.to_string()),
+        key_token(session)
+    )
+}
+
+/// The key of the session whose forum topic is `thread` in `chat`.
+pub fn thread_key(chat: i64, thread: i64) -> String {
+    format!(
+        "tg.thread.{}.{}",
+        key_token(&chat.to_string()),
+        key_token(&thread.to_string())
+    )
+}
+
 /// The key of the open permission request `id` (in [`PERMS_BUCKET`]).
 pub fn permission_key(id: &str) -> String {
     format!("tg.perm.{}", key_token(id))
@@ -196,6 +214,20 @@ impl Claims {
         get_in(&self.buckets().await?.claims, CLAIMS_BUCKET, key).await
     }
 
+    /// Puts `value` under `key` in [`CLAIMS_BUCKET`] unless a value is there already
+    /// (create-if-absent); the value that holds now, ours or the first one's.
+    pub async fn put_first(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, String> {
+        let claims = &self.buckets().await?.claims;
+        match bounded("claiming", claims.create(key, value.clone().into())).await? {
+            Ok(_) => return Ok(value),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+        }
+        get_in(claims, CLAIMS_BUCKET, key)
+            .await?
+            .ok_or_else(|| format!("{CLAIMS_BUCKET} {key}: the first value vanished"))
+    }
+
     /// Puts `value` under `key` in [`PERMS_BUCKET`] (an open request, a verdict).
     pub async fn put_perm(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         put_in(self.perms().await?, PERMS_BUCKET, key, value).await
@@ -307,6 +339,18 @@ async fn bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_keys_are_valid_for_negative_chats() {
+        let valid = |k: &str| {
+            k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+        };
+        let (topic, thread) = (topic_key(-1001234, "alpha"), thread_key(-1001234, 7));
+        assert_eq!(topic, "tg.topic.-1001234.alpha");
+        assert_eq!(thread, "tg.thread.-1001234.7");
+        assert!(valid(&topic) && valid(&thread));
+    }
 
     #[test]
     fn keys_are_valid_and_distinct() {

@@ -226,6 +226,52 @@ impl Federated {
         }
     }
 
+    /// The forum topic the hub holds for `session` in `chat`.
+    pub(super) async fn topic(&self, chat: i64, session: &str) -> Option<i64> {
+        match self.claims.get(&claims::topic_key(chat, session)).await {
+            Ok(value) => std::str::from_utf8(&value?).ok()?.parse().ok(),
+            Err(err) => {
+                self.failed(&err, "looking up a forum topic");
+                None
+            }
+        }
+    }
+
+    /// Offers `thread` as the forum topic of `session` in `chat`; the topic that holds in the
+    /// hub (ours, or one another machine made first). `None` when the hub does not answer.
+    pub(super) async fn first_topic(&self, chat: i64, session: &str, thread: i64) -> Option<i64> {
+        let key = claims::topic_key(chat, session);
+        let first = match self
+            .claims
+            .put_first(&key, thread.to_string().into_bytes())
+            .await
+        {
+            Ok(first) => std::str::from_utf8(&first).ok()?.parse().ok()?,
+            Err(err) => {
+                self.failed(&err, "sharing a forum topic");
+                return None;
+            }
+        };
+        if first == thread {
+            let back = claims::thread_key(chat, thread);
+            if let Err(err) = self.claims.put(&back, session.as_bytes().to_vec()).await {
+                self.failed(&err, "sharing a forum topic");
+            }
+        }
+        Some(first)
+    }
+
+    /// The session whose forum topic `thread` is in `chat`, as the hub holds it.
+    pub(super) async fn session_of_topic(&self, chat: i64, thread: i64) -> Option<String> {
+        match self.claims.get(&claims::thread_key(chat, thread)).await {
+            Ok(value) => String::from_utf8(value?).ok(),
+            Err(err) => {
+                self.failed(&err, "looking up a forum topic");
+                None
+            }
+        }
+    }
+
     async fn route(&self, chat: i64, message_id: i64) -> Option<Forwarded> {
         match self.claims.get(&claims::reply_key(chat, message_id)).await {
             Ok(value) => serde_json::from_slice(&value?).ok(),

@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::service::{Inner, Telegram, locked};
 use super::store::private;
@@ -81,6 +81,42 @@ pub fn topics_of(data_dir: &std::path::Path, chat: i64) -> Vec<(String, i64)> {
 }
 
 impl Telegram {
+    fn remember_topic(&self, chat: i64, session: &str, thread: i64) {
+        if let Err(err) = self.inner.save_topic(chat, session, thread) {
+            tracing::warn!(err = %format!("{err:#}"), "remembering a forum topic");
+        }
+    }
+
+    /// Deletes a topic made in vain (best effort: an empty topic is all that would stay).
+    async fn delete_topic(&self, chat: i64, thread: i64) {
+        let params = json!({"chat_id": chat, "message_thread_id": thread});
+        if let Err(err) = self
+            .inner
+            .api
+            .call::<bool>("deleteForumTopic", &params, None)
+            .await
+        {
+            tracing::debug!(%err, thread, "deleting a forum topic made twice");
+        }
+    }
+
+    /// Learns from the hub the sessions of the forum topics that `updates` were written in
+    /// and this machine does not know (another machine made them), so that a message in
+    /// such a topic reaches its session (federation on).
+    pub(super) async fn fetch_topics(&self, updates: &[Value]) {
+        let Some(fed) = self.inner.federated.get() else {
+            return;
+        };
+        for (chat, thread) in updates.iter().filter_map(topic_of) {
+            if self.inner.session_of_topic(chat, thread).is_some() {
+                continue;
+            }
+            if let Some(session) = fed.session_of_topic(chat, thread).await {
+                self.remember_topic(chat, &session, thread);
+            }
+        }
+    }
+
     /// True when `chat` is a forum supergroup (`getChat`), asked once per process.
     async fn is_forum(&self, chat: i64) -> bool {
         if let Some((c, forum)) = *locked(&self.inner.forum)
@@ -142,6 +178,14 @@ impl Telegram {
         if let Some(t) = self.inner.topics().get(&key(chat, session)) {
             return Some(*t);
         }
+        // Across machines, one topic per session too: another machine may have made it.
+        let fed = self.inner.federated.get();
+        if let Some(fed) = fed
+            && let Some(thread) = fed.topic(chat, session).await
+        {
+            self.remember_topic(chat, session, thread);
+            return Some(thread);
+        }
         let created = self
             .inner
             .api
@@ -151,18 +195,34 @@ impl Telegram {
                 None,
             )
             .await;
-        let thread = match created {
+        let mut thread = match created {
             Ok(t) => t.message_thread_id,
             Err(err) => {
                 tracing::warn!(%err, session, "creating a forum topic; sending to the general topic");
                 return None;
             }
         };
-        if let Err(err) = self.inner.save_topic(chat, session, thread) {
-            tracing::warn!(err = %format!("{err:#}"), "remembering a forum topic");
+        if let Some(fed) = fed
+            && let Some(first) = fed.first_topic(chat, session, thread).await
+            && first != thread
+        {
+            // Another machine made one at the same time and was first: theirs is used.
+            self.delete_topic(chat, thread).await;
+            thread = first;
         }
+        self.remember_topic(chat, session, thread);
         drop(lock);
         tracing::info!(session, thread, "a forum topic for this session");
         Some(thread)
     }
+}
+
+/// The chat and topic of an update written in a forum topic.
+fn topic_of(update: &Value) -> Option<(i64, i64)> {
+    let message = update.get("message")?;
+    if !message.get("is_topic_message")?.as_bool()? {
+        return None;
+    }
+    let chat = message.get("chat")?.get("id")?.as_i64()?;
+    Some((chat, message.get("message_thread_id")?.as_i64()?))
 }

@@ -198,6 +198,7 @@ impl Telegram {
         }
         let files = self.fetch_files(&updates).await;
         self.fetch_routes(&updates).await;
+        self.fetch_topics(&updates).await;
         let remote = self.fetch_requests(&updates).await;
         let taken = self
             .blocking(move |inner| inner.take_updates(updates, offset, files, &remote))
