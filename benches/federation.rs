@@ -96,6 +96,31 @@ async fn cross_push(report: &mut Report) {
         3.0,
         10.0,
     );
+    // `t9_ipc_who` on B lists alpha on A through the hub: the first call connects, the
+    // others ask through that connection.
+    let first = Instant::now();
+    let said = beta.ok("t9_ipc_who", serde_json::json!({})).await;
+    let first = first.elapsed();
+    assert!(said.contains("machine laptop"), "{said}");
+    let mut times = Vec::with_capacity(100);
+    for _ in 0..100 {
+        let start = Instant::now();
+        beta.ok("t9_ipc_who", serde_json::json!({})).await;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    report.add(
+        "`t9_ipc_who` with federation on, a session on another machine listed through the \
+         local nats-server, 100 calls after the first",
+        "(no target; `t9_ipc_who` without federation: ≤ 5 ms)",
+        format!(
+            "p50 {} · p99 {}; the first call (it connects to the hub) {}",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+            ms(first)
+        ),
+        None,
+    );
 }
 
 /// Spawns `n` servers named `<prefix><i>` in `mb` with `envs`.

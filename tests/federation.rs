@@ -980,6 +980,44 @@ async fn a_session_whose_hub_never_answered_ends_at_once() {
 }
 
 #[tokio::test]
+async fn who_keeps_its_hub_connection_says_when_it_drops_and_lists_again_after() {
+    let mut nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let alpha = a.serve("alpha", &nats.url()).await;
+    let beta = b.serve("beta", &nats.url()).await;
+    let lists_alpha = |said: &str| said.lines().any(|l| l.starts_with("- alpha "));
+    // The first call connects; the next ones ask through that connection.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let said = beta.ok("t9_ipc_who", json!({})).await;
+        if lists_alpha(&said) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{said}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lists_alpha(&beta.ok("t9_ipc_who", json!({})).await));
+    // The hub goes: said at once, not waited for.
+    nats.kill().await;
+    let said = beta.ok("t9_ipc_who", json!({})).await;
+    assert!(said.contains("Other machines: unreachable ("), "{said}");
+    // Back: the kept connection finds it again by itself.
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let said = beta.ok("t9_ipc_who", json!({})).await;
+        if lists_alpha(&said) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{said}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alpha.quit().await;
+    beta.quit().await;
+}
+
+#[tokio::test]
 async fn servers_run_the_bridge_themselves_and_a_relay_takes_over_when_they_end() {
     let nats = Nats::start().await;
     let url = nats.url();

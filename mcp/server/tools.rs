@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use t9_ipc::config::Config;
 use t9_ipc::coord::claims::Claims;
+use t9_ipc::federation::hub;
 use t9_ipc::message::Priority;
 use t9_ipc::session::{Outgoing, Session, WaitFor};
 use t9_ipc::telegram::Telegram;
@@ -72,6 +73,8 @@ pub struct T9 {
     /// Present when Telegram is configured; only to say in a send's answer what happens to
     /// an escalation.
     telegram: Option<Telegram>,
+    /// The hub, connected at the first `t9_ipc_who` and kept (federation on).
+    hub: Option<Arc<hub::Link>>,
     instructions: String,
     tool_router: ToolRouter<T9>,
 }
@@ -90,7 +93,12 @@ pub struct Shared {
 
 impl T9 {
     pub fn new(shared: Shared) -> T9 {
+        let hub = match &shared.config.federation {
+            Ok(Some(settings)) => Some(Arc::new(hub::Link::new(settings.clone()))),
+            _ => None,
+        };
         T9 {
+            hub,
             instructions: super::instructions::instructions(&shared.session.name(), &shared.config),
             session: shared.session,
             config: Arc::new(shared.config),
@@ -305,7 +313,7 @@ is marked (you). Use it to find the name to send to.",
     )]
     async fn who(&self) -> Result<CallToolResult, McpError> {
         // The other machines (federation on), from the hub, at most a few seconds.
-        let elsewhere = federation::others(&self.config.federation).await;
+        let elsewhere = federation::others(&self.config.federation, self.hub.as_deref()).await;
         // This session's name live on another machine too (taken at start): said, with who
         // holds it.
         let clash = match &elsewhere {

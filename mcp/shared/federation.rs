@@ -26,8 +26,12 @@ pub struct Others {
 }
 
 /// Asks the hub who is live elsewhere, waiting at most a few seconds, with the `settings` of
-/// `Config::federation`; `None` when `IPC_NATS_URL` is not set.
-pub async fn others(settings: &Result<Option<Settings>, String>) -> Option<Others> {
+/// `Config::federation`, through `link` when the caller keeps one (a server) or a connection
+/// of its own; `None` when `IPC_NATS_URL` is not set.
+pub async fn others(
+    settings: &Result<Option<Settings>, String>,
+    link: Option<&hub::Link>,
+) -> Option<Others> {
     let settings = match settings {
         Ok(Some(settings)) => settings,
         Ok(None) => return None,
@@ -39,7 +43,13 @@ pub async fn others(settings: &Result<Option<Settings>, String>) -> Option<Other
             });
         }
     };
-    let (found, quiet) = match tokio::time::timeout(HUB_WAIT, presence::others(settings)).await {
+    let asked = async {
+        match link {
+            Some(link) => presence::others_on(link.get().await?, &settings.machine).await,
+            None => presence::others(settings).await,
+        }
+    };
+    let (found, quiet) = match tokio::time::timeout(HUB_WAIT, asked).await {
         Ok(Ok(elsewhere)) => (Ok(elsewhere.live), elsewhere.quiet),
         Ok(Err(err)) => (Err(err), Vec::new()),
         Err(_) => (Err(no_answer()), Vec::new()),
@@ -57,7 +67,7 @@ pub fn others_blocking(settings: &Result<Option<Settings>, String>) -> Option<Ot
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(others(settings)),
+        Ok(runtime) => runtime.block_on(others(settings, None)),
         Err(err) => Some(Others {
             hub: "?".to_owned(),
             found: Err(err.to_string()),

@@ -73,6 +73,37 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A connection to the hub made at the first question and kept, for a process that asks
+/// again and again (a server's `t9_ipc_who`): one handshake (TLS and credentials included)
+/// instead of one a question. The client reconnects by itself; while it is not connected a
+/// question fails at once rather than waiting for it, and a first connect that failed is
+/// tried again at the next question.
+pub struct Link {
+    settings: Settings,
+    js: tokio::sync::OnceCell<jetstream::Context>,
+}
+
+impl Link {
+    pub fn new(settings: Settings) -> Link {
+        Link {
+            settings,
+            js: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connected context; an error says why the hub cannot be asked now.
+    pub async fn get(&self) -> Result<&jetstream::Context, String> {
+        let js = self.js.get_or_try_init(|| connect(&self.settings)).await?;
+        match js.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(js),
+            _ => Err(format!(
+                "the hub {} is not connected (reconnecting)",
+                redact_url(&self.settings.url)
+            )),
+        }
+    }
+}
+
 /// A connection of its own to the hub, for a question asked once (`who`, a rename, a
 /// Telegram claim, `relay --reclaim`); an error says why the hub could not be reached.
 pub(crate) async fn connect(settings: &Settings) -> Result<jetstream::Context, String> {

@@ -256,9 +256,14 @@ pub(crate) fn watch_heartbeats(
 /// caller says the machines are unreachable).
 pub async fn others(settings: &Settings) -> Result<Elsewhere, String> {
     let js = hub::connect(settings).await?;
+    others_on(&js, &settings.machine).await
+}
+
+/// [`others`] through a connection kept by the caller ([`hub::Link`]).
+pub async fn others_on(js: &jetstream::Context, own: &str) -> Result<Elsewhere, String> {
     Ok(Elsewhere {
-        live: live_elsewhere(&js, &settings.machine).await?,
-        quiet: quiet_elsewhere(&js, &settings.machine).await?,
+        live: live_elsewhere(js, own).await?,
+        quiet: quiet_elsewhere(js, own).await?,
     })
 }
 
