@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::json;
-use t9_ipc::federation::claims::{CLAIMS_BUCKET, PERMS_BUCKET, thread_key, topic_key};
+use t9_ipc::federation::claims::{CLAIMS_BUCKET, PERMS_BUCKET, forward_key, thread_key, topic_key};
+use t9_ipc::federation::presence::SEEN_BUCKET;
 
-use crate::federation::{Machine, Nats};
+use crate::federation::{Machine, Nats, message_file};
 use crate::telegram::{
     ALLOWED, CHAT, Call, FakeBot, REQUEST, button, envs, next_verdict, read, text_of, wait_file,
 };
@@ -397,4 +398,65 @@ async fn a_forum_topic_another_machine_made_is_used_and_text_in_it_reaches_its_s
     };
     assert_eq!(held(topic_key(GROUP, "delta")).await, thread.to_string());
     assert_eq!(held(thread_key(GROUP, thread)).await, "delta");
+}
+
+#[tokio::test]
+async fn an_escalation_claimed_by_a_machine_that_stopped_without_sending_it_is_taken_over() {
+    let nats = Nats::start().await;
+    let bot = FakeBot::start();
+    let b = Machine::start("buildbox", &nats).await;
+    let (_beta, log_b) = serve(&b, "beta", &nats, &bot).await;
+    // Holding the lease, the server has made the hub's Telegram buckets; the relay has
+    // spoken in the bucket of last words.
+    wait_file(&log_b, "B to hold the poller lease", |t| t.contains(HOLDS)).await;
+    let (id, bytes) = message_file("alpha", "beta", "disk full", "which one goes?");
+    let text = String::from_utf8(bytes)
+        .unwrap()
+        .replace("priority: normal", "priority: critical");
+    // Machine "ghost" claimed its forward, then said its bridge stopped: no server of it
+    // runs any more, and it never said it sent it.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let claims = js
+        .get_key_value(CLAIMS_BUCKET)
+        .await
+        .expect("claims bucket");
+    claims
+        .put(forward_key(&id), "ghost".into())
+        .await
+        .expect("put");
+    let seen = js
+        .get_key_value(SEEN_BUCKET)
+        .await
+        .expect("last words bucket");
+    let word = json!({"put_at": chrono::Local::now().to_rfc3339(), "stopped": true});
+    seen.put("ghost", word.to_string().into())
+        .await
+        .expect("put");
+
+    // The escalation lands on B: B takes the forward over and sends it, once.
+    let tmp = b.mb.inbox().join(".hand.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, b.file(&id)).unwrap();
+    bot.wait_sends(1).await;
+    assert_eq!(sends_of(&bot, "disk full").len(), 1);
+    assert!(
+        logged(&log_b, &["took over the forward", &id, "ghost"]),
+        "{}",
+        read(&log_b)
+    );
+    // And says in the hub that it sent it.
+    wait_file(&log_b, "the forward", |t| {
+        t.contains("forwarded to Telegram")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = claims.get(forward_key(&id)).await.expect("get");
+        if value.as_deref() == Some(b"buildbox sent".as_slice()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{value:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sends_of(&bot, "disk full").len(), 1);
 }

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::{Settings, hub};
+use super::{Settings, hub, presence};
 
 /// Forward claims, reply routes and the shared `getUpdates` offset.
 pub const CLAIMS_BUCKET: &str = "T9IPC_CLAIMS";
@@ -93,10 +93,44 @@ fn key_token(text: &str) -> String {
 /// Who forwards an escalation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forward {
-    /// This machine (claimed now, or by one of its servers before).
+    /// This machine: claimed now, by one of its servers before, or taken over from a machine
+    /// that went away without finishing it.
     Ours,
-    /// The machine named.
-    Taken(String),
+    /// Another machine, `holder`; `finished` once it said it sent it (or gave up).
+    Taken { holder: String, finished: bool },
+}
+
+/// A forward claim's value: `<machine>` while that machine forwards the escalation,
+/// `<machine> <outcome>` (`sent`, `failed`) once it is done.
+fn read_forward(value: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(value);
+    match text.split_once(' ') {
+        Some((holder, _)) => (holder.to_owned(), true),
+        None => (text.into_owned(), false),
+    }
+}
+
+/// Whether the machine holding an unfinished forward claim has gone away, so that another
+/// may take it over: its bridge said it stopped after the claim was made (no server of it
+/// runs any more), or the claim is older than [`presence::QUIET_AFTER`] and the holder has
+/// not been heard from for that long (or ever). `word` is the holder's last word: its age,
+/// whether it said it stopped, and whether it came after the claim.
+pub fn holder_gone(claim_age: Duration, word: Option<(Duration, bool, bool)>) -> bool {
+    let quiet = presence::QUIET_AFTER;
+    match word {
+        Some((_, true, true)) => true,
+        Some((age, _, _)) => claim_age > quiet && age > quiet,
+        None => claim_age > quiet,
+    }
+}
+
+/// How long ago the hub stored something at `created` (Unix nanoseconds), by this
+/// machine's clock.
+fn age(created: i128) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    Duration::from_nanos(u64::try_from(now - created).unwrap_or(0))
 }
 
 /// The hub, seen from Telegram on one machine. Cheap to keep; connects on first use, and
@@ -169,28 +203,91 @@ impl Claims {
             .await
     }
 
-    /// Claims the forward of escalation `id` for this machine with create-if-absent.
+    /// Claims the forward of escalation `id` for this machine with create-if-absent. A claim
+    /// another machine holds and has not finished is taken over (update by revision, so by
+    /// one machine only) when that machine has gone away ([`holder_gone`]).
     pub async fn claim_forward(&self, id: &str) -> Result<Forward, String> {
-        let claims = &self.buckets().await?.claims;
+        let buckets = self.buckets().await?;
+        let claims = &buckets.claims;
         let key = forward_key(id);
-        let created = bounded(
-            "claiming",
-            claims.create(&key, self.machine().to_owned().into()),
-        )
-        .await?;
+        let me = self.machine().to_owned();
+        let created = bounded("claiming", claims.create(&key, me.clone().into())).await?;
         match created {
             Ok(_) => return Ok(Forward::Ours),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
         }
-        match bounded("reading a claim", claims.get(&key)).await? {
-            Ok(Some(holder)) if holder.as_ref() == self.machine().as_bytes() => Ok(Forward::Ours),
-            Ok(Some(holder)) => Ok(Forward::Taken(
-                String::from_utf8_lossy(&holder).into_owned(),
-            )),
-            Ok(None) => Err(format!("{CLAIMS_BUCKET} {key}: the claim vanished")),
-            Err(e) => Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+        // Looked at again when another machine changed the claim meanwhile.
+        for _ in 0..3 {
+            let entry = match bounded("reading a claim", claims.entry(&key)).await? {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+                Ok(_) => return Err(format!("{CLAIMS_BUCKET} {key}: the claim vanished")),
+                Err(e) => return Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+            };
+            let (holder, finished) = read_forward(&entry.value);
+            if holder == me {
+                return Ok(Forward::Ours);
+            }
+            let claimed = entry.created.unix_timestamp_nanos();
+            if finished || !self.gone(&buckets.js, &holder, claimed).await {
+                return Ok(Forward::Taken { holder, finished });
+            }
+            let update = claims.update(&key, me.clone().into(), entry.revision);
+            match bounded("taking a claim over", update).await? {
+                Ok(_) => {
+                    tracing::warn!(msg_id = %id, from_machine = %holder, "took over the forward of an escalation from a machine that went away without sending it");
+                    return Ok(Forward::Ours);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(format!("{CLAIMS_BUCKET} {key}: {e}")),
+            }
         }
+        Err(format!("{CLAIMS_BUCKET} {key}: the claim kept changing"))
+    }
+
+    /// True when `holder`, whose claim the hub stored at `claimed`, has gone away.
+    async fn gone(&self, js: &jetstream::Context, holder: &str, claimed: i128) -> bool {
+        let word = match bounded(
+            "reading a last word",
+            js.get_key_value(presence::SEEN_BUCKET),
+        )
+        .await
+        {
+            Ok(Ok(seen)) => match bounded("reading a last word", seen.entry(holder)).await {
+                Ok(Ok(Some(entry))) => {
+                    let word: presence::Word =
+                        serde_json::from_slice(&entry.value).unwrap_or_default();
+                    let said = entry.created.unix_timestamp_nanos();
+                    Some((age(said), word.stopped, said > claimed))
+                }
+                Ok(Ok(None)) => None,
+                // Unknown: not gone.
+                _ => return false,
+            },
+            _ => None,
+        };
+        holder_gone(age(claimed), word)
+    }
+
+    /// Says in the hub that this machine is done with the forward of `id` (`outcome`:
+    /// `sent` or `failed`), so that no machine takes it over.
+    pub async fn finish_forward(&self, id: &str, outcome: &str) -> Result<(), String> {
+        let value = format!("{} {outcome}", self.machine()).into_bytes();
+        self.put(&forward_key(id), value).await
+    }
+
+    /// Who holds the forward of `id` and whether it is finished; `None` when nobody claimed it.
+    pub async fn forward_state(&self, id: &str) -> Result<Option<(String, bool)>, String> {
+        Ok(self.get(&forward_key(id)).await?.map(|v| read_forward(&v)))
+    }
+
+    /// Watches the forward claim of `id` for changes from now on.
+    pub async fn watch_forward(&self, id: &str) -> Result<kv::Watch, String> {
+        let key = forward_key(id);
+        let claims = &self.buckets().await?.claims;
+        bounded("watching", claims.watch(&key))
+            .await?
+            .map_err(|e| format!("{CLAIMS_BUCKET} {key}: {e}"))
     }
 
     async fn perms(&self) -> Result<&kv::Store, String> {
@@ -350,6 +447,29 @@ mod tests {
         assert_eq!(topic, "tg.topic.-1001234.alpha");
         assert_eq!(thread, "tg.thread.-1001234.7");
         assert!(valid(&topic) && valid(&thread));
+    }
+
+    #[test]
+    fn a_forward_claim_is_taken_over_only_from_a_machine_that_went_away() {
+        let s = Duration::from_secs;
+        let quiet = presence::QUIET_AFTER;
+        // Said it stopped after it claimed: gone at once.
+        assert!(holder_gone(s(1), Some((s(1), true, true))));
+        // Stopped before the claim, then claimed (a new start): not gone while fresh.
+        assert!(!holder_gone(s(1), Some((s(1), true, false))));
+        // Heard from lately: not gone, however old the claim.
+        assert!(!holder_gone(quiet * 10, Some((s(5), false, true))));
+        // Quiet for long, and the claim old: gone; a young claim waits.
+        assert!(holder_gone(
+            quiet + s(1),
+            Some((quiet + s(1), false, false))
+        ));
+        assert!(!holder_gone(s(10), Some((quiet + s(1), false, false))));
+        // Never heard from: gone once the claim is old.
+        assert!(!holder_gone(s(10), None));
+        assert!(holder_gone(quiet + s(1), None));
+        assert_eq!(read_forward(b"laptop"), ("laptop".to_owned(), false));
+        assert_eq!(read_forward(b"laptop sent"), ("laptop".to_owned(), true));
     }
 
     #[test]

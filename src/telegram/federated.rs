@@ -4,6 +4,7 @@
 //! that asked (`federation::claims`). With federation off nothing here runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Local;
@@ -20,6 +21,7 @@ use crate::federation::Settings;
 use crate::federation::claims::{
     self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY, PERMS_MAX_AGE, VerdictWatch,
 };
+use crate::mailbox::Message;
 
 // A prompt's entry in the hub must outlive the prompt.
 const _: () = assert!(PERMS_MAX_AGE.as_secs() > PERMISSION_TIMEOUT.as_secs());
@@ -55,9 +57,17 @@ pub(super) struct Federated {
 /// What the hub says about an escalation's forward.
 enum HubClaim {
     Ours,
+    /// Another machine sent it (or gave up on it).
     Elsewhere(String),
+    /// Another machine is sending it: looked at again when its claim changes, or after
+    /// [`RECHECK`] (it may have gone away and left it unsent).
+    Pending(String),
     Cancelled,
 }
+
+/// How often an escalation another machine is sending is looked at again while its claim
+/// does not change: after this long without a word, a machine counts as gone.
+const RECHECK: std::time::Duration = crate::federation::presence::QUIET_AFTER;
 
 impl Federated {
     pub(super) fn new(settings: &Settings) -> Federated {
@@ -98,9 +108,13 @@ impl Federated {
                     self.answered();
                     return HubClaim::Ours;
                 }
-                Ok(Forward::Taken(machine)) => {
+                Ok(Forward::Taken { holder, finished }) => {
                     self.answered();
-                    return HubClaim::Elsewhere(machine);
+                    return if finished {
+                        HubClaim::Elsewhere(holder)
+                    } else {
+                        HubClaim::Pending(holder)
+                    };
                 }
                 Err(err) => self.failed(&err, "claiming an escalation's forward"),
             }
@@ -292,23 +306,38 @@ impl Telegram {
         let _ = self.inner.federated.set(Federated::new(settings));
     }
 
-    /// Claims the forward of `id` in the hub (federation on) after this server claimed it on
-    /// its machine. `None` when it is not this machine's to send: another machine took it
+    /// Claims the forward of `msg` in the hub (federation on) after this server claimed it
+    /// on its machine. `None` when it is not this machine's to send: another machine sent it
     /// (written in the local claim as `done elsewhere <machine>`, so it is not offered
-    /// again), or `cancel` came while the hub did not answer (the claim stays without an
-    /// outcome, and the next server takes it over).
+    /// again), another machine is sending it (the local claim is let go, and the escalation
+    /// is offered again when that machine's claim changes or it may have gone away), or
+    /// `cancel` came while the hub did not answer (the claim stays without an outcome, and
+    /// the next server takes it over).
     pub(super) async fn claim_in_hub(
         &self,
-        id: &str,
+        msg: &Arc<Message>,
         claim: Claim,
         cancel: &CancellationToken,
     ) -> Option<Claim> {
         let Some(fed) = self.inner.federated.get() else {
             return Some(claim);
         };
+        let id = &msg.id;
         match fed.claim_forward(id, cancel).await {
             HubClaim::Ours => Some(claim),
             HubClaim::Cancelled => None,
+            HubClaim::Pending(machine) => {
+                tracing::info!(msg_id = %id, %machine, "another machine is forwarding it to Telegram; looked at again when it is done or if it goes away");
+                drop(claim);
+                let (telegram, msg, cancel) = (self.clone(), msg.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    if telegram.until_forward_changes(&msg.id, &cancel).await {
+                        telegram.forget(&msg.id);
+                        telegram.offer(&msg);
+                    }
+                });
+                None
+            }
             HubClaim::Elsewhere(machine) => {
                 tracing::info!(msg_id = %id, %machine, "another machine forwards it to Telegram");
                 let outcome = format!("elsewhere {machine}");
@@ -318,6 +347,41 @@ impl Telegram {
                 }
                 None
             }
+        }
+    }
+
+    /// Waits until the hub's claim on the forward of `id` changes, or [`RECHECK`] passed;
+    /// false at `cancel`. True at once when it is finished already (it finished between the
+    /// last look and the start of the watch).
+    async fn until_forward_changes(&self, id: &str, cancel: &CancellationToken) -> bool {
+        let Some(fed) = self.inner.federated.get() else {
+            return false;
+        };
+        let watch = fed.claims.watch_forward(id).await.ok();
+        if !matches!(fed.claims.forward_state(id).await, Ok(Some((_, false)))) {
+            return true;
+        }
+        let changed = async {
+            match watch {
+                Some(mut watch) => {
+                    let _ = futures_util::StreamExt::next(&mut watch).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = changed => true,
+            () = tokio::time::sleep(RECHECK) => true,
+        }
+    }
+
+    /// Says in the hub that this machine is done with the forward of `id` (federation on).
+    pub(super) async fn finish_in_hub(&self, id: &str, outcome: &str) {
+        if let Some(fed) = self.inner.federated.get()
+            && let Err(err) = fed.claims.finish_forward(id, outcome).await
+        {
+            fed.failed(&err, "saying in the hub that an escalation was forwarded");
         }
     }
 

@@ -200,7 +200,7 @@ impl Telegram {
         }
     }
 
-    fn forget(&self, id: &str) {
+    pub(super) fn forget(&self, id: &str) {
         locked(&self.inner.offered).remove(id);
     }
 
@@ -209,7 +209,7 @@ impl Telegram {
         let Some(claim) = self.claim(&msg.id).await else {
             return;
         };
-        let Some(mut claim) = self.claim_in_hub(&msg.id, claim, cancel).await else {
+        let Some(mut claim) = self.claim_in_hub(&msg, claim, cancel).await else {
             return;
         };
         let thread = self.topic_for(&msg.front.from).await;
@@ -275,6 +275,7 @@ impl Telegram {
         if let Some(Err(err)) = finished {
             tracing::warn!(msg_id = %msg.id, %err, "recording the forward as done");
         }
+        self.finish_in_hub(&msg.id, "sent").await;
         tracing::info!(msg_id = %msg.id, parts = n, tries = run.tries, ms = run.started.elapsed().as_millis() as u64, "forwarded to Telegram");
     }
 
@@ -400,6 +401,7 @@ impl Telegram {
                 (path, claim.finish("failed"))
             })
             .await;
+        self.finish_in_hub(&id, "failed").await;
         let path = match outcome {
             Some((Ok(path), _)) => path.display().to_string(),
             Some((Err(e), _)) => format!("not recorded: {e:#}"),
