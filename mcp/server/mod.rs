@@ -25,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{Local, TimeDelta};
 use rmcp::ServiceExt;
+use rmcp::service::{Peer, RoleServer};
 use t9_ipc::config::Config;
 use t9_ipc::mailbox::ArchivePlan;
 use t9_ipc::session::Session;
@@ -64,27 +65,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let (peer_tx, peer_rx) = peer_watch::channel(None);
-    // Two sweeps in the background, once the client has its answer to `initialize` (on two
-    // cores their threads would compete with it), or after a second, or at the end:
-    // - private by default: a mailbox other users can read is tightened, with one warning. It
-    //   looks at every file of the mailbox (100,000 of them take a while), and nothing the
-    //   server does waits on it (every file it writes is private already);
-    // - keep the inbox small: finished mail older than the set age moves to archive/.
-    let (root, archiving, plan) = (
-        config.data_dir.clone(),
-        session.clone(),
-        archive_plan(&config),
-    );
-    let (sweeps, mut initialized, ending) = (tasks.clone(), peer_rx.clone(), cancel.clone());
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = initialized.wait_for(Option::is_some) => {}
-            () = ending.cancelled() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        sweeps.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
-        sweeps.spawn_blocking(move || archive(&archiving, &plan));
-    });
+    spawn_sweeps(&tasks, &config, &session, peer_rx.clone(), &cancel);
     // Telegram: the forwarder, the reply poller and, through the push loop, the start-up
     // sweep; None without IPC_TG_TOKEN.
     let telegram = telegram::start(&config, &cancel);
@@ -168,6 +149,32 @@ async fn run_until_end(server: T9, written: Arc<AtomicU64>, cancel: &Cancellatio
         // A client that closes stdin (or a signal) before `initialize` ends it the same way.
         Err(err) => tracing::info!(%err, "no MCP session was established"),
     }
+}
+
+/// Two sweeps in the background, once the client has its answer to `initialize` (on two
+/// cores their threads would compete with it), or after a second, or at the end:
+/// - private by default: a mailbox other users can read is tightened, with one warning. It
+///   looks at every file of the mailbox (100,000 of them take a while), and nothing the
+///   server does waits on it (every file it writes is private already);
+/// - keep the inbox small: finished mail older than the set age moves to archive/.
+fn spawn_sweeps(
+    tasks: &TaskTracker,
+    config: &Config,
+    session: &Arc<Session>,
+    mut initialized: peer_watch::Receiver<Option<Peer<RoleServer>>>,
+    cancel: &CancellationToken,
+) {
+    let (root, archiving) = (config.data_dir.clone(), session.clone());
+    let (plan, sweeps, ending) = (archive_plan(config), tasks.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = initialized.wait_for(Option::is_some) => {}
+            () = ending.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        sweeps.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
+        sweeps.spawn_blocking(move || archive(&archiving, &plan));
+    });
 }
 
 /// Takes this session's heartbeat entry away.

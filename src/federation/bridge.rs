@@ -86,31 +86,8 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     );
 
     // This machine's name is this mailbox's: claimed in the hub before anything crosses.
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        // A hub that does not answer holds the claim for the request's whole timeout: the
-        // session's end must not wait for it.
-        let claimed = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            claimed = claim_machine(&js, &shared.machine, &shared.key) => claimed,
-        };
-        match claimed {
-            Ok(Claim::Ours) => break,
-            Ok(Claim::Taken(other)) => {
-                return Err(Error::Refused(format!(
-                    "the machine name {:?} is held in the hub by another mailbox (key {other}); \
-                     give this mailbox its own name with IPC_MACHINE",
-                    shared.machine
-                )));
-            }
-            Err(err) => {
-                tracing::warn!(%err, "federation: cannot claim this machine's name yet; will try again");
-                pause(&mut connected.clone(), &mut backoff, &cancel).await;
-                if cancel.is_cancelled() {
-                    return Ok(());
-                }
-            }
-        }
+    if !claim_name(&shared, &js, &connected, &cancel).await? {
+        return Ok(());
     }
 
     let presence = tokio::spawn(presence(
@@ -145,6 +122,42 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     }
     tracing::info!("federation bridge stopped");
     Ok(())
+}
+
+/// Claims this machine's name in the hub, trying again while the hub does not answer: true
+/// once it is ours, false at `cancel`, an error when another mailbox holds it.
+async fn claim_name(
+    shared: &Shared,
+    js: &jetstream::Context,
+    connected: &watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // A hub that does not answer holds the claim for the request's whole timeout: the
+        // session's end must not wait for it.
+        let claimed = tokio::select! {
+            () = cancel.cancelled() => return Ok(false),
+            claimed = claim_machine(js, &shared.machine, &shared.key) => claimed,
+        };
+        match claimed {
+            Ok(Claim::Ours) => return Ok(true),
+            Ok(Claim::Taken(other)) => {
+                return Err(Error::Refused(format!(
+                    "the machine name {:?} is held in the hub by another mailbox (key {other}); \
+                     give this mailbox its own name with IPC_MACHINE",
+                    shared.machine
+                )));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "federation: cannot claim this machine's name yet; will try again");
+                pause(&mut connected.clone(), &mut backoff, cancel).await;
+                if cancel.is_cancelled() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
 }
 
 /// A client that connects (and reconnects) in the background; `connected` follows its state.
