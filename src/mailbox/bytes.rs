@@ -80,7 +80,10 @@ pub fn write_arrivals(
         let mut marked = true;
         for arrival in arrivals {
             let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
-            let file = crate::fsx::write_new(&tmp, arrival.bytes)?;
+            let file = crate::fsx::write_new(&tmp, arrival.bytes).inspect_err(|_| {
+                // Made, then not written whole (a full disk): not left behind.
+                let _ = fs::remove_file(&tmp);
+            })?;
             marked &= mark_origin(&file, arrival.machine);
             temps.push((file, tmp));
         }

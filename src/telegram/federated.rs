@@ -361,13 +361,16 @@ impl Telegram {
         if !matches!(fed.claims.forward_state(id).await, Ok(Some((_, false)))) {
             return true;
         }
+        // A change seen by the watch; a watch that broke or ended leaves it to the timer.
         let changed = async {
-            match watch {
-                Some(mut watch) => {
-                    let _ = futures_util::StreamExt::next(&mut watch).await;
+            if let Some(mut watch) = watch {
+                while let Some(seen) = futures_util::StreamExt::next(&mut watch).await {
+                    if seen.is_ok() {
+                        return;
+                    }
                 }
-                None => std::future::pending().await,
             }
+            std::future::pending::<()>().await;
         };
         tokio::select! {
             () = cancel.cancelled() => false,
