@@ -980,7 +980,7 @@ async fn a_session_whose_hub_never_answered_ends_at_once() {
 }
 
 #[tokio::test]
-async fn who_keeps_its_hub_connection_says_when_it_drops_and_lists_again_after() {
+async fn who_says_at_once_when_the_hub_drops_and_lists_again_when_it_returns() {
     let mut nats = Nats::start().await;
     let a = Machine::start("laptop", &nats).await;
     let b = Machine::start("buildbox", &nats).await;
@@ -999,7 +999,8 @@ async fn who_keeps_its_hub_connection_says_when_it_drops_and_lists_again_after()
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    // The first call connects; the next ones ask through that connection.
+    // The first call connects; the next ones ask through that connection (kept: its
+    // speed is a bench figure, not a test).
     until_listed(&beta).await;
     assert!(lists_alpha(&beta.ok("t9_ipc_who", json!({})).await));
     // The hub goes: said at once, not waited for.
@@ -1011,6 +1012,39 @@ async fn who_keeps_its_hub_connection_says_when_it_drops_and_lists_again_after()
     until_listed(&beta).await;
     alpha.quit().await;
     beta.quit().await;
+}
+
+#[tokio::test]
+async fn a_session_ends_at_once_after_its_hub_went_away() {
+    let mut nats = Nats::start().await;
+    let url = nats.url();
+    let mb = TempMailbox::new();
+    let log = mb.root().join("alpha.log");
+    let env = [("IPC_NATS_URL", url.as_str()), ("IPC_MACHINE", "laptop")];
+    let client = mb.spawn_env("alpha", &env, Some(&log)).await;
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let until = async |what: &str| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !text().contains(what) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}:\n{}",
+                text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    until("federation: receiving").await;
+    nats.kill().await;
+    until("NATS unreachable").await;
+    // `quit` closes stdin, then after 3 s sends SIGTERM, then kills: the session must have
+    // ended by itself, its bridge not waiting on the hub for its last word and a flush (the
+    // server gives a bridge 3 s, and says so when it has to end without it).
+    client.quit().await;
+    let said = text();
+    assert!(said.contains("ended session=alpha"), "{said}");
+    assert!(said.contains("federation bridge stopped"), "{said}");
+    assert!(!said.contains("did not stop within"), "{said}");
 }
 
 #[tokio::test]
