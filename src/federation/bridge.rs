@@ -111,10 +111,17 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     ));
     outbound(shared, js, changes, connected.clone(), cancel.clone()).await;
     cancel.cancel();
-    let _ = inbound.await;
-    let _ = presence.await;
-    let _ = compaction.await;
-    let _ = marks.await;
+    // Each task ends at `cancel`, but one may be waiting on a request to a hub that has just
+    // gone away (a presence put, a marks ack): they get a moment, then are stopped where
+    // they are. What one did not finish is done again by the next bridge (nothing is noted
+    // before the hub acknowledged it, and nothing is acknowledged before it is on disk).
+    let deadline = tokio::time::Instant::now() + TASKS_STOP;
+    for mut task in [inbound, presence, compaction, marks] {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::debug!("federation: a bridge task was stopped where it waited");
+            task.abort();
+        }
+    }
     // Acks and publishes already handed to the client go out before the end; while the hub
     // is unreachable they cannot, and what they carry comes again.
     if *connected.borrow() {
@@ -123,6 +130,9 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
     tracing::info!("federation bridge stopped");
     Ok(())
 }
+
+/// How long the bridge's tasks get to end after `cancel`.
+const TASKS_STOP: Duration = Duration::from_secs(2);
 
 /// Claims this machine's name in the hub, trying again while the hub does not answer: true
 /// once it is ours, false at `cancel`, an error when another mailbox holds it.
@@ -298,7 +308,12 @@ async fn presence(
         }
         let Some(s) = &store else { continue };
         let live = presence::live(&root).await;
-        match presence::publish(s, &shared.machine, &live).await {
+        // A put in flight when the session ends (or the hub goes) is not waited for.
+        let published = tokio::select! {
+            () = cancel.cancelled() => break,
+            published = presence::publish(s, &shared.machine, &live) => published,
+        };
+        match published {
             Ok(n) => tracing::debug!(sessions = n, "presence published"),
             Err(err) => tracing::warn!(%err, "federation: presence"),
         }

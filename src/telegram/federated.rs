@@ -339,12 +339,13 @@ impl Telegram {
                 None
             }
             HubClaim::Elsewhere(machine) => {
-                tracing::info!(msg_id = %id, %machine, "another machine forwards it to Telegram");
+                // Written down first: the line below says it is settled here.
                 let outcome = format!("elsewhere {machine}");
                 let finished = self.blocking(move |_| claim.finish(&outcome)).await;
                 if let Some(Err(err)) = finished {
                     tracing::warn!(msg_id = %id, %err, "recording that another machine forwards it");
                 }
+                tracing::info!(msg_id = %id, %machine, "another machine forwards it to Telegram");
                 None
             }
         }
