@@ -917,7 +917,7 @@ async fn an_arrival_whose_log_lines_a_crash_took_is_known_by_its_file_and_not_pu
     assert_eq!(
         t9_ipc::mailbox::arrived_from(&b.mb.inbox(), &id).as_deref(),
         Some("laptop"),
-        "the arrived file carries its machine ({}); this file system keeps no user \
+        "the arrived file carries its machine ({:?}); this file system keeps no user \
          extended attributes, so the bridge flushes arrived.log before each rename instead",
         t9_ipc::mailbox::ORIGIN_ATTR
     );

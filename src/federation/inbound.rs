@@ -177,16 +177,12 @@ pub(super) async fn take(
     + Send
     + 'static,
 ) {
-    let parts = Parts::of(&message);
+    let mut parts = Parts::of(&message);
     let outcome = {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
-            handle(
-                &shared,
-                &|name| parts.header(name),
-                &parts.subject,
-                parts.payload.clone(),
-            )
+            let payload = std::mem::take(&mut parts.payload);
+            handle(&shared, &|name| parts.header(name), &parts.subject, payload)
         })
         .await
     };

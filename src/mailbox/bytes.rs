@@ -58,7 +58,7 @@ pub struct Arrival<'a> {
 /// file's flush, it is on the disk whenever the file is, which lets the note of the arrival
 /// in the bridge's log go unflushed: after a crash of the machine, a file that the log does
 /// not know is still known as another machine's.
-pub const ORIGIN_ATTR: &str = "user.t9-ipc.machine";
+pub const ORIGIN_ATTR: &std::ffi::CStr = c"user.t9-ipc.machine";
 
 /// At most this many threads flush one batch of arrivals (the file system takes their
 /// flushes in fewer journal commits than one thread would).
@@ -112,14 +112,13 @@ pub fn write_arrivals(
 pub fn arrived_from(inbox: &Path, id: &str) -> Option<String> {
     let path = inbox.join(format!("{id}.md"));
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let name = std::ffi::CString::new(ORIGIN_ATTR).expect("no NUL in the name");
     let mut buf = [0u8; 128];
     // SAFETY: two valid C strings and a buffer of the length given; the call writes at most
     // that many bytes into it. No link is followed (`lgetxattr`).
     let n = unsafe {
         libc::lgetxattr(
             c.as_ptr(),
-            name.as_ptr(),
+            ORIGIN_ATTR.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -144,13 +143,12 @@ fn mark_origin(_file: &fs::File, _machine: &str) -> bool {
 #[cfg(target_os = "linux")]
 fn mark_origin(file: &fs::File, machine: &str) -> bool {
     use std::os::fd::AsRawFd;
-    let name = std::ffi::CString::new(ORIGIN_ATTR).expect("no NUL in the name");
     // SAFETY: an open descriptor, a valid C string and a buffer of the length given, which
     // the call only reads.
     let rc = unsafe {
         libc::fsetxattr(
             file.as_raw_fd(),
-            name.as_ptr(),
+            ORIGIN_ATTR.as_ptr(),
             machine.as_ptr().cast(),
             machine.len(),
             0,
