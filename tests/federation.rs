@@ -141,7 +141,7 @@ impl Nats {
             port,
             store: tempfile::tempdir().expect("temp dir"),
             child: None,
-            log: Log::default(),
+            log: Log::named("nats-server"),
         };
         nats.run().await;
         nats
@@ -164,7 +164,7 @@ impl Nats {
         .kill_on_drop(true);
         let mut child = cmd.spawn().expect("start nats-server");
         let starts = self.log.count("Server is ready");
-        self.log.follow(child.stderr.take().expect("stderr"));
+        self.log.follow(&mut child);
         self.child = Some(child);
         self.log
             .wait("nats-server ready", |log| {
@@ -207,18 +207,67 @@ impl Nats {
 pub(crate) struct Log {
     lines: Arc<Mutex<Vec<String>>>,
     grew: Arc<Notify>,
+    /// The processes followed, for what a failed wait shows of them.
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+thread_local! {
+    /// The logs of the test running on this thread (its runtime has one thread), named: a
+    /// wait that fails shows them all, not only the one it waited on.
+    static LOGS: std::cell::RefCell<Vec<(String, Log)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Log {
-    fn follow(&self, stderr: tokio::process::ChildStderr) {
+    /// A log shown under `name` when any wait of this test fails.
+    pub(crate) fn named(name: &str) -> Log {
+        let log = Log::default();
+        LOGS.with(|logs| logs.borrow_mut().push((name.to_owned(), log.clone())));
+        log
+    }
+
+    fn follow(&self, child: &mut Child) {
+        let stderr = child.stderr.take().expect("stderr");
+        self.pids.lock().unwrap().extend(child.id());
         let log = self.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            loop {
+                let line = match lines.next_line().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    // Not text: the line is skipped, the reading goes on.
+                    Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                        format!("(a line that is not UTF-8: {err})")
+                    }
+                    Err(err) => {
+                        log.lines
+                            .lock()
+                            .unwrap()
+                            .push(format!("(reading stops: {err})"));
+                        break;
+                    }
+                };
                 log.lines.lock().unwrap().push(line);
                 log.grew.notify_waiters();
             }
         });
+    }
+
+    /// Every other log of this test, and the state of each thread of the processes still
+    /// running (a frozen one shows where it waits).
+    fn others(&self) -> String {
+        let mut out = String::new();
+        LOGS.with(|logs| {
+            for (name, log) in logs.borrow().iter() {
+                if !Arc::ptr_eq(&log.lines, &self.lines) {
+                    out.push_str(&format!("\n--- log of {name}:\n{}\n", log.text()));
+                }
+                for pid in log.pids.lock().unwrap().iter() {
+                    out.push_str(&threads_of(*pid, name));
+                }
+            }
+        });
+        out
     }
 
     pub(crate) fn count(&self, needle: &str) -> usize {
@@ -245,7 +294,11 @@ impl Log {
                 return;
             }
             if tokio::time::timeout_at(deadline, grew).await.is_err() {
-                panic!("timed out waiting for {what}; log:\n{}", self.text());
+                panic!(
+                    "timed out waiting for {what}; log:\n{}\n{}",
+                    self.text(),
+                    self.others()
+                );
             }
         }
     }
@@ -256,6 +309,35 @@ impl Log {
         self.wait(&format!("{id} to arrive"), |log| log.count(&needle) > 0)
             .await;
     }
+}
+
+/// Each thread of process `pid` while it runs: name, state, where it sleeps in the kernel,
+/// and its system call (`/proc/<pid>/task/*`).
+fn threads_of(pid: u32, name: &str) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("--- {name} (pid {pid}) is not running\n");
+    };
+    let mut out = format!("--- threads of {name} (pid {pid}):\n");
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let stat = read("stat");
+        let state = stat.rsplit(") ").next().and_then(|s| s.split(' ').next());
+        out.push_str(&format!(
+            "{} {} state={} wchan={} syscall={}\n",
+            task.file_name().to_string_lossy(),
+            read("comm"),
+            state.unwrap_or("?"),
+            read("wchan"),
+            read("syscall"),
+        ));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -283,7 +365,7 @@ impl Machine {
             name: name.to_owned(),
             mb: TempMailbox::new(),
             relay: None,
-            log: Log::default(),
+            log: Log::named(&format!("{name}'s relay")),
         }
     }
 
@@ -313,7 +395,7 @@ impl Machine {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("start t9-ipc relay");
-        self.log.follow(child.stderr.take().expect("stderr"));
+        self.log.follow(&mut child);
         self.relay = Some(child);
     }
 

@@ -378,7 +378,7 @@ async fn outbound(
                     break;
                 }
                 let changed = changes.take();
-                let mut new = if changed.rescan {
+                let new = if changed.rescan {
                     scan(&shared).await.unwrap_or_else(|err| {
                         tracing::warn!(%err, "federation: rescanning the inbox");
                         BTreeSet::new()
@@ -390,10 +390,7 @@ async fn outbound(
                         .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
                         .collect()
                 };
-                let ledger = shared.ledger();
-                new.retain(|id| ours_to_publish(&ledger, id));
-                drop(ledger);
-                pending.extend(new);
+                pending.extend(ours_among(&shared, new).await);
             }
             res = connected.changed() => {
                 if res.is_err() {
@@ -409,6 +406,25 @@ async fn outbound(
             () = retry => retry_at = None,
         }
     }
+}
+
+/// The ids of `new` this machine should publish ([`ours_to_publish`]), looked up on a
+/// blocking thread: the ledger's lock is held while `arrived.log` is flushed, and the
+/// runtime's one thread must never wait for a disk (it would stop noticing the hub, too).
+/// Should the lookup fail, all of `new` is kept: sealing looks each up again.
+async fn ours_among(shared: &Arc<Shared>, new: BTreeSet<String>) -> BTreeSet<String> {
+    let (shared, all) = (shared.clone(), new.clone());
+    tokio::task::spawn_blocking(move || {
+        let ledger = shared.ledger();
+        new.into_iter()
+            .filter(|id| ours_to_publish(&ledger, id))
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|err| {
+        tracing::warn!(%err, "federation: looking up new files");
+        all
+    })
 }
 
 /// True for an id this machine should publish: not yet published, not arrived from
