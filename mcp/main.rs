@@ -136,7 +136,7 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         match command {
             Command::Serve => server::serve(config).await,
-            Command::Setup => cli::setup(&config).await,
+            Command::Setup => cli::setup::setup(&config).await,
             Command::Tail(a) => cli::tail::run(a, &config).await,
             Command::Relay(a) => cli::relay::run(a, &config).await,
             Command::Telegram(a) => cli::telegram::run(a, &config).await,

@@ -46,7 +46,8 @@
 //! - No byte offset into a message id outside `id`; no push state compared as a word
 //!   (`channels::Push` is compared).
 //! - No lock of `session` that the async side takes is held across I/O (see
-//!   [`session::Session`]); no file lock is waited for without a bound
+//!   [`session::Session`]); the federation bridge's locks (its ledger, pinned keys, read
+//!   marks) are taken only on blocking threads; no file lock is waited for without a bound
 //!   ([`fsx::lock_within`]), except Telegram's poll election on its own thread.
 //! - Nothing in this library writes to stdout (it belongs to the JSON-RPC protocol) or
 //!   stderr, or knows about MCP: `clippy::print_stdout` and `clippy::print_stderr` are
