@@ -681,7 +681,34 @@ fn write_report(report: &Report, took: Duration) {
     println!("written to {}", path.display());
 }
 
+/// Builds the binary as `cargo install` does (`cargo build --release`, without the features
+/// the tests' dependencies add to the build `cargo bench` makes, such as rmcp's client) into
+/// `installed/` beside the bench's own target folder, and returns its path. Every figure is
+/// measured on it.
+fn build_installed() -> std::path::PathBuf {
+    let ours = std::path::Path::new(env!("CARGO_BIN_EXE_t9-ipc"));
+    let target = ours
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target folder")
+        .join("installed");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    println!(
+        "building the binary a user installs: cargo build --release --locked (into {})",
+        target.display()
+    );
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--locked", "--bin", "t9-ipc"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "cargo build --release failed");
+    target.join("release/t9-ipc")
+}
+
 fn main() {
+    util::use_binary(&build_installed());
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

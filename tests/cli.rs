@@ -74,7 +74,7 @@ async fn spawn_elsewhere(mb: &TempMailbox, name: &str) -> Client {
     let cwd = mb.root().join(format!("work-{name}"));
     std::fs::create_dir_all(&cwd).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "\"$0\" serve; exit $?", BIN])
+    cmd.args(["-c", "\"$0\" serve; exit $?", BIN.path()])
         .current_dir(&cwd)
         .env("IPC_DATA_DIR", mb.root())
         .env("IPC_SESSION_ID", name)
@@ -480,7 +480,7 @@ async fn the_hook_finds_its_session_by_the_process_that_started_both() {
     let beta_cwd = mb.root().join("work-beta");
     std::fs::create_dir_all(&beta_cwd).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "\"$0\" serve; exit $?", BIN])
+    cmd.args(["-c", "\"$0\" serve; exit $?", BIN.path()])
         .current_dir(&beta_cwd)
         .env("IPC_DATA_DIR", mb.root())
         .env("IPC_SESSION_ID", "beta");
@@ -490,7 +490,7 @@ async fn the_hook_finds_its_session_by_the_process_that_started_both() {
     // no session started in.
     let mut via_shell = Command::new("sh");
     via_shell
-        .args(["-c", "\"$0\" hook UserPromptSubmit; exit $?", BIN])
+        .args(["-c", "\"$0\" hook UserPromptSubmit; exit $?", BIN.path()])
         .env("IPC_DATA_DIR", mb.root())
         .env_remove("IPC_SESSION_ID")
         .stdin(Stdio::piped())

@@ -17,7 +17,46 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_t9-ipc");
+/// The binary under test: the one cargo built for this run, unless [`use_binary`] named
+/// another (the benches do: the build a user installs).
+pub const BIN: Bin = Bin;
+
+/// See [`BIN`]: usable wherever a program's path is (`Command::new(BIN)`, `{BIN}`).
+#[derive(Clone, Copy)]
+pub struct Bin;
+
+static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes [`BIN`] the binary at `path`, before anything ran it.
+#[allow(dead_code)]
+pub fn use_binary(path: &Path) {
+    let path = path.to_str().expect("a UTF-8 path").to_owned();
+    assert!(BINARY.set(path).is_ok(), "use_binary before any use of BIN");
+}
+
+impl Bin {
+    pub fn path(self) -> &'static str {
+        BINARY.get_or_init(|| env!("CARGO_BIN_EXE_t9-ipc").to_owned())
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Bin {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path().as_ref()
+    }
+}
+
+impl AsRef<Path> for Bin {
+    fn as_ref(&self) -> &Path {
+        self.path().as_ref()
+    }
+}
+
+impl std::fmt::Display for Bin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
 /// Long enough for a push (after the 1 s grace) on a loaded CI machine; a passing test
 /// never waits this long.
 pub const EVENT_WAIT: Duration = Duration::from_secs(15);
