@@ -68,7 +68,10 @@ enum Command {
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !matches!(args.command, Command::Serve) {
+    if !matches!(
+        args.command,
+        Command::Serve | Command::Relay(_) | Command::Telegram(_) | Command::Setup
+    ) {
         restore_sigpipe();
     }
     init_logging();
@@ -117,8 +120,12 @@ fn main() -> ExitCode {
 }
 
 /// A command whose output is cut short (`t9-ipc search … | head`) ends quietly, as Unix tools
-/// do, instead of panicking on a closed pipe. `serve` keeps Rust's default (SIGPIPE ignored):
-/// a client that goes away is an ordinary end of the session, handled by the transport.
+/// do, instead of panicking on a closed pipe. The commands that hold a connection or a child's
+/// pipe keep Rust's default (SIGPIPE ignored), since with the default a write to a peer that
+/// went away kills the process without a word: `serve` (a client that goes away is an ordinary
+/// end, handled by the transport), `relay` and `telegram` (the NATS client writes with
+/// `writev`, which raises SIGPIPE when the hub was killed: the relay died silently), `setup`
+/// (it writes to the server it checks, and says so when that server ended).
 fn restore_sigpipe() {
     // SAFETY: setting a signal's disposition to its default at start-up, before any thread
     // exists, has no preconditions.

@@ -856,6 +856,35 @@ async fn a_bad_signature_and_a_changed_key_are_kept_aside_not_delivered() {
     beta.quit().await;
 }
 
+/// A hub killed while the relay writes to it does not end the relay. With SIGPIPE at its
+/// default, the NATS client's `writev` to the dead socket ended the relay without a word (CI
+/// and a loaded full run saw a relay exit in the middle of a batch). The write that meets the
+/// dead socket is a race, so the signal's disposition, where it is decided, is checked too.
+#[tokio::test]
+async fn the_relay_ignores_sigpipe_and_outlives_a_killed_hub() {
+    let mut nats = Nats::start().await;
+    let mut a = Machine::start("laptop", &nats).await;
+    let pid = a.relay.as_ref().and_then(Child::id).expect("relay pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).expect("hex"))
+        .expect("SigIgn");
+    assert_ne!(ignored & 1 << (libc::SIGPIPE - 1), 0, "SigIgn {ignored:x}");
+    nats.kill().await;
+    a.log
+        .wait("the relay to see the hub gone", |log| {
+            log.count("NATS unreachable") > 0
+        })
+        .await;
+    let relay = a.relay.as_mut().expect("relay");
+    assert!(
+        relay.try_wait().expect("try_wait").is_none(),
+        "the relay ended"
+    );
+}
+
 #[tokio::test]
 async fn nats_and_the_relay_killed_while_four_senders_send_lose_and_double_nothing() {
     const SENDERS: usize = 4;
