@@ -92,7 +92,13 @@ pub struct Pusher {
     own: OwnSends,
     /// Channel events the transport has written whole (see [`Counted`]).
     written: Arc<AtomicU64>,
+    /// What may be pushed, looked up on the blocking thread of the sync just before (one
+    /// thread hop less for a message that arrives alone).
+    prefetched: Option<Pending>,
 }
+
+/// Messages that may be pushed, with the look they were taken at ([`Session::pushing`]).
+type Pending = (Vec<Arc<Message>>, u64);
 
 impl Pusher {
     pub fn new(
@@ -115,6 +121,7 @@ impl Pusher {
             subscribers,
             own,
             written,
+            prefetched: None,
         }
     }
 
@@ -125,7 +132,7 @@ impl Pusher {
         tick.tick().await; // the first tick is immediate; the entry was just written
         // Index the inbox now, so tools and waits have it before any event, and let the
         // subscribers sweep the recent files for what no server handled yet.
-        self.sync(rescan()).await;
+        self.sync(rescan(), false).await;
         let mut link = Link::Before;
         loop {
             let (due, settle) = (self.flush_at, self.settle_at);
@@ -172,7 +179,10 @@ impl Pusher {
                         self.mail.notify_waiters();
                         continue;
                     }
-                    self.sync(changed).await;
+                    // With pushes open, the sync also looks for what to push.
+                    let look = link.ready().is_some()
+                        && self.gate.closed_until(Instant::now()).is_none();
+                    self.sync(changed, look).await;
                     // Only when this session's mail changed: looking costs as much as its
                     // unread mail, and most files in a busy inbox are someone else's.
                     if let Some(p) = link.ready().filter(|_| self.dirty) {
@@ -226,7 +236,7 @@ impl Pusher {
             Err(err) => tracing::warn!(%err, "refreshing the heartbeat"),
         }
         if self.rescan_on_tick {
-            self.sync(rescan()).await;
+            self.sync(rescan(), false).await;
             if let Some(p) = peer {
                 self.push(p).await;
             }
@@ -235,13 +245,26 @@ impl Pusher {
         }
     }
 
-    /// Updates the index from what changed, then wakes the waits.
-    async fn sync(&mut self, changed: Changed) {
+    /// Updates the index from what changed, then wakes the waits. With `look`, when this
+    /// session's mail changed, also finds what may be pushed, for the push that follows.
+    async fn sync(&mut self, changed: Changed, look: bool) {
         let rescan = changed.rescan;
         let s = self.session.clone();
         let everyone = self.subscribers.everyone();
-        match tokio::task::spawn_blocking(move || s.sync(changed, everyone, Local::now())).await {
-            Ok(Ok(synced)) => {
+        let synced = tokio::task::spawn_blocking(move || {
+            let now = Local::now();
+            let synced = s.sync(changed, everyone, now)?;
+            // A failed look is looked at again by the push itself.
+            let pending = (look && synced.mine_changed)
+                .then(|| s.pending_pushes(now).ok())
+                .flatten();
+            Ok::<_, t9_ipc::error::Error>((synced, pending))
+        })
+        .await;
+        self.prefetched = None;
+        match synced {
+            Ok(Ok((synced, pending))) => {
+                self.prefetched = pending;
                 if let Some(left) = synced.young {
                     self.settle_at.get_or_insert(Instant::now() + left);
                 }
@@ -280,6 +303,8 @@ impl Pusher {
         }
         let replies = std::mem::take(&mut self.replies);
         let whole_look = std::mem::take(&mut self.whole_look);
+        // Taken whatever this push does: it was looked up for this push only.
+        let prefetched = self.prefetched.take();
         let now = Instant::now();
         let s = self.session.clone();
         let pending = match self.gate.closed_until(now).filter(|_| !whole_look) {
@@ -297,7 +322,10 @@ impl Pusher {
                 }
                 tokio::task::spawn_blocking(move || s.pending_among(&answers, Local::now())).await
             }
-            None => tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await,
+            None => match prefetched {
+                Some(pending) => Ok(Ok(pending)),
+                None => tokio::task::spawn_blocking(move || s.pending_pushes(Local::now())).await,
+            },
         };
         let (pending, looked) = match pending {
             Ok(Ok(pending)) => pending,
