@@ -602,6 +602,34 @@ async fn send_all(senders: Vec<Client>, to: &str, each: usize) -> (Duration, Vec
     (start.elapsed(), done)
 }
 
+/// [`send_all`] through minimal clients ([`raw_replies`] says why).
+async fn raw_send_all(senders: Vec<Raw>, to: &str, each: usize) -> (Duration, Vec<Raw>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut s| {
+            let to = to.to_owned();
+            tokio::spawn(async move {
+                for n in 0..each {
+                    let call = json!(100 + n);
+                    s.send(json!({"jsonrpc": "2.0", "id": call, "method": "tools/call",
+                        "params": {"name": "t9_ipc_send", "arguments":
+                            {"to": to, "subject": format!("m{n}"), "body": "body"}}}))
+                        .await;
+                    let answer = s.response(call).await;
+                    assert!(answer["result"]["isError"] != json!(true), "{answer}");
+                }
+                s
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.expect("sender"));
+    }
+    (start.elapsed(), done)
+}
+
 async fn throughput(report: &mut Report) {
     const SENDERS: usize = 8;
     const EACH: usize = 1000;
@@ -609,10 +637,10 @@ async fn throughput(report: &mut Report) {
     let mut rx = mb.spawn_claude("receiver", PUSH_ON).await;
     let mut senders = Vec::new();
     for i in 0..SENDERS {
-        senders.push(mb.spawn(&format!("sender{i}")).await);
+        senders.push(raw_session(&mb, &format!("sender{i}")).await);
     }
     rx.next_event_or_none().await;
-    let (sent_in, done) = send_all(senders, "receiver", EACH).await;
+    let (sent_in, done) = raw_send_all(senders, "receiver", EACH).await;
     let rate = (SENDERS * EACH) as f64 / sent_in.as_secs_f64();
     let (_, events, pulled) = drain(&mut rx, Duration::from_millis(500)).await;
     let (all_once, whole, twice) = once(&events, &pulled, SENDERS * EACH);
@@ -631,7 +659,7 @@ async fn throughput(report: &mut Report) {
     report.add(
         "8 concurrent senders → one receiver, 8,000 messages, default settings, beside the \
          disk's own bound (8 writers doing write + fsync + rename + fsync of the folder, same \
-         sizes, same run)",
+         sizes, same run); the senders spoken to by minimal JSON-RPC clients",
         "≥ 0.5 of the disk's bound; every message pushed or named, delivered exactly once",
         format!(
             "{rate:.0} messages/s sent ({} for all); the disk's bound {bound:.0} files/s of \
