@@ -776,7 +776,15 @@ fn write_report(report: &Report, took: Duration) {
          - Under the default limits most of a flood is not pushed: one notice names it and \
          the messages wait for `t9_ipc_unread`; the figures count a message delivered when an \
          event carried it whole or `t9_ipc_unread` returned it, and check that no message \
-         came both ways.\n",
+         came both ways.\n\
+         - The replies and 8-sender figures drive the servers with minimal JSON-RPC clients: \
+         each call is written to a server's stdin and each line of its stdout read by the \
+         measuring task itself. rmcp's client, which the other figures use, puts its own tasks \
+         and channels between the pipe and the caller, on the same 2 cores as the servers; the \
+         replies figure gives its numbers beside.\n\
+         - The binary measured is the one `cargo install` makes: the bench builds it with \
+         `cargo build --release --locked` into `target/installed/` (the build `cargo bench` \
+         makes for itself carries the dev-dependencies' features).\n",
     );
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
     std::fs::create_dir_all(path.parent().expect("docs")).expect("docs/");
