@@ -208,8 +208,9 @@ async fn raw_session(mb: &TempMailbox, name: &str) -> Raw {
 
 /// [`replies`] through minimal clients: each call written to a server's stdin and each line
 /// of its stdout read by the measuring task itself. rmcp's client, which [`replies`] uses,
-/// puts its own tasks and channels between the pipe and the caller (about 0.4 ms a round
-/// on 2 cores): that is the instrument, not the servers.
+/// puts its own tasks and channels between the pipe and the caller (0.07 to 0.10 ms more at
+/// p50 in this round's runs, on the cores the servers use): that is the instrument, not the
+/// servers.
 async fn raw_replies(alpha: &mut Raw, beta: &mut Raw, n: usize) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(n);
     let mut last: Option<String> = None;

@@ -258,7 +258,7 @@ impl Pusher {
             let pending = (look && synced.mine_changed)
                 .then(|| s.pending_pushes(now).ok())
                 .flatten();
-            Ok::<_, t9_ipc::error::Error>((synced, pending))
+            Ok::<_, t9_ipc::Error>((synced, pending))
         })
         .await;
         self.prefetched = None;
