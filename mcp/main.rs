@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line on stderr; a usage mistake exits 2 like clap's own.
             let text = format!("{err:#}").replace('\n', " ");
-            eprintln!("t9-ipc: {text}");
+            eprintln!("t9-ipc: {text}"); // stdout-ok: stderr, a failed command's one line
             if err.downcast_ref::<cli::UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
