@@ -14,7 +14,8 @@ use t9_ipc::federation::presence::SEEN_BUCKET;
 
 use crate::federation::{Machine, Nats, message_file};
 use crate::telegram::{
-    ALLOWED, CHAT, Call, FakeBot, REQUEST, button, envs, next_verdict, read, text_of, wait_file,
+    ALLOWED, CHAT, Call, FakeBot, NEW_USER, REQUEST, button, envs, finish, next_verdict, pair_code,
+    private_from, read, telegram_cli, text_of, wait_file,
 };
 use crate::util::{Client, msg_id_in};
 
@@ -459,4 +460,102 @@ async fn an_escalation_claimed_by_a_machine_that_stopped_without_sending_it_is_t
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(sends_of(&bot, "disk full").len(), 1);
+}
+
+#[tokio::test]
+async fn pairing_on_a_machine_that_does_not_poll_goes_through_the_hub() {
+    let nats = Nats::start().await;
+    let bot = FakeBot::start();
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let (alpha, log_a) = serve(&a, "alpha", &nats, &bot).await;
+    wait_file(&log_a, "A to hold the poller lease", |t| t.contains(HOLDS)).await;
+
+    // `pair` on B, where no server runs: it must not poll beside A (two pollers of one bot
+    // get 409, and A would take the code without knowing it).
+    let mut env = bot.env();
+    env.push(("IPC_NATS_URL", nats.url()));
+    env.push(("IPC_MACHINE", b.name.clone()));
+    let log_p = b.mb.root().join("pair.log");
+    let mut pair = telegram_cli(&b.mb, &["pair"], &env, &log_p);
+    let (code, lines) = pair_code(&mut pair).await;
+    wait_file(&log_p, "the command to wait for the poller lease", |t| {
+        t.contains("another machine reads the replies from Telegram")
+    })
+    .await;
+    // The hub holds the code's tag and B's name, never the code.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let perms = jetstream::new(client)
+        .get_key_value(PERMS_BUCKET)
+        .await
+        .expect("the bucket");
+    let mut keys = perms.keys().await.expect("keys");
+    let mut offered = Vec::new();
+    while let Some(key) = futures_util::StreamExt::next(&mut keys).await {
+        let key = key.expect("key");
+        let value = perms.get(&key).await.expect("get").unwrap_or_default();
+        offered.push((key, String::from_utf8_lossy(&value).into_owned()));
+    }
+    assert!(
+        offered
+            .iter()
+            .any(|(k, v)| k.starts_with("tg.pair.") && v.contains("buildbox")),
+        "{offered:?}"
+    );
+    assert!(!format!("{offered:?}").contains(&code), "{offered:?}");
+    // A writer of the hub without the bot token cannot pair an account of its choosing:
+    // an arrival without the proof is passed over.
+    let tag = offered
+        .iter()
+        .find_map(|(k, _)| k.strip_prefix("tg.pair."))
+        .expect("the tag")
+        .to_owned();
+    let forged = format!("tg.paired.{tag}");
+    let mallory = r#"{"user_id":666,"chat_id":666,"name":"Mallory","proof":"00"}"#;
+    perms.put(&forged, mallory.into()).await.expect("put");
+    wait_file(&log_p, "the forged pairing to be ignored", |t| {
+        t.contains("without proof that the bot got the code was ignored")
+    })
+    .await;
+    perms.delete(&forged).await.expect("delete");
+
+    // A polls the code and hands who sent it over; B saves the user.
+    bot.push_message(private_from(NEW_USER, &format!("/pair {code}")));
+    let (ok, out) = finish(pair, lines).await;
+    assert!(ok, "{out}\n{}\n{}", read(&log_p), read(&log_a));
+    assert!(
+        out.contains(&format!("user {NEW_USER} (New (@newbie))")),
+        "{out}"
+    );
+    let saved = read(&b.mb.root().join("telegram/paired.json"));
+    assert!(
+        saved.contains(&NEW_USER.to_string()) && !saved.contains("666"),
+        "{saved}"
+    );
+    assert!(
+        !a.mb.root().join("telegram/paired.json").exists(),
+        "paired on A too"
+    );
+    assert!(logged(&log_a, &["handed over through the hub"]));
+    assert!(
+        !logged(&log_p, &["now reads the replies"]),
+        "the command polled"
+    );
+    let told = bot
+        .sends()
+        .into_iter()
+        .find(|c| text_of(c).starts_with("Paired"))
+        .expect("the person told");
+    assert!(text_of(&told).contains("on buildbox"), "{}", text_of(&told));
+    assert_eq!(told.body["chat_id"], json!(NEW_USER));
+    // The command took its code out of the hub when it was done.
+    let left = perms.keys().await.expect("keys");
+    let left: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(left)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|k| k.starts_with("tg.pair"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    alpha.quit().await;
 }

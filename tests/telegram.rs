@@ -1442,10 +1442,10 @@ async fn in_a_forum_each_session_gets_its_topic_and_text_in_a_topic_reaches_its_
     assert_no_token(&mb, &[&log]);
 }
 
-const NEW_USER: i64 = 4_040_404;
+pub(crate) const NEW_USER: i64 = 4_040_404;
 
 /// `t9-ipc telegram <args>` on this mailbox with `env`, stdout piped, stderr to `log`.
-fn telegram_cli(
+pub(crate) fn telegram_cli(
     mb: &TempMailbox,
     args: &[&str],
     env: &[(&str, String)],
@@ -1466,7 +1466,7 @@ fn telegram_cli(
 }
 
 /// Reads `pair`'s stdout up to the code line; returns the code and the lines so far.
-async fn pair_code(
+pub(crate) async fn pair_code(
     child: &mut tokio::process::Child,
 ) -> (
     String,
@@ -1486,7 +1486,7 @@ async fn pair_code(
     }
 }
 
-async fn finish(
+pub(crate) async fn finish(
     child: tokio::process::Child,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) -> (bool, String) {
@@ -1503,7 +1503,7 @@ async fn finish(
     (status.status.success(), out)
 }
 
-fn private_from(user: i64, text: &str) -> Value {
+pub(crate) fn private_from(user: i64, text: &str) -> Value {
     json!({"message_id": 60, "date": 0, "chat": {"id": user, "type": "private"},
            "from": {"id": user, "is_bot": false, "first_name": "New", "username": "newbie"}, "text": text})
 }

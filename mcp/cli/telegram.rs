@@ -6,7 +6,10 @@
 //! a server reads Telegram already, that server sees the code arrive and records it in
 //! `<data>/telegram/pairing/<CODE>.arrived`; otherwise this command reads Telegram itself
 //! (handling any other update exactly as a server would) until the code arrives. Either way
-//! the command watches `pairing/` and saves the user once the code is there.
+//! the command watches `pairing/` and saves the user once the code is there. With federation
+//! on, the command also waits for the poller's lease before it reads Telegram, and offers
+//! the code in the hub, so that the server of another machine that reads Telegram hands its
+//! arrival over (`telegram::pairing`); the user is saved on this machine.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use anyhow::{Context as _, bail};
 use chrono::Local;
 use clap::{Args, Subcommand};
 use t9_ipc::config::Config;
-use t9_ipc::telegram::{Access, PairedUser, Telegram, topics_of};
+use t9_ipc::telegram::{Access, CodeWatch, PairedUser, Telegram, topics_of};
 use tokio_util::sync::CancellationToken;
 
 /// `t9-ipc telegram`.
@@ -59,12 +62,18 @@ fn telegram(config: &Config) -> anyhow::Result<Telegram> {
 
 async fn pair(config: &Config) -> anyhow::Result<()> {
     let telegram = telegram(config)?;
+    // Federation on: this command polls only while it holds the poller's lease, like a
+    // server, and the code travels through the hub to whichever machine polls.
+    if let Ok(Some(federation)) = &config.federation {
+        telegram.federate(federation);
+    }
     let access = access(config)?;
     let bot = telegram.bot_name().await.unwrap_or_else(|e| {
         eprintln!("t9-ipc: getMe failed ({e}); pairing goes on");
         "your bot".to_owned()
     });
     let (code, expires) = access.new_code(Local::now())?;
+    let hub = telegram.offer_code(&code, expires).await;
     println!(
         "Send this code to {bot} from the Telegram account to allow (in a group: /pair {code}):\n\n    {code}\n\nIt expires at {} (in {} minutes). Waiting for it…",
         expires.format("%H:%M:%S"),
@@ -75,9 +84,17 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
         let (t, cancel) = (telegram.clone(), cancel.child_token());
         tokio::spawn(async move { t.answer(cancel).await })
     };
+    let offered = hub.is_some();
+    let carried = hub.map(|watch| tokio::spawn(carry(watch, access.clone(), code.clone())));
     let arrived = wait_for(&access, &code, expires).await;
     cancel.cancel();
     let _ = poller.await;
+    if let Some(carried) = carried {
+        carried.abort();
+    }
+    if offered {
+        telegram.withdraw_code(&code).await;
+    }
     access.drop_code(&code);
     let Some(arrival) = arrived? else {
         bail!(
@@ -113,6 +130,16 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
     }
     println!("Sessions started from now on relay tool-permission prompts to Telegram.");
     Ok(())
+}
+
+/// Records the arrival of `code` that another machine's poller put in the hub, where
+/// [`wait_for`] sees it.
+async fn carry(mut watch: CodeWatch, access: Access, code: String) {
+    if let Some(arrival) = watch.arrival().await
+        && let Err(err) = access.record_arrival(&code, &arrival)
+    {
+        eprintln!("t9-ipc: recording the pairing the hub brought: {err:#}");
+    }
 }
 
 /// Waits for `code`'s arrival (watching `pairing/`), until `expires` or Ctrl-C.

@@ -76,6 +76,18 @@ pub fn verdict_key(id: &str, uid: &str) -> String {
     format!("tg.verdict.{}.{}", key_token(id), key_token(uid))
 }
 
+/// The key of a pairing code waiting on some machine (in [`PERMS_BUCKET`]), by its tag
+/// (`telegram::Token::tag`: the code itself never goes to the hub).
+pub fn pairing_key(tag: &str) -> String {
+    format!("tg.pair.{}", key_token(tag))
+}
+
+/// The key of who sent the pairing code tagged `tag` (in [`PERMS_BUCKET`]), written once by
+/// the polling machine.
+pub fn paired_key(tag: &str) -> String {
+    format!("tg.paired.{}", key_token(tag))
+}
+
 /// `text` as one token of a key-value key (`[A-Za-z0-9_-]` and `=XX` for every other byte):
 /// keys allow only `[-/_=.A-Za-z0-9]`, and `.` separates tokens.
 fn key_token(text: &str) -> String {
@@ -149,11 +161,13 @@ struct Buckets {
     leases: kv::Store,
 }
 
-/// The verdicts put for one permission request from now on ([`Claims::watch_verdicts`]).
-pub struct VerdictWatch(kv::Watch);
+/// The values put under some keys of [`PERMS_BUCKET`] from now on: the verdicts for one
+/// permission request ([`Claims::watch_verdicts`]), who sent a pairing code
+/// ([`Claims::watch_perm`]).
+pub struct PermWatch(kv::Watch);
 
-impl VerdictWatch {
-    /// The value of the next verdict put; `None` when the watch ended (the connection is
+impl PermWatch {
+    /// The next value put; `None` when the watch ended (the connection is
     /// gone for good, or it broke [`WATCH_ERRORS`] times in a row).
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         let mut errors = 0;
@@ -165,10 +179,10 @@ impl VerdictWatch {
                 Ok(_) => {}
                 Err(err) if errors < WATCH_ERRORS => {
                     errors += 1;
-                    tracing::debug!(%err, "federation: watching verdicts in the hub");
+                    tracing::debug!(%err, "federation: watching the hub");
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "federation: the watch on verdicts in the hub broke");
+                    tracing::warn!(%err, "federation: a watch on the hub broke");
                     return None;
                 }
             }
@@ -335,15 +349,40 @@ impl Claims {
         get_in(self.perms().await?, PERMS_BUCKET, key).await
     }
 
+    /// Puts `value` under `key` in [`PERMS_BUCKET`] unless a value is there already
+    /// (create-if-absent); false when one was.
+    pub async fn create_perm(&self, key: &str, value: Vec<u8>) -> Result<bool, String> {
+        let perms = self.perms().await?;
+        match bounded("writing", perms.create(key, value.into())).await? {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(format!("{PERMS_BUCKET} {key}: {e}")),
+        }
+    }
+
+    /// Deletes `key` from [`PERMS_BUCKET`].
+    pub async fn delete_perm(&self, key: &str) -> Result<(), String> {
+        let perms = self.perms().await?;
+        bounded("deleting", perms.delete(key))
+            .await?
+            .map_err(|e| format!("{PERMS_BUCKET} {key}: {e}"))
+    }
+
+    /// Watches the values put under `keys` (a key, or a pattern with `*`) in
+    /// [`PERMS_BUCKET`] from now on.
+    pub async fn watch_perm(&self, keys: &str) -> Result<PermWatch, String> {
+        let perms = self.perms().await?;
+        bounded("watching", perms.watch(keys))
+            .await?
+            .map(PermWatch)
+            .map_err(|e| format!("{PERMS_BUCKET} {keys}: {e}"))
+    }
+
     /// Watches the verdicts put for permission request `id` from now on (only new ones:
     /// start it before the prompt goes out).
-    pub async fn watch_verdicts(&self, id: &str) -> Result<VerdictWatch, String> {
-        let perms = self.perms().await?;
-        let keys = format!("tg.verdict.{}.*", key_token(id));
-        bounded("watching", perms.watch(&keys))
-            .await?
-            .map(VerdictWatch)
-            .map_err(|e| format!("{PERMS_BUCKET} {keys}: {e}"))
+    pub async fn watch_verdicts(&self, id: &str) -> Result<PermWatch, String> {
+        self.watch_perm(&format!("tg.verdict.{}.*", key_token(id)))
+            .await
     }
 
     /// Takes the poller's lease for `holder` (this machine and process); `Some(revision)`

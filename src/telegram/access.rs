@@ -181,22 +181,30 @@ impl Access {
             tracing::info!("an expired pairing code arrived; ignored");
             return None;
         }
-        if self.arrival_path(&code).exists() {
-            return None;
-        }
-        let text = serde_json::to_string(arrival).expect("plain");
-        match write_atomic(&self.arrival_path(&code), text.as_bytes()) {
-            Ok(()) => Some(code),
+        match self.record_arrival(&code, arrival) {
+            Ok(true) => Some(code),
+            Ok(false) => None,
             Err(err) => {
                 tracing::warn!(err = %format!("{err:#}"), "recording a pairing");
                 None
             }
         }
     }
+
+    /// Records who sent `code` (for the command waiting for it), unless an arrival is
+    /// recorded already; false then.
+    pub fn record_arrival(&self, code: &str, arrival: &Arrival) -> Result<bool> {
+        if self.arrival_path(code).exists() {
+            return Ok(false);
+        }
+        let text = serde_json::to_string(arrival).expect("plain");
+        write_atomic(&self.arrival_path(code), text.as_bytes())?;
+        Ok(true)
+    }
 }
 
 /// The code in a message: `CODE`, `/start CODE` or `/pair CODE` (any case).
-fn code_in(text: &str) -> Option<String> {
+pub(super) fn code_in(text: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     let first = words.next()?;
     let code = if first.starts_with('/') {

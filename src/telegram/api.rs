@@ -46,6 +46,15 @@ impl Token {
     fn secret(&self) -> &str {
         &self.0
     }
+
+    /// A name for `text` that only holders of the token can compute (HMAC-SHA256 keyed by
+    /// the token, 128 bits in hex): a pairing code is put in the hub under it, so a reader
+    /// of the hub without the token cannot learn the code, even by trying every one.
+    pub(super) fn tag(&self, text: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.secret().as_bytes());
+        let tag = ring::hmac::sign(&key, text.as_bytes());
+        crate::text::hex(&tag.as_ref()[..16])
+    }
 }
 
 impl fmt::Debug for Token {
@@ -377,6 +386,17 @@ pub(super) fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_needs_the_token() {
+        let (one, other) = (Token::new("1:aaa"), Token::new("2:bbb"));
+        let tag = one.tag("K7PQ2X");
+        assert_eq!(tag, one.tag("K7PQ2X"));
+        assert_ne!(tag, other.tag("K7PQ2X"));
+        assert_ne!(tag, one.tag("K7PQ2Y"));
+        assert_eq!(tag.len(), 32);
+        assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 
     #[test]
     fn the_token_is_redacted() {

@@ -19,7 +19,7 @@ use super::service::Telegram;
 use super::store::{Claim, Forwarded};
 use crate::federation::Settings;
 use crate::federation::claims::{
-    self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY, PERMS_MAX_AGE, VerdictWatch,
+    self, Claims, Forward, LEASE_REFRESH, OFFSET_KEY, PERMS_MAX_AGE, PermWatch,
 };
 use crate::mailbox::Message;
 
@@ -42,12 +42,12 @@ pub(super) struct HubRequest {
 /// A prompt of this process open in the hub: its entry, and the watch on its verdicts.
 pub(super) struct HubPrompt {
     request: HubRequest,
-    watch: Option<VerdictWatch>,
+    watch: Option<PermWatch>,
 }
 
 /// This process's view of the hub, made when federation is on; connects on first use.
 pub(super) struct Federated {
-    claims: Claims,
+    pub(super) claims: Claims,
     /// Who holds the poller's lease when this process does: machine, pid and a random uid.
     holder: String,
     /// The last request to the hub failed: warned once until it answers again.

@@ -18,8 +18,8 @@
 //! The files: `render` (markdown to Telegram's HTML, split into parts), `api` (the token,
 //! the Bot API client and its errors), `store` (the files below), `service` (the
 //! [`Telegram`] handle and the forwarder), `inbound` (the reply poller; `inbound::triage`
-//! decides what a message from the person becomes), `access` (allowed users, pairing), `permission` (the prompt
-//! relay), `topics` (one forum topic per session), `files` (files both ways), `federated`
+//! decides what a message from the person becomes), `access` (allowed users, pairing), `pairing` (pairing
+//! through the hub with federation on), `permission` (the prompt relay), `topics` (one forum topic per session), `files` (files both ways), `federated`
 //! (with federation on: the hub's claim before a forward, the poller's lease, replies'
 //! routes across machines; see `federation::claims`).
 //!
@@ -50,6 +50,7 @@ mod api;
 mod federated;
 mod files;
 mod inbound;
+mod pairing;
 mod permission;
 mod render;
 mod service;
@@ -63,6 +64,7 @@ use crate::message::{self, FrontMatter};
 pub use access::{Access, Arrival, PAIR_CODE_LIFE, PairedUser};
 pub use api::Token;
 pub use files::{FILES_HEADER, MAX_DOWNLOAD, MAX_UPLOAD, files_section, listed_files};
+pub use pairing::CodeWatch;
 pub use permission::{Asker, Behavior, PERMISSION_TIMEOUT, PermissionRequest, typed_answer};
 pub use render::{MAX_MESSAGE, Part, render};
 pub use service::Telegram;

@@ -12,10 +12,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::access::{Allowed, Arrival};
+use super::access::{Allowed, Arrival, code_in};
 use super::api::{ApiError, MAX_BACKOFF, POLL_SECONDS, REQUEST_TIMEOUT, backoff};
 use super::federated::HubRequest;
 use super::files::incoming;
+use super::pairing::{HubCode, HubPairing};
 use super::permission::{Behavior, Verdict, parse_callback};
 use super::service::{Inner, Telegram};
 use super::store::private;
@@ -100,6 +101,9 @@ pub(super) enum Answer {
         done: Box<Answer>,
         failed: Box<Answer>,
     },
+    /// A pairing code that waits on another machine: who sent it goes into the hub, then
+    /// the person is told.
+    Pair(Box<HubPairing>),
 }
 
 impl Telegram {
@@ -199,7 +203,10 @@ impl Telegram {
         let files = self.fetch_files(&updates).await;
         self.fetch_routes(&updates).await;
         self.fetch_topics(&updates).await;
-        let remote = self.fetch_requests(&updates).await;
+        let remote = Remote {
+            requests: self.fetch_requests(&updates).await,
+            codes: self.fetch_codes(&updates).await,
+        };
         let taken = self
             .blocking(move |inner| inner.take_updates(updates, offset, files, &remote))
             .await;
@@ -208,6 +215,7 @@ impl Telegram {
         };
         for answer in answers {
             let answer = self.through_hub(answer).await;
+            let answer = self.pair_through_hub(answer).await;
             let sent = match &answer {
                 Answer::Notice(chat, thread, text) => self
                     .inner
@@ -216,8 +224,8 @@ impl Telegram {
                     .await
                     .map(|_| ()),
                 Answer::Toast(id, text) => self.inner.api.answer_callback(id, text).await,
-                // Carried out by `through_hub` just above: it gives a toast back.
-                Answer::Hub { .. } => Ok(()),
+                // Carried out just above: they give a toast or a notice back.
+                Answer::Hub { .. } | Answer::Pair(_) => Ok(()),
             };
             if let Err(err) = sent {
                 tracing::warn!(%err, "answering the person on Telegram");
@@ -227,8 +235,13 @@ impl Telegram {
     }
 }
 
-/// The permission requests of other machines pressed or answered in a batch, from the hub.
-type Remote = HashMap<String, HubRequest>;
+/// What the hub knows of a batch (federation on; empty without).
+struct Remote {
+    /// The permission requests of other machines pressed or answered in it.
+    requests: HashMap<String, HubRequest>,
+    /// The pairing codes sent in it that wait on other machines.
+    codes: HashMap<String, HubCode>,
+}
 
 /// The verdict a press of `action` gives, and the toast that confirms it.
 fn pressed(action: char, secret: String, by: String) -> (Verdict, &'static str) {
@@ -329,7 +342,7 @@ impl Inner {
             tracing::debug!(update_id, "skipped a Telegram update that is no message");
             return None;
         };
-        if let Some(answer) = self.pairing(&m) {
+        if let Some(answer) = self.pairing(&m, remote) {
             return Some(answer);
         }
         let topic = m
@@ -400,8 +413,9 @@ impl Inner {
         }
     }
 
-    /// A pairing code sent to the bot (from any chat: pairing is how a chat becomes known).
-    fn pairing(&self, m: &TgMessage) -> Option<Answer> {
+    /// A pairing code sent to the bot (from any chat: pairing is how a chat becomes known):
+    /// one of this machine's, or one that waits on another machine (`remote`).
+    fn pairing(&self, m: &TgMessage, remote: &Remote) -> Option<Answer> {
         let from = m.from.as_ref().filter(|u| !u.is_bot)?;
         let text = m.text.as_deref()?;
         let arrival = Arrival {
@@ -409,7 +423,18 @@ impl Inner {
             chat_id: m.chat.id,
             name: from.name(),
         };
-        self.access.code_arrived(text, &arrival, Local::now())?;
+        if self
+            .access
+            .code_arrived(text, &arrival, Local::now())
+            .is_none()
+        {
+            let code = code_in(text)?;
+            let offer = remote.codes.get(&code)?;
+            let (chat, thread) = (m.chat.id, m.message_thread_id);
+            return Some(Answer::Pair(Box::new(HubPairing::new(
+                code, offer, arrival, chat, thread,
+            ))));
+        }
         tracing::info!(
             user_id = from.id,
             chat_id = m.chat.id,
@@ -444,7 +469,7 @@ impl Inner {
         }
         let (verdict, said) = pressed(action, secret, q.from.name());
         let Some(request) = self.open_request(&id) else {
-            return match remote.get(&id) {
+            return match remote.requests.get(&id) {
                 None => toast("Unknown request: it expired or was never asked here."),
                 Some(r) => match &r.outcome {
                     Some(outcome) => toast(&format!("Already answered ({outcome}).")),
@@ -479,7 +504,7 @@ impl Inner {
     /// A typed `yes abcde` / `no abcde` from a user who may answer.
     fn typed(&self, id: &str, behavior: Behavior, by: String, remote: &Remote) -> String {
         let Some(request) = self.open_request(id) else {
-            return match remote.get(id) {
+            return match remote.requests.get(id) {
                 None => format!("Unknown request {id}: it expired or was never asked here."),
                 Some(HubRequest {
                     outcome: Some(outcome),
