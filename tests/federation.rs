@@ -584,7 +584,10 @@ async fn a_message_crosses_byte_for_byte_is_pushed_there_and_the_reply_comes_bac
     for expected in [
         "ok       connected to the hub",
         "ok       stream T9IPC: 2 messages kept, 2 consumers",
-        "ok       consumer t9ipc-buildbox: 0 messages to take",
+        "ok       consumer t9ipc-buildbox of T9IPC: 0 messages to take",
+        // The read marks' stream and this machine's consumer of it.
+        "ok       stream T9IPC_MARKS: ",
+        "ok       consumer t9ipc-buildbox of T9IPC_MARKS: ",
         "ok       the name buildbox is claimed by this mailbox",
         "ok       a bridge runs for this mailbox",
         "info     keys pinned for: laptop",

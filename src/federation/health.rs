@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use super::keys::Pins;
+use super::marks::MARKS_STREAM;
 use super::{Paths, STREAM, Settings, election, hub, store, wire};
 
 /// How long the hub may take to answer all of doctor's questions.
@@ -211,27 +212,28 @@ async fn at_hub(settings: &Settings, key: Option<&str>, live: &[String]) -> Vec<
     };
     out.push(finding(Level::Ok, "connected to the hub"));
     let js = jetstream::new(client);
-    match js.get_stream(STREAM).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => out.push(finding(
-                Level::Ok,
-                format!(
-                    "stream {STREAM}: {} kept, {}",
-                    count(info.state.messages as usize, "message"),
-                    count(info.state.consumer_count, "consumer")
-                ),
-            )),
-            Err(err) => out.push(finding(Level::Warn, format!("stream {STREAM}: {err}"))),
-        },
+    match stream(&js, STREAM).await {
+        Ok(messages) => out.push(messages),
         Err(err) => {
             out.push(finding(
                 Level::Warn,
-                format!("stream {STREAM}: {err}; the first bridge to start creates it"),
+                format!("{err}; the first bridge to start creates it"),
             ));
             return out;
         }
     }
-    out.push(consumer(&js, &settings.machine).await);
+    out.push(consumer(&js, STREAM, &settings.machine).await);
+    // The read marks' stream comes with a bridge of this version.
+    match stream(&js, MARKS_STREAM).await {
+        Ok(marks) => {
+            out.push(marks);
+            out.push(consumer(&js, MARKS_STREAM, &settings.machine).await);
+        }
+        Err(err) => out.push(finding(
+            Level::Info,
+            format!("{err}; a bridge creates it when it starts"),
+        )),
+    }
     out.push(name_claim(&js, &settings.machine, key).await);
     out.extend(session_names(&js, &settings.machine, live).await);
     out.extend(clocks(&js).await);
@@ -332,25 +334,44 @@ fn clock_finding(machine: &str, skew: chrono::TimeDelta) -> Finding {
 }
 
 /// This machine's durable consumer: how much it has to take.
-async fn consumer(js: &jetstream::Context, machine: &str) -> Finding {
+async fn consumer(js: &jetstream::Context, stream: &str, machine: &str) -> Finding {
     let name = hub::consumer_name(machine);
-    match js.get_stream(STREAM).await {
-        Ok(stream) => match stream.consumer_info(&name).await {
+    match js.get_stream(stream).await {
+        Ok(handle) => match handle.consumer_info(&name).await {
             Ok(info) => finding(
                 Level::Ok,
                 format!(
-                    "consumer {name}: {} to take, {} taken and not yet acknowledged",
+                    "consumer {name} of {stream}: {} to take, {} taken and not yet acknowledged",
                     count(info.num_pending as usize, "message"),
                     info.num_ack_pending
                 ),
             ),
             Err(err) => finding(
                 Level::Info,
-                format!("consumer {name}: {err}; this machine's bridge creates it"),
+                format!("consumer {name} of {stream}: {err}; this machine's bridge creates it"),
             ),
         },
-        Err(err) => finding(Level::Warn, format!("stream {STREAM}: {err}")),
+        Err(err) => finding(Level::Warn, format!("stream {stream}: {err}")),
     }
+}
+
+/// What stream `name` holds; an error when it is not there (or the hub does not say).
+async fn stream(js: &jetstream::Context, name: &str) -> Result<Finding, String> {
+    let mut handle = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?;
+    Ok(match handle.info().await {
+        Ok(info) => finding(
+            Level::Ok,
+            format!(
+                "stream {name}: {} kept, {}",
+                count(info.state.messages as usize, "message"),
+                count(info.state.consumer_count, "consumer")
+            ),
+        ),
+        Err(err) => finding(Level::Warn, format!("stream {name}: {err}")),
+    })
 }
 
 /// Whether this mailbox holds its machine name in the hub.
