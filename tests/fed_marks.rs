@@ -246,6 +246,40 @@ async fn a_name_that_moves_to_another_machine_finds_its_mail_there_read() {
     moved.quit().await;
 }
 
+/// A message written and read on one machine while the hub is away: its read mark waits
+/// for the message to be published, then crosses (it used to be dropped as "never crossed").
+#[tokio::test]
+async fn a_mark_made_before_its_message_was_published_crosses_after_it() {
+    let mut nats = Nats::start().await;
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let beta = b.mb.spawn("beta").await;
+    let gamma = b.mb.spawn("gamma").await;
+    nats.kill().await;
+    let sent = gamma
+        .ok(
+            "t9_ipc_send",
+            json!({"to": "beta", "subject": "while away"}),
+        )
+        .await;
+    let id = crate::util::msg_id_in(&sent);
+    let unread = beta.ok("t9_ipc_unread", json!({})).await;
+    assert!(unread.contains(&id), "{unread}");
+    b.log
+        .wait("buildbox's relay to hold the mark", |log| {
+            log.count("read marks held until their message is published") > 0
+        })
+        .await;
+    nats.restart().await;
+    a.log.arrived(&id).await;
+    until_logged(&a, "beta", &format!("read {id}")).await;
+    // Once: the mark crossed back to nowhere and B's log has it once.
+    let b_log = state_log(&b, "beta");
+    assert_eq!(b_log.matches(&format!("read {id}\n")).count(), 1, "{b_log}");
+    beta.quit().await;
+    gamma.quit().await;
+}
+
 /// A mark can come before its message (a machine catching up takes both streams at once;
 /// here the message is kept aside on cloud until a person trusts its key): the batch comes
 /// again, and the mark is written once the message is on the disk.

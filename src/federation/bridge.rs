@@ -429,7 +429,7 @@ async fn ours_among(shared: &Arc<Shared>, new: BTreeSet<String>) -> BTreeSet<Str
 
 /// True for an id this machine should publish: not yet published, not arrived from
 /// elsewhere, and fit to cross.
-fn ours_to_publish(ledger: &Ledger, id: &str) -> bool {
+pub(super) fn ours_to_publish(ledger: &Ledger, id: &str) -> bool {
     !ledger.is_published(id) && !ledger.came_from_elsewhere(id) && wire::id_may_cross(id)
 }
 
@@ -555,6 +555,8 @@ async fn note_published(shared: &Arc<Shared>, ids: &[String]) -> Result<(), Stri
                 tracing::error!(%err, msg_id = %id, "federation: noting a publish");
             }
         }
+        drop(ledger);
+        shared.marks.released(&shared);
     })
     .await;
     noted.map_err(|e| e.to_string())

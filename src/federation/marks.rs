@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::bridge::Shared;
+use super::bridge::{Shared, ours_to_publish};
 use super::hub::{ACK_WAIT, MAX_ACK_PENDING, STREAM_MAX_AGE, consumer_name};
 use super::inbound::Taken;
 use super::keys::{self, MachineKey, Pin};
+use super::ledger::Ledger;
 use super::wire;
 use crate::error::Result;
 use crate::mailbox::{CarriedMark, StateTail};
@@ -169,6 +170,10 @@ struct Inner {
     read_to: BTreeMap<String, u64>,
     saved: BTreeMap<String, u64>,
     pending: BTreeMap<String, Batch>,
+    /// Marks of mail this machine has yet to publish (read while the hub was away, or in the
+    /// moment before the bridge published it): they wait for their message
+    /// ([`Queue::released`]).
+    held: BTreeMap<String, Batch>,
 }
 
 impl Queue {
@@ -188,6 +193,7 @@ impl Queue {
                 read_to: saved.clone(),
                 saved,
                 pending: BTreeMap::new(),
+                held: BTreeMap::new(),
             }),
             wake: Notify::new(),
         }
@@ -197,6 +203,32 @@ impl Queue {
         // Plain data; a panic elsewhere leaves it usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The bridge published messages: the held marks of those go out now (on a blocking
+    /// thread, without the ledger's lock held).
+    pub(super) fn released(&self, shared: &Shared) {
+        if self.lock().release(shared) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The marks of `name` in `batches`, made when missing.
+fn batch_of<'a>(batches: &'a mut BTreeMap<String, Batch>, name: &str) -> &'a mut Batch {
+    batches.entry(name.to_owned()).or_insert_with(|| Batch {
+        name: name.to_owned(),
+        ..Batch::default()
+    })
+}
+
+/// True when `inbox/<id>.md` is there (the bridge publishes only from `inbox/`).
+fn in_inbox(shared: &Shared, id: &str) -> bool {
+    shared.mailbox.inbox().join(format!("{id}.md")).is_file()
+}
+
+/// True when the message `id` crossed: this machine published it, or it came from another.
+fn crossed(ledger: &Ledger, id: &str) -> bool {
+    ledger.is_published(id) || ledger.came_from_elsewhere(id)
 }
 
 impl Inner {
@@ -205,25 +237,69 @@ impl Inner {
     }
 
     /// Takes `tail` (lines of `name`'s log read up to its end): the marks of ids that
-    /// crossed wait to be published. True when some do.
-    fn take(&mut self, shared: &Shared, name: &str, mut tail: StateTail) -> bool {
+    /// crossed wait to be published, those of mail this machine is still to publish are held
+    /// until it has. True when some wait to be published.
+    fn take(&mut self, shared: &Shared, name: &str, tail: StateTail) -> bool {
         self.read_to.insert(name.to_owned(), tail.end);
         let ledger = shared.ledger();
-        tail.marks
-            .retain(|m| ledger.is_published(&m.id) || ledger.came_from_elsewhere(&m.id));
+        let (now, rest): (Vec<_>, Vec<_>) = tail
+            .marks
+            .into_iter()
+            .partition(|m| crossed(&ledger, &m.id));
+        let later: Vec<_> = rest
+            .into_iter()
+            .filter(|m| ours_to_publish(&ledger, &m.id))
+            .collect();
         drop(ledger);
-        if tail.marks.is_empty() {
+        let part = |marks| StateTail {
+            joined: tail.joined,
+            marks,
+            end: tail.end,
+        };
+        if !later.is_empty() {
+            tracing::debug!(%name, marks = later.len(), "read marks held until their message is published");
+            batch_of(&mut self.held, name).add(part(later));
+        }
+        if now.is_empty() {
             return false;
         }
-        let batch = self
-            .pending
-            .entry(name.to_owned())
-            .or_insert_with(|| Batch {
-                name: name.to_owned(),
-                ..Batch::default()
-            });
-        batch.add(tail);
+        batch_of(&mut self.pending, name).add(part(now));
         true
+    }
+
+    /// Moves the held marks of messages published since to those that wait to be published,
+    /// and drops those whose message left `inbox/` unpublished (it never will be). True when
+    /// some moved.
+    fn release(&mut self, shared: &Shared) -> bool {
+        let ledger = shared.ledger();
+        let mut moved = false;
+        for (name, batch) in std::mem::take(&mut self.held) {
+            let (now, rest): (Vec<_>, Vec<_>) = batch
+                .marks
+                .into_iter()
+                .partition(|m| crossed(&ledger, &m.id));
+            let later: Vec<_> = rest
+                .into_iter()
+                .filter(|m| ours_to_publish(&ledger, &m.id) && in_inbox(shared, &m.id))
+                .collect();
+            if !now.is_empty() {
+                tracing::debug!(%name, marks = now.len(), "held read marks go out: their message was published");
+                moved = true;
+                let pending = batch_of(&mut self.pending, &name);
+                pending.joined = pending.joined.take().or(batch.joined.clone());
+                pending.marks.extend(now);
+            }
+            if !later.is_empty() {
+                self.held.insert(
+                    name,
+                    Batch {
+                        marks: later,
+                        ..batch
+                    },
+                );
+            }
+        }
+        moved
     }
 
     /// Drops the first `n` marks of `name` that wait: the stream acknowledged them.
@@ -239,7 +315,7 @@ impl Inner {
     /// Saves the offsets once nothing read waits to be published (so a restart takes up
     /// again what was not acknowledged).
     fn save_if_settled(&mut self) {
-        if !self.pending.is_empty() || self.read_to == self.saved {
+        if !self.pending.is_empty() || !self.held.is_empty() || self.read_to == self.saved {
             return;
         }
         let text: String = self
