@@ -634,3 +634,22 @@ impl ServerHandler for T9 {
         self.peer_tx.send_replace(Some(context.peer));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in a tool's blocking work is caught and answered as a failure the model can
+    /// read, not the end of the server: unwinding works with the unwinder `build.rs` links in.
+    #[tokio::test]
+    async fn a_panic_in_blocking_work_is_answered_as_a_failure() {
+        let joined = tokio::task::spawn_blocking(|| -> Result<(), Error> {
+            panic!("a bug in a tool's work")
+        })
+        .await;
+        let answered = answer(joined, |()| "done".to_owned()).expect("an answer");
+        assert_eq!(answered.is_error, Some(true));
+        let text = serde_json::to_string(&answered.content).expect("JSON");
+        assert!(text.contains("Failed: internal error"), "{text}");
+    }
+}
