@@ -26,7 +26,10 @@ mod harness;
 use harness::Nats;
 
 use super::util::{Client, TempMailbox};
-use super::{PUSH_ON, Report, drain, ms, once, percentile, proc_usage, replies_named, send_all};
+use super::{
+    PUSH_ON, Report, drain, ms, once, percentile, proc_usage, raw_replies, raw_session_env,
+    replies_named, send_all,
+};
 
 /// Longer than any of these figures takes on a loaded machine; reached only when one stalls.
 const STALL: Duration = Duration::from_secs(300);
@@ -80,21 +83,39 @@ fn on<'a>(url: &'a str, machine: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&
 }
 
 async fn cross_push(report: &mut Report) {
+    // Through minimal JSON-RPC clients first, as the single-machine replies figure, each
+    // pair of machines with a hub of its own.
+    let raw = {
+        let hub = Nats::start().await;
+        let url = hub.url();
+        let (a, b) = (TempMailbox::new(), TempMailbox::new());
+        let mut alpha = raw_session_env(&a, "alpha", &on(&url, "laptop", &[])).await;
+        let mut beta = raw_session_env(&b, "beta", &on(&url, "buildbox", &[])).await;
+        // Two answers first: both bridges receive and both sessions are past the grace
+        // period.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        raw_replies(&mut alpha, &mut beta, 2).await;
+        raw_replies(&mut alpha, &mut beta, 1000).await
+    };
     let hub = Nats::start().await;
     let url = hub.url();
     let (a, b) = (TempMailbox::new(), TempMailbox::new());
     let mut alpha = a.spawn_claude("alpha", &on(&url, "laptop", &[])).await;
     let mut beta = b.spawn_claude("beta", &on(&url, "buildbox", &[])).await;
-    // Two answers first: both bridges receive and both sessions are past the grace period.
     replies_named((&mut alpha, "alpha"), (&mut beta, "beta"), 2).await;
     let latencies = replies_named((&mut alpha, "alpha"), (&mut beta, "beta"), 1000).await;
-    report.latency(
+    report.latency_and(
         "cross-machine push latency, replies one at a time, default settings: two sessions on \
          two machines (mailboxes whose servers run the bridges) answering each other through a \
-         local nats-server, 1,000 messages (send call on one machine to the event on the other)",
-        &latencies,
-        3.0,
-        10.0,
+         local nats-server, 1,000 messages (send call on one machine to the event on the \
+         other), each server spoken to by a minimal JSON-RPC client",
+        &raw,
+        (3.0, 10.0),
+        format!(
+            "; through rmcp's client (another 1,000): p50 {} · p99 {}",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99))
+        ),
     );
     // `t9_ipc_who` on B lists alpha on A through the hub: the first call connects, the
     // others ask through that connection.

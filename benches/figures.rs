@@ -198,7 +198,12 @@ async fn replies_named(
 
 /// A session spoken to by a minimal client: `initialize`, then `initialized`.
 async fn raw_session(mb: &TempMailbox, name: &str) -> Raw {
-    let mut raw = Raw::spawn(mb.root(), name);
+    raw_session_env(mb, name, &[]).await
+}
+
+/// [`raw_session`] with extra environment variables.
+async fn raw_session_env(mb: &TempMailbox, name: &str, envs: &[(&str, &str)]) -> Raw {
+    let mut raw = Raw::spawn_env(mb.root(), name, envs);
     raw.send(initialize_request(1)).await;
     raw.response(json!(1)).await;
     raw.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))

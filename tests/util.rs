@@ -521,6 +521,17 @@ impl Raw {
 
     /// Like [`Raw::spawn`], with stderr (the log) written to `log` when given.
     pub fn spawn_logged(root: &Path, name: &str, log: Option<&Path>) -> Raw {
+        Raw::spawn_full(root, name, log, &[])
+    }
+
+    /// Like [`Raw::spawn`], with extra environment variables (the benches' servers with
+    /// federation settings; the tests use the other spawns).
+    #[allow(dead_code)]
+    pub fn spawn_env(root: &Path, name: &str, envs: &[(&str, &str)]) -> Raw {
+        Raw::spawn_full(root, name, None, envs)
+    }
+
+    fn spawn_full(root: &Path, name: &str, log: Option<&Path>, envs: &[(&str, &str)]) -> Raw {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
@@ -532,6 +543,7 @@ impl Raw {
             .arg("serve")
             .env("IPC_DATA_DIR", root)
             .env("IPC_SESSION_ID", name)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
