@@ -205,7 +205,7 @@ impl Pusher {
     /// it, so no file falls between the two.
     async fn start_watcher(&mut self) -> (Option<watch::Watcher>, watch::Changes) {
         let inbox = self.session.mailbox().inbox().to_path_buf();
-        let err = match tokio::task::spawn_blocking(move || watch::watch(&inbox)).await {
+        let err = match tokio::task::spawn_blocking(move || watch::watch_messages(&inbox)).await {
             Ok(Ok((watcher, changes))) => return (Some(watcher), changes),
             Ok(Err(err)) => format!("{err:#}"),
             Err(err) => err.to_string(),

@@ -178,6 +178,9 @@ struct Sink {
     /// The watched folder, and the folder above it.
     folder: PathBuf,
     above: Option<PathBuf>,
+    /// Only `.md` files count ([`watch_messages`]): a writer's temporary file, made, written
+    /// and closed before its rename, wakes nobody.
+    messages_only: bool,
 }
 
 impl Sink {
@@ -197,6 +200,7 @@ impl Sink {
         let folder = self.folder.as_path();
         let inside = |p: &PathBuf| p.parent() == Some(folder);
         let is_folder = |p: &PathBuf| *p == folder || self.above.as_deref() == Some(p.as_path());
+        let is_message = |p: &PathBuf| inside(p) && p.extension().is_some_and(|e| e == "md");
         let mut changed = self.changed();
         let comes_or_goes = matches!(seen, Seen::Created | Seen::Moved);
         if comes_or_goes && paths.iter().any(is_folder) {
@@ -208,19 +212,22 @@ impl Sink {
                 return; // a folder above: another of its files
             }
         } else {
+            let wanted: Vec<&PathBuf> = paths
+                .iter()
+                .filter(|p| !self.messages_only || is_message(p))
+                .collect();
             let settles = match seen {
-                Seen::Moved | Seen::Settled => true,
-                Seen::Created => is_a_new_link(paths),
+                Seen::Moved | Seen::Settled => !wanted.is_empty(),
+                Seen::Created => is_a_new_link(&wanted),
                 Seen::Other => false,
             };
             if !settles {
                 return;
             }
         }
-        let md = paths
-            .iter()
-            .filter(|p| inside(p) && p.extension().is_some_and(|e| e == "md"));
-        changed.files.extend(md.cloned());
+        changed
+            .files
+            .extend(paths.iter().filter(|p| is_message(p)).cloned());
         if changed.files.len() > MAX_PENDING {
             changed.files.clear();
             changed.rescan = true;
@@ -231,8 +238,21 @@ impl Sink {
 }
 
 /// Watches `dir` (not its subfolders), and the two folders above it for `dir` or its
-/// mailbox coming and going. Dropping the watcher stops the events.
+/// mailbox coming and going. Dropping the watcher stops the events. Any file of `dir` wakes
+/// it ([`Changed::files`] names only the `.md` ones).
 pub fn watch(dir: &Path) -> Result<(Watcher, Changes)> {
+    watch_with(dir, false)
+}
+
+/// [`watch`] for a folder of messages (`inbox/`): only `.md` files wake it, so a message
+/// written the atomic way wakes its watchers once, at its rename, not also at the close of
+/// its temporary file (with nine servers on one mailbox, nine wake-ups for nothing a
+/// message).
+pub fn watch_messages(dir: &Path) -> Result<(Watcher, Changes)> {
+    watch_with(dir, true)
+}
+
+fn watch_with(dir: &Path, messages_only: bool) -> Result<(Watcher, Changes)> {
     let (hint, hints) = mpsc::channel(1);
     let pending = Arc::new(Mutex::new(Changed::default()));
     let sink = Sink {
@@ -240,6 +260,7 @@ pub fn watch(dir: &Path) -> Result<(Watcher, Changes)> {
         hint,
         folder: dir.to_path_buf(),
         above: dir.parent().map(Path::to_path_buf),
+        messages_only,
     };
     let mut watcher = Watcher::start(sink, dir)?;
     // The folder two above reports the mailbox itself made again; best effort (it may be
@@ -328,7 +349,7 @@ impl Watcher {
 /// True for a new name of a file that has others: a hard link (link(2)) to a finished file
 /// is complete when it is made, and no close follows. A file created to be written has one
 /// name; it is read at its close.
-fn is_a_new_link(paths: &[PathBuf]) -> bool {
+fn is_a_new_link(paths: &[&PathBuf]) -> bool {
     use std::os::unix::fs::MetadataExt;
     paths
         .iter()
@@ -347,6 +368,39 @@ fn watch_error(dir: &Path, err: notify::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sink(folder: &Path, messages_only: bool) -> (Sink, mpsc::Receiver<()>) {
+        let (hint, hints) = mpsc::channel(1);
+        let sink = Sink {
+            pending: Arc::default(),
+            hint,
+            folder: folder.to_path_buf(),
+            above: folder.parent().map(Path::to_path_buf),
+            messages_only,
+        };
+        (sink, hints)
+    }
+
+    #[test]
+    fn a_message_watch_wakes_at_a_message_and_not_at_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        let (tmp, md) = (inbox.join("x.tmp.0a1b2c3d"), inbox.join("x.md"));
+        let (messages, mut woken) = sink(&inbox, true);
+        messages.note(Seen::Settled, std::slice::from_ref(&tmp));
+        messages.note(Seen::Moved, std::slice::from_ref(&tmp));
+        assert!(woken.try_recv().is_err(), "woken by a temporary file");
+        messages.note(Seen::Moved, &[tmp.clone(), md.clone()]);
+        assert!(woken.try_recv().is_ok());
+        assert_eq!(messages.changed().files, BTreeSet::from([md.clone()]));
+        // The folder going still wakes it; any file wakes a plain watch.
+        messages.note(Seen::Moved, std::slice::from_ref(&inbox));
+        assert!(woken.try_recv().is_ok());
+        let (any, mut woken) = sink(&inbox, false);
+        any.note(Seen::Settled, std::slice::from_ref(&tmp));
+        assert!(woken.try_recv().is_ok());
+        assert!(any.changed().files.is_empty());
+    }
 
     #[test]
     fn a_folder_time_vouches_only_once_it_is_older_than_the_settling_time() {
