@@ -78,6 +78,7 @@ pub fn write_arrivals(
     let mut temps = Vec::with_capacity(arrivals.len());
     let result = (|| {
         let mut marked = true;
+        let mut files = Vec::with_capacity(arrivals.len());
         for arrival in arrivals {
             let tmp = inbox.join(format!(".arriving.{}.tmp", random_uid()));
             let file = crate::fsx::write_new(&tmp, arrival.bytes).inspect_err(|_| {
@@ -85,12 +86,17 @@ pub fn write_arrivals(
                 let _ = fs::remove_file(&tmp);
             })?;
             marked &= mark_origin(&file, arrival.machine);
-            temps.push((file, tmp));
+            files.push((file, tmp.clone()));
+            temps.push(tmp);
         }
-        flush_all(&temps)?;
+        flush_all(&files)?;
+        // Closed before the renames: a reader takes no file a writer still holds open (it
+        // waits for the close), so a file renamed while held would be pushed only after the
+        // folder's flush below.
+        drop(files);
         note(!marked)?;
         let mut renamed = Vec::with_capacity(arrivals.len());
-        for (arrival, (_, tmp)) in arrivals.iter().zip(&temps) {
+        for (arrival, tmp) in arrivals.iter().zip(&temps) {
             let path = inbox.join(format!("{}.md", arrival.id));
             // A rename, so that watchers see the file arrive whole (a link shows only as a
             // create); one that never replaces a file already there.
@@ -98,7 +104,7 @@ pub fn write_arrivals(
         }
         Ok(renamed)
     })();
-    for (_, tmp) in &temps {
+    for tmp in &temps {
         let _ = fs::remove_file(tmp);
     }
     let renamed = result?;
@@ -258,6 +264,26 @@ mod tests {
         // A file written here carries no machine.
         fs::write(inbox.join("local.md"), "x").unwrap();
         assert_eq!(arrived_from(inbox, "local"), None);
+    }
+
+    #[test]
+    fn arrivals_are_closed_before_they_are_renamed() {
+        // A reader takes no file a writer still holds open: one renamed while held would
+        // wait for its close, after the folder's flush.
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        let batch = [arrival("id-1", b"one"), arrival("id-2", b"two")];
+        let mut looked = 0;
+        let written = write_arrivals(inbox, &batch, |_| {
+            for entry in fs::read_dir(inbox).unwrap() {
+                let file = fs::File::open(entry.unwrap().path()).unwrap();
+                assert!(!super::super::read::open_for_writing(&file), "held open");
+                looked += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((written, looked), (vec![true, true], 2));
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn closes_in_a_moment(file: &File) -> bool {
 /// the lease, when granted, is dropped at once. Where leases are unsupported or not allowed
 /// (a file of another user, NFS), and on other systems, the answer is false: the file is read.
 #[cfg(target_os = "linux")]
-fn open_for_writing(file: &File) -> bool {
+pub(super) fn open_for_writing(file: &File) -> bool {
     use std::os::fd::AsRawFd;
     /// `F_SETSIG` from `<fcntl.h>` (the same on every Linux architecture); libc lacks it.
     const F_SETSIG: libc::c_int = 10;
@@ -154,7 +154,7 @@ fn open_for_writing(file: &File) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_for_writing(_file: &File) -> bool {
+pub(super) fn open_for_writing(_file: &File) -> bool {
     false
 }
 
