@@ -390,7 +390,9 @@ async fn outbound(
                         .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
                         .collect()
                 };
-                pending.extend(ours_among(&shared, new).await);
+                // Sealing, on one blocking thread with the reading of the files, leaves out
+                // what is not this machine's to publish.
+                pending.extend(new);
             }
             res = connected.changed() => {
                 if res.is_err() {
@@ -406,25 +408,6 @@ async fn outbound(
             () = retry => retry_at = None,
         }
     }
-}
-
-/// The ids of `new` this machine should publish ([`ours_to_publish`]), looked up on a
-/// blocking thread: the ledger's lock is held while `arrived.log` is flushed, and the
-/// runtime's one thread must never wait for a disk (it would stop noticing the hub, too).
-/// Should the lookup fail, all of `new` is kept: sealing looks each up again.
-async fn ours_among(shared: &Arc<Shared>, new: BTreeSet<String>) -> BTreeSet<String> {
-    let (shared, all) = (shared.clone(), new.clone());
-    tokio::task::spawn_blocking(move || {
-        let ledger = shared.ledger();
-        new.into_iter()
-            .filter(|id| ours_to_publish(&ledger, id))
-            .collect()
-    })
-    .await
-    .unwrap_or_else(|err| {
-        tracing::warn!(%err, "federation: looking up new files");
-        all
-    })
 }
 
 /// True for an id this machine should publish: not yet published, not arrived from
