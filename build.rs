@@ -5,7 +5,8 @@
 //!   for its features with `cpuid`, an instruction a virtual machine traps: 7 µs each on the
 //!   machine of the benchmarks, about 0.3 ms of a 2.5 ms start-up with the loading of one more
 //!   library. Rust's own static builds (`crt-static`) link the same archive. Unwinding works
-//!   as before (a panic in a tool's work is still caught).
+//!   as before (a panic in a tool's work is still caught). Where the C compiler does not know
+//!   the archive, the default stays.
 //! - The binary's relative relocations are packed (`-z pack-relative-relocs`, DT_RELR)
 //!   where the C library that will load it understands them: glibc 2.36 or later, on the
 //!   machine that builds it (`cargo install` builds where it runs). A position-independent
@@ -19,17 +20,31 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let native = var("HOST") == var("TARGET");
     let linux_gnu = var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu";
     if native && linux_gnu && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    if linux_gnu {
+    if native && linux_gnu && has_gcc_eh() {
         // Named by this crate, it comes before std's `-lgcc_s` on the link line: the
         // unwinder's symbols are taken from it, and `--as-needed` drops `libgcc_s`.
         println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
     }
+}
+
+/// True when the C compiler that links (`CC`, else `cc`) knows where `libgcc_eh.a` is (GCC
+/// ships it; a toolchain without it keeps `libgcc_s.so.1`, as Rust's default).
+fn has_gcc_eh() -> bool {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let Ok(out) = Command::new(cc).arg("-print-file-name=libgcc_eh.a").output() else {
+        return false;
+    };
+    // An unknown file is printed back as it was asked, without a folder.
+    let path = String::from_utf8_lossy(&out.stdout);
+    let path = std::path::Path::new(path.trim());
+    out.status.success() && path.is_absolute() && path.is_file()
 }
 
 /// True when `getconf GNU_LIBC_VERSION` names glibc `major.minor` or later.
