@@ -38,7 +38,10 @@ fn main() {
 /// ships it; a toolchain without it keeps `libgcc_s.so.1`, as Rust's default).
 fn has_gcc_eh() -> bool {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let Ok(out) = Command::new(cc).arg("-print-file-name=libgcc_eh.a").output() else {
+    let Ok(out) = Command::new(cc)
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+    else {
         return false;
     };
     // An unknown file is printed back as it was asked, without a folder.

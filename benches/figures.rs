@@ -783,11 +783,12 @@ fn write_report(report: &Report, took: Duration) {
          the messages wait for `t9_ipc_unread`; the figures count a message delivered when an \
          event carried it whole or `t9_ipc_unread` returned it, and check that no message \
          came both ways.\n\
-         - The replies and 8-sender figures drive the servers with minimal JSON-RPC clients: \
-         each call is written to a server's stdin and each line of its stdout read by the \
-         measuring task itself. rmcp's client, which the other figures use, puts its own tasks \
-         and channels between the pipe and the caller, on the same 2 cores as the servers; the \
-         replies figure gives its numbers beside.\n\
+         - The replies figures (on one machine and across machines) and the 8-sender figure \
+         drive the servers with minimal JSON-RPC clients: each call is written to a server's \
+         stdin and each line of its stdout read by the measuring task itself. rmcp's client, \
+         which the other figures use, puts its own tasks and channels between the pipe and the \
+         caller, on the same 2 cores as the servers; the replies figures give its numbers \
+         beside.\n\
          - The binary measured is the one `cargo install` makes: the bench builds it with \
          `cargo build --release --locked` into `target/installed/` (the build `cargo bench` \
          makes for itself carries the dev-dependencies' features).\n",
