@@ -29,7 +29,6 @@ use super::bridge::{Shared, ours_to_publish};
 use super::hub::{ACK_WAIT, MAX_ACK_PENDING, STREAM_MAX_AGE, consumer_name};
 use super::inbound::Taken;
 use super::keys::{self, MachineKey, Pin};
-use super::ledger::Ledger;
 use super::wire;
 use crate::error::Result;
 use crate::mailbox::{CarriedMark, StateTail};
@@ -221,14 +220,25 @@ fn batch_of<'a>(batches: &'a mut BTreeMap<String, Batch>, name: &str) -> &'a mut
     })
 }
 
-/// True when `inbox/<id>.md` is there (the bridge publishes only from `inbox/`).
-fn in_inbox(shared: &Shared, id: &str) -> bool {
-    shared.mailbox.inbox().join(format!("{id}.md")).is_file()
-}
-
-/// True when the message `id` crossed: this machine published it, or it came from another.
-fn crossed(ledger: &Ledger, id: &str) -> bool {
-    ledger.is_published(id) || ledger.came_from_elsewhere(id)
+/// `marks` sorted by their message: those of mail that crossed (this machine published it,
+/// or it came from another), to publish now; those of mail this machine has yet to publish
+/// (in `inbox/`, from where the bridge publishes), to hold; the others, of mail that never
+/// crosses, are dropped.
+fn sort_out<M>(shared: &Shared, marks: Vec<M>, id: impl Fn(&M) -> &str) -> (Vec<M>, Vec<M>) {
+    let ledger = shared.ledger();
+    let (now, rest): (Vec<M>, Vec<M>) = marks.into_iter().partition(|m| {
+        let id = id(m);
+        ledger.is_published(id) || ledger.came_from_elsewhere(id)
+    });
+    let later = rest
+        .into_iter()
+        .filter(|m| {
+            let id = id(m);
+            ours_to_publish(&ledger, id)
+                && shared.mailbox.inbox().join(format!("{id}.md")).is_file()
+        })
+        .collect();
+    (now, later)
 }
 
 impl Inner {
@@ -241,16 +251,7 @@ impl Inner {
     /// until it has. True when some wait to be published.
     fn take(&mut self, shared: &Shared, name: &str, tail: StateTail) -> bool {
         self.read_to.insert(name.to_owned(), tail.end);
-        let ledger = shared.ledger();
-        let (now, rest): (Vec<_>, Vec<_>) = tail
-            .marks
-            .into_iter()
-            .partition(|m| crossed(&ledger, &m.id));
-        let later: Vec<_> = rest
-            .into_iter()
-            .filter(|m| ours_to_publish(&ledger, &m.id))
-            .collect();
-        drop(ledger);
+        let (now, later) = sort_out(shared, tail.marks, |m| &m.id);
         let part = |marks| StateTail {
             joined: tail.joined,
             marks,
@@ -271,17 +272,9 @@ impl Inner {
     /// and drops those whose message left `inbox/` unpublished (it never will be). True when
     /// some moved.
     fn release(&mut self, shared: &Shared) -> bool {
-        let ledger = shared.ledger();
         let mut moved = false;
         for (name, batch) in std::mem::take(&mut self.held) {
-            let (now, rest): (Vec<_>, Vec<_>) = batch
-                .marks
-                .into_iter()
-                .partition(|m| crossed(&ledger, &m.id));
-            let later: Vec<_> = rest
-                .into_iter()
-                .filter(|m| ours_to_publish(&ledger, &m.id) && in_inbox(shared, &m.id))
-                .collect();
+            let (now, later) = sort_out(shared, batch.marks, |m| &m.id);
             if !now.is_empty() {
                 tracing::debug!(%name, marks = now.len(), "held read marks go out: their message was published");
                 moved = true;
