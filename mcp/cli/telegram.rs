@@ -84,15 +84,12 @@ async fn pair(config: &Config) -> anyhow::Result<()> {
         let (t, cancel) = (telegram.clone(), cancel.child_token());
         tokio::spawn(async move { t.answer(cancel).await })
     };
-    let offered = hub.is_some();
     let carried = hub.map(|watch| tokio::spawn(carry(watch, access.clone(), code.clone())));
     let arrived = wait_for(&access, &code, expires).await;
     cancel.cancel();
     let _ = poller.await;
     if let Some(carried) = carried {
         carried.abort();
-    }
-    if offered {
         telegram.withdraw_code(&code).await;
     }
     access.drop_code(&code);
