@@ -28,7 +28,7 @@ use harness::Nats;
 use super::util::{Client, TempMailbox};
 use super::{
     PUSH_ON, Report, drain, ms, once, percentile, proc_usage, raw_replies, raw_session_env,
-    replies_named, send_all,
+    replies_named, send_all, through_rmcp,
 };
 
 /// Longer than any of these figures takes on a loaded machine; reached only when one stalls.
@@ -111,11 +111,7 @@ async fn cross_push(report: &mut Report) {
          other), each server spoken to by a minimal JSON-RPC client",
         &raw,
         (3.0, 10.0),
-        format!(
-            "; through rmcp's client (another 1,000): p50 {} · p99 {}",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
-        ),
+        through_rmcp(&latencies),
     );
     // `t9_ipc_who` on B lists alpha on A through the hub: the first call connects, the
     // others ask through that connection.

@@ -113,6 +113,15 @@ impl Report {
     }
 }
 
+/// What a replies figure says beside its own: the same 1,000 answers through rmcp's client.
+fn through_rmcp(sorted: &[Duration]) -> String {
+    format!(
+        "; through rmcp's client (another 1,000): p50 {} · p99 {}",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99))
+    )
+}
+
 /// `(resident KiB, CPU ticks used)` of a process, from /proc.
 fn proc_usage(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -274,11 +283,7 @@ async fn push_latency(report: &mut Report) {
          JSON-RPC client",
         &raw,
         (1.0, 5.0),
-        format!(
-            "; through rmcp's client (another 1,000): p50 {} · p99 {}",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
-        ),
+        through_rmcp(&latencies),
     );
 
     let (rss, before) = proc_usage(beta.pid);
