@@ -316,6 +316,49 @@ async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_throug
     beta.quit().await;
 }
 
+/// A press on a prompt whose session was killed (its entry stays open in the hub) is not
+/// confirmed as "Allowed.": nobody took it, and the person is told so.
+#[tokio::test]
+async fn a_press_for_a_session_killed_on_another_machine_is_not_confirmed() {
+    let nats = Nats::start().await;
+    let bot = FakeBot::start();
+    let a = Machine::start("laptop", &nats).await;
+    let b = Machine::start("buildbox", &nats).await;
+    let allowed = || vec![("IPC_TG_ALLOW", ALLOWED.to_string())];
+    let (beta, log_b) = serve_with(&b, "beta", &nats, &bot, allowed()).await;
+    wait_file(&log_b, "B to hold the poller lease", |t| t.contains(HOLDS)).await;
+    let (alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, allowed()).await;
+    wait_file(&log_a, "A to stand by for the poller lease", |t| {
+        t.contains("another machine reads the replies from Telegram")
+    })
+    .await;
+    alpha
+        .notify(
+            REQUEST,
+            json!({"request_id": "kmnop", "tool_name": "Bash", "description": "Deploy",
+                   "input_preview": "make deploy"}),
+        )
+        .await;
+    let prompt = bot.wait_sends(1).await[0].clone();
+    let allow = button(&prompt.body, "Allow");
+    wait_file(&log_a, "A to open the prompt in the hub", |t| {
+        t.contains("permission request sent to Telegram")
+    })
+    .await;
+    // Killed: no end of session runs, and the prompt's entry in the hub stays open.
+    assert_eq!(unsafe { libc::kill(alpha.pid as i32, libc::SIGKILL) }, 0);
+    bot.push_press(ALLOWED, &allow);
+    let said = called(&bot, "answerCallbackQuery", "Not taken").await;
+    assert!(said.contains("alpha on laptop"), "{said}");
+    let toasts = bot.calls_to("answerCallbackQuery");
+    assert!(toasts.iter().all(|t| t["text"] != "Allowed."), "{toasts:?}");
+    assert!(logged(
+        &log_b,
+        &["the asking machine did not take a press", "kmnop"]
+    ));
+    beta.quit().await;
+}
+
 #[tokio::test]
 async fn a_forum_topic_another_machine_made_is_used_and_text_in_it_reaches_its_session() {
     const GROUP: i64 = -100_777;

@@ -23,6 +23,10 @@ use crate::federation::claims::{
 };
 use crate::mailbox::Message;
 
+/// How long a press put in the hub for another machine waits for the asking server to take
+/// it (it records the outcome in the request's entry within milliseconds while it runs).
+pub(super) const TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 // A prompt's entry in the hub must outlive the prompt.
 const _: () = assert!(PERMS_MAX_AGE.as_secs() > PERMISSION_TIMEOUT.as_secs());
 
@@ -523,8 +527,10 @@ impl Telegram {
         let Answer::Hub {
             request_id,
             verdict,
+            settles,
             done,
             failed,
+            not_taken,
         } = answer
         else {
             return answer;
@@ -532,17 +538,46 @@ impl Telegram {
         let Some(fed) = self.inner.federated.get() else {
             return *failed;
         };
+        // Watched before the verdict goes, so that the asking server's record is not missed.
+        let mut taken = match settles {
+            Some(_) => {
+                let key = claims::permission_key(&request_id);
+                fed.claims.watch_perm(&key).await.ok()
+            }
+            None => None,
+        };
         let key = claims::verdict_key(&request_id, &crate::fsx::random_uid());
         let value = serde_json::to_vec(&verdict).expect("plain strings");
-        match fed.claims.put_perm(&key, value).await {
-            Ok(()) => {
-                tracing::info!(%request_id, "a press was handed to the asking machine through the hub");
-                *done
+        if let Err(err) = fed.claims.put_perm(&key, value).await {
+            tracing::warn!(%request_id, %err, "putting a verdict in the hub");
+            return *failed;
+        }
+        tracing::info!(%request_id, "a press was handed to the asking machine through the hub");
+        let (Some(settles), Some(watch)) = (settles, taken.as_mut()) else {
+            return *done;
+        };
+        match tokio::time::timeout(TAKEN_WITHIN, settled(watch)).await {
+            Ok(Some(outcome)) if outcome == settles => *done,
+            outcome => {
+                let outcome = outcome.ok().flatten();
+                tracing::warn!(%request_id, ?outcome, "the asking machine did not take a press (its session ended?)");
+                *not_taken
             }
-            Err(err) => {
-                tracing::warn!(%request_id, %err, "putting a verdict in the hub");
-                *failed
-            }
+        }
+    }
+}
+
+/// The outcome the asking server records in a request's entry, from a watch on it; `None`
+/// when the watch ends first.
+async fn settled(watch: &mut PermWatch) -> Option<String> {
+    loop {
+        let value = watch.next().await?;
+        if let Ok(HubRequest {
+            outcome: Some(outcome),
+            ..
+        }) = serde_json::from_slice(&value)
+        {
+            return Some(outcome);
         }
     }
 }

@@ -94,12 +94,16 @@ pub(super) enum Answer {
     Notice(i64, Option<i64>, String),
     Toast(String, String),
     /// A verdict for a request asked on another machine: put in the hub, then `done` is
-    /// sent (`failed` when the hub refused it).
+    /// sent (`failed` when the hub refused it). A press of Allow or Deny is confirmed only
+    /// once the asking server records the outcome it `settles` as; `not_taken` is sent when
+    /// it does not within [`super::federated::TAKEN_WITHIN`] (the session ended).
     Hub {
         request_id: String,
         verdict: Verdict,
+        settles: Option<&'static str>,
         done: Box<Answer>,
         failed: Box<Answer>,
+        not_taken: Box<Answer>,
     },
     /// A pairing code that waits on another machine: who sent it goes into the hub, then
     /// the person is told.
@@ -243,12 +247,17 @@ struct Remote {
     codes: HashMap<String, HubCode>,
 }
 
-/// The verdict a press of `action` gives, and the toast that confirms it.
-fn pressed(action: char, secret: String, by: String) -> (Verdict, &'static str) {
+/// The verdict a press of `action` gives, the toast that confirms it, and the outcome the
+/// asking server records when it takes it ("See more" settles nothing).
+fn pressed(
+    action: char,
+    secret: String,
+    by: String,
+) -> (Verdict, &'static str, Option<&'static str>) {
     match action {
-        'm' => (Verdict::More, ""),
-        'a' => (Verdict::Press { secret, by }, "Allowed."),
-        _ => (Verdict::Press { secret, by }, "Denied."),
+        'm' => (Verdict::More, "", None),
+        'a' => (Verdict::Press { secret, by }, "Allowed.", Some("allowed")),
+        _ => (Verdict::Press { secret, by }, "Denied.", Some("denied")),
     }
 }
 
@@ -467,7 +476,7 @@ impl Inner {
             tracing::warn!(update_id, user_id = q.from.id, request_id = %id, "a press from a user who may not answer was refused");
             return toast("Refused: you are not allowed to answer permission requests.");
         }
-        let (verdict, said) = pressed(action, secret, q.from.name());
+        let (verdict, said, settles) = pressed(action, secret, q.from.name());
         let Some(request) = self.open_request(&id) else {
             return match remote.requests.get(&id) {
                 None => toast("Unknown request: it expired or was never asked here."),
@@ -477,8 +486,15 @@ impl Inner {
                     None => Answer::Hub {
                         request_id: id,
                         verdict,
+                        settles,
                         done: Box::new(toast(said)),
                         failed: Box::new(toast("Not taken: the hub could not be written.")),
+                        not_taken: Box::new(toast(&format!(
+                            "Not taken: {} on {} did not take it within {} s; that session has probably ended.",
+                            r.session,
+                            r.machine,
+                            super::federated::TAKEN_WITHIN.as_secs()
+                        ))),
                     },
                 },
             };
