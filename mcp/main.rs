@@ -67,7 +67,7 @@ enum Command {
 
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = parse_args();
     if !matches!(
         args.command,
         Command::Serve | Command::Relay(_) | Command::Telegram(_) | Command::Setup
@@ -89,20 +89,7 @@ fn main() -> ExitCode {
         | Command::Tail(_)
         | Command::Relay(_)
         | Command::Telegram(_) => run_async(command, config),
-        Command::Where => cli::where_is(&config).map(|()| ExitCode::SUCCESS),
-        Command::Send(a) => cli::send::send(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Broadcast(a) => cli::send::broadcast(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Who(a) => cli::who::run(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Inbox(a) => cli::inbox::inbox(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Show(a) => cli::inbox::show(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Doctor => cli::doctor::run(&config),
-        Command::Archive(a) => cli::archive::archive(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Prune(a) => cli::archive::prune(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
-        Command::Claims(a) => cli::claims::run(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Search(a) => cli::search::run(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Board(a) => cli::board::run(a, &config).map(|()| ExitCode::SUCCESS),
-        Command::Hook(_) => unreachable!("handled above"),
+        command => run_sync(command, &config),
     };
     match result {
         Ok(code) => code,
@@ -116,6 +103,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The command line. `t9-ipc serve`, what Claude Code starts each session with, is recognised
+/// without clap: building clap's parser constructs all twenty subcommands, code spread over the
+/// whole binary that an idle server would otherwise keep mapped. Any other command line, `serve`
+/// with anything after it included, is clap's.
+fn parse_args() -> Args {
+    let mut words = std::env::args_os().skip(1);
+    match (words.next(), words.next()) {
+        (Some(word), None) if word == "serve" => Args {
+            command: Command::Serve,
+        },
+        _ => Args::parse(),
+    }
+}
+
+/// Runs the commands that need no async runtime. Apart from `main`, and never inlined: their
+/// locals would otherwise make the stack frame of every `serve` larger, resident all its life.
+#[inline(never)]
+fn run_sync(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Where => cli::where_is(config).map(|()| ExitCode::SUCCESS),
+        Command::Send(a) => cli::send::send(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Broadcast(a) => cli::send::broadcast(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Who(a) => cli::who::run(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Inbox(a) => cli::inbox::inbox(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Show(a) => cli::inbox::show(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Doctor => cli::doctor::run(config),
+        Command::Archive(a) => cli::archive::archive(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Prune(a) => cli::archive::prune(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Install(a) => cli::install::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Claims(a) => cli::claims::run(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Search(a) => cli::search::run(a, config).map(|()| ExitCode::SUCCESS),
+        Command::Board(a) => cli::board::run(a, config).map(|()| ExitCode::SUCCESS),
+        _ => unreachable!("only the commands without the runtime come here"),
     }
 }
 
@@ -140,13 +163,16 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Each command's future is put on the heap: moved into `block_on` inline, the largest of
+    // them (tens of KiB) would be copied along the main thread's stack, which then stays
+    // resident for the server's whole life.
     let result = runtime.block_on(async {
         match command {
-            Command::Serve => server::serve(config).await,
-            Command::Setup => cli::setup::setup(&config).await,
-            Command::Tail(a) => cli::tail::run(a, &config).await,
-            Command::Relay(a) => cli::relay::run(a, &config).await,
-            Command::Telegram(a) => cli::telegram::run(a, &config).await,
+            Command::Serve => Box::pin(server::serve(config)).await,
+            Command::Setup => Box::pin(cli::setup::setup(&config)).await,
+            Command::Tail(a) => Box::pin(cli::tail::run(a, &config)).await,
+            Command::Relay(a) => Box::pin(cli::relay::run(a, &config)).await,
+            Command::Telegram(a) => Box::pin(cli::telegram::run(a, &config)).await,
             _ => unreachable!("only async commands come here"),
         }
     });

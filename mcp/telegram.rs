@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use t9_ipc::config::Config;
+use t9_ipc::config::{Config, TelegramConfig};
 use t9_ipc::message::HUMAN;
 use t9_ipc::session::{Sent, Session};
 use t9_ipc::telegram::{self, Telegram};
@@ -23,7 +23,17 @@ pub struct Running {
 /// escalations and, when elected, reads replies. The server sweeps the last 24 hours of the
 /// inbox ([`rescan`]) once its file watcher runs. A set-up error is logged and Telegram stays off.
 pub fn start(config: &Config, cancel: &CancellationToken) -> Option<Running> {
-    let settings = config.telegram.as_ref()?;
+    start_with(config, config.telegram.as_ref()?, cancel)
+}
+
+/// [`start`] with Telegram configured. Apart, and never inlined: the tasks it spawns are
+/// built on its stack frame (tens of KiB), which a server without Telegram then never touches.
+#[inline(never)]
+fn start_with(
+    config: &Config,
+    settings: &TelegramConfig,
+    cancel: &CancellationToken,
+) -> Option<Running> {
     let telegram = match Telegram::new(settings, &config.data_dir) {
         Ok(telegram) => telegram,
         Err(err) => {

@@ -1014,6 +1014,25 @@ async fn setup_keeps_the_servers_log_out_of_its_output() {
     }
 }
 
+/// `t9-ipc serve` alone is read without clap (start-up); `serve` with anything after it is
+/// still clap's: its help, and a refused extra word (usage, exit 2), never a server started.
+#[tokio::test]
+async fn serve_with_more_words_is_read_by_the_parser() {
+    let mb = TempMailbox::new();
+    let help = ok(&mb, &["serve", "--help"], None).await.stdout;
+    assert!(
+        help.contains("Run the MCP server on stdin/stdout"),
+        "{help}"
+    );
+    let extra = t9(&mb, &["serve", "now"], None).await;
+    assert_eq!(extra.code, 2, "{extra:?}");
+    assert!(
+        extra.stderr.contains("unexpected argument 'now'"),
+        "{extra:?}"
+    );
+    assert!(extra.stdout.is_empty(), "{extra:?}");
+}
+
 #[tokio::test]
 async fn archive_help_says_what_archive_moves() {
     let mb = TempMailbox::new();

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::telegram;
 use arrivals::{Escalations, OwnSends, Subscriber, Subscribers};
-use push::{Counted, Pusher};
+use push::{Counted, PeerRx, Pusher};
 use tools::{Shared, T9};
 
 /// A server archives finished mail at start when no server did for this long.
@@ -81,14 +81,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let mail = Arc::new(Notify::new());
     let written = Arc::new(AtomicU64::new(0));
-    let pusher = Pusher::new(
-        session.clone(),
-        &config,
-        mail.clone(),
-        (subscribers.clone(), own),
-        written.clone(),
+    spawn_pusher(
+        &tasks,
+        Pusher::new(
+            session.clone(),
+            &config,
+            mail.clone(),
+            (subscribers.clone(), own),
+            written.clone(),
+        ),
+        peer_rx,
+        &cancel,
     );
-    tasks.spawn(pusher.run(peer_rx, cancel.child_token()));
     let server = T9::new(Shared {
         session: session.clone(),
         config,
@@ -157,6 +161,7 @@ async fn run_until_end(server: T9, written: Arc<AtomicU64>, cancel: &Cancellatio
 ///   looks at every file of the mailbox (100,000 of them take a while), and nothing the
 ///   server does waits on it (every file it writes is private already);
 /// - keep the inbox small: finished mail older than the set age moves to archive/.
+#[inline(never)]
 fn spawn_sweeps(
     tasks: &TaskTracker,
     config: &Config,
@@ -175,6 +180,11 @@ fn spawn_sweeps(
         sweeps.spawn_blocking(move || t9_ipc::mailbox::tighten(&root));
         sweeps.spawn_blocking(move || archive(&archiving, &plan));
     });
+}
+
+#[inline(never)]
+fn spawn_pusher(tasks: &TaskTracker, pusher: Pusher, peer_rx: PeerRx, cancel: &CancellationToken) {
+    tasks.spawn(pusher.run(peer_rx, cancel.child_token()));
 }
 
 /// Takes this session's heartbeat entry away.

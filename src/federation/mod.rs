@@ -89,13 +89,26 @@ pub fn spawn_elected(
             return None;
         }
     };
-    let data_dir = config.data_dir.clone();
-    let cancel = cancel.child_token();
-    Some(tokio::spawn(async move {
+    Some(spawn_bridge(
+        settings,
+        config.data_dir.clone(),
+        cancel.child_token(),
+    ))
+}
+
+/// [`spawn_elected`]'s task. Apart, and never inlined: the bridge's future is built on its
+/// stack frame (tens of KiB), which a server without federation then never touches.
+#[inline(never)]
+fn spawn_bridge(
+    settings: Settings,
+    data_dir: PathBuf,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         if let Err(err) = run_elected(settings, &data_dir, cancel).await {
             tracing::error!(%err, "federation bridge");
         }
-    }))
+    })
 }
 
 /// Waits to be elected (holding `bridge.lock`), then runs the bridge until `cancel`.
