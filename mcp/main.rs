@@ -3,6 +3,8 @@
 
 // stdout carries JSON-RPC and logs go through `tracing`: only the command line prints.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+// The process's entry is `main` below, not the standard library's shim (see there).
+#![cfg_attr(not(test), no_main)]
 
 mod cli;
 mod server;
@@ -65,8 +67,57 @@ enum Command {
     Telegram(cli::telegram::TelegramArgs),
 }
 
+/// The process's entry, in place of the standard library's `main` shim. That shim's start-up
+/// asks glibc for the main thread's stack bounds (to name a stack overflow in its message),
+/// which glibc finds by reading `/proc/self/maps` with `fopen` and `sscanf`: time every start
+/// pays, and libc code an idle server then keeps mapped (about 0.2 MiB resident). What the
+/// shim does that matters here is done here: the standard descriptors made valid, SIGPIPE
+/// ignored (every Rust program's default; see [`restore_sigpipe`]), a panic ended with exit
+/// code 101 (its message printed by the panic hook as always, naming the main thread
+/// `<unnamed>`), stdout flushed at the exit (`std::process::exit`). A stack overflow still
+/// ends the process, by SIGSEGV, without the shim's one line about it.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    standard_fds();
+    // SAFETY: setting a signal's disposition at start-up, before any thread exists, has no
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    // The codes `run` gives: 0, 1, and 2 for a usage mistake.
+    let code = match std::panic::catch_unwind(run) {
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(code) if code == ExitCode::from(2) => 2,
+        Ok(_) => 1,
+        Err(_) => 101,
+    };
+    // Flushes stdout first (the standard library's clean-up), then exits.
+    std::process::exit(code)
+}
+
+/// Opens `/dev/null` on each of the descriptors 0, 1 and 2 that is closed, as the standard
+/// library's start-up does: a file opened later must never become stdout (JSON-RPC) or stderr.
+#[cfg(not(test))]
+fn standard_fds() {
+    for fd in 0..=2 {
+        // SAFETY: `fcntl` and `open` take plain integers and a constant C string; a descriptor
+        // opened here stays open for the process's life, as the standard library's does.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+                // The lowest free descriptor, so `fd` itself (those below it are open).
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) != fd
+            {
+                libc::abort();
+            }
+        }
+    }
+}
+
 #[allow(clippy::print_stderr)] // the one-line error of a failed command
-fn main() -> ExitCode {
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ExitCode {
     let args = parse_args();
     if !matches!(
         args.command,
@@ -144,8 +195,8 @@ fn run_sync(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
 
 /// A command whose output is cut short (`t9-ipc search … | head`) ends quietly, as Unix tools
 /// do, instead of panicking on a closed pipe. The commands that hold a connection or a child's
-/// pipe keep Rust's default (SIGPIPE ignored), since with the default a write to a peer that
-/// went away kills the process without a word: `serve` (a client that goes away is an ordinary
+/// pipe keep Rust's default, set in `main` (SIGPIPE ignored), since with the default a write
+/// to a peer that went away kills the process without a word: `serve` (a client that goes away is an ordinary
 /// end, handled by the transport), `relay` and `telegram` (the NATS client writes with
 /// `writev`, which raises SIGPIPE when the hub was killed: the relay died silently), `setup`
 /// (it writes to the server it checks, and says so when that server ended).

@@ -1014,6 +1014,35 @@ async fn setup_keeps_the_servers_log_out_of_its_output() {
     }
 }
 
+/// A command started with stdout and stderr closed finds `/dev/null` there, opened by the
+/// process's entry, so that no file it opens later takes their place and receives its
+/// output (or breaks it: `tail` wrote its lines into its own inotify descriptor and died).
+#[tokio::test]
+async fn a_command_started_with_its_output_closed_writes_to_dev_null() {
+    let mb = TempMailbox::new();
+    ok(&mb, &["send", "beta", "hello"], None).await;
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "exec \"$0\" tail >&- 2>&-", BIN.path()])
+        .env("IPC_DATA_DIR", mb.root())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    without_telegram(&mut sh);
+    let child = sh.spawn().expect("spawn sh");
+    let pid = child.id().expect("pid");
+    let fd = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).ok();
+    // Once it watches the inbox (its inotify descriptor is open), above the first three.
+    let watching = async {
+        while !(3..32).any(|n| fd(n).is_some_and(|p| p.to_string_lossy().contains("inotify"))) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(EVENT_WAIT, watching)
+        .await
+        .expect("tail watches the inbox");
+    assert_eq!(fd(1), Some("/dev/null".into()));
+    assert_eq!(fd(2), Some("/dev/null".into()));
+}
+
 /// `t9-ipc serve` alone is read without clap (start-up); `serve` with anything after it is
 /// still clap's: its help, and a refused extra word (usage, exit 2), never a server started.
 #[tokio::test]
