@@ -214,23 +214,29 @@ fn run_async(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Each command's future is put on the heap: moved into `block_on` inline, the largest of
-    // them (tens of KiB) would be copied along the main thread's stack, which then stays
-    // resident for the server's whole life.
-    let result = runtime.block_on(async {
-        match command {
-            Command::Serve => Box::pin(server::serve(config)).await,
-            Command::Setup => Box::pin(cli::setup::setup(&config)).await,
-            Command::Tail(a) => Box::pin(cli::tail::run(a, &config)).await,
-            Command::Relay(a) => Box::pin(cli::relay::run(a, &config)).await,
-            Command::Telegram(a) => Box::pin(cli::telegram::run(a, &config)).await,
-            _ => unreachable!("only async commands come here"),
-        }
-    });
+    let result = runtime.block_on(on_heap(command, config));
     // Every task was waited for. What can remain is a blocking read of a terminal's stdin
     // (`serve` reads pipes without one; `setup` and `tail` read none): don't wait for it.
     runtime.shutdown_background();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// The future of an async command, built on the heap by a function of its own. Built in
+/// the frame that polls it, the largest of them (tens of KiB) would keep that much of the
+/// main thread's stack below every poll, resident for the server's whole life.
+#[inline(never)]
+fn on_heap(
+    command: Command,
+    config: Config,
+) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>>>> {
+    match command {
+        Command::Serve => Box::pin(server::serve(config)),
+        Command::Setup => Box::pin(async move { cli::setup::setup(&config).await }),
+        Command::Tail(a) => Box::pin(async move { cli::tail::run(a, &config).await }),
+        Command::Relay(a) => Box::pin(async move { cli::relay::run(a, &config).await }),
+        Command::Telegram(a) => Box::pin(async move { cli::telegram::run(a, &config).await }),
+        _ => unreachable!("only async commands come here"),
+    }
 }
 
 /// Logs go to stderr only: stdout carries JSON-RPC. `RUST_LOG` sets the level. Logs carry
