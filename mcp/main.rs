@@ -1,5 +1,5 @@
-//! The `t9-ipc` binary: argument parsing and logging; `serve` runs the MCP server, the other
-//! subcommands are for people.
+//! The `t9-ipc` binary: its entry, argument parsing and logging; `serve` runs the MCP server,
+//! the other subcommands are for people.
 
 // stdout carries JSON-RPC and logs go through `tracing`: only the command line prints.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
