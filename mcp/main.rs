@@ -196,10 +196,10 @@ fn run_sync(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
 /// A command whose output is cut short (`t9-ipc search … | head`) ends quietly, as Unix tools
 /// do, instead of panicking on a closed pipe. The commands that hold a connection or a child's
 /// pipe keep Rust's default, set in `main` (SIGPIPE ignored), since with the default a write
-/// to a peer that went away kills the process without a word: `serve` (a client that goes away is an ordinary
-/// end, handled by the transport), `relay` and `telegram` (the NATS client writes with
-/// `writev`, which raises SIGPIPE when the hub was killed: the relay died silently), `setup`
-/// (it writes to the server it checks, and says so when that server ended).
+/// to a peer that went away kills the process without a word: `serve` (a client that goes
+/// away is an ordinary end, handled by the transport), `relay` and `telegram` (the NATS client
+/// writes with `writev`, which raises SIGPIPE when the hub was killed: the relay died
+/// silently), `setup` (it writes to the server it checks, and says so when that server ended).
 fn restore_sigpipe() {
     // SAFETY: setting a signal's disposition to its default at start-up, before any thread
     // exists, has no preconditions.

@@ -182,6 +182,8 @@ fn spawn_sweeps(
     });
 }
 
+/// Spawns the push loop. Never inlined, nor is [`spawn_sweeps`]: a task's future is built in
+/// the frame that spawns it, and in `serve`'s frame it would stay on the main thread's stack.
 #[inline(never)]
 fn spawn_pusher(tasks: &TaskTracker, pusher: Pusher, peer_rx: PeerRx, cancel: &CancellationToken) {
     tasks.spawn(pusher.run(peer_rx, cancel.child_token()));

@@ -540,10 +540,17 @@ impl Telegram {
         };
         // Watched before the verdict goes, so that the asking server's record is not missed.
         let mut taken = match settles {
-            Some(_) => {
-                let key = claims::permission_key(&request_id);
-                fed.claims.watch_perm(&key).await.ok()
-            }
+            Some(_) => match fed
+                .claims
+                .watch_perm(&claims::permission_key(&request_id))
+                .await
+            {
+                Ok(watch) => Some(watch),
+                Err(err) => {
+                    tracing::warn!(%request_id, %err, "watching a permission request in the hub; the press is confirmed without its taking");
+                    None
+                }
+            },
             None => None,
         };
         let key = claims::verdict_key(&request_id, &crate::fsx::random_uid());
@@ -558,9 +565,15 @@ impl Telegram {
         };
         match tokio::time::timeout(TAKEN_WITHIN, settled(watch)).await {
             Ok(Some(outcome)) if outcome == settles => *done,
-            outcome => {
-                let outcome = outcome.ok().flatten();
-                tracing::warn!(%request_id, ?outcome, "the asking machine did not take a press (its session ended?)");
+            // Settled otherwise meanwhile (another press, or it expired): said as such.
+            Ok(Some(outcome)) => match *done {
+                Answer::Toast(query, _) => {
+                    Answer::Toast(query, format!("Already answered ({outcome})."))
+                }
+                done => done,
+            },
+            _ => {
+                tracing::warn!(%request_id, "the asking machine did not take a press (its session ended?)");
                 *not_taken
             }
         }
