@@ -232,8 +232,22 @@ async fn called(bot: &FakeBot, method: &str, part: &str) -> String {
     body["text"].as_str().unwrap_or("").to_owned()
 }
 
-#[tokio::test]
-async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_through_the_hub() {
+/// Two machines on one hub and one fake bot, allowed users set on both: B's server ("beta")
+/// holds the poller lease, A's ("alpha") stands by and asks permission `request_id`.
+struct AskedOnA {
+    nats: Nats,
+    bot: FakeBot,
+    /// Held for the test's length: their mailboxes go with them.
+    machines: (Machine, Machine),
+    alpha: Client,
+    log_a: PathBuf,
+    beta: Client,
+    log_b: PathBuf,
+    /// The prompt as the bot received it.
+    prompt: Call,
+}
+
+async fn asked_on_a(request_id: &str) -> AskedOnA {
     let nats = Nats::start().await;
     let bot = FakeBot::start();
     let a = Machine::start("laptop", &nats).await;
@@ -242,20 +256,43 @@ async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_throug
     // B's server takes the poller lease; A's, which asks, stands by.
     let (beta, log_b) = serve_with(&b, "beta", &nats, &bot, allowed()).await;
     wait_file(&log_b, "B to hold the poller lease", |t| t.contains(HOLDS)).await;
-    let (mut alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, allowed()).await;
+    let (alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, allowed()).await;
     wait_file(&log_a, "A to stand by for the poller lease", |t| {
         t.contains("another machine reads the replies from Telegram")
     })
     .await;
-
     alpha
         .notify(
             REQUEST,
-            json!({"request_id": "fghij", "tool_name": "Bash", "description": "Deploy",
+            json!({"request_id": request_id, "tool_name": "Bash", "description": "Deploy",
                    "input_preview": "make deploy"}),
         )
         .await;
     let prompt = bot.wait_sends(1).await[0].clone();
+    AskedOnA {
+        nats,
+        bot,
+        machines: (a, b),
+        alpha,
+        log_a,
+        beta,
+        log_b,
+        prompt,
+    }
+}
+
+#[tokio::test]
+async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_through_the_hub() {
+    let AskedOnA {
+        nats,
+        bot,
+        machines: _machines,
+        mut alpha,
+        log_a,
+        beta,
+        prompt,
+        ..
+    } = asked_on_a("fghij").await;
     assert!(text_of(&prompt).contains("fghij"), "{}", text_of(&prompt));
     let (allow, deny) = (button(&prompt.body, "Allow"), button(&prompt.body, "Deny"));
 
@@ -320,26 +357,16 @@ async fn a_permission_asked_on_the_machine_that_does_not_poll_is_answered_throug
 /// confirmed as "Allowed.": nobody took it, and the person is told so.
 #[tokio::test]
 async fn a_press_for_a_session_killed_on_another_machine_is_not_confirmed() {
-    let nats = Nats::start().await;
-    let bot = FakeBot::start();
-    let a = Machine::start("laptop", &nats).await;
-    let b = Machine::start("buildbox", &nats).await;
-    let allowed = || vec![("IPC_TG_ALLOW", ALLOWED.to_string())];
-    let (beta, log_b) = serve_with(&b, "beta", &nats, &bot, allowed()).await;
-    wait_file(&log_b, "B to hold the poller lease", |t| t.contains(HOLDS)).await;
-    let (alpha, log_a) = serve_with(&a, "alpha", &nats, &bot, allowed()).await;
-    wait_file(&log_a, "A to stand by for the poller lease", |t| {
-        t.contains("another machine reads the replies from Telegram")
-    })
-    .await;
-    alpha
-        .notify(
-            REQUEST,
-            json!({"request_id": "kmnop", "tool_name": "Bash", "description": "Deploy",
-                   "input_preview": "make deploy"}),
-        )
-        .await;
-    let prompt = bot.wait_sends(1).await[0].clone();
+    let AskedOnA {
+        nats: _nats,
+        bot,
+        machines: _machines,
+        alpha,
+        log_a,
+        beta,
+        log_b,
+        prompt,
+    } = asked_on_a("kmnop").await;
     let allow = button(&prompt.body, "Allow");
     wait_file(&log_a, "A to open the prompt in the hub", |t| {
         t.contains("permission request sent to Telegram")
