@@ -85,15 +85,19 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    // The codes `run` gives: 0, 1, and 2 for a usage mistake.
-    let code = match std::panic::catch_unwind(run) {
+    // Flushes stdout first (the standard library's clean-up), then exits.
+    std::process::exit(exit_status(std::panic::catch_unwind(run)))
+}
+
+/// The process's exit status for what [`run`] gave: its code (0, 1, or 2 for a usage
+/// mistake), or 101 for a panic, as the standard library's shim ends one.
+fn exit_status(ran: std::thread::Result<ExitCode>) -> libc::c_int {
+    match ran {
         Ok(code) if code == ExitCode::SUCCESS => 0,
         Ok(code) if code == ExitCode::from(2) => 2,
         Ok(_) => 1,
         Err(_) => 101,
-    };
-    // Flushes stdout first (the standard library's clean-up), then exits.
-    std::process::exit(code)
+    }
 }
 
 /// Opens `/dev/null` on each of the descriptors 0, 1 and 2 that is closed, as the standard
@@ -261,4 +265,18 @@ fn init_logging() {
         )
         .with(filter)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_ends_with_101_and_the_commands_codes_pass_through() {
+        assert_eq!(exit_status(Ok(ExitCode::SUCCESS)), 0);
+        assert_eq!(exit_status(Ok(ExitCode::FAILURE)), 1);
+        assert_eq!(exit_status(Ok(ExitCode::from(2))), 2);
+        let panicked = std::panic::catch_unwind(|| -> ExitCode { panic!("a test's panic") });
+        assert_eq!(exit_status(panicked), 101);
+    }
 }
