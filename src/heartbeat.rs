@@ -162,6 +162,42 @@ pub use crate::process::pid_running;
 pub struct Heartbeats {
     path: PathBuf,
     lock_path: PathBuf,
+    /// The table last read, and the file it was read from: a send, `t9_ipc_who` and a claim
+    /// each read the table, which changes about once a minute per session.
+    cache: Mutex<Option<(Stamp, Table)>>,
+}
+
+/// Which version of `heartbeats.json` a table was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// `meta`'s stamp, when its times are old enough to vouch for the version
+    /// ([`crate::watch::unsettled_for`]): any later change (an edit in place, or a file renamed
+    /// over it, even one that reuses the inode number) then shows as a later time. A younger
+    /// file may be replaced within the same tick of the clock that stamps files by one of the
+    /// same size: it is read every time until it settles.
+    fn of(meta: &fs::Metadata) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let newest = meta.modified().ok()?.max(
+            std::time::UNIX_EPOCH
+                + Duration::new(u64::try_from(meta.ctime()).ok()?, meta.ctime_nsec() as u32),
+        );
+        let settled = crate::watch::unsettled_for(newest, std::time::SystemTime::now()).is_zero();
+        settled.then(|| Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
 }
 
 pub type Table = BTreeMap<String, Entry>;
@@ -171,29 +207,59 @@ impl Heartbeats {
         Heartbeats {
             path: root.join("heartbeats.json"),
             lock_path: root.join("heartbeats.lock"),
+            cache: Mutex::new(None),
         }
     }
 
     /// Reads the table without the lock (writers replace the file by rename, so a reader
-    /// sees a whole file). A missing or corrupt file reads as empty.
+    /// sees a whole file). A missing or corrupt file reads as empty. The version read last is
+    /// kept, and given again while the file is unchanged ([`Stamp`]).
     pub fn read(&self) -> Table {
+        self.read_kept(true)
+    }
+
+    /// [`Heartbeats::read`], from the file whatever was kept when not `reuse`.
+    fn read_kept(&self, reuse: bool) -> Table {
         // Not a regular file (a FIFO would block the reader forever): treat as empty.
-        match fs::symlink_metadata(&self.path) {
+        let stamp = match fs::symlink_metadata(&self.path) {
             Ok(meta) if !meta.is_file() => {
                 tracing::warn!(file = %self.path.display(), "heartbeats.json is not a regular file; treating as empty");
                 return Table::new();
             }
-            _ => {}
+            Ok(meta) => Stamp::of(&meta),
+            Err(_) => None,
+        };
+        let kept = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if reuse
+            && let (Some(stamp), Some((seen, table))) = (stamp, &*kept())
+            && stamp == *seen
+        {
+            return table.clone();
         }
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Table::new(),
+        let (table, read) = self.read_file();
+        // Kept only when the file read is the one looked at (not one renamed over it since).
+        *kept() = stamp
+            .filter(|s| read == Some(*s))
+            .map(|s| (s, table.clone()));
+        table
+    }
+
+    /// The table in the file now, and the stamp of the version read (when it may vouch).
+    fn read_file(&self) -> (Table, Option<Stamp>) {
+        let read = fs::File::open(&self.path).and_then(|mut file| {
+            let stamp = file.metadata().ok().as_ref().and_then(Stamp::of);
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text)?;
+            Ok((text, stamp))
+        });
+        match read {
+            Ok((text, stamp)) => (parse_table(&text, &self.path), stamp),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => (Table::new(), None),
             Err(err) => {
                 tracing::warn!(file = %self.path.display(), %err, "cannot read heartbeats; treating as empty");
-                return Table::new();
+                (Table::new(), None)
             }
-        };
-        parse_table(&text, &self.path)
+        }
     }
 
     /// The live entries, by name.
@@ -223,7 +289,9 @@ impl Heartbeats {
         change: impl FnOnce(&mut Table) -> R,
     ) -> Result<R> {
         let lock = fsx::FileLock::take(&self.lock_path, wait)?;
-        let mut table = self.read();
+        // Read from the file under the lock, not from what was kept: what is written back
+        // must hold every change made before.
+        let mut table = self.read_kept(false);
         table.retain(|name, e| {
             let keep = is_alive(e, now, pid_running(e.pid));
             if !keep {
@@ -391,6 +459,55 @@ mod tests {
             version: None,
             extra: Map::new(),
         }
+    }
+
+    /// Writes `working_on` for `alpha` into `path` (by rename when `replace`, else in place),
+    /// its modification time set to `at` (as `touch -d` could) and left to settle (its change
+    /// time is now), or left as written.
+    fn put(path: &Path, working_on: &str, replace: bool, at: Option<std::time::SystemTime>) {
+        let text = format!(
+            r#"{{"alpha": {{"timestamp": "2026-04-06 15:29:00", "pid": 1, "working_on": "{working_on}"}}}}"#
+        );
+        let target = if replace {
+            path.with_extension("new")
+        } else {
+            path.to_path_buf()
+        };
+        std::fs::write(&target, text).unwrap();
+        if let Some(at) = at {
+            let file = std::fs::File::options().write(true).open(&target).unwrap();
+            file.set_modified(at).unwrap();
+        }
+        if replace {
+            std::fs::rename(&target, path).unwrap();
+        }
+        if at.is_some() {
+            std::thread::sleep(crate::watch::SETTLE + Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_kept_table_is_given_only_while_the_file_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let heartbeats = Heartbeats::new(dir.path());
+        let working_on = |h: &Heartbeats| h.read()["alpha"].working_on.clone();
+        let old = Some(std::time::SystemTime::now() - Duration::from_secs(60));
+        put(&heartbeats.path, "one", false, old);
+        assert_eq!(working_on(&heartbeats), "one");
+        assert!(
+            heartbeats.cache.lock().unwrap().is_some(),
+            "a settled file is kept"
+        );
+        // The same size and time, edited in place: its change time tells.
+        put(&heartbeats.path, "two", false, old);
+        assert_eq!(working_on(&heartbeats), "two");
+        // The same size and time in a file renamed over it: its inode (and change time) tell.
+        put(&heartbeats.path, "tri", true, old);
+        assert_eq!(working_on(&heartbeats), "tri");
+        // A file younger than the clock's tick is read every time, never kept.
+        put(&heartbeats.path, "for", true, None);
+        assert_eq!(working_on(&heartbeats), "for");
+        assert!(heartbeats.cache.lock().unwrap().is_none());
     }
 
     #[test]

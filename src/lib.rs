@@ -18,8 +18,9 @@
 //!   `state` (read state logs), `archive` (moving finished mail to `archive/`, pruning it),
 //!   `private` (which paths other users can read; tightening them at start).
 //! - [`heartbeat`]: `heartbeats.json` under its lock; liveness of an entry.
-//! - [`seal`]: the seal every message t9-ipc writes carries, and the check that a reserved
-//!   sender (`telegram`, `human`, `system`) was written by t9-ipc's own code.
+//! - [`seal`]: the seal every message t9-ipc writes for a reserved sender carries, and the
+//!   check that a reserved sender (`telegram`, `human`, `system`) was written by t9-ipc's
+//!   own code.
 //! - [`process`]: other processes: whether a pid runs, the chain of parents above one.
 //! - [`session`]: one running session: `mod` (its name, heartbeat and the state the async
 //!   side shares; the lock order), `index` (the index of its unread mail: sync, unread,

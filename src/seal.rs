@@ -1,11 +1,13 @@
 //! The seal: a mark that t9-ipc's own code wrote a message file, so that a file claiming a
 //! reserved sender (`telegram`, `human`, `system`) that t9-ipc did not write can be told.
 //!
-//! Every message [`crate::mailbox::Mailbox::write`] writes carries a front-matter key
-//! `seal: v1:<hex>`: HMAC-SHA256, keyed by the mailbox's secret `<data>/seal.key` (32 random
-//! bytes, mode 0600, made on first use), over the message id and every key and value of the
-//! file but the seal itself, and the body. A reader recomputes it. What this proves, and what
-//! it cannot (a process of the same user can read the key), is in `docs/SECURITY.md`.
+//! Every message from a reserved sender that [`crate::mailbox::Mailbox::write`] writes
+//! carries a front-matter key `seal: v1:<hex>`: HMAC-SHA256, keyed by the mailbox's secret
+//! `<data>/seal.key` (32 random bytes, mode 0600, made on first use), over the message id and
+//! every key and value of the file but the seal itself, and the body. A reader recomputes it.
+//! A session's messages carry none: a reader checks no seal of a session name, which anyone
+//! may use. What this proves, and what it cannot (a process of the same user can read the
+//! key), is in `docs/SECURITY.md`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

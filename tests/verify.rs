@@ -197,7 +197,7 @@ async fn no_tool_call_writes_as_a_reserved_sender() {
     }
     assert!(event.meta.get("from_verified").is_none(), "{event:?}");
 
-    // A session's sealed file with `from` changed to telegram does not verify.
+    // A session's file (which carries no seal) with `from` changed to telegram does not verify.
     let id = event.meta("msg_id").to_owned();
     let text = std::fs::read_to_string(mb.inbox().join(format!("{id}.md"))).unwrap();
     let sender = event.meta("from").to_owned();

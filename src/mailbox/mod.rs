@@ -118,7 +118,7 @@ impl Mailbox {
 
     /// Writes a message durably and atomically ([`fsx::write_atomic`]: a temporary file in
     /// `inbox/`, flushed to disk, renamed to its final `.md` name, then the folder flushed),
-    /// sealed ([`crate::seal`]). Returns its id.
+    /// sealed ([`crate::seal`]) when its sender is a reserved name. Returns its id.
     pub fn write(&self, draft: &Draft<'_>, now: DateTime<Local>) -> Result<String> {
         let mut front = FrontMatter {
             from: draft.from.to_owned(),
@@ -136,19 +136,30 @@ impl Mailbox {
             expects_reply: draft.info_only.then(|| "false".to_owned()),
             extra: Default::default(),
         };
-        // The seal covers the values as a reader parses them back.
-        let (plain, body) = message::parse(&message::render(&front, draft.body))
-            .map_err(|e| Error::Refused(format!("the message cannot be written: {e}")))?;
+        // A reader checks the seal of a reserved sender only (anyone may use a session
+        // name, so a session's seal would prove nothing): no other message is sealed. The
+        // seal covers the values as a reader parses them back.
+        let plain = if message::is_reserved(draft.from) {
+            let text = message::render(&front, draft.body);
+            Some(
+                message::parse(&text)
+                    .map_err(|e| Error::Refused(format!("the message cannot be written: {e}")))?,
+            )
+        } else {
+            None
+        };
         for _ in 0..8 {
             let id = message::file_stem(now, &random_uid(), draft.from, draft.to, draft.subject);
             let path = self.inbox.join(format!("{id}.md"));
             if path.exists() {
                 continue;
             }
-            match self.sealer.seal(&id, &plain, &body) {
-                Some(seal) => front.extra.insert(crate::seal::SEAL_KEY.to_owned(), seal),
-                None => front.extra.remove(crate::seal::SEAL_KEY),
-            };
+            if let Some((plain, body)) = &plain {
+                match self.sealer.seal(&id, plain, body) {
+                    Some(seal) => front.extra.insert(crate::seal::SEAL_KEY.to_owned(), seal),
+                    None => front.extra.remove(crate::seal::SEAL_KEY),
+                };
+            }
             let text = message::render(&front, draft.body);
             fsx::write_atomic(&path, text.as_bytes())?;
             return Ok(id);
