@@ -50,6 +50,7 @@ fn shared() -> io::Result<Arc<Shared>> {
         return Ok(shared.clone());
     }
     let inotify = Inotify::init()?;
+    let blocking = set_blocking(&inotify);
     let shared = Arc::new(Shared {
         watches: Mutex::new(inotify.watches()),
         routes: Mutex::new(HashMap::new()),
@@ -58,7 +59,7 @@ fn shared() -> io::Result<Arc<Shared>> {
     let reading = shared.clone();
     std::thread::Builder::new()
         .name("t9-ipc-watch".to_owned())
-        .spawn(move || read_events(inotify, &reading))?;
+        .spawn(move || read_events(inotify, blocking, &reading))?;
     *slot = Some(shared.clone());
     Ok(shared)
 }
@@ -129,12 +130,30 @@ impl Drop for Kernel {
     }
 }
 
+/// Makes reads of `inotify` wait for events (the crate opens it non-blocking), once: its
+/// `read_events_blocking` switches the descriptor back and forth with four `fcntl` calls at
+/// every read, in every server of the mailbox at every message. False when that failed.
+fn set_blocking(inotify: &Inotify) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let fd = inotify.as_raw_fd();
+    // SAFETY: plain fcntl calls on a descriptor this process owns and keeps open.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) != -1
+    }
+}
+
 /// The thread: reads events for as long as the process lives, and hands each to the sinks
-/// of its folder.
-fn read_events(mut inotify: Inotify, shared: &Shared) {
+/// of its folder. `blocking`: the descriptor waits by itself ([`set_blocking`]).
+fn read_events(mut inotify: Inotify, blocking: bool, shared: &Shared) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let events = match inotify.read_events_blocking(&mut buffer) {
+        let read = if blocking {
+            inotify.read_events(&mut buffer)
+        } else {
+            inotify.read_events_blocking(&mut buffer)
+        };
+        let events = match read {
             Ok(events) => events,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
