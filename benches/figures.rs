@@ -857,6 +857,9 @@ fn build_installed() -> std::path::PathBuf {
 
 fn main() {
     util::use_binary(&build_installed());
+    // Each figure's mailbox is removed at the end of the run, not before the next figure:
+    // [`util::keep_mailboxes`] says why.
+    util::keep_mailboxes();
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -907,6 +910,8 @@ fn main() {
     if wanted("hook") {
         hook_figure(&mut report);
     }
+    drop(rt);
+    util::remove_kept_mailboxes();
     if only.is_none() {
         write_report(&report, started.elapsed());
     }

@@ -61,24 +61,53 @@ impl std::fmt::Display for Bin {
 /// never waits this long.
 pub const EVENT_WAIT: Duration = Duration::from_secs(15);
 
-/// A mailbox root in a temp folder, removed at the end of the test.
+/// A mailbox root in a temp folder, removed at the end of the test (or of the benchmark run,
+/// [`keep_mailboxes`]).
 pub struct TempMailbox {
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Mailboxes kept until [`remove_kept_mailboxes`], when [`keep_mailboxes`] was called.
+static KEPT: std::sync::Mutex<Option<Vec<tempfile::TempDir>>> = std::sync::Mutex::new(None);
+
+/// From now on a dropped [`TempMailbox`] stays on disk until [`remove_kept_mailboxes`]. For
+/// the benchmarks: on ext4 without a journal, a file system that has just deleted many files
+/// skips their inodes when it makes new ones for a minute or more (`recently_deleted`), so
+/// deleting one figure's 100,000 messages would slow every file the next figures make.
+#[allow(dead_code)]
+pub fn keep_mailboxes() {
+    KEPT.lock().unwrap().get_or_insert_with(Vec::new);
+}
+
+/// Removes the mailboxes kept since [`keep_mailboxes`].
+#[allow(dead_code)]
+pub fn remove_kept_mailboxes() {
+    let kept = KEPT.lock().unwrap().take();
+    drop(kept);
+}
+
+impl Drop for TempMailbox {
+    fn drop(&mut self) {
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(kept), Some(dir)) = (kept.as_mut(), self.dir.take()) {
+            kept.push(dir);
+        }
+    }
 }
 
 impl TempMailbox {
     pub fn new() -> TempMailbox {
         TempMailbox {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: Some(tempfile::tempdir().expect("temp dir")),
         }
     }
 
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("a mailbox in use").path()
     }
 
     pub fn inbox(&self) -> PathBuf {
-        self.dir.path().join("inbox")
+        self.root().join("inbox")
     }
 
     /// The `.md` files in the inbox, sorted.
