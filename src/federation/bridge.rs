@@ -531,12 +531,11 @@ async fn note_published(shared: &Arc<Shared>, ids: &[String]) -> Result<(), Stri
     let (shared, ids) = (shared.clone(), ids.to_vec());
     let noted = tokio::task::spawn_blocking(move || {
         let mut ledger = shared.ledger();
-        for id in &ids {
-            if let Err(err) = ledger.record_published(id) {
-                // The stream has it; a later restart publishes it again and the stream's
-                // de-duplication or the receivers' check drops the second copy.
-                tracing::error!(%err, msg_id = %id, "federation: noting a publish");
-            }
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Err(err) = ledger.record_published_all(&all) {
+            // The stream has them; a later restart publishes them again and the stream's
+            // de-duplication or the receivers' check drops the second copies.
+            tracing::error!(%err, count = ids.len(), first = %ids[0], "federation: noting publishes");
         }
         drop(ledger);
         shared.marks.released(&shared);

@@ -129,13 +129,19 @@ impl Ledger {
 
     /// Notes that the stream acknowledged `id`.
     pub fn record_published(&mut self, id: &str) -> Result<()> {
+        self.record_published_all(&[id])
+    }
+
+    /// Notes that the stream acknowledged these ids, in one write.
+    pub fn record_published_all(&mut self, ids: &[&str]) -> Result<()> {
+        let lines: String = ids.iter().map(|id| format!("{id}\n")).collect();
         append(
             &mut self.published_file,
             &self.published_path,
-            &format!("{id}\n"),
+            &lines,
             false,
         )?;
-        self.published.insert(id.to_owned());
+        self.published.extend(ids.iter().map(|id| (*id).to_owned()));
         Ok(())
     }
 
