@@ -188,64 +188,123 @@ async fn until_files(inbox: &Path, mut changes: t9_ipc::watch::Changes, n: usize
     }
 }
 
-async fn cross_throughput(report: &mut Report) {
-    const SENDERS: usize = 8;
-    // A quarter of the single-machine figure's 1,000 each: the bridges carry about a hundred
-    // messages a second on the machine this was written on, and the run stays under 30 s.
-    const EACH: usize = 250;
-    // Within one mailbox, as the single-machine throughput figure measures it.
+/// One run of the cross-machine throughput figure.
+struct Across {
+    /// The 8 senders within one mailbox, all 2,000 sent.
+    local: Duration,
+    /// The same across machines, until all are in B's `inbox/`; and until the sends returned.
+    across: Duration,
+    sent: Duration,
+    summary: String,
+    all_once: bool,
+}
+
+impl Across {
+    fn ratio(&self) -> f64 {
+        self.local.as_secs_f64() / self.across.as_secs_f64()
+    }
+
+    fn rates(&self, n: usize) -> String {
+        let n = n as f64;
+        format!(
+            "{:.0} messages/s across ({} for all; the sends returned in {}) against {:.0} \
+             messages/s within one mailbox ({}); ratio {:.2}",
+            n / self.across.as_secs_f64(),
+            ms(self.across),
+            ms(self.sent),
+            n / self.local.as_secs_f64(),
+            ms(self.local),
+            self.ratio()
+        )
+    }
+}
+
+/// The 8 senders within one mailbox, then across two machines. `cores`: each machine's
+/// servers kept to a core of their own (the sending machine's on core 0 in both runs; the
+/// receiving machine's and the hub on core 1), as two machines of one core each would run;
+/// else every process on any core of this one host.
+async fn across_once(senders_n: usize, each: usize, cores: bool) -> Across {
+    let core = |c: usize| crate::util::start_on_core(cores.then_some(c));
+    core(0);
     let one = TempMailbox::new();
     let mut rx = one.spawn_claude("receiver", PUSH_ON).await;
-    let senders = spawn_many(&one, "sender", SENDERS, &[]).await;
+    let senders = spawn_many(&one, "sender", senders_n, &[]).await;
     rx.next_event_or_none().await;
-    let (local, done) = send_all(senders, "receiver", EACH).await;
+    let (local, done) = send_all(senders, "receiver", each).await;
     drop((done, rx));
 
+    core(1);
     let hub = Nats::start().await;
     let url = hub.url();
     let (a, b) = (TempMailbox::new(), TempMailbox::new());
     let mut rx = b
         .spawn_claude("receiver", &on(&url, "buildbox", PUSH_ON))
         .await;
-    let senders = spawn_many(&a, "sender", SENDERS, &on(&url, "laptop", &[])).await;
+    core(0);
+    let senders = spawn_many(&a, "sender", senders_n, &on(&url, "laptop", &[])).await;
+    crate::util::start_on_core(None);
     // One message first: both bridges carry mail, and the receiver is past its grace period.
     let first = senders[0].send("receiver", "first", "body").await;
     assert_eq!(rx.next_event().await.meta("msg_id"), first);
     let (_watcher, changes) = t9_ipc::watch::watch(&b.inbox()).expect("watch B's inbox");
     let start = Instant::now();
     let ((sent, done), across) = tokio::time::timeout(STALL, async {
-        tokio::join!(send_all(senders, "receiver", EACH), async {
-            until_files(&b.inbox(), changes, SENDERS * EACH + 1).await;
+        tokio::join!(send_all(senders, "receiver", each), async {
+            until_files(&b.inbox(), changes, senders_n * each + 1).await;
             start.elapsed()
         })
     })
     .await
     .expect("every message reaches B");
     let (_, events, pulled) = drain(&mut rx, Duration::from_millis(500)).await;
-    let (all_once, whole, twice) = once(&events, &pulled, SENDERS * EACH);
-    let n = (SENDERS * EACH) as f64;
-    let ratio = local.as_secs_f64() / across.as_secs_f64();
-    report.add(
-        "cross-machine throughput: 8 concurrent senders on one machine → one receiver on \
-         another, 2,000 messages, default settings, until all are in the receiver's `inbox/`, \
-         against the same 8 senders within one mailbox (same run)",
-        "≥ 0.8 of the single-machine rate; every message delivered exactly once",
-        format!(
-            "{:.0} messages/s across ({} for all; the sends returned in {}) against {:.0} \
-             messages/s within one mailbox ({}); ratio {ratio:.2}. On the receiving machine {} \
-             events: {whole} pushed whole, {} read with `t9_ipc_unread`, {twice} twice, all \
-             exactly once: {all_once}",
-            n / across.as_secs_f64(),
-            ms(across),
-            ms(sent),
-            n / local.as_secs_f64(),
-            ms(local),
+    let (all_once, whole, twice) = once(&events, &pulled, senders_n * each);
+    drop(done);
+    Across {
+        local,
+        across,
+        sent,
+        summary: format!(
+            "On the receiving machine {} events: {whole} pushed whole, {} read with \
+             `t9_ipc_unread`, {twice} twice, all exactly once: {all_once}",
             events.len(),
             pulled.len()
         ),
-        Some(ratio >= 0.8 && all_once),
+        all_once,
+    }
+}
+
+async fn cross_throughput(report: &mut Report) {
+    const SENDERS: usize = 8;
+    // A quarter of the single-machine figure's 1,000 each: the run stays short.
+    const EACH: usize = 250;
+    // Each round's two runs are a couple of seconds each, and the disk's pace moves from
+    // one second to the next: the round with the median ratio of three stands for the figure.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        rounds.push(across_once(SENDERS, EACH, true).await);
+    }
+    rounds.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
+    let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+    let all_once = rounds.iter().all(|r| r.all_once);
+    let machines = rounds.swap_remove(1);
+    let host = across_once(SENDERS, EACH, false).await;
+    report.add(
+        "cross-machine throughput: 8 concurrent senders on one machine → one receiver on \
+         another, 2,000 messages, default settings, until all are in the receiver's `inbox/`, \
+         against the same 8 senders within one mailbox (same run); each simulated machine on \
+         a core of its own (the sending machine's servers on core 0 in both runs, the \
+         receiving machine's and the hub on core 1), and beside it every process on any core",
+        "≥ 0.8 of the single-machine rate; every message delivered exactly once",
+        format!(
+            "a core each, the median of 3 rounds (ratios {}): {}. {}. Any core: {}. {}",
+            ratios.join(", "),
+            machines.rates(SENDERS * EACH),
+            machines.summary,
+            host.rates(SENDERS * EACH),
+            host.summary
+        ),
+        Some(machines.ratio() >= 0.8 && all_once && host.all_once),
     );
-    drop(done);
 }
 
 /// One step of the scale figure: p50 and p99 of the answers, and the hub's CPU ticks used.

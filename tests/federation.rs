@@ -162,6 +162,7 @@ impl Nats {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+        crate::util::on_chosen_core(&mut cmd);
         let mut child = cmd.spawn().expect("start nats-server");
         let starts = self.log.count("Server is ready");
         self.log.follow(&mut child);

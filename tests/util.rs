@@ -213,9 +213,38 @@ impl TempMailbox {
     }
 }
 
+/// The core the servers (and hubs) started from now on are kept to, when a figure simulates
+/// machines of one core each on one host ([`start_on_core`]); `None`: any core.
+static CORE: std::sync::Mutex<Option<usize>> = std::sync::Mutex::new(None);
+
+/// Keeps the processes started from now on to `core` (`None`: any core again).
+#[allow(dead_code)]
+pub fn start_on_core(core: Option<usize>) {
+    *CORE.lock().unwrap_or_else(|p| p.into_inner()) = core;
+}
+
+/// Keeps `cmd`'s process to the core chosen by [`start_on_core`], if any.
+pub fn on_chosen_core(cmd: &mut Command) {
+    let Some(core) = *CORE.lock().unwrap_or_else(|p| p.into_inner()) else {
+        return;
+    };
+    // SAFETY: between fork and exec the closure makes one system call on its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+}
+
 /// Starts `cmd` (which runs `t9-ipc serve`, perhaps through a shell) and completes the MCP
 /// handshake with it; the client introduces itself as `client`.
-pub async fn spawn_client(cmd: Command, client: &str, stderr: Stdio) -> Client {
+pub async fn spawn_client(mut cmd: Command, client: &str, stderr: Stdio) -> Client {
+    on_chosen_core(&mut cmd);
     let (tx, events) = mpsc::unbounded_channel();
     let transport = TokioChildProcess::builder(cmd)
         .stderr(stderr)
@@ -568,6 +597,7 @@ impl Raw {
         let mut cmd = Command::new(BIN);
         without_telegram(&mut cmd);
         logs_to(&mut cmd, log);
+        on_chosen_core(&mut cmd);
         let mut child = cmd
             .arg("serve")
             .env("IPC_DATA_DIR", root)
