@@ -504,10 +504,14 @@ mod tests {
         // The same size and time in a file renamed over it: its inode (and change time) tell.
         put(&heartbeats.path, "tri", true, old);
         assert_eq!(working_on(&heartbeats), "tri");
-        // A file younger than the clock's tick is read every time, never kept.
+        // A file younger than the clock's tick is read every time, never kept (checked when
+        // the read came within that tick, as it does unless the machine stalls).
+        let written = std::time::Instant::now();
         put(&heartbeats.path, "for", true, None);
         assert_eq!(working_on(&heartbeats), "for");
-        assert!(heartbeats.cache.lock().unwrap().is_none());
+        if written.elapsed() < crate::watch::SETTLE {
+            assert!(heartbeats.cache.lock().unwrap().is_none());
+        }
     }
 
     #[test]
