@@ -276,6 +276,22 @@ fn write(shared: &Shared, parts: &[Parts], writes: &[(usize, Envelope)]) -> Resu
     Ok(())
 }
 
+/// True for this machine's own message come back from the stream, known without checking
+/// its signature (the costliest step, paid here for every message this machine sends):
+/// it names this machine and this machine's key, its id was published from here, and its
+/// bytes are those of the file still in `inbox/`. Whatever its signature, taking it in would
+/// change nothing; anything else is checked in full.
+fn is_our_own_copy(shared: &Shared, claims: &Claims<'_>, payload: &[u8]) -> bool {
+    let (Some(machine), Some(id), Some(key)) = (&claims.machine, &claims.id, &claims.key) else {
+        return false;
+    };
+    *machine == shared.machine
+        && key.eq_ignore_ascii_case(&crate::text::hex(shared.key.public().as_bytes()))
+        && shared.ledger().is_published(id)
+        && crate::mailbox::read_bytes(shared.mailbox.inbox(), id)
+            .is_ok_and(|bytes| bytes.as_deref() == Some(payload))
+}
+
 /// Checks an arrived message: `Some` when it is to be written into `inbox/`; `None` when it
 /// may be acknowledged as it is (already there, this machine's own, or kept aside here).
 fn check(shared: &Shared, part: &Parts) -> Result<Option<Envelope>> {
@@ -289,6 +305,10 @@ fn check(shared: &Shared, part: &Parts) -> Result<Option<Envelope>> {
         subject,
         sequence,
     };
+    if is_our_own_copy(shared, &claims, payload) {
+        // Our own message, back from the stream.
+        return Ok(None);
+    }
     let hold = |why: String, bytes: &[u8]| keep_aside(shared, &claims, &why, bytes).map(|()| None);
     let envelope = match Envelope::open(header, subject, payload.clone()) {
         Ok(envelope) => envelope,
