@@ -38,10 +38,12 @@ OUT = os.path.join(ROOT, "link", "order.txt")
 class Server:
     """A `t9-ipc serve` driven over stdio, as Claude Code drives it."""
 
-    def __init__(self, cmd, mailbox, name):
+    def __init__(self, cmd, mailbox, name, push=None):
         # The environment a user's server gets: its default logging runs code too.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IPC_", "RUST_LOG"))}
         env.update(IPC_DATA_DIR=mailbox, IPC_SESSION_ID=name)
+        if push:
+            env["IPC_PUSH"] = push
         self.proc = subprocess.Popen(
             cmd + [BINARY, "serve"],
             stdin=subprocess.PIPE,
@@ -50,10 +52,11 @@ class Server:
             env=env,
         )
         self.next_id = 1
+        # What Claude Code sends.
         self.request("initialize", {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {"experimental": {"claude/channel": {}}},
-            "clientInfo": {"name": "link-order", "version": "1"},
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"roots": {"listChanged": True}},
+            "clientInfo": {"name": "claude-code", "version": "2.1.330"},
         })
         self.notify("notifications/initialized")
 
@@ -101,7 +104,8 @@ def profile(out_file, session):
     ]
     with tempfile.TemporaryDirectory() as scratch:
         mailbox = os.path.join(scratch, "ipc")
-        server = Server(valgrind, mailbox, "alpha")
+        # In a session, push on, so that a message comes as an event.
+        server = Server(valgrind, mailbox, "alpha", push="on" if session else None)
         time.sleep(2)
         if session:
             other = Server([], mailbox, "beta")
