@@ -67,9 +67,38 @@ pub(super) struct UnseenMemo {
     /// Good until then: the soonest expiry among the messages counted.
     until: Option<DateTime<Local>>,
     count: usize,
-    /// Each sender's first message (the smallest id), and the senders in that order.
-    first_of: foldhash::HashMap<String, String>,
-    senders: std::collections::BTreeSet<(String, String)>,
+    /// Every sender counted, by one of its messages.
+    senders: foldhash::HashSet<BySender>,
+    /// The first message (the smallest id) of the [`NAMED`] senders whose first message is
+    /// the oldest, oldest first. Kept without the other senders' first messages: a message
+    /// older than the last one here makes its sender one of these, whoever it is.
+    first: Vec<Arc<Message>>,
+}
+
+/// The most senders [`UnseenMemo::numbers`] names.
+const NAMED: usize = 10;
+
+/// A message standing for its sender in a set of senders.
+struct BySender(Arc<Message>);
+
+impl PartialEq for BySender {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.front.from == other.0.front.from
+    }
+}
+
+impl Eq for BySender {}
+
+impl std::hash::Hash for BySender {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.front.from.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for BySender {
+    fn borrow(&self) -> &str {
+        &self.0.front.from
+    }
 }
 
 impl UnseenMemo {
@@ -79,29 +108,32 @@ impl UnseenMemo {
             epoch,
             until: None,
             count: 0,
-            first_of: foldhash::HashMap::default(),
-            senders: std::collections::BTreeSet::new(),
+            senders: foldhash::HashSet::default(),
+            first: Vec::with_capacity(NAMED + 1),
         }
     }
 
-    /// Counts one more unseen message.
-    fn add(&mut self, m: &Message) {
+    /// Counts one more unseen message. Allocates nothing for a sender already counted: under
+    /// a flood of 20,000 messages the numbers are worked out again after each push.
+    fn add(&mut self, m: &Arc<Message>) {
         self.count += 1;
         if let Some(t) = m.front.expires.as_deref().and_then(message::parse_time) {
             self.until = Some(self.until.map_or(t, |u| u.min(t)));
         }
-        let from = &m.front.from;
-        match self.first_of.get_mut(from) {
-            Some(first) if m.id < *first => {
-                self.senders.remove(&(first.clone(), from.clone()));
-                *first = m.id.clone();
-                self.senders.insert((m.id.clone(), from.clone()));
+        if !self.senders.contains(m.front.from.as_str()) {
+            self.senders.insert(BySender(m.clone()));
+        }
+        let by_id = |a: &Arc<Message>, b: &Arc<Message>| a.id.cmp(&b.id);
+        if let Some(i) = self.first.iter().position(|f| f.front.from == m.front.from) {
+            if m.id < self.first[i].id {
+                self.first[i] = m.clone();
+                self.first.sort_by(by_id);
             }
-            Some(_) => {}
-            None => {
-                self.first_of.insert(from.clone(), m.id.clone());
-                self.senders.insert((m.id.clone(), from.clone()));
-            }
+        } else if self.first.len() < NAMED || self.first.last().is_some_and(|l| m.id < l.id) {
+            // Fewer than NAMED senders so far, or older than the last one named.
+            self.first.push(m.clone());
+            self.first.sort_by(by_id);
+            self.first.truncate(NAMED);
         }
     }
 
@@ -109,13 +141,14 @@ impl UnseenMemo {
         self.generation == generation && self.epoch == epoch && self.until.is_none_or(|u| now <= u)
     }
 
-    /// The count, the first `named` senders (each once, oldest first) and how many others.
+    /// The count, the first `named` senders (each once, oldest first; at most [`NAMED`])
+    /// and how many others.
     fn numbers(&self, named: usize) -> (usize, Vec<String>, usize) {
         let shown: Vec<String> = self
-            .senders
+            .first
             .iter()
             .take(named)
-            .map(|(_, s)| s.clone())
+            .map(|m| m.front.from.clone())
             .collect();
         let others = self.senders.len() - shown.len();
         (self.count, shown, others)
@@ -189,7 +222,7 @@ impl Index {
     }
 
     /// Counts a message that just arrived in the reminder's numbers, when they are kept.
-    fn count_arrival(&mut self, shared: &Shared, msg: &Message, now: DateTime<Local>) {
+    fn count_arrival(&mut self, shared: &Shared, msg: &Arc<Message>, now: DateTime<Local>) {
         let push_on = shared.push == Push::On;
         let Some(memo) = &self.unseen else {
             return;

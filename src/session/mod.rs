@@ -673,8 +673,34 @@ mod tests {
         s.mark_pushed(std::slice::from_ref(&first)).unwrap();
         let (kept, scratch) = kept_then_scratch(now);
         assert_eq!(kept, scratch);
-        let (kept, scratch) = kept_then_scratch(now + TimeDelta::seconds(3));
+        let then = now + TimeDelta::seconds(3);
+        let (kept, scratch) = kept_then_scratch(then);
         assert_eq!((kept.0, &kept), (3, &scratch), "omega's message expired");
+
+        // More senders than are named: the ten whose first message is oldest, kept as
+        // messages arrive older than the last named (a new sender, one not named, one named).
+        let many: Vec<String> = (0..12)
+            .map(|i| write(&format!("sender{i:02}"), ago(30 + i), None))
+            .collect();
+        arrive(&many.iter().collect::<Vec<_>>());
+        let (kept, scratch) = kept_then_scratch(then);
+        assert_eq!(kept, scratch);
+        let senders = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let oldest: Vec<String> = (2..12).rev().map(|i| format!("sender{i:02}")).collect();
+        assert_eq!(kept, (15, oldest, 5));
+        let gamma_old = write("gamma", ago(200), None);
+        let sender05_old = write("sender05", ago(300), None);
+        let zeta = write("zeta", ago(5), None);
+        for id in [&gamma_old, &sender05_old, &zeta] {
+            arrive(&[id]);
+            let (kept, scratch) = kept_then_scratch(then);
+            assert_eq!(kept, scratch, "after {id}");
+        }
+        let named = senders(&[
+            "sender05", "gamma", "sender11", "sender10", "sender09", "sender08", "sender07",
+            "sender06", "sender04", "sender03",
+        ]);
+        assert_eq!(s.unseen(10, then).unwrap(), (18, named, 6));
     }
 
     /// The methods the async side calls answer while the index lock is held by I/O (a
