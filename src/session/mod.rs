@@ -605,7 +605,8 @@ mod tests {
     }
 
     /// The reminder's numbers kept between tool calls agree with a count from scratch
-    /// through arrivals (one older than the rest), a push, its record, and an expiry.
+    /// through arrivals (one older than the rest), a push, its record, an expiry, and more
+    /// senders than are named, with arrivals that enter, move up among and stay out of them.
     #[test]
     fn the_reminders_kept_numbers_match_a_count_from_scratch() {
         use crate::watch::Changed;
