@@ -449,12 +449,18 @@ impl Session {
         if shared.handed != looked {
             return false;
         }
-        shared.in_flight.extend(ids.iter().cloned());
-        shared.epoch += 1;
+        // A digest names messages and pushes none: nothing the model is told changes.
+        if !ids.is_empty() {
+            shared.in_flight.extend(ids.iter().cloned());
+            shared.epoch += 1;
+        }
         true
     }
 
     pub fn push_failed(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
         let mut shared = self.shared();
         shared.epoch += 1;
         for id in ids {
@@ -702,6 +708,37 @@ mod tests {
             "sender06", "sender04", "sender03",
         ]);
         assert_eq!(s.unseen(10, then).unwrap(), (18, named, 6));
+    }
+
+    /// An event that pushes no message whole (a digest) keeps the reminder's numbers: under
+    /// a flood, each digest made the next tool call count every unread message again.
+    #[test]
+    fn a_digest_keeps_the_reminders_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = alpha(dir.path());
+        s.set_push(Push::On);
+        let draft = crate::mailbox::Draft {
+            from: "beta",
+            to: "alpha",
+            kind: "ipc",
+            subject: "s",
+            priority: "normal",
+            body: "b",
+            ..Default::default()
+        };
+        let id = s.mailbox.write(&draft, Local::now()).unwrap();
+        assert_eq!(s.unseen(10, Local::now()).unwrap().0, 1);
+        let epoch = s.shared().epoch;
+        let handed = s.shared().handed;
+        assert!(s.pushing(&[], handed));
+        s.mark_pushed(&[]).unwrap();
+        s.push_failed(&[]);
+        assert_eq!(s.shared().epoch, epoch);
+        assert!(s.index().unseen.is_some(), "the numbers were dropped");
+        // A message pushed whole changes them.
+        assert!(s.pushing(std::slice::from_ref(&id), handed));
+        s.mark_pushed(std::slice::from_ref(&id)).unwrap();
+        assert_eq!(s.unseen(10, Local::now()).unwrap().0, 0);
     }
 
     /// The methods the async side calls answer while the index lock is held by I/O (a
