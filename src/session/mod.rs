@@ -582,12 +582,9 @@ mod tests {
         Session::start(&config, Local::now()).unwrap()
     }
 
-    /// A push planned before an unread page that returned its mail is refused: the model
-    /// would get it twice.
-    #[test]
-    fn a_push_planned_before_an_unread_page_is_planned_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = alpha(dir.path());
+    /// [`alpha`] with push on and one unread message from beta, whose id is returned.
+    fn alpha_with_push_and_one_message(dir: &Path) -> (Session, String) {
+        let s = alpha(dir);
         s.set_push(Push::On);
         let draft = crate::mailbox::Draft {
             from: "beta",
@@ -599,6 +596,15 @@ mod tests {
             ..Default::default()
         };
         let id = s.mailbox.write(&draft, Local::now()).unwrap();
+        (s, id)
+    }
+
+    /// A push planned before an unread page that returned its mail is refused: the model
+    /// would get it twice.
+    #[test]
+    fn a_push_planned_before_an_unread_page_is_planned_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, id) = alpha_with_push_and_one_message(dir.path());
         let (pending, looked) = s.pending_pushes(Local::now()).unwrap();
         assert_eq!(pending.len(), 1);
         let page = s.unread(10, 40_000, true, Local::now()).unwrap();
@@ -715,18 +721,7 @@ mod tests {
     #[test]
     fn a_digest_keeps_the_reminders_numbers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = alpha(dir.path());
-        s.set_push(Push::On);
-        let draft = crate::mailbox::Draft {
-            from: "beta",
-            to: "alpha",
-            kind: "ipc",
-            subject: "s",
-            priority: "normal",
-            body: "b",
-            ..Default::default()
-        };
-        let id = s.mailbox.write(&draft, Local::now()).unwrap();
+        let (s, id) = alpha_with_push_and_one_message(dir.path());
         assert_eq!(s.unseen(10, Local::now()).unwrap().0, 1);
         let epoch = s.shared().epoch;
         let handed = s.shared().handed;
