@@ -61,7 +61,7 @@ fn main() {
 }
 
 /// True when a small program links with these linker arguments added, built by the same
-/// compiler for the same target with the same flags as this crate.
+/// compiler for the same target with the same flags and linker as this crate.
 fn links_with(args: &[String]) -> bool {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let out = std::path::PathBuf::from(var("OUT_DIR"));
@@ -79,6 +79,10 @@ fn links_with(args: &[String]) -> bool {
         .arg(&source);
     let flags = var("CARGO_ENCODED_RUSTFLAGS");
     probe.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    // A linker set in Cargo's configuration (`target.<triple>.linker`) is not among the flags.
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        probe.arg("-C").arg(format!("linker={linker}"));
+    }
     for arg in args {
         probe.arg("-C").arg(format!("link-arg={arg}"));
     }
