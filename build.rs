@@ -22,7 +22,7 @@
 //!   4.6 MiB of code; laid out together, about 1 MiB. The file names functions; a name the
 //!   build no longer has is skipped. Only a linker that takes the option gets it (Rust's own
 //!   `rust-lld`, the default for this target since Rust 1.90, does; GNU `ld` does not): a
-//!   trial link with the same compiler and flags decides.
+//!   trial link with the same compiler, flags and linker decides.
 
 use std::process::Command;
 
