@@ -10,7 +10,7 @@ use chrono::{DateTime, Local};
 use super::{Session, Shared};
 use crate::channels::Push;
 use crate::error::{Error, Result};
-use crate::id::IdMap;
+use crate::id::{IdMap, IdSet};
 use crate::mailbox::{Message, ReadState};
 use crate::message;
 use crate::watch::{Changed, FolderTime};
@@ -54,7 +54,7 @@ pub(super) struct Index {
     superseded: IdMap<String>,
     indexed: bool,
     /// The reminder's numbers ([`Session::unseen`]) as last worked out, kept up to date by
-    /// arrivals; any other change drops it. Under a flood of 20,000 unread messages working
+    /// arrivals and by messages pushed whole; any other change drops it. Under a flood of 20,000 unread messages working
     /// them out again at each tool call was the largest cost of `t9_ipc_who`.
     pub(super) unseen: Option<UnseenMemo>,
 }
@@ -63,20 +63,28 @@ pub(super) struct Index {
 pub(super) struct UnseenMemo {
     /// The read state's generation and [`Shared::epoch`] they were worked out at.
     generation: u64,
-    epoch: u64,
+    pub(super) epoch: u64,
     /// Good until then: the soonest expiry among the messages counted.
     until: Option<DateTime<Local>>,
     count: usize,
-    /// Every sender counted, by one of its messages.
-    senders: foldhash::HashSet<BySender>,
-    /// The first message (the smallest id) of the [`NAMED`] senders whose first message is
-    /// the oldest, oldest first. Kept without the other senders' first messages: a message
-    /// older than the last one here makes its sender one of these, whoever it is.
+    /// Every sender counted, by one of its messages, with how many of its messages count.
+    senders: foldhash::HashMap<BySender, usize>,
+    /// The first message (the smallest id) of the senders whose first message is the
+    /// oldest, oldest first: every sender when `complete`, else the oldest few (at least
+    /// [`NAMED`] while the numbers hold). Kept without the other senders' first messages:
+    /// a message older than the last one here makes its sender one of these, whoever it is.
     first: Vec<Arc<Message>>,
+    /// `first` holds every sender.
+    complete: bool,
 }
 
 /// The most senders [`UnseenMemo::numbers`] names.
 const NAMED: usize = 10;
+
+/// How many senders' first messages [`UnseenMemo::first`] keeps: more than are named, so
+/// that messages pushed whole can be taken out one by one ([`UnseenMemo::remove`]) while
+/// enough senders are left to name.
+const KEPT: usize = 4 * NAMED;
 
 /// A message standing for its sender in a set of senders.
 struct BySender(Arc<Message>);
@@ -108,20 +116,29 @@ impl UnseenMemo {
             epoch,
             until: None,
             count: 0,
-            senders: foldhash::HashSet::default(),
-            first: Vec::with_capacity(NAMED + 1),
+            senders: foldhash::HashMap::default(),
+            first: Vec::with_capacity(KEPT + 1),
+            complete: true,
         }
     }
 
     /// Counts one more unseen message. Allocates nothing for a sender already counted: under
-    /// a flood of 20,000 messages the numbers are worked out again after each push.
+    /// a flood of 20,000 messages the numbers are worked out again after each read mark.
     fn add(&mut self, m: &Arc<Message>) {
         self.count += 1;
         if let Some(t) = m.front.expires.as_deref().and_then(message::parse_time) {
             self.until = Some(self.until.map_or(t, |u| u.min(t)));
         }
-        if !self.senders.contains(m.front.from.as_str()) {
-            self.senders.insert(BySender(m.clone()));
+        match self.senders.get_mut(m.front.from.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.senders.insert(BySender(m.clone()), 1);
+            }
+        }
+        // Only a message older than the last one kept can change `first`, unless it holds
+        // every sender: under a flood, messages arrive (and are counted) oldest first.
+        if !self.complete && self.first.last().is_none_or(|l| m.id > l.id) {
+            return;
         }
         let by_id = |a: &Arc<Message>, b: &Arc<Message>| a.id.cmp(&b.id);
         if let Some(i) = self.first.iter().position(|f| f.front.from == m.front.from) {
@@ -129,15 +146,41 @@ impl UnseenMemo {
                 self.first[i] = m.clone();
                 self.first.sort_by(by_id);
             }
-        } else if self.first.len() < NAMED || self.first.last().is_some_and(|l| m.id < l.id) {
-            // Fewer than NAMED senders so far, or older than the last one named.
-            self.first.push(m.clone());
-            self.first.sort_by(by_id);
-            self.first.truncate(NAMED);
+            return;
+        }
+        self.first.push(m.clone());
+        self.first.sort_by(by_id);
+        if !self.complete {
+            self.first.pop(); // as many as before: the oldest of them
+        } else if self.first.len() > KEPT {
+            self.first.truncate(KEPT);
+            self.complete = false;
         }
     }
 
-    fn holds(&self, generation: u64, epoch: u64, now: DateTime<Local>) -> bool {
+    /// Takes out a message counted (it is being pushed whole). False when the numbers can
+    /// no longer be told without counting again: the sender's first message among those
+    /// kept went and the sender has others, or fewer than [`NAMED`] are left of the oldest.
+    fn remove(&mut self, m: &Message) -> bool {
+        let from = m.front.from.as_str();
+        let Some(n) = self.senders.get_mut(from) else {
+            return false;
+        };
+        self.count = self.count.saturating_sub(1);
+        *n -= 1;
+        let kept = self.first.iter().position(|f| f.front.from == from);
+        if *n > 0 {
+            // Its first message, when it is kept, must not be the one that went.
+            return kept.is_none_or(|i| self.first[i].id != m.id);
+        }
+        self.senders.remove(from);
+        if let Some(i) = kept {
+            self.first.remove(i);
+        }
+        self.complete || self.first.len() >= NAMED
+    }
+
+    pub(super) fn holds(&self, generation: u64, epoch: u64, now: DateTime<Local>) -> bool {
         self.generation == generation && self.epoch == epoch && self.until.is_none_or(|u| now <= u)
     }
 
@@ -147,7 +190,7 @@ impl UnseenMemo {
         let shown: Vec<String> = self
             .first
             .iter()
-            .take(named)
+            .take(named.min(NAMED))
             .map(|m| m.front.from.clone())
             .collect();
         let others = self.senders.len() - shown.len();
@@ -219,6 +262,44 @@ impl Index {
             self.mine.insert(msg.id.clone(), msg.clone());
         }
         (unread, new.then_some(msg))
+    }
+
+    /// Takes messages about to be pushed whole (not in flight yet) out of the reminder's
+    /// numbers, when they are kept. False when they must be worked out again.
+    pub(super) fn uncount(
+        &mut self,
+        shared: &Shared,
+        ids: &[String],
+        now: DateTime<Local>,
+    ) -> bool {
+        let Some(mut memo) = self.unseen.take() else {
+            return false;
+        };
+        if !memo.holds(self.state.generation(), shared.epoch, now) {
+            return false;
+        }
+        if shared.push == Push::On {
+            let mut done = IdSet::default();
+            for id in ids {
+                let Some(m) = self.mine.get(id) else {
+                    continue; // not this name's unread mail: never counted
+                };
+                let counted = self.is_live(m, now) && !self.was_pushed(shared, id);
+                if counted && done.insert(id.clone()) && !memo.remove(m) {
+                    return false;
+                }
+            }
+        } // else pushed messages count all the same
+        self.unseen = Some(memo);
+        true
+    }
+
+    /// Whether the reminder's numbers are kept and hold now (for tests).
+    #[cfg(test)]
+    pub(super) fn unseen_kept(&self, shared: &Shared) -> bool {
+        self.unseen
+            .as_ref()
+            .is_some_and(|m| m.holds(self.state.generation(), shared.epoch, Local::now()))
     }
 
     /// Counts a message that just arrived in the reminder's numbers, when they are kept.
@@ -541,14 +622,26 @@ impl Session {
             // messages, working them out again took 13 ms of the next tool call).
             return Ok(());
         }
-        // On disk first, then out of flight: they count as pushed all along.
-        let written = {
+        // On disk first, then out of flight: they count as pushed all along, and the
+        // reminder's numbers, which left them out when they went in flight, stay.
+        let (written, in_flight) = {
             let mut index = self.index();
-            index.unseen = None;
-            index.state.mark_pushed(ids.iter().map(String::as_str))
+            let in_flight = {
+                let shared = self.shared();
+                ids.iter().all(|id| shared.in_flight.contains(id))
+            };
+            if !in_flight {
+                index.unseen = None;
+            }
+            (
+                index.state.mark_pushed(ids.iter().map(String::as_str)),
+                in_flight,
+            )
         };
         let mut shared = self.shared();
-        shared.epoch += 1;
+        if !in_flight {
+            shared.epoch += 1;
+        }
         for id in ids {
             shared.in_flight.remove(id);
         }

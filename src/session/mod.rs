@@ -451,8 +451,19 @@ impl Session {
         }
         // A digest names messages and pushes none: nothing the model is told changes.
         if !ids.is_empty() {
+            // The reminder's numbers lose these messages one by one when the index is free
+            // (this side never waits for it) and they can; else they are worked out again.
+            let mut index = self.index.try_lock().ok();
+            let kept = index
+                .as_mut()
+                .is_some_and(|index| index.uncount(&shared, ids, Local::now()));
             shared.in_flight.extend(ids.iter().cloned());
             shared.epoch += 1;
+            if let Some(memo) = index.as_mut().and_then(|index| index.unseen.as_mut())
+                && kept
+            {
+                memo.epoch = shared.epoch;
+            }
         }
         true
     }
@@ -734,6 +745,70 @@ mod tests {
         assert!(s.pushing(std::slice::from_ref(&id), handed));
         s.mark_pushed(std::slice::from_ref(&id)).unwrap();
         assert_eq!(s.unseen(10, Local::now()).unwrap().0, 0);
+    }
+
+    /// Messages pushed whole leave the reminder's numbers one by one, without a count from
+    /// scratch, while enough of the oldest senders are kept to name; a sender's first
+    /// message pushed while it has others makes them counted again, and right.
+    #[test]
+    fn messages_pushed_whole_leave_the_reminders_numbers_without_a_recount() {
+        use chrono::TimeDelta;
+        let dir = tempfile::tempdir().unwrap();
+        let s = alpha(dir.path());
+        s.set_push(Push::On);
+        let now = Local::now();
+        let write = |from: &str, secs: i64| {
+            let draft = crate::mailbox::Draft {
+                from,
+                to: "alpha",
+                kind: "ipc",
+                subject: "s",
+                priority: "normal",
+                body: "b",
+                ..Default::default()
+            };
+            s.mailbox
+                .write(&draft, now - TimeDelta::seconds(secs))
+                .unwrap()
+        };
+        // 50 senders, oldest first; the oldest also sent a later message.
+        let ids: Vec<String> = (0..50)
+            .map(|i| write(&format!("s{i:02}"), 500 - i))
+            .collect();
+        let again = write("s00", 1);
+        let kept = || s.index().unseen_kept(&s.shared());
+        let from_scratch = || {
+            s.index().unseen = None;
+            s.unseen(10, Local::now()).unwrap()
+        };
+        let push = |pushed: &[String]| {
+            let handed = s.shared().handed;
+            assert!(s.pushing(pushed, handed));
+            let after_pushing = kept();
+            s.mark_pushed(pushed).unwrap();
+            after_pushing && kept()
+        };
+        assert_eq!(s.unseen(10, now).unwrap().0, 51);
+        // s01 to s29 (no other messages): taken out one by one, twice in one event.
+        for pushed in ids[1..28].chunks(9).chain([&ids[28..30], &ids[28..30]]) {
+            let pushed = pushed.to_vec();
+            let many = pushed.len();
+            assert!(push(&pushed), "counted again after pushing {many}");
+            let numbers = s.unseen(10, Local::now()).unwrap();
+            assert_eq!(numbers, from_scratch());
+        }
+        let named: Vec<String> = std::iter::once("s00".to_owned())
+            .chain((30..39).map(|i| format!("s{i:02}")))
+            .collect();
+        assert_eq!(s.unseen(10, Local::now()).unwrap(), (22, named, 11));
+        // s00's first message, while its later one waits: counted again.
+        assert!(!push(std::slice::from_ref(&ids[0])));
+        let numbers = s.unseen(10, Local::now()).unwrap();
+        assert_eq!(numbers, from_scratch());
+        assert_eq!(numbers.0, 21);
+        assert_eq!(numbers.1[0], "s30", "s00's message left is its newest");
+        assert!(push(std::slice::from_ref(&again)));
+        assert_eq!(s.unseen(10, Local::now()).unwrap(), from_scratch());
     }
 
     /// The methods the async side calls answer while the index lock is held by I/O (a
