@@ -825,7 +825,10 @@ fn write_report(report: &Report, took: Duration) {
          folder (two fsyncs) before it returns, so that a send that succeeded survives a \
          crash. The throughput figure measures that bound in the same run (8 threads doing \
          nothing but write, fsync, rename, fsync of the folder, with files of the messages' \
-         size) and reports the sends against it.\n\
+         size, in the same `inbox/` once its servers have exited, twice, the higher run \
+         counting) and reports the sends against it; the bound in a new folder beside it is \
+         given too, since making a file costs what the folder's place on the disk makes it \
+         cost.\n\
          - Under the default limits most of a flood is not pushed: one notice names it and \
          the messages wait for `t9_ipc_unread`; the figures count a message delivered when an \
          event carried it whole or `t9_ipc_unread` returned it, and check that no message \
