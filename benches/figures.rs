@@ -690,11 +690,11 @@ async fn throughput(report: &mut Report) {
         .collect();
     let size = (sizes.iter().sum::<u64>() / sizes.len().max(1) as u64) as usize;
     // The bound is measured in the same `inbox/`, once every server has exited: on ext4
-    // without a journal, making a file cost from 8 to 200 µs by the folder it was made in
+    // without a journal, making a file cost from 8 to 280 µs by the folder it was made in
     // (folders made side by side land in different groups of inodes, and the allocator
     // walks past the inodes it takes for recently deleted), so a bound measured in another
     // folder says as much about that folder as about the disk. The one beside is reported
-    // too. It moves between runs a few seconds apart (3,600 and 7,900 files/s, one after
+    // too. It moves between runs a few seconds apart (7,964 and 5,570 files/s, one after
     // the other, in one `inbox/`), so it is measured twice and the higher counts.
     for mut sender in done {
         let _ = sender.child.kill().await;
