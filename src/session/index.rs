@@ -624,22 +624,22 @@ impl Session {
         }
         // On disk first, then out of flight: they count as pushed all along, and the
         // reminder's numbers, which left them out when they went in flight, stay.
-        let (written, in_flight) = {
+        let (written, kept) = {
             let mut index = self.index();
             let in_flight = {
                 let shared = self.shared();
                 ids.iter().all(|id| shared.in_flight.contains(id))
             };
-            if !in_flight {
+            let written = index.state.mark_pushed(ids.iter().map(String::as_str));
+            // Not written (a full disk): out of flight they count as unseen again.
+            let kept = in_flight && written.is_ok();
+            if !kept {
                 index.unseen = None;
             }
-            (
-                index.state.mark_pushed(ids.iter().map(String::as_str)),
-                in_flight,
-            )
+            (written, kept)
         };
         let mut shared = self.shared();
-        if !in_flight {
+        if !kept {
             shared.epoch += 1;
         }
         for id in ids {
