@@ -627,6 +627,26 @@ mod tests {
         assert!(s.pushing(&[], looked));
     }
 
+    /// Writes a message from `from` to alpha at `at`; its id.
+    fn mail_to_alpha(
+        s: &Session,
+        from: &str,
+        at: DateTime<Local>,
+        expires: Option<DateTime<Local>>,
+    ) -> String {
+        let draft = crate::mailbox::Draft {
+            from,
+            to: "alpha",
+            kind: "ipc",
+            subject: "s",
+            priority: "normal",
+            body: "b",
+            expires,
+            ..Default::default()
+        };
+        s.mailbox.write(&draft, at).unwrap()
+    }
+
     /// The reminder's numbers kept between tool calls agree with a count from scratch
     /// through arrivals (one older than the rest), a push, its record, an expiry, and more
     /// senders than are named, with arrivals that enter, move up among and stay out of them.
@@ -639,17 +659,7 @@ mod tests {
         s.set_push(Push::On);
         let now = Local::now();
         let write = |from: &str, at: DateTime<Local>, expires: Option<DateTime<Local>>| {
-            let draft = crate::mailbox::Draft {
-                from,
-                to: "alpha",
-                kind: "ipc",
-                subject: "s",
-                priority: "normal",
-                body: "b",
-                expires,
-                ..Default::default()
-            };
-            s.mailbox.write(&draft, at).unwrap()
+            mail_to_alpha(&s, from, at, expires)
         };
         let arrive = |ids: &[&String]| {
             let files = ids
@@ -757,20 +767,8 @@ mod tests {
         let s = alpha(dir.path());
         s.set_push(Push::On);
         let now = Local::now();
-        let write = |from: &str, secs: i64| {
-            let draft = crate::mailbox::Draft {
-                from,
-                to: "alpha",
-                kind: "ipc",
-                subject: "s",
-                priority: "normal",
-                body: "b",
-                ..Default::default()
-            };
-            s.mailbox
-                .write(&draft, now - TimeDelta::seconds(secs))
-                .unwrap()
-        };
+        let write =
+            |from: &str, secs: i64| mail_to_alpha(&s, from, now - TimeDelta::seconds(secs), None);
         // 50 senders, oldest first; the oldest also sent a later message.
         let ids: Vec<String> = (0..50)
             .map(|i| write(&format!("s{i:02}"), 500 - i))
