@@ -388,7 +388,8 @@ impl Pusher {
         // One line for a digest at the default level, not one a message: a digest of a
         // flood names thousands, and writing their lines held up the tool calls meanwhile.
         if let (Some(first), Some(last)) = (batch.named.first(), batch.named.last()) {
-            tracing::info!(count = batch.named.len(), first = %first.id, last = %last.id, "named in an event");
+            let count = batch.named.len();
+            tracing::info!(count, first = %first.id, last = %last.id, "named in an event");
         }
         for msg in &batch.named {
             tracing::debug!(msg_id = %msg.id, from = %msg.front.from, "named in an event");

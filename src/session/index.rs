@@ -54,8 +54,9 @@ pub(super) struct Index {
     superseded: IdMap<String>,
     indexed: bool,
     /// The reminder's numbers ([`Session::unseen`]) as last worked out, kept up to date by
-    /// arrivals and by messages pushed whole; any other change drops it. Under a flood of 20,000 unread messages working
-    /// them out again at each tool call was the largest cost of `t9_ipc_who`.
+    /// arrivals and by messages pushed whole; any other change drops it. Under a flood of
+    /// 20,000 unread messages working them out again at each tool call was the largest cost
+    /// of `t9_ipc_who`.
     pub(super) unseen: Option<UnseenMemo>,
 }
 

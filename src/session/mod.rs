@@ -787,7 +787,8 @@ mod tests {
             after_pushing && kept()
         };
         assert_eq!(s.unseen(10, now).unwrap().0, 51);
-        // s01 to s29 (no other messages): taken out one by one, twice in one event.
+        // s01 to s29 (no other messages) taken out one by one, in events of 9, 9, 9 and 2;
+        // the last event again (its messages pushed already) changes nothing.
         for pushed in ids[1..28].chunks(9).chain([&ids[28..30], &ids[28..30]]) {
             let pushed = pushed.to_vec();
             let many = pushed.len();
