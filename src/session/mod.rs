@@ -20,6 +20,7 @@ use crate::message;
 
 mod index;
 mod send;
+mod unseen;
 
 pub use index::{Synced, Unread};
 pub use send::{MAX_TTL, Outgoing, Sent, send_from};
