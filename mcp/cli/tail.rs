@@ -27,7 +27,7 @@ pub struct TailArgs {
 pub async fn run(args: TailArgs, config: &Config) -> anyhow::Result<()> {
     let mailbox = open_existing(config)?;
     // Watch before the first scan, so that nothing written in between is missed.
-    let (_watcher, mut events) = watch::watch_messages(mailbox.inbox())
+    let (_watcher, mut events) = watch::watch_messages(mailbox.inbox(), None)
         .with_context(|| format!("watching {}", mailbox.inbox().display()))?;
     let mut seen: HashSet<String> = mailbox.scan()?.iter().map(|m| m.id.clone()).collect();
     eprintln!(

@@ -160,12 +160,17 @@ impl Pusher {
                 }
                 // A change or the end of a young inbox time: take what changed (perhaps
                 // nothing) with the folder's time.
-                Some(()) = async {
+                Some(hinted) = async {
                     tokio::select! {
-                        changed = changes.changed() => changed,
-                        () = sleep_until_due(settle) => Some(()),
+                        changed = changes.changed() => changed.map(|()| true),
+                        () = sleep_until_due(settle) => Some(false),
                     }
                 } => {
+                    if hinted && changes.can_wait() {
+                        // Only others' mail: taken once the burst it may begin is over.
+                        self.settle_at.get_or_insert(Instant::now() + watch::SETTLE);
+                        continue;
+                    }
                     self.settle_at = None;
                     let changed = changes.take();
                     if changed.rewatch {
@@ -205,7 +210,12 @@ impl Pusher {
     /// it, so no file falls between the two.
     async fn start_watcher(&mut self) -> (Option<watch::Watcher>, watch::Changes) {
         let inbox = self.session.mailbox().inbox().to_path_buf();
-        let err = match tokio::task::spawn_blocking(move || watch::watch_messages(&inbox)).await {
+        // Others' mail can wait, unless a subscriber reads every new file.
+        let s = self.session.clone();
+        let can_wait = (!self.subscribers.everyone())
+            .then(|| Arc::new(move |stem: &str| s.can_wait(stem)) as watch::CanWait);
+        let watching = move || watch::watch_messages(&inbox, can_wait);
+        let err = match tokio::task::spawn_blocking(watching).await {
             Ok(Ok((watcher, changes))) => return (Some(watcher), changes),
             Ok(Err(err)) => format!("{err:#}"),
             Err(err) => err.to_string(),

@@ -73,7 +73,7 @@ pub async fn run(settings: Settings, data_dir: &Path, cancel: CancellationToken)
         paths,
     });
     // Watch before the first scan, so nothing written in between is missed.
-    let (_watcher, changes) = crate::watch::watch_messages(shared.mailbox.inbox())?;
+    let (_watcher, changes) = crate::watch::watch_messages(shared.mailbox.inbox(), None)?;
 
     let (connected_tx, connected) = watch::channel(false);
     let client = connect(&settings, connected_tx).await?;

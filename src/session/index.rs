@@ -329,6 +329,14 @@ impl Session {
         true
     }
 
+    /// True for a message file (by its stem) that [`Session::pass_over`] would pass over:
+    /// not this name's mail, with the index built. The file watcher lets such files wait
+    /// ([`crate::watch::CanWait`]) so that a burst of others' mail wakes this server once.
+    pub fn can_wait(&self, stem: &str) -> bool {
+        let shared = self.shared();
+        shared.index_built && !message::stem_may_be_for(stem, &shared.name)
+    }
+
     /// Builds the index if no event did yet (a tool called before the first scan).
     pub(super) fn ensure_indexed(&self, index: &mut Index, now: DateTime<Local>) -> Result<()> {
         index.state.refresh()?;

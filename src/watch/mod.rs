@@ -111,10 +111,25 @@ pub struct Changed {
     pub time: FolderTime,
 }
 
+/// Tells, from a message file's stem, that the file can wait ([`watch_messages`]): true for
+/// a file that is surely not the watcher's business (another session's mail).
+pub type CanWait = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The changes waiting to be taken, with what the watcher's thread knows of them.
+#[derive(Default)]
+struct Pending {
+    changed: Changed,
+    /// Something among them cannot wait: a file the [`CanWait`] did not pass over, a
+    /// rescan, or a folder to watch again.
+    urgent: bool,
+    /// A hint went out since they were last taken.
+    hinted: bool,
+}
+
 /// The receiving end of a watch: wait for a hint, then take what changed.
 pub struct Changes {
     hints: mpsc::Receiver<()>,
-    pending: Arc<Mutex<Changed>>,
+    pending: Arc<Mutex<Pending>>,
     folder: PathBuf,
 }
 
@@ -138,10 +153,20 @@ impl Changes {
     /// up to it is among these or earlier ones.
     pub fn take(&self) -> Changed {
         let time = FolderTime::of(&self.folder);
-        let mut changed =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        changed.time = time;
-        changed
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        Changed {
+            time,
+            ..pending.changed
+        }
+    }
+
+    /// True when every change waiting can wait ([`CanWait`]): files, all of them passed
+    /// over. Further such changes hint no more until these are taken, so a watcher that
+    /// takes them a little later ([`SETTLE`]) is woken once for a whole burst of others'
+    /// mail instead of once a file.
+    pub fn can_wait(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        !pending.urgent && !pending.changed.files.is_empty()
     }
 }
 
@@ -173,7 +198,7 @@ enum Seen {
 /// Where a watch's events go: the changes waiting to be taken, and the hint.
 #[derive(Clone)]
 struct Sink {
-    pending: Arc<Mutex<Changed>>,
+    pending: Arc<Mutex<Pending>>,
     hint: mpsc::Sender<()>,
     /// The watched folder, and the folder above it.
     folder: PathBuf,
@@ -181,16 +206,21 @@ struct Sink {
     /// Only `.md` files count ([`watch_messages`]): a writer's temporary file, made, written
     /// and closed before its rename, wakes nobody.
     messages_only: bool,
+    /// Which message files can wait for the next hint ([`Changes::can_wait`]).
+    can_wait: Option<CanWait>,
 }
 
 impl Sink {
-    fn changed(&self) -> std::sync::MutexGuard<'_, Changed> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Events were lost, or the watcher failed: everything is looked at again.
     fn rescan(&self) {
-        self.changed().rescan = true;
+        let mut pending = self.pending();
+        pending.changed.rescan = true;
+        pending.urgent = true;
+        drop(pending);
         // Full means a hint is already waiting; it will take this change too.
         let _ = self.hint.try_send(());
     }
@@ -201,17 +231,12 @@ impl Sink {
         let inside = |p: &PathBuf| p.parent() == Some(folder);
         let is_folder = |p: &PathBuf| *p == folder || self.above.as_deref() == Some(p.as_path());
         let is_message = |p: &PathBuf| inside(p) && p.extension().is_some_and(|e| e == "md");
-        let mut changed = self.changed();
         let comes_or_goes = matches!(seen, Seen::Created | Seen::Moved);
-        if comes_or_goes && paths.iter().any(is_folder) {
-            // inbox/ or the mailbox itself came or went: scan it, and watch the new one.
-            changed.rescan = true;
-            changed.rewatch = true;
-        } else if !paths.iter().any(inside) {
-            if !changed.rewatch {
-                return; // a folder above: another of its files
-            }
-        } else {
+        let folder_came_or_went = comes_or_goes && paths.iter().any(is_folder);
+        let files = !folder_came_or_went && paths.iter().any(inside);
+        // Worked out before the lock is taken (a `stat`; a look at the session's name): a
+        // watcher's thread runs at a low priority and must not hold what the server waits for.
+        if files {
             let wanted: Vec<&PathBuf> = paths
                 .iter()
                 .filter(|p| !self.messages_only || is_message(p))
@@ -225,6 +250,25 @@ impl Sink {
                 return;
             }
         }
+        let can_wait = files
+            && self.can_wait.as_ref().is_some_and(|can_wait| {
+                let mut messages = paths.iter().filter(|p| is_message(p)).peekable();
+                messages.peek().is_some()
+                    && messages.all(|p| {
+                        p.file_stem()
+                            .and_then(|s| s.to_str())
+                            .is_some_and(|stem| can_wait(stem))
+                    })
+            });
+        let mut pending = self.pending();
+        let changed = &mut pending.changed;
+        if folder_came_or_went {
+            // inbox/ or the mailbox itself came or went: scan it, and watch the new one.
+            changed.rescan = true;
+            changed.rewatch = true;
+        } else if !files && !changed.rewatch {
+            return; // a folder above: another of its files
+        }
         changed
             .files
             .extend(paths.iter().filter(|p| is_message(p)).cloned());
@@ -232,8 +276,15 @@ impl Sink {
             changed.files.clear();
             changed.rescan = true;
         }
-        drop(changed);
-        let _ = self.hint.try_send(());
+        let urgent = !can_wait || changed.rescan || changed.rewatch;
+        pending.urgent |= urgent;
+        // Changes that can wait hint once: the watcher comes for them in its time.
+        let told = !urgent && pending.hinted;
+        pending.hinted = true;
+        drop(pending);
+        if !told {
+            let _ = self.hint.try_send(());
+        }
     }
 }
 
@@ -241,26 +292,32 @@ impl Sink {
 /// mailbox coming and going. Dropping the watcher stops the events. Any file of `dir` wakes
 /// it ([`Changed::files`] names only the `.md` ones).
 pub fn watch(dir: &Path) -> Result<(Watcher, Changes)> {
-    watch_with(dir, false)
+    watch_with(dir, false, None)
 }
 
 /// [`watch`] for a folder of messages (`inbox/`): only `.md` files wake it, so a message
 /// written the atomic way wakes its watchers once, at its rename, not also at the close of
 /// its temporary file (with nine servers on one mailbox, nine wake-ups for nothing a
-/// message).
-pub fn watch_messages(dir: &Path) -> Result<(Watcher, Changes)> {
-    watch_with(dir, true)
+/// message). With `can_wait`, files it passes over hint once until they are taken
+/// ([`Changes::can_wait`]).
+pub fn watch_messages(dir: &Path, can_wait: Option<CanWait>) -> Result<(Watcher, Changes)> {
+    watch_with(dir, true, can_wait)
 }
 
-fn watch_with(dir: &Path, messages_only: bool) -> Result<(Watcher, Changes)> {
+fn watch_with(
+    dir: &Path,
+    messages_only: bool,
+    can_wait: Option<CanWait>,
+) -> Result<(Watcher, Changes)> {
     let (hint, hints) = mpsc::channel(1);
-    let pending = Arc::new(Mutex::new(Changed::default()));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     let sink = Sink {
         pending: pending.clone(),
         hint,
         folder: dir.to_path_buf(),
         above: dir.parent().map(Path::to_path_buf),
         messages_only,
+        can_wait,
     };
     let mut watcher = Watcher::start(sink, dir)?;
     // The folder two above reports the mailbox itself made again; best effort (it may be
@@ -377,6 +434,7 @@ mod tests {
             folder: folder.to_path_buf(),
             above: folder.parent().map(Path::to_path_buf),
             messages_only,
+            can_wait: None,
         };
         (sink, hints)
     }
@@ -392,14 +450,55 @@ mod tests {
         assert!(woken.try_recv().is_err(), "woken by a temporary file");
         messages.note(Seen::Moved, &[tmp.clone(), md.clone()]);
         assert!(woken.try_recv().is_ok());
-        assert_eq!(messages.changed().files, BTreeSet::from([md.clone()]));
+        assert_eq!(
+            messages.pending().changed.files,
+            BTreeSet::from([md.clone()])
+        );
         // The folder going still wakes it; any file wakes a plain watch.
         messages.note(Seen::Moved, std::slice::from_ref(&inbox));
         assert!(woken.try_recv().is_ok());
         let (any, mut woken) = sink(&inbox, false);
         any.note(Seen::Settled, std::slice::from_ref(&tmp));
         assert!(woken.try_recv().is_ok());
-        assert!(any.changed().files.is_empty());
+        assert!(any.pending().changed.files.is_empty());
+    }
+
+    #[test]
+    fn files_that_can_wait_hint_once_until_they_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        let (mut sink, mut woken) = sink(&inbox, true);
+        sink.can_wait = Some(Arc::new(|stem: &str| stem.starts_with("others")));
+        let pending = sink.pending.clone();
+        let changes = Changes {
+            hints: mpsc::channel(1).1,
+            pending,
+            folder: inbox.clone(),
+        };
+        let md = |stem: &str| inbox.join(format!("{stem}.md"));
+        assert!(!changes.can_wait(), "nothing waits yet");
+        sink.note(Seen::Moved, &[md("others-1")]);
+        assert!(woken.try_recv().is_ok(), "the first file of a burst hints");
+        assert!(changes.can_wait());
+        sink.note(Seen::Moved, &[md("others-2")]);
+        sink.note(Seen::Settled, &[md("others-3")]);
+        assert!(
+            woken.try_recv().is_err(),
+            "the rest of the burst hints no more"
+        );
+        // A file that cannot wait hints at once, and what waits goes with it.
+        sink.note(Seen::Moved, &[md("mine-1")]);
+        assert!(woken.try_recv().is_ok());
+        assert!(!changes.can_wait());
+        let taken = changes.take();
+        assert_eq!(taken.files.len(), 4);
+        // Taken: the next burst hints again; so does a rescan among waiting files.
+        sink.note(Seen::Moved, &[md("others-4")]);
+        assert!(woken.try_recv().is_ok());
+        sink.rescan();
+        assert!(woken.try_recv().is_ok());
+        assert!(!changes.can_wait());
+        assert!(changes.take().rescan);
     }
 
     #[test]
