@@ -9,7 +9,9 @@
 //! One inotify instance serves the whole process (the kernel allows a user 128 by default,
 //! and a server that also runs the federation's bridge watches three folders), read by one
 //! thread that lives as long as the process; each [`Kernel`] adds its folders to it and
-//! takes its routes out when dropped.
+//! takes its routes out when dropped. A second instance, read by a thread of lower
+//! priority ([`lower_priority`]), serves the watches whose events are mostly others' mail:
+//! a server's watch of its own `inbox/`, which lets those files wait.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,17 +37,20 @@ struct Shared {
     next: AtomicU64,
 }
 
-/// Made on first use (and again after a failed start, e.g. the limit of instances reached).
+/// Made on first use (and again after a failed start, e.g. the limit of instances reached):
+/// the instance read at the process's priority, and the one read below it.
 static SHARED: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
+static SHARED_LOW: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain data: a panic elsewhere leaves it usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The process's instance, started (with its reading thread) when there is none.
-fn shared() -> io::Result<Arc<Shared>> {
-    let mut slot = locked(&SHARED);
+/// The process's instance (read below the process's priority when `low`), started with
+/// its reading thread when there is none.
+fn shared(low: bool) -> io::Result<Arc<Shared>> {
+    let mut slot = locked(if low { &SHARED_LOW } else { &SHARED });
     if let Some(shared) = &*slot {
         return Ok(shared.clone());
     }
@@ -58,8 +63,20 @@ fn shared() -> io::Result<Arc<Shared>> {
     });
     let reading = shared.clone();
     std::thread::Builder::new()
-        .name("t9-ipc-watch".to_owned())
-        .spawn(move || read_events(inotify, blocking, &reading))?;
+        .name(
+            if low {
+                "t9-ipc-watch-lo"
+            } else {
+                "t9-ipc-watch"
+            }
+            .to_owned(),
+        )
+        .spawn(move || {
+            if low {
+                lower_priority();
+            }
+            read_events(inotify, blocking, &reading);
+        })?;
     *slot = Some(shared.clone());
     Ok(shared)
 }
@@ -73,9 +90,10 @@ pub(super) struct Kernel {
 }
 
 impl Kernel {
-    pub(super) fn start(sink: Sink) -> io::Result<Kernel> {
+    /// With `low`, in the instance read below the process's priority.
+    pub(super) fn start(sink: Sink, low: bool) -> io::Result<Kernel> {
         Ok(Kernel {
-            shared: shared()?,
+            shared: shared(low)?,
             sink,
             mine: Vec::new(),
         })
@@ -146,7 +164,6 @@ fn set_blocking(inotify: &Inotify) -> bool {
 /// The thread: reads events for as long as the process lives, and hands each to the sinks
 /// of its folder. `blocking`: the descriptor waits by itself ([`set_blocking`]).
 fn read_events(mut inotify: Inotify, blocking: bool, shared: &Shared) {
-    lower_priority();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let read = if blocking {
@@ -199,7 +216,8 @@ const NICE: libc::c_int = 10;
 /// Lowers the calling thread's priority by [`NICE`] (on Linux `nice` acts on the calling
 /// thread only): with the cores busy, a tool call's answer and a send go before the reading
 /// of file events, most of which are others' mail, and those events then come in fewer,
-/// larger reads. With 8 sessions sending at once (the benchmark's throughput figure), the
+/// larger reads. Not for a watch that must read every file at once (the federation's
+/// bridge, which publishes each): with the cores busy it would fall behind the sends. With 8 sessions sending at once (the benchmark's throughput figure), the
 /// mailbox's servers spent 0.85 to 0.92 ms of CPU a message instead of 1.02 to 1.11 ms;
 /// with a core free it changes nothing, and with both cores taken by other programs a
 /// message's push took as long as at the thread's normal priority. A failure (a limit on
@@ -263,29 +281,29 @@ mod tests {
     }
 
     #[test]
-    fn the_reading_thread_runs_below_the_rest_of_the_process() {
+    fn a_watch_that_lets_others_mail_wait_is_read_below_the_rest_of_the_process() {
         let dir = tempfile::tempdir().unwrap();
-        let _watch = crate::watch::watch_messages(dir.path(), None).unwrap();
+        let can_wait: crate::watch::CanWait = Arc::new(|_: &str| false);
+        let _low = crate::watch::watch_messages(dir.path(), Some(can_wait)).unwrap();
+        let _normal = crate::watch::watch_messages(dir.path(), None).unwrap();
         let process = nice_of(&std::process::id().to_string());
-        let reader = || {
+        let reader = |name: &str| {
             std::fs::read_dir("/proc/self/task")
                 .unwrap()
                 .flatten()
                 .map(|t| t.file_name().to_string_lossy().into_owned())
                 .find(|t| {
                     std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
-                        .is_ok_and(|c| c.trim() == "t9-ipc-watch")
+                        .is_ok_and(|c| c.trim() == name)
                 })
+                .map(|t| nice_of(&t))
         };
-        // The thread names and lowers itself as it starts: give it a moment.
+        // A thread names and lowers itself as it starts: give it a moment.
         let lowered = (0..100).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(10));
-            reader().is_some_and(|t| nice_of(&t) == (process + NICE).min(19))
+            reader("t9-ipc-watch-lo") == Some((process + NICE).min(19))
         });
-        assert!(
-            lowered,
-            "the reading thread: {:?}",
-            reader().map(|t| nice_of(&t))
-        );
+        assert!(lowered, "the low thread: {:?}", reader("t9-ipc-watch-lo"));
+        assert_eq!(reader("t9-ipc-watch"), Some(process));
     }
 }

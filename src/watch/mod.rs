@@ -319,7 +319,9 @@ fn watch_with(
         messages_only,
         can_wait,
     };
-    let mut watcher = Watcher::start(sink, dir)?;
+    // A watch that lets others' mail wait reads at a lower priority (`kernel`).
+    let low = sink.can_wait.is_some();
+    let mut watcher = Watcher::start(sink, dir, low)?;
     // The folder two above reports the mailbox itself made again; best effort (it may be
     // one a user cannot watch), since the mailbox is rarely deleted whole.
     if let Some(top) = dir.parent().and_then(Path::parent)
@@ -349,8 +351,8 @@ impl Watcher {
     }
 
     #[cfg(target_os = "linux")]
-    fn start(sink: Sink, dir: &Path) -> Result<Watcher> {
-        let inner = kernel::Kernel::start(sink).map_err(|e| Error::Io {
+    fn start(sink: Sink, dir: &Path, low: bool) -> Result<Watcher> {
+        let inner = kernel::Kernel::start(sink, low).map_err(|e| Error::Io {
             op: "watching",
             path: dir.to_path_buf(),
             source: e,
@@ -367,7 +369,7 @@ impl Watcher {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn start(sink: Sink, dir: &Path) -> Result<Watcher> {
+    fn start(sink: Sink, dir: &Path, _low: bool) -> Result<Watcher> {
         use notify::event::{AccessKind, AccessMode, ModifyKind};
         let inner =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
