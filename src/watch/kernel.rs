@@ -216,12 +216,14 @@ const NICE: libc::c_int = 10;
 /// Lowers the calling thread's priority by [`NICE`] (on Linux `nice` acts on the calling
 /// thread only): with the cores busy, a tool call's answer and a send go before the reading
 /// of file events, most of which are others' mail, and those events then come in fewer,
-/// larger reads. Not for a watch that must read every file at once (the federation's
-/// bridge, which publishes each): with the cores busy it would fall behind the sends. With 8 sessions sending at once (the benchmark's throughput figure), the
+/// larger reads. With 8 sessions sending at once (the benchmark's throughput figure), the
 /// mailbox's servers spent 0.85 to 0.92 ms of CPU a message instead of 1.02 to 1.11 ms;
 /// with a core free it changes nothing, and with both cores taken by other programs a
-/// message's push took as long as at the thread's normal priority. A failure (a limit on
-/// priorities) leaves the thread as it was.
+/// message's push took as long as at the thread's normal priority. Not for a watch that
+/// must read every file at once (the federation's bridge, which publishes each). The
+/// thread holds its locks for no I/O ([`super::Sink::note`]), so the server never waits
+/// long for a thread that the scheduler keeps waiting. A failure (a limit on priorities)
+/// leaves the thread as it was.
 fn lower_priority() {
     // SAFETY: a plain system call about the calling thread; no memory is passed.
     unsafe {
