@@ -44,6 +44,14 @@ pub struct Synced {
     pub young: Option<std::time::Duration>,
 }
 
+impl Shared {
+    /// True for a message file (by its stem) that cannot be this name's mail, once the
+    /// index is built: [`Session::pass_over`] takes it in without reading it.
+    fn passes_over(&self, stem: &str) -> bool {
+        self.index_built && !message::stem_may_be_for(stem, &self.name)
+    }
+}
+
 /// What the `index` lock guards.
 pub(super) struct Index {
     /// The name this index and read state belong to: the session's, changed with it.
@@ -315,12 +323,13 @@ impl Session {
             return false;
         }
         let mut shared = self.shared();
-        let may_be_mine = changed
-            .files
-            .iter()
-            .filter_map(|path| path.file_stem().and_then(|s| s.to_str()))
-            .any(|id| message::stem_may_be_for(id, &shared.name));
-        if !shared.index_built || may_be_mine {
+        let passed = shared.index_built
+            && changed
+                .files
+                .iter()
+                .filter_map(|path| path.file_stem().and_then(|s| s.to_str()))
+                .all(|id| shared.passes_over(id));
+        if !passed {
             return false;
         }
         // A settled time vouches for every change up to it: they were in these changes or
@@ -333,8 +342,7 @@ impl Session {
     /// not this name's mail, with the index built. The file watcher lets such files wait
     /// ([`crate::watch::CanWait`]) so that a burst of others' mail wakes this server once.
     pub fn can_wait(&self, stem: &str) -> bool {
-        let shared = self.shared();
-        shared.index_built && !message::stem_may_be_for(stem, &shared.name)
+        self.shared().passes_over(stem)
     }
 
     /// Builds the index if no event did yet (a tool called before the first scan).
