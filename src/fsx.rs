@@ -63,15 +63,32 @@ pub fn fix_mode(file: &File, path: &Path) -> Result<()> {
 /// ([`crate::mailbox::tighten`]) with a warning, and `doctor` reports it; nothing changes
 /// modes silently.
 pub fn private_dir(dir: &Path) -> Result<()> {
+    make_private_dir(dir, true)
+}
+
+/// [`private_dir`] for a folder inside one that must exist: fails (not found) when its
+/// parent is missing, so that a folder of a mailbox is made again inside that mailbox only,
+/// never with a new mailbox around it.
+pub fn private_subdir(dir: &Path) -> Result<()> {
+    make_private_dir(dir, false)
+}
+
+fn make_private_dir(dir: &Path, parents: bool) -> Result<()> {
     if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
-    DirBuilder::new()
-        .recursive(true)
+    match DirBuilder::new()
+        .recursive(parents)
         .mode(dir_mode())
         .create(dir)
-        .map_err(Error::io("creating", dir))?;
-    fs::set_permissions(dir, Permissions::from_mode(dir_mode())).map_err(Error::io("securing", dir))
+    {
+        // Made by another process meanwhile: left as it is, like one found.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        made => made.map_err(Error::io("creating", dir)).and_then(|()| {
+            fs::set_permissions(dir, Permissions::from_mode(dir_mode()))
+                .map_err(Error::io("securing", dir))
+        }),
+    }
 }
 
 /// An exclusive `flock` on a lock file, released when dropped.

@@ -233,22 +233,25 @@ impl ReadState {
         Ok(state)
     }
 
-    /// Reads the lines other processes appended since the last look. Cheap when nothing
-    /// changed (one `stat`).
     /// A number that changes whenever [`ReadState::refresh`] took in other processes' lines.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
+    /// Reads the lines other processes appended since the last look. Cheap when nothing
+    /// changed (one `stat`).
     pub fn refresh(&mut self) -> Result<()> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 if self.offset > 0 {
                     tracing::warn!(file = %self.path.display(), "read state file vanished; starting it again");
-                    self.offset = 0;
                     let line = format!("joined {}\n", self.joined.to_rfc3339());
-                    self.append(&line)?;
+                    let offset = std::mem::replace(&mut self.offset, 0);
+                    if let Err(err) = self.append(&line) {
+                        self.offset = offset; // tried again at the next look
+                        return Err(err);
+                    }
                 }
                 return Ok(());
             }
@@ -428,11 +431,22 @@ impl ReadState {
     /// Appends whole lines under the file's lock (waited for at most `lock_wait`), in one
     /// write, so that concurrent writers never interleave. The file is created private.
     fn append(&mut self, lines: &str) -> Result<()> {
-        let mut file = fsx::private_options()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(Error::io("opening", &self.path))?;
+        let open = || {
+            fsx::private_options()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+        };
+        let mut file = match open() {
+            // Its folder went with the mailbox, deleted and made again while this ran: made
+            // again inside the mailbox (a missing mailbox is not made).
+            Err(err) if err.kind() == io::ErrorKind::NotFound => match self.path.parent() {
+                Some(folder) => fsx::private_subdir(folder)
+                    .and_then(|()| open().map_err(Error::io("opening", &self.path)))?,
+                None => return Err(Error::io("opening", &self.path)(err)),
+            },
+            opened => opened.map_err(Error::io("opening", &self.path))?,
+        };
         fsx::fix_mode(&file, &self.path)?;
         fsx::lock_within(&file, &self.path, self.lock_wait)?;
         let pending = std::mem::take(&mut self.unwritten);
@@ -499,5 +513,38 @@ pub(super) fn parse_line(line: &str) -> Line<'_> {
         "listed" => Line::Mark(Mark::Listed, rest),
         "folder" => Line::Folder(rest),
         _ => Line::Bad,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_read_state_whose_folder_went_makes_it_again_but_never_a_mailbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ipc");
+        let mb = Mailbox::open(&root).unwrap();
+        let mut state = mb.read_state("beta", Local::now()).unwrap();
+        state.mark_read(["a"]).unwrap();
+        // The mailbox deleted and made again, without its `state/`.
+        fs::remove_dir_all(&root).unwrap();
+        fs::create_dir(&root).unwrap();
+        state.refresh().unwrap();
+        state.mark_read(["b"]).unwrap();
+        let folder = fs::metadata(root.join("state")).unwrap();
+        assert_eq!(folder.permissions().mode() & 0o777, fsx::dir_mode());
+        let again = mb.peek_state("beta", Local::now()).unwrap();
+        assert_eq!(
+            again.joined, state.joined,
+            "its joined line is written again"
+        );
+        assert!(again.was_read("b"));
+        // The whole mailbox gone: a mark fails, and makes no mailbox.
+        fs::remove_dir_all(&root).unwrap();
+        assert!(state.mark_read(["c"]).is_err());
+        assert!(!root.exists());
     }
 }
