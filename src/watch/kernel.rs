@@ -116,16 +116,17 @@ impl Kernel {
         } else {
             comes_and_goes
         };
+        // The routes' lock is taken first, and held while the watch is added: the reading
+        // thread looks up an event's routes under it, so the first events of a new watch
+        // (a folder made again, with its files made at once) find their route.
+        let mut routes = locked(&self.shared.routes);
         let wd = locked(&self.shared.watches).add(folder, mask)?;
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        locked(&self.shared.routes)
-            .entry(wd.clone())
-            .or_default()
-            .push(Route {
-                id,
-                folder: folder.to_path_buf(),
-                sink: self.sink.clone(),
-            });
+        routes.entry(wd.clone()).or_default().push(Route {
+            id,
+            folder: folder.to_path_buf(),
+            sink: self.sink.clone(),
+        });
         self.mine.push((wd, id));
         Ok(())
     }
