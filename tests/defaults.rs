@@ -11,6 +11,7 @@ use t9_ipc::message::{FrontMatter, TIME_FORMAT, file_stem, render};
 
 use crate::util::{
     Client, EVENT_WAIT, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all,
+    until_logged,
 };
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
@@ -300,19 +301,33 @@ async fn a_whole_mailbox_deleted_and_made_again_is_watched_again() {
         assert!(tries < 20, "remove the mailbox: {err}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Made again only after beta saw it go, so that its old watches are surely dead.
-    let deadline = std::time::Instant::now() + EVENT_WAIT;
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("the inbox is gone")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "beta never saw the mailbox go"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Made again only after beta saw it go, so that its old watches are surely dead. (Its
+    // `state/` is not: the read state makes it again.)
+    until_logged(&log, "the inbox is gone").await;
     make_private_dir(mb.root());
     make_private_dir(&mb.inbox());
     let after = alpha.send("beta", "after", "b").await;
     assert_eq!(beta.next_event().await.meta("msg_id"), after);
+}
+
+#[tokio::test]
+async fn a_look_at_the_inbox_that_failed_is_made_again_without_a_new_event() {
+    let mb = TempMailbox::new();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("beta.log");
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = mb.spawn_env("beta", ON, Some(&log)).await;
+    beta.next_event_or_none().await;
+    // Beta's read state cannot be read for a while (a folder where its file was): the look
+    // at the message's event fails.
+    let state = mb.root().join("state").join("beta.log");
+    std::fs::remove_file(&state).expect("beta's read state");
+    std::fs::create_dir(&state).expect("a folder in its place");
+    let id = alpha.send("beta", "while it failed", "b").await;
+    until_logged(&log, "reading the inbox").await;
+    std::fs::remove_dir(&state).expect("the folder");
+    // No event names the message again: it is found by looking again.
+    assert_eq!(beta.next_event().await.meta("msg_id"), id);
 }
 
 fn make_private_dir(dir: &Path) {

@@ -542,6 +542,19 @@ pub fn logs_to(cmd: &mut Command, log: Option<&Path>) {
     };
 }
 
+/// Waits until the log file `log` has a line containing `text`; panics after [`EVENT_WAIT`].
+pub async fn until_logged(log: &Path, text: &str) {
+    let deadline = std::time::Instant::now() + EVENT_WAIT;
+    while !std::fs::read_to_string(log).is_ok_and(|t| t.contains(text)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never logged {text:?}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn process_exists(pid: u32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -63,6 +63,11 @@ impl Link {
     }
 }
 
+/// How long after a failed look at the inbox (a mailbox made again without its `state/`, a
+/// file system error) it is looked at again, doubled at each failure up to the heartbeat's
+/// period: the changes that look had taken are in no other.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
 /// Replies kept for a push that looks only for answers; past this, the next push looks at
 /// everything instead.
 const REPLIES_KEPT: usize = 1024;
@@ -77,6 +82,9 @@ pub struct Pusher {
     /// The inbox changed too recently for its time to vouch for the index: look again then
     /// ([`watch::FolderTime`]), so that `t9_ipc_unread` can trust the index without a rescan.
     settle_at: Option<Instant>,
+    /// The last look at the inbox failed: the next takes a whole scan, due after this long
+    /// at the latest (`settle_at`).
+    retry: Option<Duration>,
     /// Woken after every look at the inbox, for `t9_ipc_wait`.
     mail: Arc<Notify>,
     /// This session's unread mail changed since the last look for pushes.
@@ -114,6 +122,7 @@ impl Pusher {
             rescan_on_tick: false,
             flush_at: None,
             settle_at: None,
+            retry: None,
             mail,
             dirty: true,
             replies: Vec::new(),
@@ -172,7 +181,9 @@ impl Pusher {
                         continue;
                     }
                     self.settle_at = None;
-                    let changed = changes.take();
+                    let mut changed = changes.take();
+                    // A failed look lost what it took: scan everything instead.
+                    changed.rescan |= self.retry.is_some();
                     if changed.rewatch {
                         self.rewatch(watcher.as_mut());
                     }
@@ -274,6 +285,9 @@ impl Pusher {
         self.prefetched = None;
         match synced {
             Ok(Ok((synced, pending))) => {
+                if rescan {
+                    self.retry = None;
+                }
                 self.prefetched = pending;
                 if let Some(left) = synced.young {
                     self.settle_at.get_or_insert(Instant::now() + left);
@@ -291,8 +305,8 @@ impl Pusher {
                 }
                 self.dirty |= synced.mine_changed;
             }
-            Ok(Err(err)) => tracing::warn!(err = %format!("{err:#}"), "reading the inbox"),
-            Err(err) => tracing::warn!(%err, "reading the inbox"),
+            Ok(Err(err)) => self.failed(&format!("{err:#}")),
+            Err(err) => self.failed(&err.to_string()),
         }
         if rescan {
             // What the scan found is in no arrival: the next push looks at everything.
@@ -303,6 +317,18 @@ impl Pusher {
             self.subscribers.rescan();
         }
         self.mail.notify_waiters();
+    }
+
+    /// A look at the inbox failed: the files it took are looked at again by a whole scan,
+    /// soon, then less often while it keeps failing.
+    fn failed(&mut self, err: &str) {
+        let wait = self
+            .retry
+            .map_or(RETRY_FIRST, |w| (w * 2).min(HEARTBEAT_EVERY));
+        tracing::warn!(%err, again_in = ?wait, "reading the inbox");
+        self.retry = Some(wait);
+        let at = Instant::now() + wait;
+        self.settle_at = Some(self.settle_at.map_or(at, |s| s.min(at)));
     }
 
     /// Pushes what is pending, unless the quiet window or the rate limit says later.
