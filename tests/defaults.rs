@@ -121,24 +121,39 @@ async fn a_sender_past_the_limit_is_named_in_one_notice_then_nothing_that_minute
     for i in 0..25 {
         sent.push(alpha.send("beta", &format!("n{i}"), "flood").await);
     }
-    // Events until the notice: the limit of 20 a minute passed, it says so at once.
-    let (mut whole, mut events) = (Vec::new(), 0);
+    // Events until the notice: the limit of 20 a minute passed, it says so at once. (On a
+    // busy machine the messages pile up before the server looks: then some come bundled or
+    // named in a digest, and the notice may ride on an event of messages.)
+    let (mut whole, mut named, mut events) = (Vec::new(), Vec::new(), 0);
     let notice = loop {
         let e = beta.next_event().await;
         events += 1;
-        if e.meta("type") == "notice" {
+        let (w, d) = delivered_ids(&e);
+        whole.extend(w);
+        named.extend(d);
+        if e.content.contains("waiting unread (too many at once)") {
             break e;
         }
-        whole.extend(delivered_ids(&e).0);
     };
     assert!(events <= 10, "{events} events");
-    assert!(whole.len() <= 20, "{} pushed whole", whole.len());
     let c = &notice.content;
     assert!(c.contains("t9_ipc_unread") && c.contains("alpha"), "{c}");
-    assert!(
-        c.contains(&format!("n{}", whole.len())),
-        "the first held subject: {c}"
-    );
+    if notice.meta("type") != "digest" {
+        // (A digest names the held mail with the rest.)
+        assert!(
+            whole.len() + named.len() <= 20,
+            "{} pushed or named",
+            whole.len() + named.len()
+        );
+        let first_held = sent
+            .iter()
+            .position(|id| !whole.contains(id) && !named.contains(id))
+            .expect("some mail held");
+        assert!(
+            c.contains(&format!("\"n{first_held}\"")),
+            "the first held subject is n{first_held}: {c}"
+        );
+    }
     // More from alpha this minute: no event.
     for i in 25..30 {
         sent.push(alpha.send("beta", &format!("n{i}"), "flood").await);
@@ -237,21 +252,31 @@ async fn close_right_after_an_event(after: Duration) -> (usize, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_exit_right_after_an_event_neither_loses_nor_repeats_it() {
-    const TRIES: u64 = 12;
-    let tries: Vec<_> = (0..TRIES)
-        .map(|i| tokio::spawn(close_right_after_an_event(Duration::from_micros(i * 400))))
-        .collect();
-    let mut written_first = 0;
-    for (i, t) in tries.into_iter().enumerate() {
-        let (times, first) = t.await.expect("try");
-        assert_eq!(
-            times, 1,
-            "try {i}: the message reached the client {times} times"
-        );
-        written_first += usize::from(first);
+    const TRIES: u32 = 12;
+    // The tries close 0 to 11 steps after the message lands. Both cases must come up: a
+    // close before the event went out (the case that lost it) and one after (the case that
+    // repeated it). On a loaded machine the event takes longer: the steps grow until it does.
+    let mut step = Duration::from_micros(400);
+    for _ in 0..5 {
+        let tries: Vec<_> = (0..TRIES)
+            .map(|i| tokio::spawn(close_right_after_an_event(step * i)))
+            .collect();
+        let mut written_first = 0;
+        for (i, t) in tries.into_iter().enumerate() {
+            let (times, first) = t.await.expect("try");
+            assert_eq!(
+                times, 1,
+                "try {i}: the message reached the client {times} times"
+            );
+            written_first += u32::from(first);
+        }
+        match written_first {
+            0 => step *= 2,
+            TRIES => step /= 2,
+            _ => return,
+        }
     }
-    // Some tries closed after the event went out: the case that used to repeat.
-    assert!(written_first > 0, "no try closed after the event");
+    panic!("no round had tries close both before and after the event");
 }
 
 #[tokio::test]
