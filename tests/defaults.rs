@@ -10,8 +10,7 @@ use serde_json::json;
 use t9_ipc::message::{FrontMatter, TIME_FORMAT, file_stem, render};
 
 use crate::util::{
-    Client, EVENT_WAIT, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all,
-    until_logged,
+    Client, Raw, TempMailbox, delivered_ids, initialize_request, msg_id_in, read_all, until_logged,
 };
 
 const ON: &[(&str, &str)] = &[("IPC_PUSH", "on")];
