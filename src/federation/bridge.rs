@@ -576,13 +576,7 @@ fn seal_one(shared: &Shared, id: &str) -> Option<Envelope> {
     if super::origins::machine_of(shared.mailbox.root(), id).is_some() {
         return None;
     }
-    shared.mailbox.get(id)?;
-    match crate::mailbox::read_bytes(shared.mailbox.inbox(), id) {
-        Ok(Some(bytes)) => Some(Envelope::seal(&shared.key, &shared.machine, id, bytes)),
-        Ok(None) => None,
-        Err(err) => {
-            tracing::warn!(%err, msg_id = %id, "federation: not published");
-            None
-        }
-    }
+    // Read once: checked as a message and published byte for byte.
+    let bytes = shared.mailbox.message_bytes(id)?;
+    Some(Envelope::seal(&shared.key, &shared.machine, id, bytes))
 }

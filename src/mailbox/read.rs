@@ -77,6 +77,11 @@ fn stat_skip(err: io::Error) -> Skip {
 /// blocks (a FIFO) nor follows a link, only a regular file is read, never more than
 /// [`MAX_FILE_BYTES`], and not while a process has it open for writing.
 fn read_message(path: &Path, id: &str) -> std::result::Result<Message, Skip> {
+    read_message_bytes(path, id).map(|(msg, _)| msg)
+}
+
+/// [`read_message`], with the file's bytes as they were read.
+fn read_message_bytes(path: &Path, id: &str) -> std::result::Result<(Message, Vec<u8>), Skip> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
@@ -107,13 +112,36 @@ fn read_message(path: &Path, id: &str) -> std::result::Result<Message, Skip> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    let text = String::from_utf8(bytes).map_err(|_| Skip::Bad("not UTF-8 text".to_owned()))?;
-    let (front, body) = message::parse(&text).map_err(|e| Skip::Bad(e.to_string()))?;
-    Ok(Message {
+    let text = std::str::from_utf8(&bytes).map_err(|_| Skip::Bad("not UTF-8 text".to_owned()))?;
+    let (front, body) = message::parse(text).map_err(|e| Skip::Bad(e.to_string()))?;
+    let msg = Message {
         id: id.to_owned(),
         front,
         body,
-    })
+    };
+    Ok((msg, bytes))
+}
+
+impl super::Mailbox {
+    /// The bytes of `inbox/<id>.md` when it is a good message, read once with every check
+    /// [`super::Mailbox::get`] makes (no link, no file still being written, a size within
+    /// [`MAX_FILE_BYTES`], front matter that parses): what the federation's bridge signs
+    /// and publishes as it is. `None` when it is gone, still being written, or no message
+    /// (warned about).
+    pub fn message_bytes(&self, id: &str) -> Option<Vec<u8>> {
+        let path = self.inbox.join(super::file_name(id)?);
+        match read_message_bytes(&path, id) {
+            Ok((_, bytes)) => Some(bytes),
+            Err(Skip::Bad(reason)) => {
+                tracing::warn!(file = %path.display(), %reason, "skipped a message file");
+                None
+            }
+            Err(skip) => {
+                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
+                None
+            }
+        }
+    }
 }
 
 /// Waits a few milliseconds for a writer to be done with `file`. The kernel announces a
@@ -234,6 +262,25 @@ mod tests {
         assert_eq!(read_in_time(&path), expected);
         drop(writer);
         assert_eq!(read_in_time(&path).unwrap().body, "body");
+    }
+
+    #[test]
+    fn a_message_is_read_once_for_its_bytes_and_only_when_it_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mb = super::super::Mailbox::open(dir.path()).unwrap();
+        let good = mb.inbox().join("good.md");
+        // Bytes a parse would not give back as they were: a CRLF line, a trailing space.
+        let text = "---\r\nfrom: alpha\nto: beta\nsubject: s \n---\n\nbody\n";
+        fs::write(&good, text).unwrap();
+        assert_eq!(mb.message_bytes("good").unwrap(), text.as_bytes());
+        fs::write(mb.inbox().join("bad.md"), "no front matter").unwrap();
+        assert_eq!(mb.message_bytes("bad"), None);
+        assert_eq!(mb.message_bytes("gone"), None);
+        let mut writer = File::create(mb.inbox().join("open.md")).unwrap();
+        writer.write_all(GOOD.as_bytes()).unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(mb.message_bytes("open"), None, "still being written");
+        }
     }
 
     /// The race a close event starts: the writer's close is announced before the kernel
