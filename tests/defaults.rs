@@ -308,14 +308,23 @@ async fn an_inbox_deleted_and_made_again_is_watched_again_and_unread_says_it_was
     assert_eq!(beta.next_event().await.meta("msg_id"), after);
 }
 
+/// Sessions alpha and beta (push on, past its grace period), beta's log kept as
+/// `beta.log` in the folder returned.
+async fn alpha_and_logged_beta(mb: &TempMailbox) -> (tempfile::TempDir, Client, Client) {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let alpha = mb.spawn("alpha").await;
+    let mut beta = mb
+        .spawn_env("beta", ON, Some(&logs.path().join("beta.log")))
+        .await;
+    beta.next_event_or_none().await;
+    (logs, alpha, beta)
+}
+
 #[tokio::test]
 async fn a_whole_mailbox_deleted_and_made_again_is_watched_again() {
     let mb = TempMailbox::new();
-    let logs = tempfile::tempdir().expect("temp dir");
+    let (logs, alpha, mut beta) = alpha_and_logged_beta(&mb).await;
     let log = logs.path().join("beta.log");
-    let alpha = mb.spawn("alpha").await;
-    let mut beta = mb.spawn_env("beta", ON, Some(&log)).await;
-    beta.next_event_or_none().await;
     let first = alpha.send("beta", "before", "b").await;
     assert_eq!(beta.next_event().await.meta("msg_id"), first);
     // The servers write in it (heartbeats, read state) while it is removed: try again.
@@ -337,11 +346,8 @@ async fn a_whole_mailbox_deleted_and_made_again_is_watched_again() {
 #[tokio::test]
 async fn a_look_at_the_inbox_that_failed_is_made_again_without_a_new_event() {
     let mb = TempMailbox::new();
-    let logs = tempfile::tempdir().expect("temp dir");
+    let (logs, alpha, mut beta) = alpha_and_logged_beta(&mb).await;
     let log = logs.path().join("beta.log");
-    let alpha = mb.spawn("alpha").await;
-    let mut beta = mb.spawn_env("beta", ON, Some(&log)).await;
-    beta.next_event_or_none().await;
     // Beta's read state cannot be read for a while (a folder where its file was): the look
     // at the message's event fails.
     let state = mb.root().join("state").join("beta.log");
