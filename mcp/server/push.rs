@@ -181,9 +181,7 @@ impl Pusher {
                         continue;
                     }
                     self.settle_at = None;
-                    let mut changed = changes.take();
-                    // A failed look lost what it took: scan everything instead.
-                    changed.rescan |= self.retry.is_some();
+                    let changed = self.take(&changes);
                     if changed.rewatch {
                         self.rewatch(watcher.as_mut());
                     }
@@ -214,6 +212,13 @@ impl Pusher {
                 _ = tick.tick() => self.heartbeat(link.ready()).await,
             }
         }
+    }
+
+    /// What changed: a whole scan when the last look failed, which lost what it had taken.
+    fn take(&self, changes: &watch::Changes) -> Changed {
+        let mut changed = changes.take();
+        changed.rescan |= self.retry.is_some();
+        changed
     }
 
     /// Starts the file watcher. Started here, not before `initialize`: setting up inotify
