@@ -21,6 +21,19 @@ pub(super) enum Skip {
 }
 
 impl Skip {
+    /// Says why `path` was not read: a warning for a file that is no message, a debug line
+    /// for one that is gone or still being written.
+    pub(super) fn log(&self, path: &Path) {
+        match self {
+            Skip::Bad(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "skipped a message file");
+            }
+            skip => {
+                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
+            }
+        }
+    }
+
     pub(super) fn reason(&self) -> String {
         match self {
             Skip::Bad(reason) => reason.clone(),
@@ -130,17 +143,10 @@ impl super::Mailbox {
     /// (warned about).
     pub fn message_bytes(&self, id: &str) -> Option<Vec<u8>> {
         let path = self.inbox.join(super::file_name(id)?);
-        match read_message_bytes(&path, id) {
-            Ok((_, bytes)) => Some(bytes),
-            Err(Skip::Bad(reason)) => {
-                tracing::warn!(file = %path.display(), %reason, "skipped a message file");
-                None
-            }
-            Err(skip) => {
-                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
-                None
-            }
-        }
+        read_message_bytes(&path, id)
+            .map(|(_, bytes)| bytes)
+            .inspect_err(|skip| skip.log(&path))
+            .ok()
     }
 }
 

@@ -475,14 +475,13 @@ fn load_in<'c>(
             Ok(msg) => {
                 files.insert(name.to_owned(), Cached::Good(stamp, Arc::new(msg), None));
             }
-            Err(Skip::Bad(reason)) => {
-                tracing::warn!(file = %path.display(), %reason, "skipped a message file");
-                files.insert(name.to_owned(), Cached::Bad(stamp));
-                return None;
-            }
             Err(skip) => {
-                tracing::debug!(file = %path.display(), reason = %skip.reason(), "not read now");
-                files.remove(name);
+                skip.log(&path);
+                // A file that is no message is not read again until it changes.
+                match skip {
+                    Skip::Bad(_) => files.insert(name.to_owned(), Cached::Bad(stamp)),
+                    _ => files.remove(name),
+                };
                 return None;
             }
         }
